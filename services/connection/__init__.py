@@ -1,0 +1,1 @@
+"""Members, connections, follows, blocks and lists (write side)."""

@@ -1,0 +1,9 @@
+"""Subscribers of the connection service. They land with issue #4."""
+
+from __future__ import annotations
+
+from shared.service import Runtime
+
+
+def register(runtime: Runtime) -> None:
+    """Declare this service's subscribers on the runtime's broker (before it starts)."""

@@ -1,0 +1,1 @@
+"""Redis state and outbox of the connection service. It lands with issue #4."""

@@ -1,0 +1,1 @@
+"""Engagement and milestones (write side)."""

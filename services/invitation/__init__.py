@@ -1,0 +1,1 @@
+"""Invitation lifecycle (write side)."""

@@ -1,0 +1,1 @@
+"""Redis state and outbox of the invitation service. It lands with issue #3."""

@@ -1,0 +1,1 @@
+"""Redis read models and the query API."""

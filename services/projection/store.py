@@ -1,0 +1,1 @@
+"""Redis state and outbox of the projection service. It lands with issue #6."""

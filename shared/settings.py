@@ -1,0 +1,91 @@
+"""Configuration: one pydantic-settings class per service, all sharing the infrastructure fields.
+
+Shared fields read the unprefixed names operators expect (`KAFKA_BOOTSTRAP_SERVERS`,
+`REDIS_URL`, `RAPPORT_API_TOKENS`); service fields read `RAPPORT_<SERVICE>_<FIELD>`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.topics import TopicNames
+
+DEFAULT_KAFKA = "127.0.0.1:19092"
+DEFAULT_REDIS = "redis://127.0.0.1:16379/0"
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore")
+
+    service: ClassVar[str] = "rapport"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kafka_bootstrap_servers: str = Field(
+        DEFAULT_KAFKA, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    redis_url: str = Field(DEFAULT_REDIS, validation_alias=AliasChoices("REDIS_URL"))
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("RAPPORT_API_TOKENS")
+    )
+    # Prefix of every topic and Redis key; lets tests and parallel stacks share infrastructure.
+    namespace: str = Field("", validation_alias=AliasChoices("RAPPORT_NAMESPACE"))
+    # Retries of a consumer handler before the event goes to the DLQ.
+    consumer_max_attempts: int = Field(5, validation_alias=AliasChoices("RAPPORT_CONSUMER_MAX_ATTEMPTS"))
+    consumer_backoff_s: float = Field(0.2, validation_alias=AliasChoices("RAPPORT_CONSUMER_BACKOFF_S"))
+    dedupe_ttl_s: int = Field(30 * 24 * 3600, validation_alias=AliasChoices("RAPPORT_DEDUPE_TTL_S"))
+    log_level: str = Field("info", validation_alias=AliasChoices("RAPPORT_LOG_LEVEL"))
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.namespace)
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under this deployment's namespace."""
+        return ":".join((f"{self.namespace}rapport", *parts))
+
+
+class InvitationSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_INVITATION_", extra="ignore")
+    service: ClassVar[str] = "invitation"
+    port: int = 8001
+    message_max_chars: int = 300
+    weekly_limit: int = 100
+    reinvite_cooldown_days: int = 21
+    expiry_days: int = 180
+    report_threshold: int = 3
+
+
+class ConnectionSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_CONNECTION_", extra="ignore")
+    service: ClassVar[str] = "connection"
+    port: int = 8002
+    connection_cap: int = 30_000
+
+
+class EngagementSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_ENGAGEMENT_", extra="ignore")
+    service: ClassVar[str] = "engagement"
+    port: int = 8003
+
+
+class ProjectionSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_PROJECTION_", extra="ignore")
+    service: ClassVar[str] = "projection"
+    port: int = 8004
+
+
+SETTINGS_BY_SERVICE: dict[str, type[ServiceSettings]] = {
+    cls.service: cls
+    for cls in (InvitationSettings, ConnectionSettings, EngagementSettings, ProjectionSettings)
+}

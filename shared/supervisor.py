@@ -1,0 +1,102 @@
+"""Runs the four services as child processes: waits for readiness, restarts any that crash."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.localstack import ChildProcess, StackError
+
+log = logging.getLogger("rapport.supervisor")
+
+SERVICES = ("invitation", "connection", "engagement", "projection")
+DEFAULT_PORTS = {"invitation": 8001, "connection": 8002, "engagement": 8003, "projection": 8004}
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_dir: Path
+    child: ChildProcess | None = None
+    restarts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "uvicorn", f"services.{self.name}.main:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
+            "--timeout-graceful-shutdown", "10",
+        ]
+        self.child = ChildProcess(
+            self.name, argv, self.log_dir / f"{self.name}.log", env={**os.environ, **self.env}
+        )
+        self.child.start()
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@dataclass
+class Supervisor:
+    services: list[ServiceProcess]
+    restart_backoff_s: float = 1.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start_all(self, timeout_s: float = 60.0) -> None:
+        for svc in self.services:
+            svc.start()
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.services)
+        while pending:
+            for svc in list(pending):
+                if svc.child is not None and not svc.child.alive():
+                    raise StackError(f"{svc.name} exited during start-up:\n{svc.child.tail()}")
+                if svc.ready():
+                    pending.remove(svc)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise StackError(f"not ready after {timeout_s}s: {names}")
+            self._stop.wait(0.2)
+
+    def watch(self) -> None:
+        """Block until stopped, restarting any service whose process died."""
+        while not self._stop.wait(0.5):
+            for svc in self.services:
+                if self._stop.is_set():
+                    return
+                if svc.child is not None and not svc.child.alive():
+                    svc.restarts += 1
+                    log.warning(
+                        "%s exited (code %s); restarting (restart #%d)",
+                        svc.name, svc.child.proc.returncode if svc.child.proc else "?",
+                        svc.restarts,
+                    )
+                    self._stop.wait(min(self.restart_backoff_s * svc.restarts, 10))
+                    svc.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for svc in self.services:
+            if svc.child is not None and svc.child.proc is not None:
+                svc.child.proc.terminate()
+        for svc in self.services:
+            if svc.child is not None:
+                svc.child.stop(timeout=15)
