@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.localstack import StackError, embedded_infra, pick_port
+from shared.localstack import EMBEDDED_BROKER_TUNING, StackError, embedded_infra, pick_port
 from shared.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
 
 app = typer.Typer(help="Rapport: the connections backend of a professional network.")
@@ -63,6 +63,7 @@ def run(
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
                 "REDIS_URL": infra.redis_url,
                 "RAPPORT_API_TOKENS": os.environ.get("RAPPORT_API_TOKENS") or token,
+                **EMBEDDED_BROKER_TUNING,
             }
             services = [
                 ServiceProcess(name, _service_port(name), env, state_dir / "logs")

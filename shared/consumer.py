@@ -108,7 +108,11 @@ class EventConsumer:
                 continue
             decoded.append(
                 ConsumedEvent(
-                    envelope, event, record.topic, record.partition, record.offset,
+                    envelope,
+                    event,
+                    record.topic,
+                    record.partition,
+                    record.offset,
                     self.dedupe_key(envelope.event_id),
                 )
             )
@@ -189,8 +193,14 @@ class EventConsumer:
             if k == "type":
                 headers["type"] = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
         DLQ_RECORDS.labels(self.name, record.topic, reason.split(":", 1)[0]).inc()
-        log.warning("%s: %s[%d]@%d -> DLQ: %s", self.name, record.topic, record.partition,
-                    record.offset, reason)
+        log.warning(
+            "%s: %s[%d]@%d -> DLQ: %s",
+            self.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
         await self._with_infra_retry(
             lambda: self.dead_letter(dlq(record.topic), record.key, record.value or b"", headers)
         )

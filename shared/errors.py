@@ -108,7 +108,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable: %r", exc)
         return error_response(
-            503, "unavailable", "a dependency is unavailable, retry shortly",
+            503,
+            "unavailable",
+            "a dependency is unavailable, retry shortly",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
 

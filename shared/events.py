@@ -373,7 +373,7 @@ def event_class(event_type: str) -> type[Event]:
 
 
 def decode(raw: bytes | str) -> tuple[Envelope, Event]:
-    """Parse bytes from the wire into envelope + typed event; raises `InvalidEvent` with a reason."""
+    """Parse wire bytes into envelope + typed event; raises `InvalidEvent` with a reason."""
     try:
         envelope = Envelope.from_bytes(raw)
         return envelope, envelope.event()

@@ -20,6 +20,13 @@ import redis
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.topics import TopicNames
 
+# Tansu completes a group rebalance only after about one session timeout; short timeouts keep
+# service start-up and restarts quick on the embedded broker (see README, "embedded broker").
+EMBEDDED_BROKER_TUNING = {
+    "RAPPORT_KAFKA_SESSION_TIMEOUT_MS": "1000",
+    "RAPPORT_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+}
+
 
 class StackError(RuntimeError):
     """Something the local stack needs is missing or did not come up; the message says what."""
@@ -73,9 +80,12 @@ class ChildProcess:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
             start_new_session=True,
         )
         log.close()
@@ -123,9 +133,19 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 15.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir), "--save", "", "--protected-mode", "yes",
-            "--daemonize", "no",
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
         ]
         if self.aof:
             # Write-side state must survive a crash: AOF, fsync every second (DESIGN.md).
@@ -162,8 +182,14 @@ class EmbeddedKafka:
     def start(self, timeout_s: float = 30.0) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         argv = [
-            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         self.child = ChildProcess("kafka", argv, self.log_dir / "tansu.log")
         self.child.start()

@@ -20,7 +20,8 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 EVENTS_PUBLISHED = Counter(
-    "rapport_events_published_total", "Events published to Kafka by the outbox relay",
+    "rapport_events_published_total",
+    "Events published to Kafka by the outbox relay",
     ["service", "type"],
 )
 EVENTS_CONSUMED = Counter(
@@ -33,7 +34,9 @@ EVENTS_FAILED = Counter(
     "rapport_events_failed_total", "Handler failures (each attempt)", ["consumer", "type"]
 )
 DLQ_RECORDS = Counter(
-    "rapport_dlq_records_total", "Records sent to a dead-letter topic", ["consumer", "topic", "reason"]
+    "rapport_dlq_records_total",
+    "Records sent to a dead-letter topic",
+    ["consumer", "topic", "reason"],
 )
 OUTBOX_BACKLOG = Gauge(
     "rapport_outbox_backlog", "Outbox entries not yet confirmed by the broker", ["service"]

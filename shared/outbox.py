@@ -108,9 +108,7 @@ class Outbox:
             for key in keys:
                 pipe.hmget(key, "v", "s")
             rows = await pipe.execute()
-        return [
-            Loaded(int(v) if v else 0, json.loads(s) if s else None) for v, s in rows
-        ]
+        return [Loaded(int(v) if v else 0, json.loads(s) if s else None) for v, s in rows]
 
     async def commit(
         self,
@@ -131,8 +129,10 @@ class Outbox:
             args += [topics(env.topic), env.key, env.type, str(env.event_id), env.to_bytes()]
         for op in index_ops:
             args += [op.op, op.score, op.member]
-        result = await self._commit(keys=keys, args=args)
-        return result.decode() if isinstance(result, bytes) else result
+        result = _s(await self._commit(keys=keys, args=args))
+        if result not in ("ok", "conflict", "duplicate"):
+            raise RuntimeError(f"unexpected outbox commit result {result!r}")
+        return result  # type: ignore[return-value]
 
     async def backlog(self) -> int:
         return int(await self.redis.xlen(self.stream_key))
@@ -195,7 +195,7 @@ class OutboxRelay:
             return 0
         futures = []
         for _, fields in entries:
-            f = {_s(k): v for k, v in fields.items()}
+            f = {_s(k): v for k, v in (fields or {}).items()}
             futures.append(
                 await self.broker.publish(
                     _b(f["value"]),
@@ -213,14 +213,12 @@ class OutboxRelay:
         await self.redis.xdel(self.stream_key, *ids)
         self._last_id = ids[-1]
         for _, fields in entries:
-            EVENTS_PUBLISHED.labels(self.service, _s(fields.get(b"type", fields.get("type")))).inc()
+            EVENTS_PUBLISHED.labels(self.service, _s((fields or {}).get("type"))).inc()
         return len(ids)
 
     async def _wait_for_entries(self) -> None:
         # XREAD BLOCK wakes as soon as a new entry lands: a wait on the condition, not a sleep.
-        await self.redis.xread(
-            {self.stream_key: self._last_id}, count=1, block=self.idle_block_ms
-        )
+        await self.redis.xread({self.stream_key: self._last_id}, count=1, block=self.idle_block_ms)
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

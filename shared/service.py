@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -76,11 +76,13 @@ class Runtime:
             consumer,
             [s.topics(t) for t in topics],
             group_id=f"{s.namespace}rapport-{s.service}-{name}",
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             **options,
         )
         return consumer
 
-    def spawn(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
+    def spawn(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         self.tasks.append(asyncio.create_task(loop(), name=name))
 
     async def start(self, timeout_s: float = 30.0) -> None:

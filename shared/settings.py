@@ -34,9 +34,21 @@ class ServiceSettings(BaseSettings):
     # Prefix of every topic and Redis key; lets tests and parallel stacks share infrastructure.
     namespace: str = Field("", validation_alias=AliasChoices("RAPPORT_NAMESPACE"))
     # Retries of a consumer handler before the event goes to the DLQ.
-    consumer_max_attempts: int = Field(5, validation_alias=AliasChoices("RAPPORT_CONSUMER_MAX_ATTEMPTS"))
-    consumer_backoff_s: float = Field(0.2, validation_alias=AliasChoices("RAPPORT_CONSUMER_BACKOFF_S"))
+    consumer_max_attempts: int = Field(
+        5, validation_alias=AliasChoices("RAPPORT_CONSUMER_MAX_ATTEMPTS")
+    )
+    consumer_backoff_s: float = Field(
+        0.2, validation_alias=AliasChoices("RAPPORT_CONSUMER_BACKOFF_S")
+    )
     dedupe_ttl_s: int = Field(30 * 24 * 3600, validation_alias=AliasChoices("RAPPORT_DEDUPE_TTL_S"))
+    # Consumer-group liveness. Rebalances on the embedded broker take about one session
+    # timeout, so `make run` and the tests lower it; production keeps Kafka's usual 10 s.
+    kafka_session_timeout_ms: int = Field(
+        10_000, validation_alias=AliasChoices("RAPPORT_KAFKA_SESSION_TIMEOUT_MS")
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        3_000, validation_alias=AliasChoices("RAPPORT_KAFKA_HEARTBEAT_INTERVAL_MS")
+    )
     log_level: str = Field("info", validation_alias=AliasChoices("RAPPORT_LOG_LEVEL"))
 
     @field_validator("api_tokens", mode="before")

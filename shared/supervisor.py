@@ -35,9 +35,18 @@ class ServiceProcess:
 
     def start(self) -> None:
         argv = [
-            sys.executable, "-m", "uvicorn", f"services.{self.name}.main:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
-            "--timeout-graceful-shutdown", "10",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"services.{self.name}.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "10",
         ]
         self.child = ChildProcess(
             self.name, argv, self.log_dir / f"{self.name}.log", env={**os.environ, **self.env}
@@ -83,7 +92,8 @@ class Supervisor:
                     svc.restarts += 1
                     log.warning(
                         "%s exited (code %s); restarting (restart #%d)",
-                        svc.name, svc.child.proc.returncode if svc.child.proc else "?",
+                        svc.name,
+                        svc.child.proc.returncode if svc.child.proc else "?",
                         svc.restarts,
                     )
                     self._stop.wait(min(self.restart_backoff_s * svc.restarts, 10))

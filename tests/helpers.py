@@ -1,0 +1,95 @@
+"""Helpers shared by the test tiers: ids, waiting on conditions, reading topics, app clients."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from fastapi import FastAPI
+
+T = TypeVar("T")
+
+TOKEN = "test-token"
+
+
+@dataclass(frozen=True)
+class Infra:
+    kafka_bootstrap: str
+    redis_url: str
+
+
+def random_id(n: int = 10) -> str:
+    return secrets.token_hex(n // 2 + 1)[:n]
+
+
+def auth(member: str | None = None, token: str = TOKEN) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if member is not None:
+        headers["X-Member-Id"] = member
+    return headers
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll `check` until it returns something truthy; fail with its last value on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 15.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record on `topic` from the start, once at least `expect` arrived.
+
+    Then it keeps reading briefly until no more arrive in one poll, so extra (duplicate)
+    records are seen too.
+    """
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+        while True:
+            batch = await consumer.getmany(timeout_ms=300)
+            if not batch:
+                break
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    if len(records) < expect:
+        raise AssertionError(f"{topic}: expected {expect} records, got {len(records)}")
+    return records
+
+
+@asynccontextmanager
+async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan (real broker + Redis), called in process over ASGI."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client

@@ -1,0 +1,169 @@
+"""The idempotent batch consumer on a real broker (FastStream on aiokafka) and redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from shared import events as ev
+from shared.consumer import ConsumedEvent, EventConsumer, broker_dead_letter_sink, subscribe
+from shared.events import Envelope
+from shared.kafka import make_broker
+from shared.topics import TopicNames, dlq
+from tests.helpers import Infra, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+
+# Counts each event once: the effect and the dedupe mark land in one atomic script.
+APPLY_LUA = """
+for i, mark in ipairs(KEYS) do
+  if i > 1 and redis.call('SET', mark, '1', 'NX', 'EX', 3600) then
+    redis.call('INCR', KEYS[1])
+  end
+end
+"""
+
+
+class CountingHandler:
+    def __init__(self, redis: Redis, counter_key: str, poison_member: str | None = None) -> None:
+        self.counter_key = counter_key
+        self.script = redis.register_script(APPLY_LUA)
+        self.poison_member = poison_member
+        self.calls = 0
+
+    async def __call__(self, events: list[ConsumedEvent]) -> None:
+        self.calls += 1
+        if self.poison_member and any(
+            getattr(e.event, "member_id", None) == self.poison_member for e in events
+        ):
+            raise RuntimeError("cannot apply this event")
+        await self.script(keys=[self.counter_key, *(e.dedupe_key for e in events)])
+
+
+@contextlib.asynccontextmanager
+async def consuming(
+    infra: Infra, redis: Redis, namespace: str, handler: CountingHandler
+) -> AsyncIterator[EventConsumer]:
+    broker = make_broker(infra.kafka_bootstrap, "test-consumer")
+    consumer = EventConsumer(
+        name="test",
+        redis=redis,
+        handler=handler,
+        dead_letter=broker_dead_letter_sink(broker),
+        dedupe_prefix=f"{namespace}seen",
+        max_attempts=2,
+        backoff_s=0.01,
+    )
+    topics = TopicNames(namespace)
+    subscribe(
+        broker,
+        consumer,
+        [topics(ev.MEMBERS)],
+        group_id=f"{namespace}g",
+        session_timeout_ms=1000,
+        heartbeat_interval_ms=300,
+    )
+    await broker.start()
+    try:
+        yield consumer
+    finally:
+        await broker.stop()
+
+
+async def produce(infra: Infra, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"same-partition")
+    finally:
+        await producer.stop()
+
+
+def registered(member: str) -> Envelope:
+    return Envelope.wrap(
+        ev.MemberRegistered(member_id=member, name=member.title(), industry="Technology"),
+        producer="test",
+    )
+
+
+async def _counter(redis: Redis, key: str) -> int:
+    return int(await redis.get(key) or 0)
+
+
+async def test_redelivered_batch_is_applied_once(
+    infra: Infra, redis_client: Redis, namespace: str
+) -> None:
+    topic = TopicNames(namespace)(ev.MEMBERS)
+    counter = f"{namespace}count"
+    batch = [registered(f"m{i}").to_bytes() for i in range(20)]
+    handler = CountingHandler(redis_client, counter)
+    async with consuming(infra, redis_client, namespace, handler):
+        await produce(infra, topic, batch)
+        await wait_until(lambda: _counter(redis_client, counter), timeout=15)
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 20), timeout=15)
+        # The same records again, as after a consumer crash before its commit.
+        await produce(infra, topic, [*batch, registered("late").to_bytes()])
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 21), timeout=15)
+    # The duplicates were filtered before the handler: it never saw them again.
+    assert await _counter(redis_client, counter) == 21
+
+
+async def _eq(value: object, expected: object) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def test_committed_positions_survive_a_restart(
+    infra: Infra, redis_client: Redis, namespace: str
+) -> None:
+    topic = TopicNames(namespace)(ev.MEMBERS)
+    counter = f"{namespace}count"
+    await produce(infra, topic, [registered(f"m{i}").to_bytes() for i in range(5)])
+    first = CountingHandler(redis_client, counter)
+    async with consuming(infra, redis_client, namespace, first):
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 5), timeout=15)
+    await produce(infra, topic, [registered("after-restart").to_bytes()])
+    second = CountingHandler(redis_client, counter)
+    async with consuming(infra, redis_client, namespace, second):
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 6), timeout=15)
+    # Only the new record reached the restarted consumer: offsets were committed.
+    assert second.calls == 1
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_consumer_moves_on(
+    infra: Infra, redis_client: Redis, namespace: str
+) -> None:
+    topics = TopicNames(namespace)
+    topic = topics(ev.MEMBERS)
+    counter = f"{namespace}count"
+    unknown = registered("x").model_dump(mode="json") | {"type": "MemberTeleported"}
+    invalid = registered("y").model_dump(mode="json") | {"payload": {"member_id": "no spaces!"}}
+    import json
+
+    values = [
+        b"\x00not json at all",
+        json.dumps(unknown).encode(),
+        json.dumps(invalid).encode(),
+        registered("breaks-handler").to_bytes(),
+        registered("good").to_bytes(),
+    ]
+    handler = CountingHandler(redis_client, counter, poison_member="breaks-handler")
+    async with consuming(infra, redis_client, namespace, handler):
+        await produce(infra, topic, values)
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 1), timeout=15)
+        dead = await read_topic(infra.kafka_bootstrap, dlq(topic), expect=4)
+
+    reasons = {r.offset: dict(r.headers)["dlq_reason"].decode() for r in dead}
+    assert [reason.split(":")[0] for reason in reasons.values()] == [
+        "invalid",
+        "unknown_type",
+        "invalid",
+        "handler_failed",
+    ]
+    assert "payload.member_id" in reasons[2] or "member_id" in reasons[2]
+    assert all(dict(r.headers)["source_topic"] == topic.encode() for r in dead)
+    assert dead[0].value == values[0]  # the original bytes, for replay after a fix
