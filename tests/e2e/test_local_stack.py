@@ -1,0 +1,100 @@
+"""`rapport run` (what `make run` calls) as a user runs it: a real process tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.localstack import free_port, port_is_free
+from shared.supervisor import SERVICES
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)  # polling another process's state; nothing to await
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _service_pid(port: int) -> int:
+    out = subprocess.run(
+        ["pgrep", "-f", f"uvicorn .* --port {port} "], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.split()[0])
+
+
+@pytest.mark.timeout(180)
+def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    ports = {name: free_port() for name in SERVICES}
+    kafka_port, redis_port = free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "RAPPORT_API_TOKENS")
+    }
+    env.update({f"RAPPORT_{name.upper()}_PORT": str(p) for name, p in ports.items()})
+    env["COLUMNS"] = "200"
+    log = tmp_path / "run.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "run",
+                "--kafka-port",
+                str(kafka_port),
+                "--redis-port",
+                str(redis_port),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        _wait(lambda: "API token" in log.read_text() or proc.poll() is not None, 90, "start-up")
+        printed = log.read_text()
+        assert proc.poll() is None, printed
+        token = (tmp_path / "state" / "token").read_text().strip()
+        assert token in printed
+        for name, port in ports.items():
+            assert f"http://127.0.0.1:{port}" in printed
+            assert _ready(port), name
+        assert f"127.0.0.1:{kafka_port}" in printed and f"127.0.0.1:{redis_port}" in printed
+
+        victim = _service_pid(ports["invitation"])
+        os.kill(victim, signal.SIGKILL)
+        _wait(
+            lambda: not _ready(ports["invitation"]) or _service_pid(ports["invitation"]) != victim,
+            10,
+            "crash",
+        )
+        _wait(lambda: _ready(ports["invitation"]), 60, "restart after kill -9")
+        assert _service_pid(ports["invitation"]) != victim
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    assert proc.returncode == 0, log.read_text()
+    for port in [*ports.values(), kafka_port, redis_port]:
+        assert port_is_free(port), f"port {port} still in use after Ctrl-C"
