@@ -44,6 +44,42 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class DomainError(ApiError):
+    """A rule of the domain said no. Raised by pure `decide` functions; the API maps it as is."""
+
+    status = 400
+    default_code = "rejected"
+
+    def __init__(
+        self, message: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(self.status, code or self.default_code, message, headers)
+
+
+class NotFound(DomainError):
+    status, default_code = 404, "not_found"
+
+
+class Conflict(DomainError):
+    status, default_code = 409, "conflict"
+
+
+class Forbidden(DomainError):
+    status, default_code = 403, "forbidden"
+
+
+class Invalid(DomainError):
+    status, default_code = 422, "invalid_request"
+
+
+class RateLimited(DomainError):
+    status, default_code = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(ApiError):
     def __init__(self, message: str = "a dependency is unavailable, retry shortly") -> None:
         super().__init__(503, "unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
@@ -118,3 +154,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal", "internal error")
+
+
+class ContendedWrite(Unavailable):
+    """Optimistic retries ran out: an aggregate is too hot right now; retry shortly."""
+
+    def __init__(self) -> None:
+        super().__init__("too many concurrent writes to the same record, retry shortly")

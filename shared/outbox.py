@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.errors import ContendedWrite
 from shared.events import Envelope
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from shared.topics import TopicNames
@@ -136,6 +138,19 @@ class Outbox:
 
     async def backlog(self) -> int:
         return int(await self.redis.xlen(self.stream_key))
+
+
+async def retry_on_conflict(
+    attempt: Callable[[], Awaitable[tuple[CommitResult, Any]]], tries: int = 100
+) -> tuple[CommitResult, Any]:
+    """Re-run load -> decide -> commit until the commit is not a version conflict."""
+    for n in range(tries):
+        result, value = await attempt()
+        if result != "conflict":
+            return result, value
+        # Jittered backoff spreads contenders out; a conflict means someone else just won.
+        await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
+    raise ContendedWrite()
 
 
 _RENEW_LUA = """

@@ -42,6 +42,8 @@ class Runtime:
     broker: KafkaBroker
     outbox: Outbox
     relay: OutboxRelay
+    # The service's own store (set by its consumers.register), used by its API.
+    store: Any = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod

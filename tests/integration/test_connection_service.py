@@ -1,0 +1,201 @@
+"""The connection service on the real broker and redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from services.connection import domain
+from services.connection.domain import Member
+from services.connection.main import create_app
+from shared import events as ev
+from shared.events import Envelope, decode
+from shared.outbox import AggregateWrite
+from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS, TopicNames
+from tests.helpers import Infra, auth, read_topic, running_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
+
+
+async def register(client: httpx.AsyncClient, member: str, industry: str = "Technology") -> dict:
+    response = await client.post(
+        "/members", json={"name": member.title(), "industry": industry}, headers=auth(member)
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def publish(infra: Infra, topic: str, envelope: Envelope) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic,
+            envelope.to_bytes(),
+            key=envelope.key.encode(),
+            headers=[("type", envelope.type.encode())],
+        )
+    finally:
+        await producer.stop()
+
+
+def events_of(records: list) -> list[ev.Event]:
+    return [decode(r.value)[1] for r in records]
+
+
+async def test_members_register_read_update_with_normalised_industry(
+    infra: Infra, namespace: str
+) -> None:
+    async with running_app(create_app()) as client:
+        created = await register(client, "ada", industry="  Financial   Services ")
+        bo = await client.post(
+            "/members", json={"name": "Bo", "industry": "financial services"}, headers=auth("bo")
+        )
+        again = await client.post(
+            "/members", json={"name": "A", "industry": "x"}, headers=auth("ada")
+        )
+        as_other = await client.post(
+            "/members", json={"member_id": "zed", "name": "Z", "industry": "x"}, headers=auth("ada")
+        )
+        got = await client.get("/members/bo", headers=auth("ada"))
+        patched = await client.patch(
+            "/members/ada", json={"industry": "HEALTHCARE", "title": "CTO"}, headers=auth("ada")
+        )
+        not_mine = await client.patch("/members/bo", json={"title": "x"}, headers=auth("ada"))
+        unknown = await client.get("/members/nobody", headers=auth("ada"))
+
+    assert created["member_id"] == "ada" and created["event_id"]
+    assert bo.status_code == 201
+    assert got.json()["industry"] == "Financial Services"  # grouped with the first spelling
+    assert again.status_code == 409 and again.json()["error"]["code"] == "member_exists"
+    assert as_other.status_code == 403
+    assert patched.status_code == 200
+    assert not_mine.status_code == 403
+    assert unknown.status_code == 404
+    records = await read_topic(infra.kafka_bootstrap, TopicNames(namespace)(MEMBERS), expect=3)
+    ada_events = [e for e in events_of(records) if e.partition_key == "ada"]
+    assert ada_events[-1] == ev.MemberProfileUpdated(
+        member_id="ada", industry="HEALTHCARE", title="CTO", previous_industry="Financial Services"
+    )
+    assert all(dict(r.headers)["type"] == decode(r.value)[0].type.encode() for r in records)
+
+
+async def test_accepted_invitation_becomes_one_connection_with_follows(
+    infra: Infra, namespace: str
+) -> None:
+    topics = TopicNames(namespace)
+    accepted = Envelope.wrap(
+        ev.InvitationAccepted(invitation_id="inv1", sender="ann", recipient="bob"),
+        producer="invitation",
+        correlation_id="corr-1",
+    )
+    async with running_app(create_app()) as client:
+        await register(client, "ann")
+        await register(client, "bob")
+        await publish(infra, topics(INVITATIONS), accepted)
+        await publish(infra, topics(INVITATIONS), accepted)  # re-delivery
+        records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=3)
+        removal = await client.delete("/connections/bob", headers=auth("ann"))
+        records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=6)
+
+    envelope, first = decode(records[0].value)
+    assert first == ev.ConnectionAccepted(member_a="ann", member_b="bob", invitation_id="inv1")
+    assert envelope.causation_id == str(accepted.event_id)
+    assert envelope.correlation_id == "corr-1"
+    assert [type(e).__name__ for e in events_of(records)] == [
+        "ConnectionAccepted",
+        "FollowStarted",
+        "FollowStarted",
+        "ConnectionRemoved",
+        "FollowStopped",
+        "FollowStopped",
+    ]
+    assert removal.json()["event_ids"] == [str(decode(r.value)[0].event_id) for r in records[3:]]
+
+
+async def test_rejection_when_blocked_reaches_the_topic(infra: Infra, namespace: str) -> None:
+    topics = TopicNames(namespace)
+    async with running_app(create_app()) as client:
+        await register(client, "ann")
+        await register(client, "bob")
+        blocked = await client.post("/blocks/ann", headers=auth("bob"))
+        follow = await client.put("/follows/bob", headers=auth("ann"))
+        await publish(
+            infra,
+            topics(INVITATIONS),
+            Envelope.wrap(
+                ev.InvitationAccepted(invitation_id="i7", sender="ann", recipient="bob"),
+                producer="x",
+            ),
+        )
+        records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=2)
+
+    assert blocked.status_code == 200
+    assert follow.status_code == 403 and "block" not in follow.text.lower()
+    assert events_of(records) == [
+        ev.MemberBlocked(blocker="bob", blocked="ann"),
+        ev.ConnectionRejected(invitation_id="i7", sender="ann", recipient="bob", reason="blocked"),
+    ]
+
+
+async def test_cap_holds_under_100_concurrent_accepts(redis_client: Redis) -> None:
+    app = create_app()
+    async with running_app(app):
+        store = app.state.runtime.store
+        hub = Member(member_id="hub", name="Hub", industry="Technology", connections=29_950)
+        await store.outbox.commit(
+            [AggregateWrite(store.member_key("hub"), 0, hub.model_dump(mode="json"))],
+            [],
+            topics=store.settings.topics,
+        )
+        others = [f"m{i}" for i in range(100)]
+        for m in others:
+            await store.execute(domain.RegisterMember(member_id=m, name=m, industry="Technology"))
+        outcomes = await asyncio.gather(
+            *(
+                store.execute(domain.AcceptConnection(f"i-{m}", m, "hub", cap=30_000))
+                for m in others
+            )
+        )
+        final = await store.member("hub")
+
+    accepted = [o for o in outcomes if o.first(ev.ConnectionAccepted)]
+    rejected = [o for o in outcomes if o.first(ev.ConnectionRejected)]
+    assert final.connections == 30_000
+    assert (len(accepted), len(rejected)) == (50, 50)
+    assert all(
+        json.loads(o.first(ev.ConnectionRejected).to_bytes())["payload"]["reason"] == "cap_reached"
+        for o in rejected
+    )
+    assert len(await store.connections("hub")) == 50
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/members", {"name": "X"}),
+        ("post", "/members", {"name": "X", "industry": "T", "surprise": 1}),
+        ("post", "/members", {"name": 5, "industry": "T"}),
+        ("post", "/members", {"member_id": "bad id!", "name": "X", "industry": "T"}),
+        ("post", "/members", {"name": "X", "industry": "T" * 101}),
+        ("patch", "/members/ann", {"name": ""}),
+        ("put", "/follows/bad%20id", None),
+        ("put", "/lists/" + "x" * 65 + "/members/bob", None),
+    ],
+)
+async def test_bad_input_is_a_4xx_and_writes_nothing(
+    method: str, path: str, body: dict | None, redis_client: Redis, namespace: str
+) -> None:
+    async with running_app(create_app()) as client:
+        await register(client, "ann")
+        before = sorted(await redis_client.keys(f"{namespace}*"))
+        response = await client.request(method, path, json=body, headers=auth("ann"))
+        after = sorted(await redis_client.keys(f"{namespace}*"))
+    assert response.status_code == 422, response.text
+    assert set(response.json()["error"]) == {"code", "message"}
+    assert after == before
