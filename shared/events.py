@@ -118,7 +118,10 @@ class InvitationDeclined(InvitationEvent):
 
 
 class InvitationWithdrawn(InvitationEvent):
-    pass
+    """Withdrawn by the sender, or cancelled by the system (`reason`) when a block or a
+    deactivation makes the invitation moot."""
+
+    reason: Literal["blocked", "deactivated"] | None = None
 
 
 class InvitationExpired(InvitationEvent):

@@ -76,6 +76,7 @@ class InvitationSettings(ServiceSettings):
     reinvite_cooldown_days: int = 21
     expiry_days: int = 180
     report_threshold: int = 3
+    expiry_sweep_interval_s: float = 60.0
 
 
 class ConnectionSettings(ServiceSettings):

@@ -1,1 +1,338 @@
-"""Pure decisions of the invitation service (state + command -> events). They land with issue #3."""
+"""Pure decisions of the invitation service.
+
+`decide(state, command, rules, now)` turns a command into events or raises a domain error;
+`react(state, event)` is what the service does when another service's event arrives;
+`evolve(state, event, now)` folds any of these events into the state.
+
+The state a command sees is a `Slice`: the pair aggregate (everything between two members),
+one invitation, the sender's counters, and whether the recipient is a known member.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import singledispatch
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from shared import events as ev
+from shared.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
+
+Status = Literal["pending", "accepted", "declined", "withdrawn", "expired", "rejected", "cancelled"]
+
+
+class PairState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    # True from acceptance on (optimistically, until the connection service rejects it).
+    connected: bool = False
+    blockers: frozenset[str] = frozenset()
+    pending: str | None = None
+    withdrawn_at: dict[str, datetime] = {}  # sender -> time of their last withdrawal
+
+
+class Invitation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    invitation_id: str
+    sender: str
+    recipient: str
+    message: str | None = None
+    status: Status = "pending"
+    sent_at: datetime
+    updated_at: datetime
+    reason: str | None = None
+
+    def involves(self, member: str) -> bool:
+        return member in (self.sender, self.recipient)
+
+
+class SenderState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    recent: tuple[datetime, ...] = ()  # send times inside the rolling window
+    reports: int = 0
+
+
+@dataclass(frozen=True)
+class Rules:
+    message_max_chars: int = 300
+    weekly_limit: int = 100
+    reinvite_cooldown: timedelta = timedelta(days=21)
+    expiry: timedelta = timedelta(days=180)
+    report_threshold: int = 3
+    window: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Slice:
+    pair: PairState = field(default_factory=PairState)
+    invitation: Invitation | None = None
+    sender: SenderState = field(default_factory=SenderState)
+    recipient_known: bool = True
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendInvitation:
+    invitation_id: str
+    sender: str
+    recipient: str
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Accept:
+    invitation_id: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class Decline:
+    invitation_id: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    invitation_id: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class Report:
+    invitation_id: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class Expire:
+    invitation_id: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    invitation_id: str
+    reason: Literal["blocked", "deactivated"]
+
+
+Command = SendInvitation | Accept | Decline | Withdraw | Report | Expire | Cancel
+
+
+def decide(state: Slice, command: Command, rules: Rules, now: datetime) -> list[ev.Event]:
+    match command:
+        case SendInvitation():
+            return _decide_send(state, command, rules, now)
+        case Accept() | Decline() | Withdraw() | Report():
+            return _decide_answer(state, command)
+        case Expire():
+            inv = state.invitation
+            if inv is None or inv.status != "pending" or inv.sent_at + rules.expiry > now:
+                return []
+            return [ev.InvitationExpired(**_ids(inv))]
+        case Cancel(reason=reason):
+            inv = state.invitation
+            if inv is None or inv.status != "pending":
+                return []
+            return [ev.InvitationWithdrawn(**_ids(inv), reason=reason)]
+    raise TypeError(f"unknown command {command!r}")
+
+
+def _ids(inv: Invitation) -> dict[str, str]:
+    return {"invitation_id": inv.invitation_id, "sender": inv.sender, "recipient": inv.recipient}
+
+
+def _decide_send(
+    state: Slice, command: SendInvitation, rules: Rules, now: datetime
+) -> list[ev.Event]:
+    sender, recipient = command.sender, command.recipient
+    if command.message is not None and len(command.message) > rules.message_max_chars:
+        raise Invalid(
+            f"message is longer than {rules.message_max_chars} characters", "message_too_long"
+        )
+    if sender == recipient:
+        raise Invalid("you cannot invite yourself", "self_invite")
+    if not state.recipient_known:
+        raise NotFound(f"member {recipient} not found", "member_not_found")
+    if state.sender.reports >= rules.report_threshold:
+        raise Forbidden(
+            "your invitations are restricted after reports from recipients", "sender_restricted"
+        )
+    pair = state.pair
+    if pair.blockers:
+        # One answer for either direction, and nothing that names a block.
+        raise Forbidden("you cannot invite this member", "cannot_invite")
+    if pair.connected:
+        raise Conflict("you are already connected", "already_connected")
+    pending = state.invitation
+    if pair.pending is not None and pending is not None and pending.status == "pending":
+        if pending.sender == recipient:
+            # They invited you first: inviting back accepts their invitation.
+            return [ev.InvitationAccepted(**_ids(pending))]
+        raise Conflict("an invitation to this member is already pending", "already_pending")
+    withdrawn = pair.withdrawn_at.get(sender)
+    if withdrawn is not None and withdrawn + rules.reinvite_cooldown > now:
+        opens = (withdrawn + rules.reinvite_cooldown).date().isoformat()
+        raise Conflict(
+            f"you withdrew an invitation to this member; you can invite again on {opens}",
+            "reinvite_cooldown",
+        )
+    recent = [t for t in state.sender.recent if t + rules.window > now]
+    if len(recent) >= rules.weekly_limit:
+        retry = min(recent) + rules.window - now
+        raise RateLimited(
+            f"at most {rules.weekly_limit} invitations per {rules.window.days} days",
+            int(retry.total_seconds()) + 1,
+        )
+    return [
+        ev.InvitationSent(
+            invitation_id=command.invitation_id,
+            sender=sender,
+            recipient=recipient,
+            message=command.message,
+        )
+    ]
+
+
+def _decide_answer(state: Slice, command: Accept | Decline | Withdraw | Report) -> list[ev.Event]:
+    inv = state.invitation
+    if inv is None or not inv.involves(command.actor):
+        # Strangers learn nothing, not even that the invitation exists.
+        raise NotFound("invitation not found", "invitation_not_found")
+    allowed = inv.sender if isinstance(command, Withdraw) else inv.recipient
+    if command.actor != allowed:
+        who = "sender" if isinstance(command, Withdraw) else "recipient"
+        raise Forbidden(f"only the {who} can do this", "not_allowed")
+    if inv.status != "pending":
+        raise Conflict(f"the invitation is already {inv.status}", "invitation_finished")
+    match command:
+        case Accept():
+            return [ev.InvitationAccepted(**_ids(inv))]
+        case Decline():
+            return [ev.InvitationDeclined(**_ids(inv))]
+        case Withdraw():
+            return [ev.InvitationWithdrawn(**_ids(inv))]
+        case Report():
+            return [ev.InvitationDeclined(**_ids(inv), reported=True)]
+    raise TypeError(f"unknown command {command!r}")
+
+
+def react(state: Slice, event: ev.Event) -> list[Command]:
+    """What this service does about another service's event (beyond folding it)."""
+    match event:
+        case ev.MemberBlocked() if state.pair.pending is not None:
+            return [Cancel(state.pair.pending, "blocked")]
+    return []
+
+
+# --- evolve ----------------------------------------------------------------------------------
+
+
+def evolve(state: Slice, event: ev.Event, now: datetime) -> Slice:
+    return _evolve(event, state, now)
+
+
+def fold(state: Slice, events: list[ev.Event], now: datetime) -> Slice:
+    for event in events:
+        state = evolve(state, event, now)
+    return state
+
+
+@singledispatch
+def _evolve(event: ev.Event, state: Slice, now: datetime) -> Slice:
+    return state  # events this service does not keep state for
+
+
+def _finish(state: Slice, status: Status, now: datetime, reason: str | None = None) -> Slice:
+    inv = state.invitation
+    assert inv is not None
+    pair = state.pair
+    if pair.pending == inv.invitation_id:
+        pair = pair.model_copy(update={"pending": None})
+    return replace(
+        state,
+        pair=pair,
+        invitation=inv.model_copy(update={"status": status, "updated_at": now, "reason": reason}),
+    )
+
+
+@_evolve.register
+def _(event: ev.InvitationSent, state: Slice, now: datetime) -> Slice:
+    inv = Invitation(
+        invitation_id=event.invitation_id,
+        sender=event.sender,
+        recipient=event.recipient,
+        message=event.message,
+        sent_at=now,
+        updated_at=now,
+    )
+    sender = state.sender.model_copy(update={"recent": (*state.sender.recent, now)})
+    pair = state.pair.model_copy(update={"pending": event.invitation_id})
+    return replace(state, invitation=inv, sender=sender, pair=pair)
+
+
+@_evolve.register
+def _(event: ev.InvitationAccepted, state: Slice, now: datetime) -> Slice:
+    state = _finish(state, "accepted", now)
+    return replace(state, pair=state.pair.model_copy(update={"connected": True}))
+
+
+@_evolve.register
+def _(event: ev.InvitationDeclined, state: Slice, now: datetime) -> Slice:
+    state = _finish(state, "declined", now, "reported" if event.reported else None)
+    if event.reported:
+        state = replace(
+            state, sender=state.sender.model_copy(update={"reports": state.sender.reports + 1})
+        )
+    return state
+
+
+@_evolve.register
+def _(event: ev.InvitationWithdrawn, state: Slice, now: datetime) -> Slice:
+    if event.reason is not None:
+        return _finish(state, "cancelled", now, event.reason)
+    state = _finish(state, "withdrawn", now)
+    withdrawn = {**state.pair.withdrawn_at, event.sender: now}
+    return replace(state, pair=state.pair.model_copy(update={"withdrawn_at": withdrawn}))
+
+
+@_evolve.register
+def _(event: ev.InvitationExpired, state: Slice, now: datetime) -> Slice:
+    return _finish(state, "expired", now)
+
+
+@_evolve.register
+def _(event: ev.ConnectionAccepted, state: Slice, now: datetime) -> Slice:
+    return replace(state, pair=state.pair.model_copy(update={"connected": True}))
+
+
+@_evolve.register
+def _(event: ev.ConnectionRemoved, state: Slice, now: datetime) -> Slice:
+    return replace(state, pair=state.pair.model_copy(update={"connected": False}))
+
+
+@_evolve.register
+def _(event: ev.ConnectionRejected, state: Slice, now: datetime) -> Slice:
+    pair = state.pair.model_copy(update={"connected": False})
+    inv = state.invitation
+    if inv is not None and inv.invitation_id == event.invitation_id:
+        inv = inv.model_copy(
+            update={"status": "rejected", "reason": event.reason, "updated_at": now}
+        )
+    return replace(state, pair=pair, invitation=inv)
+
+
+@_evolve.register
+def _(event: ev.MemberBlocked, state: Slice, now: datetime) -> Slice:
+    blockers = state.pair.blockers | {event.blocker}
+    return replace(state, pair=state.pair.model_copy(update={"blockers": blockers}))
+
+
+@_evolve.register
+def _(event: ev.MemberUnblocked, state: Slice, now: datetime) -> Slice:
+    blockers = state.pair.blockers - {event.blocker}
+    return replace(state, pair=state.pair.model_copy(update={"blockers": blockers}))

@@ -1,0 +1,248 @@
+"""The invitation service with the connection service, on the real broker and redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from services.connection.main import create_app as connection_app
+from services.invitation.consumers import expire_due
+from services.invitation.main import create_app as invitation_app
+from shared import events as ev
+from shared.events import decode
+from shared.topics import INVITATIONS, TopicNames, pair_key
+from tests.helpers import Infra, auth, read_topic, running_app, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
+
+
+class Stack:
+    def __init__(self, invitations: httpx.AsyncClient, connections: httpx.AsyncClient, app) -> None:
+        self.inv = invitations
+        self.conn = connections
+        self.store = app.state.runtime.store
+
+    async def members(self, *ids: str) -> None:
+        for m in ids:
+            r = await self.conn.post(
+                "/members", json={"name": m, "industry": "Tech"}, headers=auth(m)
+            )
+            assert r.status_code == 201, r.text
+        for m in ids:
+            await wait_until(lambda m=m: self.store.redis.sismember(self.store.members_key, m))
+
+    async def invite(self, sender: str, to: str, message: str | None = None) -> httpx.Response:
+        body = {"to": to} if message is None else {"to": to, "message": message}
+        return await self.inv.post("/invitations", json=body, headers=auth(sender))
+
+    async def answer(self, action: str, invitation_id: str, actor: str) -> httpx.Response:
+        return await self.inv.post(f"/invitations/{invitation_id}/{action}", headers=auth(actor))
+
+    async def status(self, invitation_id: str, actor: str) -> str:
+        r = await self.inv.get(f"/invitations/{invitation_id}", headers=auth(actor))
+        return r.json()["status"]
+
+
+@asynccontextmanager
+async def stack() -> AsyncIterator[Stack]:
+    inv_app = invitation_app()
+    async with running_app(inv_app) as inv, running_app(connection_app()) as conn:
+        yield Stack(inv, conn, inv_app)
+
+
+async def test_scripted_scenario_emits_exactly_the_expected_events(
+    infra: Infra, namespace: str
+) -> None:
+    async with stack() as s:
+        await s.members("ann", "bob", "cat")
+        first = (await s.invite("ann", "bob", "Hi Bob")).json()
+        accepted = await s.answer("accept", first["invitation_id"], "bob")
+        # Once the connection service agrees, the pair counts as connected.
+        await wait_until(lambda: _status_is(s, first["invitation_id"], "ann", "accepted"))
+        again = await s.invite("ann", "bob")
+        cat = (await s.invite("cat", "ann")).json()
+        withdrawn = await s.answer("withdraw", cat["invitation_id"], "cat")
+        cooldown = await s.invite("cat", "ann")
+        declined_id = (await s.invite("bob", "cat")).json()["invitation_id"]
+        declined = await s.answer("decline", declined_id, "cat")
+        records = await read_topic(
+            infra.kafka_bootstrap, TopicNames(namespace)(INVITATIONS), expect=6
+        )
+
+    assert first["status"] == "pending" and first["event_id"]
+    assert accepted.status_code == 200 and accepted.json()["status"] == "accepted"
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_connected"
+    assert withdrawn.status_code == 200
+    assert cooldown.status_code == 409 and cooldown.json()["error"]["code"] == "reinvite_cooldown"
+    assert declined.json()["status"] == "declined"
+
+    by_pair: dict[str, list[str]] = {}
+    for record in records:
+        envelope, event = decode(record.value)
+        assert envelope.producer == "invitation"
+        assert envelope.key == record.key.decode() == event.partition_key
+        assert dict(record.headers)["type"] == envelope.type.encode()
+        by_pair.setdefault(envelope.key, []).append(envelope.type)
+    assert by_pair == {
+        pair_key("ann", "bob"): ["InvitationSent", "InvitationAccepted"],
+        pair_key("ann", "cat"): ["InvitationSent", "InvitationWithdrawn"],
+        pair_key("bob", "cat"): ["InvitationSent", "InvitationDeclined"],
+    }
+    assert decode(records[0].value)[0].event_id is not None
+
+
+async def _status_is(s: Stack, invitation_id: str, actor: str, status: str) -> bool:
+    return await s.status(invitation_id, actor) == status and bool(
+        (await s.invite(actor, "bob" if actor == "ann" else "ann")).status_code == 409
+    )
+
+
+async def test_inviting_back_connects_both(infra: Infra, namespace: str) -> None:
+    async with stack() as s:
+        await s.members("ann", "bob")
+        first = (await s.invite("ann", "bob")).json()
+        back = await s.invite("bob", "ann")
+        assert back.status_code == 201
+        assert back.json()["invitation_id"] == first["invitation_id"]
+        assert back.json()["status"] == "accepted"
+        connections = await read_topic(
+            infra.kafka_bootstrap, TopicNames(namespace)("rapport.connections"), expect=1
+        )
+    assert isinstance(decode(connections[0].value)[1], ev.ConnectionAccepted)
+
+
+async def test_fifty_concurrent_invitations_for_one_pair_make_one(
+    infra: Infra, namespace: str
+) -> None:
+    async with stack() as s:
+        await s.members("ann", "bob")
+        responses = await asyncio.gather(*(s.invite("ann", "bob") for _ in range(50)))
+        records = await read_topic(
+            infra.kafka_bootstrap, TopicNames(namespace)(INVITATIONS), expect=1
+        )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [201] + [409] * 49
+    assert [decode(r.value)[0].type for r in records] == ["InvitationSent"]
+
+
+async def test_concurrent_accept_and_withdraw_have_one_outcome() -> None:
+    others = [f"b{i}" for i in range(10)]
+    async with stack() as s:
+        await s.members("ann", *others)
+        for other in others:
+            inv = (await s.invite("ann", other)).json()["invitation_id"]
+            accept, withdraw = await asyncio.gather(
+                s.answer("accept", inv, other), s.answer("withdraw", inv, "ann")
+            )
+            assert sorted([accept.status_code, withdraw.status_code]) == [200, 409]
+            final = await s.status(inv, "ann")
+            assert final == ("accepted" if accept.status_code == 200 else "withdrawn")
+
+
+async def test_rejection_from_the_connection_service_changes_the_invitation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RAPPORT_CONNECTION_CONNECTION_CAP", "1")
+    async with stack() as s:
+        await s.members("ann", "bob", "cat")
+        first = (await s.invite("ann", "bob")).json()["invitation_id"]
+        await s.answer("accept", first, "bob")
+        await wait_until(lambda: _connected(s, "ann", "bob"))
+        second = (await s.invite("cat", "ann")).json()["invitation_id"]
+        await s.answer("accept", second, "ann")
+        await wait_until(lambda: _status(s, second, "cat", "rejected"))
+        # The rejected pair is free again: cat may invite ann anew.
+        retry = await s.invite("cat", "ann")
+    assert retry.status_code == 201
+
+
+async def _connected(s: Stack, a: str, b: str) -> bool:
+    return (await s.invite(a, b)).status_code == 409
+
+
+async def _status(s: Stack, invitation_id: str, actor: str, status: str) -> bool:
+    return await s.status(invitation_id, actor) == status
+
+
+async def test_block_cancels_pending_and_never_says_so() -> None:
+    async with stack() as s:
+        await s.members("ann", "bob")
+        pending = (await s.invite("ann", "bob")).json()["invitation_id"]
+        assert (await s.conn.post("/blocks/ann", headers=auth("bob"))).status_code == 200
+        await wait_until(lambda: _status(s, pending, "ann", "cancelled"))
+        seen_by_ann = await s.inv.get(f"/invitations/{pending}", headers=auth("ann"))
+        blocked_invite = await s.invite("ann", "bob")
+        blocker_invite = await s.invite("bob", "ann")
+    assert "block" not in seen_by_ann.text
+    assert blocked_invite.status_code == blocker_invite.status_code == 403
+    assert blocked_invite.json() == blocker_invite.json()
+
+
+async def test_visibility_rate_limit_and_report_restriction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RAPPORT_INVITATION_WEEKLY_LIMIT", "3")
+    monkeypatch.setenv("RAPPORT_INVITATION_REPORT_THRESHOLD", "2")
+    async with stack() as s:
+        await s.members("ann", "m1", "m2", "m3", "m4", "eve")
+        ids = [(await s.invite("ann", m)).json()["invitation_id"] for m in ("m1", "m2", "m3")]
+        limited = await s.invite("ann", "m4")
+        stranger = await s.inv.get(f"/invitations/{ids[0]}", headers=auth("eve"))
+        unknown = await s.inv.get("/invitations/nope", headers=auth("eve"))
+        await s.answer("report", ids[0], "m1")
+        await s.answer("report", ids[1], "m2")
+        restricted = await s.invite("ann", "eve")
+        unknown_member = await s.invite("eve", "ghost")
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 6 * 86400
+    assert stranger.status_code == unknown.status_code == 404
+    assert stranger.json() == unknown.json()
+    assert (
+        restricted.status_code == 403 and restricted.json()["error"]["code"] == "sender_restricted"
+    )
+    assert unknown_member.status_code == 404
+
+
+async def test_expiry_sweep_on_two_replicas_expires_once(infra: Infra, namespace: str) -> None:
+    async with stack() as s:
+        await s.members("ann", "bob")
+        inv = (await s.invite("ann", "bob")).json()["invitation_id"]
+        later = datetime.now(UTC) + timedelta(days=181)
+        counts = await asyncio.gather(expire_due(s.store, later), expire_due(s.store, later))
+        status = await s.status(inv, "bob")
+        records = await read_topic(
+            infra.kafka_bootstrap, TopicNames(namespace)(INVITATIONS), expect=2
+        )
+    assert sorted(counts) == [0, 1]
+    assert status == "expired"
+    assert [decode(r.value)[0].type for r in records] == ["InvitationSent", "InvitationExpired"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"to": "bob", "message": "x" * 301},
+        {"to": "ann"},
+        {"to": "bad id"},
+        {"to": 5},
+        {"to": "bob", "extra": True},
+        {},
+        [],
+    ],
+)
+async def test_bad_invitations_are_4xx_and_write_nothing(
+    body: object, redis_client: Redis, namespace: str
+) -> None:
+    async with stack() as s:
+        await s.members("ann", "bob")
+        before = {k for k in await redis_client.keys(f"{namespace}rapport:invitation:*")}
+        response = await s.inv.post("/invitations", json=body, headers=auth("ann"))
+        after = {k for k in await redis_client.keys(f"{namespace}rapport:invitation:*")}
+    assert response.status_code == 422, response.text
+    assert set(response.json()["error"]) == {"code", "message"}
+    assert after == before
