@@ -333,6 +333,28 @@ class Envelope(BaseModel):
             payload=event.model_dump(mode="json", exclude_none=True),
         )
 
+    @classmethod
+    def wrap_all(
+        cls,
+        events: list[Event],
+        *,
+        producer: str,
+        occurred_at: datetime,
+        causation: Envelope | None = None,
+        correlation_id: str | None = None,
+    ) -> list[Envelope]:
+        """Envelopes for the events one decision produced, caused by `causation` if any."""
+        return [
+            cls.wrap(
+                e,
+                producer=producer,
+                occurred_at=occurred_at,
+                correlation_id=correlation_id or (causation.correlation_id if causation else None),
+                causation_id=str(causation.event_id) if causation else None,
+            )
+            for e in events
+        ]
+
     @property
     def topic(self) -> str:
         return event_class(self.type).topic

@@ -90,6 +90,8 @@ class EngagementSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_ENGAGEMENT_", extra="ignore")
     service: ClassVar[str] = "engagement"
     port: int = 8003
+    per_actor_per_minute: int = 30
+    per_target_per_day: int = 20
 
 
 class ProjectionSettings(ServiceSettings):

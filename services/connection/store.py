@@ -128,17 +128,13 @@ class ConnectionStore:
             ]
             # An unknown member stays unknown: no placeholder record for it.
             writes = [w for w in writes if w.state is not None or w.expected_version]
-            envelopes = [
-                Envelope.wrap(
-                    e,
-                    producer=PRODUCER,
-                    occurred_at=now,
-                    correlation_id=correlation_id
-                    or (causation.correlation_id if causation else None),
-                    causation_id=str(causation.event_id) if causation else None,
-                )
-                for e in events
-            ]
+            envelopes = Envelope.wrap_all(
+                events,
+                producer=PRODUCER,
+                occurred_at=now,
+                causation=causation,
+                correlation_id=correlation_id,
+            )
             result = await self.outbox.commit(
                 writes,
                 envelopes,

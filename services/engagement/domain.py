@@ -1,1 +1,118 @@
-"""Pure decisions of the engagement service (state + command -> events). They land with issue #5."""
+"""Pure decisions of the engagement service: who may engage with whom, and how often.
+
+Engaging with non-connections is allowed (that is how people meet). A block in either
+direction refuses it with the same answer as any other refusal, so the block stays private.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from shared import events as ev
+from shared.errors import Forbidden, Invalid, NotFound, RateLimited
+
+
+class ActorState(BaseModel):
+    """The actor's recent engagements, for the per-minute limit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recent: tuple[datetime, ...] = ()
+
+
+class PairDayState(BaseModel):
+    """Engagements from one actor to one target on one UTC day."""
+
+    model_config = ConfigDict(frozen=True)
+
+    day: str = ""
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_actor_per_minute: int = 30
+    per_target_per_day: int = 20
+
+
+@dataclass(frozen=True)
+class Slice:
+    actor_known: bool = True
+    target_known: bool = True
+    blocked: bool = False  # either direction
+    actor: ActorState = field(default_factory=ActorState)
+    pair_day: PairDayState = field(default_factory=PairDayState)
+
+
+@dataclass(frozen=True)
+class RecordEngagement:
+    actor: str
+    target: str
+    kind: ev.EngagementKind
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class AnnounceMilestone:
+    member_id: str
+    kind: ev.MilestoneKind
+    detail: str | None = None
+
+
+Command = RecordEngagement | AnnounceMilestone
+
+MINUTE = timedelta(minutes=1)
+
+
+def decide(state: Slice, command: Command, limits: Limits, now: datetime) -> list[ev.Event]:
+    if not state.actor_known:
+        raise NotFound("the acting member is not registered", "member_not_found")
+    if isinstance(command, AnnounceMilestone):
+        return [
+            ev.MilestoneAnnounced(
+                member_id=command.member_id, kind=command.kind, detail=command.detail
+            )
+        ]
+    if command.actor == command.target:
+        raise Invalid("a member cannot engage with themselves", "self_engagement")
+    if not state.target_known:
+        raise NotFound(f"member {command.target} not found", "member_not_found")
+    if state.blocked:
+        raise Forbidden("you cannot engage with this member", "cannot_engage")
+    recent = [t for t in state.actor.recent if t + MINUTE > now]
+    if len(recent) >= limits.per_actor_per_minute:
+        retry = min(recent) + MINUTE - now
+        raise RateLimited(
+            f"at most {limits.per_actor_per_minute} engagements per minute",
+            int(retry.total_seconds()) + 1,
+        )
+    today = now.date().isoformat()
+    if state.pair_day.day == today and state.pair_day.count >= limits.per_target_per_day:
+        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), now.tzinfo)
+        raise RateLimited(
+            f"at most {limits.per_target_per_day} engagements with one member per day",
+            int((midnight - now).total_seconds()) + 1,
+        )
+    return [
+        ev.EngagementRecorded(
+            actor=command.actor, target=command.target, kind=command.kind, ref=command.ref
+        )
+    ]
+
+
+def evolve(state: Slice, event: ev.Event, now: datetime) -> Slice:
+    if not isinstance(event, ev.EngagementRecorded):
+        return state
+    recent = (*(t for t in state.actor.recent if t + MINUTE > now), now)
+    today = now.date().isoformat()
+    count = state.pair_day.count + 1 if state.pair_day.day == today else 1
+    return Slice(
+        actor_known=state.actor_known,
+        target_known=state.target_known,
+        blocked=state.blocked,
+        actor=ActorState(recent=recent),
+        pair_day=PairDayState(day=today, count=count),
+    )

@@ -158,16 +158,9 @@ class InvitationStore:
                         sender.model_dump(mode="json"),
                     )
                 )
-            envelopes = [
-                Envelope.wrap(
-                    e,
-                    producer=PRODUCER,
-                    occurred_at=at,
-                    correlation_id=causation.correlation_id if causation else None,
-                    causation_id=str(causation.event_id) if causation else None,
-                )
-                for e in events
-            ]
+            envelopes = Envelope.wrap_all(
+                events, producer=PRODUCER, occurred_at=at, causation=causation
+            )
             result = await self.outbox.commit(
                 writes,
                 envelopes,

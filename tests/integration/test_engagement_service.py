@@ -1,0 +1,80 @@
+"""The engagement service with the connection service, on the real broker and redis-server."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.connection.main import create_app as connection_app
+from services.engagement.main import create_app as engagement_app
+from shared import events as ev
+from shared.events import decode
+from shared.topics import ENGAGEMENTS, TopicNames
+from tests.helpers import Infra, auth, read_topic, running_app, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
+
+
+async def test_engagements_and_milestones_with_rules_and_limits(
+    infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAPPORT_ENGAGEMENT_PER_ACTOR_PER_MINUTE", "3")
+    monkeypatch.setenv("RAPPORT_ENGAGEMENT_PER_TARGET_PER_DAY", "2")
+    app = engagement_app()
+    async with running_app(app) as eng, running_app(connection_app()) as conn:
+        store = app.state.runtime.store
+        for m in ("ann", "bob", "cat", "dan"):
+            await conn.post("/members", json={"name": m, "industry": "Tech"}, headers=auth(m))
+            await wait_until(lambda m=m: store.redis.sismember(store.members_key, m))
+        await conn.post("/blocks/ann", headers=auth("dan"))
+        await wait_until(lambda: store.redis.sismember(store.blocks_key, "dan>ann"))
+
+        liked = await eng.post(
+            "/engagements", json={"target": "bob", "kind": "like", "ref": "p1"}, headers=auth("ann")
+        )
+        commented = await eng.post(
+            "/engagements", json={"target": "bob", "kind": "comment"}, headers=auth("ann")
+        )
+        per_target = await eng.post(
+            "/engagements", json={"target": "bob", "kind": "share"}, headers=auth("ann")
+        )
+        blocked = await eng.post(
+            "/engagements", json={"target": "dan", "kind": "like"}, headers=auth("ann")
+        )
+        to_blocker = await eng.post(
+            "/engagements", json={"target": "ann", "kind": "like"}, headers=auth("dan")
+        )
+        self_like = await eng.post(
+            "/engagements", json={"target": "ann", "kind": "like"}, headers=auth("ann")
+        )
+        unknown = await eng.post(
+            "/engagements", json={"target": "zed", "kind": "like"}, headers=auth("ann")
+        )
+        bad_kind = await eng.post(
+            "/engagements", json={"target": "bob", "kind": "poke"}, headers=auth("ann")
+        )
+        third = await eng.post(
+            "/engagements", json={"target": "cat", "kind": "message"}, headers=auth("ann")
+        )
+        per_minute = await eng.post(
+            "/engagements", json={"target": "cat", "kind": "like"}, headers=auth("ann")
+        )
+        milestone = await eng.post(
+            "/milestones", json={"kind": "promotion", "detail": "CTO"}, headers=auth("bob")
+        )
+        records = await read_topic(
+            infra.kafka_bootstrap, TopicNames(namespace)(ENGAGEMENTS), expect=4
+        )
+
+    assert liked.status_code == commented.status_code == third.status_code == 201
+    assert per_target.status_code == 429 and int(per_target.headers["retry-after"]) >= 1
+    assert blocked.status_code == to_blocker.status_code == 403
+    assert blocked.json() == to_blocker.json() and "block" not in blocked.text
+    assert self_like.status_code == 422 and bad_kind.status_code == 422
+    assert unknown.status_code == 404
+    # Three recorded in this minute (refusals do not count), so the fourth must wait.
+    assert per_minute.status_code == 429
+    assert milestone.status_code == 201
+    events = [decode(r.value)[1] for r in records]
+    assert ev.EngagementRecorded(actor="ann", target="bob", kind="like", ref="p1") in events
+    assert ev.MilestoneAnnounced(member_id="bob", kind="promotion", detail="CTO") in events
+    assert liked.json()["event_id"] in {str(decode(r.value)[0].event_id) for r in records}
