@@ -44,6 +44,9 @@ class Runtime:
     relay: OutboxRelay
     # The service's own store (set by its consumers.register), used by its API.
     store: Any = None
+    # Other service-specific parts its API needs (e.g. the projection's rebuilder).
+    components: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
@@ -107,6 +110,9 @@ class Runtime:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for close in self.closers:
+            with contextlib.suppress(Exception):
+                await close()
         # Stopping the broker drains in-flight handlers before leaving the group.
         await self.broker.stop()
         await self.redis.aclose()

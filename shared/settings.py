@@ -98,6 +98,9 @@ class ProjectionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_PROJECTION_", extra="ignore")
     service: ClassVar[str] = "projection"
     port: int = 8004
+    batch_max_records: int = 2000
+    suggestions_cache_ttl_s: int = 600
+    after_wait_max_ms: int = 10_000
 
 
 SETTINGS_BY_SERVICE: dict[str, type[ServiceSettings]] = {

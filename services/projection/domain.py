@@ -1,1 +1,228 @@
-"""Pure decisions of the projection service (state + command -> events). They land with issue #6."""
+"""Pure parts of the projection: how each event changes the read model (as compact ops the
+apply script executes), and the arithmetic of the answers (ranking, industry statistics,
+engagement classification). No I/O here.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import singledispatch
+from typing import Any
+
+from shared import events as ev
+from shared.scoring import ScoringModel
+
+# One op per event: [event_id, kind, *args]. The apply script dispatches on `kind`.
+Op = list[Any]
+
+PROFILE_FIELDS = ("name", "industry", "headline", "location", "employer", "title")
+DISPLAY_CAP = 500
+SIZE_BUCKETS = ((0, 49, "<50"), (50, 499, "50-499"), (500, 999, "500-999"), (1000, None, "1000+"))
+
+
+def to_op(envelope: ev.Envelope, event: ev.Event, scoring: ScoringModel) -> Op:
+    head = [str(envelope.event_id), envelope.occurred_at.timestamp()]
+    return head + _op(event, envelope.occurred_at, scoring)
+
+
+@singledispatch
+def _op(event: ev.Event, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["noop"]  # events with no read-model effect are still marked as applied
+
+
+@_op.register
+def _(event: ev.MemberRegistered, at: datetime, scoring: ScoringModel) -> list[Any]:
+    fields = {f: getattr(event, f) for f in PROFILE_FIELDS if getattr(event, f) is not None}
+    return ["reg", event.member_id, fields]
+
+
+@_op.register
+def _(event: ev.MemberProfileUpdated, at: datetime, scoring: ScoringModel) -> list[Any]:
+    fields = {f: getattr(event, f) for f in PROFILE_FIELDS if getattr(event, f) is not None}
+    return ["upd", event.member_id, fields]
+
+
+@_op.register
+def _(event: ev.MemberDeactivated, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["deact", event.member_id]
+
+
+@_op.register
+def _(event: ev.ConnectionAccepted, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["c+", event.member_a, event.member_b]
+
+
+@_op.register
+def _(event: ev.ConnectionRemoved, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["c-", event.member_a, event.member_b]
+
+
+@_op.register
+def _(event: ev.FollowStarted, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["f+", event.follower, event.followee]
+
+
+@_op.register
+def _(event: ev.FollowStopped, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["f-", event.follower, event.followee]
+
+
+@_op.register
+def _(event: ev.MemberBlocked, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["b+", event.blocker, event.blocked]
+
+
+@_op.register
+def _(event: ev.MemberUnblocked, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["b-", event.blocker, event.blocked]
+
+
+@_op.register
+def _(event: ev.ConnectionListed, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["l+", event.owner, event.list_name, event.member_id]
+
+
+@_op.register
+def _(event: ev.ConnectionUnlisted, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["l-", event.owner, event.list_name, event.member_id]
+
+
+@_op.register
+def _(event: ev.InvitationSent, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["i+", event.invitation_id, event.sender, event.recipient]
+
+
+def _finished(event: ev.InvitationEvent, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["i-", event.invitation_id, event.sender, event.recipient]
+
+
+for _finish_type in (
+    ev.InvitationAccepted,
+    ev.InvitationDeclined,
+    ev.InvitationWithdrawn,
+    ev.InvitationExpired,
+):
+    _op.register(_finish_type)(_finished)
+
+
+@_op.register
+def _(event: ev.EngagementRecorded, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["e", event.actor, event.target, event.kind, scoring.contribution(event.kind, at)]
+
+
+@_op.register
+def _(event: ev.MilestoneAnnounced, at: datetime, scoring: ScoringModel) -> list[Any]:
+    return ["ms", event.member_id, event.kind, event.detail or ""]
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+def connections_display(count: int) -> str:
+    return f"{DISPLAY_CAP}+" if count > DISPLAY_CAP else str(count)
+
+
+def normalise(text: str | None) -> str:
+    return " ".join((text or "").split()).casefold()
+
+
+@dataclass(frozen=True)
+class Filters:
+    industry: str | None = None
+    location: str | None = None
+    employer: str | None = None
+    title: str | None = None
+
+    def active(self) -> bool:
+        return any(vars(self).values())
+
+    def match(self, profile: dict[str, str | None]) -> bool:
+        """Industry, location and employer match whole (case/spacing-insensitive); title by
+        containment ('engineer' finds 'Staff Engineer')."""
+        for field in ("industry", "location", "employer"):
+            wanted = getattr(self, field)
+            if wanted and normalise(wanted) != normalise(profile.get(field)):
+                return False
+        return not (self.title and normalise(self.title) not in normalise(profile.get("title")))
+
+
+def rank_suggestions(
+    me: Mapping[str, str | None],
+    mutual_counts: Counter[str],
+    profiles: dict[str, dict[str, str | None]],
+    limit: int,
+) -> list[tuple[str, int, float, list[str]]]:
+    """People you may know: by mutual connections, boosted for a shared industry, employer,
+    location. Returns (member, mutual count, score, reasons) best first, ties by id."""
+    ranked = []
+    for candidate, mutual in mutual_counts.items():
+        profile = profiles.get(candidate, {})
+        reasons = [
+            f
+            for f in ("industry", "employer", "location")
+            if me.get(f) and normalise(me.get(f)) == normalise(profile.get(f))
+        ]
+        boost = (
+            1.0
+            + 0.25 * ("industry" in reasons)
+            + 0.5 * ("employer" in reasons)
+            + 0.25 * ("location" in reasons)
+        )
+        ranked.append((candidate, mutual, mutual * boost, reasons))
+    ranked.sort(key=lambda r: (-r[2], -r[1], r[0]))
+    return ranked[:limit]
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def bucket_of(count: int) -> str:
+    for low, high, label in SIZE_BUCKETS:
+        if count >= low and (high is None or count <= high):
+            return label
+    raise ValueError(count)
+
+
+@dataclass(frozen=True)
+class PairEngagement:
+    other: str
+    stored: float
+    last: datetime | None
+    connected_at: datetime | None
+
+
+def classify(
+    pairs: Iterable[PairEngagement], scoring: ScoringModel, now: datetime
+) -> dict[str, list[dict[str, Any]]]:
+    """Engaged, top, stale and reach-out lists of one member's connections."""
+    engaged: list[dict[str, Any]] = []
+    stale: list[dict[str, Any]] = []
+    reach_out: list[dict[str, Any]] = []
+    scored: list[dict[str, Any]] = []
+    for p in pairs:
+        score = scoring.current(p.stored, now)
+        item: dict[str, Any] = {
+            "member_id": p.other,
+            "score": round(score, 4),
+            "last_interaction": p.last.isoformat() if p.last else None,
+        }
+        if p.stored > 0:
+            scored.append(item)
+        if scoring.is_engaged(p.stored, p.last, now):
+            engaged.append(item)
+        if p.connected_at is not None and scoring.is_stale(p.connected_at, p.last, now):
+            stale.append(item)
+        if scoring.needs_reach_out(p.stored, p.last, now):
+            reach_out.append(item)
+    by_score = sorted(scored, key=lambda i: (-i["score"], i["member_id"]))
+    return {
+        "engaged": sorted(engaged, key=lambda i: (-i["score"], i["member_id"])),
+        "top": by_score[:10],
+        "stale": sorted(stale, key=lambda i: i["member_id"]),
+        "reach_out": sorted(reach_out, key=lambda i: (-i["score"], i["member_id"])),
+    }

@@ -1,1 +1,446 @@
-"""Redis state and outbox of the projection service. It lands with issue #6."""
+"""The projection's Redis read models: applying batches, and every query over them.
+
+Keys live under a keyspace *version* (`rapport:p:<v>:`), and `rapport:p:current` names the
+version readers use, so a rebuild fills a new version and flips readers atomically. Per-member
+keys carry the member in a hash tag (`c:{ann}`), so one member's keys share a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.projection import domain
+from services.projection.domain import Filters, PairEngagement
+from shared.scoring import ScoringModel
+from shared.settings import ProjectionSettings
+
+APPLY_LUA = resources.files("services.projection").joinpath("apply.lua").read_text()
+SUGGESTION_CANDIDATE_CAP = 200_000
+NETWORK_SCAN_CAP = 50_000
+
+
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value not in (None, "", "0") else None
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    prefix: str
+
+    def member(self, kind: str, m: str) -> str:
+        return f"{self.prefix}{kind}:{{{m}}}"
+
+    def __getattr__(self, name: str) -> str:
+        # Global keys of this version: clock, lc, pos, stats, inds, isum.
+        return self.prefix + name
+
+    def industry(self, name: str) -> str:
+        return f"{self.prefix}iz:{name}"
+
+
+class ReadModel:
+    def __init__(self, redis: Redis, settings: ProjectionSettings, scoring: ScoringModel) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scoring = scoring
+        self._apply = redis.register_script(APPLY_LUA)
+        # Notified after each applied batch, so `?after=` waits wake up at once.
+        self.changed = asyncio.Condition()
+
+    # versions ------------------------------------------------------------------------------
+    @property
+    def current_key(self) -> str:
+        return self.settings.key("p", "current")
+
+    @property
+    def rebuild_key(self) -> str:
+        return self.settings.key("p", "rebuild")
+
+    def keyspace(self, version: int) -> Keyspace:
+        return Keyspace(self.settings.key("p", str(version)) + ":")
+
+    async def version(self) -> int:
+        return int(await self.redis.get(self.current_key) or 1)
+
+    async def current(self) -> Keyspace:
+        return self.keyspace(await self.version())
+
+    # writes --------------------------------------------------------------------------------
+    async def apply(self, version: int, ops: list[domain.Op], positions: dict[str, int]) -> int:
+        ks = self.keyspace(version)
+        result = await self._apply(
+            keys=[ks.prefix],
+            args=[
+                json.dumps(ops, separators=(",", ":")),
+                json.dumps(positions),
+                self.settings.dedupe_ttl_s,
+            ],
+        )
+        return int(result)
+
+    async def positions(self, version: int) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keyspace(version).pos)
+        return {str(k): int(v) for k, v in raw.items()}
+
+    async def applied(self, event_id: str) -> bool:
+        ks = await self.current()
+        return bool(await self.redis.exists(f"{ks.prefix}seen:{event_id}"))
+
+    async def wait_applied(self, event_id: str, wait_ms: int) -> bool:
+        """Wait until `event_id` is in the read model (read-your-writes), up to `wait_ms`.
+
+        Wakes on every batch this process applies; polls too, since another replica's
+        consumer may own the event's partition.
+        """
+        deadline = time.monotonic() + wait_ms / 1000
+        while not await self.applied(event_id):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            async with self.changed:
+                try:
+                    await asyncio.wait_for(self.changed.wait(), timeout=min(remaining, 0.05))
+                except TimeoutError:
+                    pass
+        return True
+
+    # reads ---------------------------------------------------------------------------------
+    async def profile(self, ks: Keyspace, m: str) -> dict[str, Any]:
+        return {str(k): v for k, v in (await self.redis.hgetall(ks.member("m", m))).items()}
+
+    async def profiles(self, ks: Keyspace, members: Sequence[str]) -> dict[str, dict[str, Any]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in members:
+                pipe.hmget(ks.member("m", m), *domain.PROFILE_FIELDS, "active")
+            rows = await pipe.execute()
+        return {
+            m: dict(zip((*domain.PROFILE_FIELDS, "active"), row, strict=True))
+            for m, row in zip(members, rows, strict=True)
+        }
+
+    async def connections(self, ks: Keyspace, m: str, list_name: str | None = None) -> set[str]:
+        key = ks.member("c", m) if list_name is None else f"{ks.member('l', m)}:{list_name}"
+        return {str(x) for x in await self.redis.smembers(key)}
+
+    async def exists(self, ks: Keyspace, m: str) -> bool:
+        return await self.redis.hget(ks.member("m", m), "active") == "1"
+
+    async def mutual(self, ks: Keyspace, a: str, b: str) -> list[str]:
+        """Sorted common connections: the smaller set checked against the larger (O(min))."""
+        ca, cb = ks.member("c", a), ks.member("c", b)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(ca)
+            pipe.scard(cb)
+            na, nb = await pipe.execute()
+        small, large = (ca, cb) if na <= nb else (cb, ca)
+        members = sorted(str(x) for x in await self.redis.smembers(small))
+        if not members:
+            return []
+        flags = await self.redis.smismember(large, members)
+        return [m for m, f in zip(members, flags, strict=True) if f]
+
+    async def degree(self, ks: Keyspace, a: str, b: str) -> tuple[int | None, list[str]]:
+        if a == b:
+            return 0, []
+        if await self.redis.sismember(ks.member("c", a), b):
+            return 1, await self.mutual(ks, a, b)
+        mutual = await self.mutual(ks, a, b)
+        if mutual:
+            return 2, mutual
+        return (3 if await self._third(ks, a, b) else None), []
+
+    async def _third(self, ks: Keyspace, a: str, b: str) -> bool:
+        """Meet in the middle: is any connection of the smaller side connected to one of the
+        other side's connections? Checked in chunks, stopping at the first hit."""
+        na, nb = (
+            await self.redis.scard(ks.member("c", a)),
+            await self.redis.scard(ks.member("c", b)),
+        )
+        near, far = (a, b) if na <= nb else (b, a)
+        far_set = ks.member("c", far)
+        near_members = sorted(await self.connections(ks, near))
+        for start in range(0, len(near_members), 100):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for m in near_members[start : start + 100]:
+                    pipe.sintercard(2, [ks.member("c", m), far_set], limit=1)
+                if any(await pipe.execute()):
+                    return True
+        return False
+
+    async def second_degree(self, ks: Keyspace, m: str, cap: int) -> tuple[Counter[str], bool]:
+        """Mutual-connection counts of everyone two steps away (client-side merge)."""
+        first = await self.connections(ks, m)
+        counts: Counter[str] = Counter()
+        capped = False
+        ordered = sorted(first)
+        for start in range(0, len(ordered), 200):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for friend in ordered[start : start + 200]:
+                    pipe.smembers(ks.member("c", friend))
+                for friend_set in await pipe.execute():
+                    counts.update(friend_set)
+            if len(counts) > cap:
+                capped = True
+                break
+        for x in (*first, m):
+            counts.pop(x, None)
+        return counts, capped
+
+    async def exclusions(self, ks: Keyspace, m: str) -> set[str]:
+        """Blocked either way, and pending invitations either way."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(ks.member("bl", m))
+            pipe.smembers(ks.member("blby", m))
+            pipe.hvals(ks.member("ir", m))
+            pipe.hvals(ks.member("is", m))
+            blocked, blocked_by, received, sent = await pipe.execute()
+        pending = {v.split("|", 1)[0] for v in (*received, *sent)}
+        return {str(x) for x in (*blocked, *blocked_by)} | pending
+
+    async def suggestions(self, m: str, limit: int) -> dict[str, Any]:
+        ks = await self.current()
+        cache_key = ks.member("sg", m)
+        cached = await self.redis.get(cache_key)
+        if cached:
+            entry = json.loads(cached)
+            if entry["limit"] >= limit and await self._unchanged_since(ks, m, entry["clock"]):
+                return {"items": entry["items"][:limit], "cached": True}
+        clock = int(await self.redis.get(ks.clock) or 0)
+        counts, _ = await self.second_degree(ks, m, SUGGESTION_CANDIDATE_CAP)
+        for x in await self.exclusions(ks, m):
+            counts.pop(x, None)
+        # Only the best few hundred by mutual count can make the list after boosts (<= 2x).
+        pool = [c for c, _ in counts.most_common(max(limit * 10, 200))]
+        profiles = await self.profiles(ks, pool)
+        pool_counts = Counter({c: counts[c] for c in pool if profiles[c].get("active") == "1"})
+        me = await self.profile(ks, m)
+        ranked = domain.rank_suggestions(me, pool_counts, profiles, limit)
+        items = [
+            {
+                "member_id": c,
+                "mutual_connections": n,
+                "score": round(score, 3),
+                "shared": reasons,
+                "name": profiles[c].get("name"),
+                "headline": profiles[c].get("headline"),
+            }
+            for c, n, score, reasons in ranked
+        ]
+        ttl = self.settings.suggestions_cache_ttl_s
+        await self.redis.set(
+            cache_key, json.dumps({"clock": clock, "limit": limit, "items": items}), ex=ttl
+        )
+        return {"items": items, "cached": False}
+
+    async def _unchanged_since(self, ks: Keyspace, m: str, clock: int) -> bool:
+        """Neither the member nor any of their connections changed after `clock`."""
+        members = [m, *await self.connections(ks, m)]
+        for start in range(0, len(members), 1000):
+            marks = await self.redis.hmget(ks.lc, members[start : start + 1000])
+            if any(mark is not None and int(mark) > clock for mark in marks):
+                return False
+        return True
+
+    async def network(
+        self, m: str, degree: int, filters: Filters, cursor: str | None, limit: int
+    ) -> dict[str, Any]:
+        ks = await self.current()
+        first = await self.connections(ks, m)
+        second, capped = await self.second_degree(ks, m, NETWORK_SCAN_CAP)
+        if degree == 2:
+            candidates = set(second)
+        else:
+            candidates = set()
+            ordered = sorted(second)
+            for start in range(0, len(ordered), 200):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for x in ordered[start : start + 200]:
+                        pipe.smembers(ks.member("c", x))
+                    for s in await pipe.execute():
+                        candidates.update(s)
+                if len(candidates) > NETWORK_SCAN_CAP:
+                    capped = True
+                    break
+            candidates -= second.keys() | first | {m}
+        candidates -= await self.exclusions(ks, m)
+        page, next_cursor = await self._filtered_page(
+            ks, sorted(candidates), filters, cursor, limit
+        )
+        return {"items": page, "next_cursor": next_cursor, "capped": capped}
+
+    async def _filtered_page(
+        self, ks: Keyspace, ordered: list[str], filters: Filters, cursor: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if cursor:
+            ordered = [x for x in ordered if x > cursor]
+        page: list[dict[str, Any]] = []
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            profiles = await self.profiles(ks, chunk)
+            for x in chunk:
+                p = profiles[x]
+                if p.get("active") == "0" or not filters.match(p):
+                    continue
+                page.append({"member_id": x, **{f: p.get(f) for f in domain.PROFILE_FIELDS}})
+                if len(page) == limit:
+                    more = x != ordered[-1]
+                    return page, (x if more else None)
+        return page, None
+
+    async def connection_page(
+        self, m: str, filters: Filters, list_name: str | None, cursor: str | None, limit: int
+    ) -> dict[str, Any]:
+        ks = await self.current()
+        members = sorted(await self.connections(ks, m, list_name))
+        page, next_cursor = await self._filtered_page(ks, members, filters, cursor, limit)
+        return {"items": page, "next_cursor": next_cursor, "total": len(members)}
+
+    async def pending(self, m: str, direction: str) -> list[dict[str, Any]]:
+        ks = await self.current()
+        raw = await self.redis.hgetall(ks.member("ir" if direction == "received" else "is", m))
+        items = []
+        for inv, value in raw.items():
+            other, ts = str(value).split("|", 1)
+            at = _ts(ts)
+            items.append(
+                {
+                    "invitation_id": inv,
+                    ("from" if direction == "received" else "to"): other,
+                    "sent_at": at.isoformat() if at else None,
+                }
+            )
+        return sorted(items, key=lambda i: (i["sent_at"] or "", i["invitation_id"]), reverse=True)
+
+    async def engagement_pairs(self, ks: Keyspace, m: str) -> list[PairEngagement]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(ks.member("c", m))
+            pipe.hgetall(ks.member("es", m))
+            pipe.hgetall(ks.member("el", m))
+            pipe.hgetall(ks.member("ca", m))
+            conns, scores, lasts, since = await pipe.execute()
+        return [
+            PairEngagement(
+                other=o,
+                stored=float(scores.get(o, 0.0)),
+                last=_ts(lasts.get(o)),
+                connected_at=_ts(since.get(o)),
+            )
+            for o in sorted(conns)
+        ]
+
+    async def engagement(self, m: str, now: datetime) -> dict[str, Any]:
+        ks = await self.current()
+        views = domain.classify(await self.engagement_pairs(ks, m), self.scoring, now)
+        views["congratulate"] = await self._congratulate(ks, m, now)
+        return views
+
+    async def _congratulate(self, ks: Keyspace, m: str, now: datetime) -> list[dict[str, Any]]:
+        """Milestones of connections in the window that this member has not congratulated."""
+        since = (now - timedelta(days=self.scoring.congratulate_window_days)).timestamp()
+        conns = sorted(await self.connections(ks, m))
+        congratulated = await self.redis.hgetall(ks.member("cg", m))
+        prompts = []
+        for start in range(0, len(conns), 500):
+            chunk = conns[start : start + 500]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for c in chunk:
+                    pipe.zrangebyscore(ks.member("ms", c), since, "+inf", withscores=True)
+                rows = await pipe.execute()
+            for c, milestones in zip(chunk, rows, strict=True):
+                for raw, ts in milestones:
+                    if float(congratulated.get(c, 0)) >= ts:
+                        continue
+                    event_id, kind, detail = json.loads(raw)
+                    prompts.append(
+                        {
+                            "member_id": c,
+                            "milestone": kind,
+                            "detail": detail or None,
+                            "announced_at": datetime.fromtimestamp(ts, UTC).isoformat(),
+                            "event_id": event_id,
+                        }
+                    )
+        return sorted(prompts, key=lambda p: p["announced_at"], reverse=True)
+
+    async def summary(self, m: str, now: datetime) -> dict[str, Any]:
+        ks = await self.current()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(ks.member("c", m))
+            pipe.scard(ks.member("fw", m))
+            pipe.scard(ks.member("fg", m))
+            pipe.hlen(ks.member("ir", m))
+            pipe.hlen(ks.member("is", m))
+            conns, followers, following, received, sent = await pipe.execute()
+        pairs = await self.engagement_pairs(ks, m)
+        engaged = sum(self.scoring.is_engaged(p.stored, p.last, now) for p in pairs)
+        return {
+            "connections": conns,
+            "connections_display": domain.connections_display(conns),
+            "followers": followers,
+            "following": following,
+            "pending_received": received,
+            "pending_sent": sent,
+            "engaged_connections": engaged,
+        }
+
+    async def industries(self) -> list[dict[str, Any]]:
+        ks = await self.current()
+        names = sorted(str(n) for n in await self.redis.smembers(ks.inds))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                key = ks.industry(name)
+                pipe.zcard(key)
+                pipe.hget(ks.isum, name)
+                for low, high, _ in domain.SIZE_BUCKETS:
+                    pipe.zcount(key, low, "+inf" if high is None else high)
+            rows = await pipe.execute()
+        per = 2 + len(domain.SIZE_BUCKETS)
+        out = []
+        for i, name in enumerate(names):
+            count, total, *buckets = rows[i * per : (i + 1) * per]
+            if not count:
+                continue
+            out.append(
+                {
+                    "industry": name,
+                    "members": count,
+                    "connections": int(total or 0),
+                    "average_connections": round(int(total or 0) / count, 2),
+                    "median_connections": await self._median(ks.industry(name), count),
+                    "distribution": {
+                        label: n
+                        for (_, _, label), n in zip(domain.SIZE_BUCKETS, buckets, strict=True)
+                    },
+                }
+            )
+        return out
+
+    async def _median(self, key: str, count: int) -> float:
+        middle: Any = await self.redis.zrange(key, (count - 1) // 2, count // 2, withscores=True)
+        return domain.median([float(score) for _, score in middle])
+
+    async def status(self) -> dict[str, Any]:
+        version = await self.version()
+        ks = self.keyspace(version)
+        stats = await self.redis.hgetall(ks.stats)
+        rebuild = await self.redis.hgetall(self.rebuild_key)
+        dlq = await self.redis.hgetall(self.settings.key("p", "dlq"))
+        last = _ts(stats.get("last_event_ts"))
+        return {
+            "version": version,
+            "events_applied": int(stats.get("applied", 0)),
+            "last_event_time": last.isoformat() if last else None,
+            "positions": await self.positions(version),
+            "dlq": {k: int(v) for k, v in dlq.items()},
+            "rebuild": rebuild or {"state": "idle"},
+        }
