@@ -93,3 +93,24 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+async def publish_envelopes(bootstrap: str, namespace: str, envelopes: list[Any]) -> None:
+    """Publish envelopes to their (namespaced) topics, keyed and typed like the outbox does."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                f"{namespace}{e.topic}",
+                e.to_bytes(),
+                key=e.key.encode(),
+                headers=[("type", e.type.encode())],
+            )
+            for e in envelopes
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()

@@ -154,7 +154,7 @@ async def network(
     acting: ActingMember,
     model: ModelDep,
     _: Fresh,
-    degree: Annotated[Literal[2, 3], Query()] = 2,
+    degree: Annotated[int, Query(ge=2, le=3, description="2 or 3")] = 2,
     industry: Text = None,
     location: Text = None,
     employer: Text = None,

@@ -1,0 +1,181 @@
+r"""The projection on a small hand-checked network, through the real broker and redis-server.
+
+        kim (Tech, Acme)          eve (Finance)
+         |                         |
+   ann — bob ——————————— dan ——————+
+    | \  |  \                      |
+    |  \ |   ivy (Health)         gus (Health)
+    |   fay — lee (blocked ann)
+    |  / |
+   cat — +
+    |
+   jon (invited ann: pending)          hal (Health, no connections)
+
+Edges: ann-bob ann-cat ann-fay bob-fay cat-fay bob-dan dan-eve dan-gus bob-ivy cat-ivy
+fay-ivy bob-kim cat-jon fay-lee.
+"""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import pytest
+
+from services.projection.main import create_app
+from shared import events as ev
+from shared.events import Envelope
+from tests.helpers import Infra, auth, publish_envelopes, running_app, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
+
+PEOPLE = {
+    "ann": ("Technology", "Acme", "Berlin"),
+    "bob": ("Technology", "Initech", "Paris"),
+    "cat": ("Finance", "Bank", "Berlin"),
+    "dan": ("technology ", "Hooli", "Rome"),
+    "eve": ("Finance", "Bank", "Rome"),
+    "fay": ("Finance", "Bank", "Paris"),
+    "gus": ("Health", "Clinic", "Oslo"),
+    "hal": ("Health", "Clinic", "Oslo"),
+    "ivy": ("Health", "Clinic", "Oslo"),
+    "jon": ("Media", "Paper", "Oslo"),
+    "kim": ("Technology", "Acme", "Lima"),
+    "lee": ("Media", "Paper", "Lima"),
+}
+EDGES = [
+    ("ann", "bob"),
+    ("ann", "cat"),
+    ("ann", "fay"),
+    ("bob", "fay"),
+    ("cat", "fay"),
+    ("bob", "dan"),
+    ("dan", "eve"),
+    ("dan", "gus"),
+    ("bob", "ivy"),
+    ("cat", "ivy"),
+    ("fay", "ivy"),
+    ("bob", "kim"),
+    ("cat", "jon"),
+    ("fay", "lee"),
+]
+
+
+def network_events() -> list[Envelope]:
+    wrap = lambda e: Envelope.wrap(e, producer="test")  # noqa: E731
+    members = [
+        wrap(ev.MemberRegistered(member_id=m, name=m.title(), industry=i, employer=e, location=loc))
+        for m, (i, e, loc) in PEOPLE.items()
+    ]
+    # Industry spelled "technology " by dan's registration is grouped by the connection
+    # service in production; here we publish the canonical name it would have produced.
+    members = [
+        wrap(
+            ev.MemberRegistered(
+                member_id="dan",
+                name="Dan",
+                industry="Technology",
+                employer="Hooli",
+                location="Rome",
+            )
+        )
+        if e.key == "dan"
+        else e
+        for e in members
+    ]
+    connections = [
+        wrap(
+            ev.ConnectionAccepted(
+                member_a=min(a, b), member_b=max(a, b), invitation_id=f"i-{a}-{b}"
+            )
+        )
+        for a, b in EDGES
+    ]
+    others = [
+        wrap(ev.InvitationSent(invitation_id="inv-jon", sender="jon", recipient="ann")),
+        wrap(ev.MemberBlocked(blocker="lee", blocked="ann")),
+        wrap(ev.FollowStarted(follower="gus", followee="ann")),
+    ]
+    # Connections first, members last: the projection must not depend on topic order.
+    return [*connections, *others, *members]
+
+
+async def get(client: httpx.AsyncClient, path: str, member: str = "ann", **params: object) -> dict:
+    response = await client.get(path, params=params, headers=auth(member))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_hand_checked_network(infra: Infra, namespace: str) -> None:
+    events = network_events()
+    last = events[-1]
+    async with running_app(create_app()) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await publish_envelopes(
+            infra.kafka_bootstrap, namespace, random.Random(7).sample(events, 5)
+        )  # duplicates
+        await get(client, "/members/ann/summary", after=str(last.event_id), wait_ms=15000)
+        await wait_until(lambda: _applied(client, len(events)), timeout=20)
+
+        degrees = {
+            other: (await get(client, f"/members/ann/degree/{other}"))
+            for other in ("bob", "dan", "eve", "gus", "hal", "fay", "nobody")
+        }
+        mutual_fay = await get(client, "/members/ann/mutual/fay")
+        suggestions = await get(client, "/members/ann/suggestions", limit=10)
+        cached = await get(client, "/members/ann/suggestions", limit=10)
+        industries = {i["industry"]: i for i in (await get(client, "/industries"))["industries"]}
+        summary = await get(client, "/members/ann/summary")
+        received = await get(client, "/members/ann/invitations", direction="received")
+        finance = await get(client, "/members/ann/connections", industry="finance")
+        network2 = await get(client, "/members/ann/network", degree=2, industry="Technology")
+        network3 = await get(client, "/members/ann/network", degree=3)
+        other_view = await client.get("/members/bob/summary", headers=auth("ann"))
+
+    assert {k: v["degree"] for k, v in degrees.items()} == {
+        "bob": 1,
+        "dan": 2,
+        "eve": 3,
+        "gus": 3,
+        "hal": None,
+        "fay": 1,
+        "nobody": None,
+    }
+    assert degrees["dan"]["mutual_connections"] == 1 and degrees["dan"]["mutual_sample"] == ["bob"]
+    assert degrees["fay"]["mutual_sample"] == ["bob", "cat"]
+    assert mutual_fay["items"] == ["bob", "cat"] and mutual_fay["total"] == 2
+    # ivy: 3 mutual; kim: 1 mutual + same industry and employer; dan: 1 mutual + industry.
+    # jon (pending invitation) and lee (blocked ann) never show up.
+    assert [s["member_id"] for s in suggestions["items"]] == ["ivy", "kim", "dan"]
+    assert [s["mutual_connections"] for s in suggestions["items"]] == [3, 1, 1]
+    assert suggestions["cached"] is False and cached["cached"] is True
+    assert cached["items"] == suggestions["items"]
+    assert {
+        name: (i["members"], i["average_connections"], i["median_connections"])
+        for name, i in industries.items()
+    } == {
+        "Technology": (4, 3.0, 3.0),
+        "Finance": (3, 3.33, 4.0),
+        "Health": (3, 1.33, 1.0),
+        "Media": (2, 1.0, 1.0),
+    }
+    assert industries["Health"]["distribution"] == {"<50": 3, "50-499": 0, "500-999": 0, "1000+": 0}
+    assert summary == {
+        "connections": 3,
+        "connections_display": "3",
+        "followers": 1,
+        "following": 0,
+        "pending_received": 1,
+        "pending_sent": 0,
+        "engaged_connections": 0,
+    }
+    assert [i["from"] for i in received["items"]] == ["jon"]
+    assert [i["member_id"] for i in finance["items"]] == ["cat", "fay"]
+    assert [i["member_id"] for i in network2["items"]] == ["dan", "kim"]
+    assert [i["member_id"] for i in network3["items"]] == ["eve", "gus"]
+    assert other_view.status_code == 403
+
+
+async def _applied(client: httpx.AsyncClient, expected: int) -> bool:
+    status = (await client.get("/projection/status", headers=auth())).json()
+    return status["events_applied"] == expected and status["total_lag"] == 0
