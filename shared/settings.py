@@ -18,7 +18,7 @@ DEFAULT_REDIS = "redis://127.0.0.1:16379/0"
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore", populate_by_name=True)
 
     service: ClassVar[str] = "rapport"
 

@@ -30,7 +30,7 @@ local function reindex(m)
   end
   if ci then
     redis.call('ZREM', ns .. 'iz:' .. ci, m)
-    redis.call('HINCRBY', ns .. 'isum', ci, -cd)
+    redis.call('HINCRBY', ns .. 'isum', ci, 0 - cd)  -- not -cd: Lua's -0 is no integer to Redis
   end
   if now_ind then
     redis.call('ZADD', ns .. 'iz:' .. now_ind, deg, m)

@@ -8,6 +8,7 @@ keys carry the member in a hash tag (`c:{ann}`), so one member's keys share a sl
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections import Counter
@@ -27,6 +28,14 @@ from shared.settings import ProjectionSettings
 APPLY_LUA = resources.files("services.projection").joinpath("apply.lua").read_text()
 SUGGESTION_CANDIDATE_CAP = 200_000
 NETWORK_SCAN_CAP = 50_000
+
+
+def _canonical(value: Any) -> Any:
+    """Numbers to 9 significant digits: float sums may differ in the last bits by order."""
+    try:
+        return f"{float(value):.9g}"
+    except (TypeError, ValueError):
+        return value
 
 
 def _ts(value: Any) -> datetime | None:
@@ -428,6 +437,34 @@ class ReadModel:
     async def _median(self, key: str, count: int) -> float:
         middle: Any = await self.redis.zrange(key, (count - 1) // 2, count // 2, withscores=True)
         return domain.median([float(score) for _, score in middle])
+
+    async def digest(self, version: int | None = None) -> str:
+        """A hash of the read model's content (not its bookkeeping), to compare two versions."""
+        version = version if version is not None else await self.version()
+        prefix = self.keyspace(version).prefix
+        skip = ("seen:", "sg:", "clock", "lc", "pos", "stats")
+        entries: list[tuple[str, Any]] = []
+        async for key in self.redis.scan_iter(match=prefix + "*", count=1000):
+            name = str(key)[len(prefix) :]
+            if name.startswith(skip):
+                continue
+            kind = await self.redis.type(key)
+            value: Any
+            if kind == "set":
+                value = sorted(await self.redis.smembers(key))
+            elif kind == "hash":
+                value = sorted(
+                    (k, _canonical(v)) for k, v in (await self.redis.hgetall(key)).items()
+                )
+            elif kind == "zset":
+                value = sorted(
+                    (m, _canonical(s))
+                    for m, s in await self.redis.zrange(key, 0, -1, withscores=True)
+                )
+            else:
+                value = _canonical(await self.redis.get(key))
+            entries.append((name, value))
+        return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
     async def status(self) -> dict[str, Any]:
         version = await self.version()

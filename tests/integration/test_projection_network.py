@@ -179,3 +179,39 @@ async def test_hand_checked_network(infra: Infra, namespace: str) -> None:
 async def _applied(client: httpx.AsyncClient, expected: int) -> bool:
     status = (await client.get("/projection/status", headers=auth())).json()
     return status["events_applied"] == expected and status["total_lag"] == 0
+
+
+async def test_rebuild_equals_the_live_model_and_queries_keep_answering(
+    infra: Infra, namespace: str
+) -> None:
+    events = network_events()
+    app = create_app()
+    async with running_app(app) as client:
+        model = app.state.runtime.store
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await wait_until(lambda: _applied(client, len(events)), timeout=20)
+        live_digest = await model.digest()
+        live_version = await model.version()
+
+        started = await client.post("/projection/rebuild", headers=auth())
+        during = await client.get("/members/ann/degree/dan", headers=auth("ann"))
+        await wait_until(lambda: _rebuild_done(client), timeout=30)
+        rebuilt_version = await model.version()
+        rebuilt_digest = await model.digest(rebuilt_version)
+        after = await get(client, "/members/ann/degree/dan")
+        # New events still flow into the flipped version.
+        late = Envelope.wrap(ev.ConnectionAccepted(member_a="ann", member_b="hal"), producer="test")
+        await publish_envelopes(infra.kafka_bootstrap, namespace, [late])
+        hal = await get(client, "/members/ann/degree/hal", after=str(late.event_id), wait_ms=10000)
+
+    assert started.status_code == 202
+    assert during.status_code == 200 and during.json()["degree"] == 2
+    assert rebuilt_version == live_version + 1
+    assert rebuilt_digest == live_digest
+    assert after["degree"] == 2
+    assert hal["degree"] == 1
+
+
+async def _rebuild_done(client: httpx.AsyncClient) -> bool:
+    status = (await client.get("/projection/status", headers=auth())).json()
+    return status["rebuild"]["state"] == "done"
