@@ -103,7 +103,7 @@ def deliveries(envelopes: list[Envelope], rng: random.Random) -> list[Record]:
     queues: dict[str, list[Envelope]] = {}
     for e in envelopes:
         queues.setdefault(e.topic, []).append(e)
-    for topic, queue in queues.items():
+    for queue in queues.values():
         for dup in rng.sample(queue, k=len(queue) // 4):
             queue.insert(rng.randint(queue.index(dup) + 1, len(queue)), dup)
     records: list[Record] = []
