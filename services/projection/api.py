@@ -24,7 +24,7 @@ router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "Another member's view"},
     404: {"model": ErrorResponse, "description": "Unknown member"},
-    504: {"model": ErrorResponse, "description": "`after` event not applied within wait_ms"},
+    409: {"model": ErrorResponse, "description": "`after` event not applied within wait_ms (retry)"},
 }
 
 
@@ -57,7 +57,7 @@ async def read_after(
     limit = request.app.state.settings.after_wait_max_ms
     if not await model.wait_applied(after.lower(), min(wait_ms, limit)):
         raise ApiError(
-            504, "not_yet_applied", f"event {after} is not applied yet; retry", {"Retry-After": "1"}
+            409, "not_yet_applied", f"event {after} is not applied yet; retry", {"Retry-After": "1"}
         )
 
 
