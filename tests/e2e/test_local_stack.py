@@ -83,6 +83,8 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
             assert _ready(port), name
         assert f"127.0.0.1:{kafka_port}" in printed and f"127.0.0.1:{redis_port}" in printed
 
+        _invite_accept_and_see_degree_one(ports, token)
+
         victim = _service_pid(ports["invitation"])
         os.kill(victim, signal.SIGKILL)
         _wait(
@@ -98,3 +100,50 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
     assert proc.returncode == 0, log.read_text()
     for port in [*ports.values(), kafka_port, redis_port]:
         assert port_is_free(port), f"port {port} still in use after Ctrl-C"
+
+
+def _invite_accept_and_see_degree_one(ports: dict[str, int], token: str) -> None:
+    """The whole choreography across four processes, with the token `make run` printed."""
+    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+
+    def headers(member: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", "X-Member-Id": member}
+
+    for member, industry in (("ada", "Technology"), ("grace", "Technology")):
+        r = httpx.post(
+            f"{url['connection']}/members",
+            json={"name": member, "industry": industry},
+            headers=headers(member),
+        )
+        assert r.status_code == 201, r.text
+    unauthorized = httpx.post(f"{url['invitation']}/invitations", json={"to": "grace"})
+    assert unauthorized.status_code == 401
+
+    # The invitation service learns about new members from rapport.members.
+    invited: dict = {}
+
+    def invite() -> bool:
+        r = httpx.post(
+            f"{url['invitation']}/invitations", json={"to": "grace"}, headers=headers("ada")
+        )
+        invited.update(r.json())
+        return r.status_code == 201
+
+    _wait(invite, 15, "the invitation service to know grace")
+    accepted = httpx.post(
+        f"{url['invitation']}/invitations/{invited['invitation_id']}/accept",
+        headers=headers("grace"),
+    )
+    assert accepted.status_code == 200, accepted.text
+
+    def degree_one() -> bool:
+        r = httpx.get(f"{url['projection']}/members/ada/degree/grace", headers=headers("ada"))
+        return r.status_code == 200 and r.json()["degree"] == 1
+
+    _wait(degree_one, 15, "the connection to reach the projection")
+    summary = httpx.get(
+        f"{url['projection']}/members/grace/summary", headers=headers("grace")
+    ).json()
+    assert summary["connections"] == 1 and summary["followers"] == 1 and summary["following"] == 1
+    industries = httpx.get(f"{url['projection']}/industries", headers=headers("ada")).json()
+    assert industries["industries"][0]["average_connections"] == 1.0
