@@ -24,7 +24,7 @@ router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "Another member's view"},
     404: {"model": ErrorResponse, "description": "Unknown member"},
-    409: {"model": ErrorResponse, "description": "`after` event not applied within wait_ms (retry)"},
+    409: {"model": ErrorResponse, "description": "`after` event not applied in time (retry)"},
 }
 
 
