@@ -457,10 +457,8 @@ class ReadModel:
                     (k, _canonical(v)) for k, v in (await self.redis.hgetall(key)).items()
                 )
             elif kind == "zset":
-                value = sorted(
-                    (m, _canonical(s))
-                    for m, s in await self.redis.zrange(key, 0, -1, withscores=True)
-                )
+                scored: Any = await self.redis.zrange(key, 0, -1, withscores=True)
+                value = sorted((m, _canonical(s)) for m, s in scored)
             else:
                 value = _canonical(await self.redis.get(key))
             entries.append((name, value))
