@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from bench import projection
 from shared import events as ev
 from shared.events import Envelope
 from shared.kafka import ensure_topics, make_broker
@@ -25,6 +26,7 @@ from shared.redis import connect
 from shared.topics import TopicNames
 
 SIZES = {"small": 20_000, "full": 200_000}
+PROJECTION_SIZES = {"small": 50_000, "full": 1_000_000}
 
 
 async def outbox_relay(bootstrap: str, redis_url: str, n: int) -> tuple[float, float]:
@@ -65,13 +67,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     n = SIZES[parser.parse_args().size]
+    size = parser.parse_args().size
     with tempfile.TemporaryDirectory() as tmp, embedded_infra(Path(tmp), use_env=False) as infra:
         relay_s, raw_s = asyncio.run(outbox_relay(infra.kafka_bootstrap, infra.redis_url, n))
+        proj = projection.run(infra.kafka_bootstrap, infra.redis_url, PROJECTION_SIZES[size])
+    rate = proj.steady_events / proj.steady_s
+    with_start = proj.events / proj.projection_s
+    bare = proj.events / proj.bare_s
+    sadd = f"{proj.sadd_per_s:,.0f}" if proj.sadd_per_s else "n/a (no redis-benchmark)"
     rows = [
         "| benchmark | Rapport | peer | ratio |",
         "|---|---|---|---|",
         f"| outbox relay, {n:,} events (events/s) | {n / relay_s:,.0f} "
         f"| bare aiokafka send: {n / raw_s:,.0f} | {raw_s / relay_s:.2f} |",
+        f"| projection apply, {proj.events:,} events, steady state (events/s) | {rate:,.0f} "
+        f"| bare aiokafka consume+json: {bare:,.0f} | {rate / bare:.2f} |",
+        f"| projection apply incl. process start and group join (events/s) | {with_start:,.0f} "
+        f"| - | - |",
+        f"| redis-benchmark pipelined SADD (ops/s) | - | {sadd} | - |",
+        f"| Redis used_memory after projection | {proj.redis_used_bytes / 2**20:,.1f} MiB | - | - |",  # noqa: E501
     ]
     header = (
         f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"

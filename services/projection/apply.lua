@@ -10,25 +10,20 @@ local clock = redis.call('INCR', ns .. 'clock')
 
 local function mk(kind, m) return ns .. kind .. ':{' .. m .. '}' end
 local function touch(m) redis.call('HSET', ns .. 'lc', m, clock) end
+local function touch2(a, b) redis.call('HSET', ns .. 'lc', a, clock, b, clock) end
 
 -- Industry aggregates follow (active, industry, degree) of a member, whatever order the
--- events arrived in: remove what was counted, add what holds now.
+-- events arrived in. `ci` on the profile is the industry the member is counted in; the
+-- member's score in that industry's zset is the degree counted there.
 local function reindex(m)
   local prof = mk('m', m)
-  local v = redis.call('HMGET', prof, 'industry', 'active', 'ci', 'cd')
+  local v = redis.call('HMGET', prof, 'industry', 'active', 'ci')
   local deg = redis.call('SCARD', mk('c', m))
   local now_ind = false
   if v[2] == '1' and v[1] then now_ind = v[1] end
-  local ci, cd = v[3], tonumber(v[4] or '0')
-  if ci and ci == now_ind then
-    if cd ~= deg then
-      redis.call('ZADD', ns .. 'iz:' .. ci, deg, m)
-      redis.call('HINCRBY', ns .. 'isum', ci, deg - cd)
-      redis.call('HSET', prof, 'cd', deg)
-    end
-    return
-  end
+  local ci = v[3]
   if ci then
+    local cd = tonumber(redis.call('ZSCORE', ns .. 'iz:' .. ci, m) or '0')
     redis.call('ZREM', ns .. 'iz:' .. ci, m)
     redis.call('HINCRBY', ns .. 'isum', ci, 0 - cd)  -- not -cd: Lua's -0 is no integer to Redis
   end
@@ -36,9 +31,18 @@ local function reindex(m)
     redis.call('ZADD', ns .. 'iz:' .. now_ind, deg, m)
     redis.call('HINCRBY', ns .. 'isum', now_ind, deg)
     redis.call('SADD', ns .. 'inds', now_ind)
-    redis.call('HSET', prof, 'ci', now_ind, 'cd', deg)
-  else
-    redis.call('HDEL', prof, 'ci', 'cd')
+    redis.call('HSET', prof, 'ci', now_ind)
+  elseif ci then
+    redis.call('HDEL', prof, 'ci')
+  end
+end
+
+-- A connection gained or lost: move the counted degree by one, without a full reindex.
+local function recount(m, delta)
+  local ci = redis.call('HGET', mk('m', m), 'ci')
+  if ci then
+    redis.call('ZINCRBY', ns .. 'iz:' .. ci, delta, m)
+    redis.call('HINCRBY', ns .. 'isum', ci, delta)
   end
 end
 
@@ -68,7 +72,7 @@ for _, op in ipairs(ops) do
         redis.call('SADD', mk('c', b), a)
         redis.call('HSET', mk('ca', a), b, ts)
         redis.call('HSET', mk('ca', b), a, ts)
-        reindex(a); reindex(b); touch(a); touch(b)
+        recount(a, 1); recount(b, 1); touch2(a, b)
       end
     elseif kind == 'c-' then
       local a, b = op[4], op[5]
@@ -76,7 +80,7 @@ for _, op in ipairs(ops) do
         redis.call('SREM', mk('c', b), a)
         redis.call('HDEL', mk('ca', a), b)
         redis.call('HDEL', mk('ca', b), a)
-        reindex(a); reindex(b); touch(a); touch(b)
+        recount(a, -1); recount(b, -1); touch2(a, b)
       end
     elseif kind == 'f+' then
       redis.call('SADD', mk('fg', op[4]), op[5]); redis.call('SADD', mk('fw', op[5]), op[4])
@@ -93,12 +97,12 @@ for _, op in ipairs(ops) do
       local inv, s, r = op[4], op[5], op[6]
       redis.call('HSET', mk('ir', r), inv, s .. '|' .. ts)
       redis.call('HSET', mk('is', s), inv, r .. '|' .. ts)
-      touch(s); touch(r)
+      touch2(s, r)
     elseif kind == 'i-' then
       local inv, s, r = op[4], op[5], op[6]
       redis.call('HDEL', mk('ir', r), inv)
       redis.call('HDEL', mk('is', s), inv)
-      touch(s); touch(r)
+      touch2(s, r)
     elseif kind == 'reg' then
       set_fields(op[4], op[5])
       redis.call('HSET', mk('m', op[4]), 'active', '1')
@@ -111,10 +115,10 @@ for _, op in ipairs(ops) do
       reindex(op[4]); touch(op[4])
     elseif kind == 'b+' then
       redis.call('SADD', mk('bl', op[4]), op[5]); redis.call('SADD', mk('blby', op[5]), op[4])
-      touch(op[4]); touch(op[5])
+      touch2(op[4], op[5])
     elseif kind == 'b-' then
       redis.call('SREM', mk('bl', op[4]), op[5]); redis.call('SREM', mk('blby', op[5]), op[4])
-      touch(op[4]); touch(op[5])
+      touch2(op[4], op[5])
     elseif kind == 'l+' then
       redis.call('SADD', mk('l', op[4]) .. ':' .. op[5], op[6])
       redis.call('SADD', mk('ls', op[4]), op[5])

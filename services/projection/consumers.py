@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from services.projection import domain
 from services.projection.store import ReadModel
-from shared.consumer import TRANSIENT_ERRORS
+from shared.consumer import TRANSIENT_ERRORS, raw_records
 from shared.errors import ApiError
 from shared.events import InvalidEvent, decode
 from shared.observability import CONSUMER_LAG, DLQ_RECORDS, EVENTS_CONSUMED
@@ -31,6 +31,8 @@ from shared.settings import ProjectionSettings
 from shared.topics import ALL_TOPICS, dlq
 
 log = logging.getLogger("rapport.projection")
+
+APPLY_CHUNK = 500
 
 
 class Applier:
@@ -57,6 +59,18 @@ class Applier:
         rewind: dict[TopicPartition, int] = {}
         ops: list[domain.Op] = []
         positions: dict[str, int] = {}
+        # Chunks are applied in order, each atomically with its positions; while Redis runs
+        # one chunk's script, this process decodes the next (the two use different cores).
+        in_flight: asyncio.Task[None] | None = None
+
+        async def flush() -> asyncio.Task[None]:
+            if in_flight is not None:
+                await in_flight
+            task = asyncio.create_task(self._apply(version, list(ops), dict(positions)))
+            ops.clear()
+            await asyncio.sleep(0)  # let the task send its script before we decode on
+            return task
+
         for tp, recs in by_partition.items():
             expected = stored.get(f"{tp.topic}:{tp.partition}", 0)
             if recs[0].offset > expected:
@@ -74,8 +88,12 @@ class Applier:
                     ops.append(domain.to_op(envelope, event, self.model.scoring))
                     EVENTS_CONSUMED.labels("projection", envelope.type).inc()
                 positions[f"{tp.topic}:{tp.partition}"] = record.offset + 1
-        if positions:
-            await self._apply(version, ops, positions)
+                if len(ops) >= APPLY_CHUNK:
+                    in_flight = await flush()
+        if ops or (positions and in_flight is None):
+            in_flight = await flush()
+        if in_flight is not None:
+            await in_flight
             async with self.model.changed:
                 self.model.changed.notify_all()
         return rewind
@@ -272,6 +290,7 @@ def register(runtime: Runtime) -> None:
         max_records=settings.batch_max_records,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.MANUAL,
+        decoder=raw_records,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
     )(apply_events_to_read_model)

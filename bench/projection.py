@@ -1,0 +1,186 @@
+"""Projection throughput: N events pre-loaded into the broker, then the projection service
+(a real process) applies them all; beside it a bare aiokafka consume-and-decode loop over
+the same topics, and redis-benchmark's pipelined SADD rate on the same redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from shared import events as ev
+from shared.events import Envelope
+from shared.kafka import ensure_topics
+from shared.localstack import EMBEDDED_BROKER_TUNING, free_port
+from shared.supervisor import ServiceProcess
+from shared.topics import ALL_TOPICS, TopicNames
+
+
+@dataclass
+class ProjectionResult:
+    events: int
+    projection_s: float
+    steady_s: float
+    steady_events: int
+    bare_s: float
+    sadd_per_s: float | None
+    redis_used_bytes: int
+
+
+def synthetic_events(n: int, rng: random.Random) -> list[Envelope]:
+    """A ConnectionAccepted-heavy mix: 10% members, 75% connections, 15% engagements."""
+    members = max(n // 10, 10)
+    industries = ["Technology", "Finance", "Healthcare", "Media", "Manufacturing"]
+    out = [
+        Envelope.wrap(
+            ev.MemberRegistered(
+                member_id=f"member-{i:07d}", name=f"M{i}", industry=rng.choice(industries)
+            ),
+            producer="bench",
+        )
+        for i in range(members)
+    ]
+    kinds = ["like", "comment", "message", "congratulate"]
+    while len(out) < n:
+        a, b = rng.randrange(members), rng.randrange(members)
+        if a == b:
+            continue
+        x, y = f"member-{a:07d}", f"member-{b:07d}"
+        if rng.random() < 0.83:
+            event: ev.Event = ev.ConnectionAccepted(member_a=min(x, y), member_b=max(x, y))
+        else:
+            event = ev.EngagementRecorded(actor=x, target=y, kind=rng.choice(kinds))
+        out.append(Envelope.wrap(event, producer="bench"))
+    return out
+
+
+async def preload(bootstrap: str, namespace: str, events: list[Envelope]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                f"{namespace}{e.topic}",
+                e.to_bytes(),
+                key=e.key.encode(),
+                headers=[("type", e.type.encode())],
+            )
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def bare_consume(bootstrap: str, namespace: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(
+        *(f"{namespace}{t}" for t in ALL_TOPICS),
+        bootstrap_servers=bootstrap,
+        group_id=f"{namespace}bare",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=1000,
+        heartbeat_interval_ms=300,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        started = None
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if batch and started is None:
+                started = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    json.loads(r.value)
+                seen += sum(len(r) for r in batch.values()) if False else 0
+                seen += len(records)
+        return time.perf_counter() - (started or time.perf_counter())
+    finally:
+        await consumer.stop()
+
+
+def redis_sadd_rate(port: int) -> float | None:
+    tool = shutil.which("redis-benchmark")
+    if not tool:
+        return None
+    out = subprocess.run(
+        [tool, "-p", str(port), "-t", "sadd", "-n", "200000", "-P", "64", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
+    match = re.search(r"SADD: ([\d.]+) requests per second", out)
+    return float(match.group(1)) if match else None
+
+
+def run(bootstrap: str, redis_url: str, n: int) -> ProjectionResult:
+    namespace = f"bench{time.time_ns()}."
+    asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions()))
+    events = synthetic_events(n, random.Random(1))
+    asyncio.run(preload(bootstrap, namespace, events))
+    token = "bench-token"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "REDIS_URL": redis_url,
+        "RAPPORT_API_TOKENS": token,
+        "RAPPORT_NAMESPACE": namespace,
+        "RAPPORT_LOG_LEVEL": "warning",
+        **EMBEDDED_BROKER_TUNING,
+    }
+    with tempfile.TemporaryDirectory() as logs:
+        proc = ServiceProcess("projection", free_port(), env, Path(logs))
+        started = time.perf_counter()
+        proc.start()
+        headers = {"Authorization": f"Bearer {token}"}
+        first: tuple[float, int] | None = None
+        try:
+            while True:
+                try:
+                    status = httpx.get(
+                        f"{proc.url}/projection/status", headers=headers, timeout=5
+                    ).json()
+                    if first is None and status["events_applied"] > 0:
+                        first = (time.perf_counter(), status["events_applied"])
+                    if status["events_applied"] >= n:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.child and not proc.child.alive():
+                    raise RuntimeError("projection exited:\n" + proc.child.tail())
+                time.sleep(0.05)  # polling another process's progress
+            projection_s = time.perf_counter() - started
+            assert first is not None
+            steady_s, steady_events = time.perf_counter() - first[0], n - first[1]
+        finally:
+            if proc.child:
+                proc.child.stop()
+    bare_s = asyncio.run(bare_consume(bootstrap, namespace, n))
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    import redis as redis_sync
+
+    used = int(redis_sync.Redis(port=port).info("memory")["used_memory"])
+    return ProjectionResult(
+        n, projection_s, steady_s, steady_events, bare_s, redis_sadd_rate(port), used
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use
+    print(os.cpu_count())
