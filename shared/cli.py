@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from shared.localstack import EMBEDDED_BROKER_TUNING, StackError, embedded_infra, pick_port
@@ -99,6 +101,88 @@ def _print_ready(
     console.print(f"redis:     {redis_url}")
     console.print(f"API token: [bold]{token}[/bold]  (Authorization: Bearer <token>)")
     console.print("Ctrl-C stops everything.")
+
+
+projection = typer.Typer(help="Operate the projection (read models).")
+app.add_typer(projection, name="projection")
+
+
+def _client(url: str | None, state_dir: Path) -> httpx.Client:
+    base = (
+        url
+        or os.environ.get("RAPPORT_PROJECTION_URL")
+        or (f"http://127.0.0.1:{_service_port('projection')}")
+    )
+    headers = {"Authorization": f"Bearer {api_token(state_dir)}"}
+    return httpx.Client(base_url=base, headers=headers, timeout=10)
+
+
+def _get_status(client: httpx.Client) -> dict:
+    response = client.get("/projection/status")
+    response.raise_for_status()
+    return response.json()
+
+
+@projection.command("status")
+def projection_status(
+    url: Annotated[str | None, typer.Option(help="Projection service URL")] = None,
+    state_dir: Annotated[Path, typer.Option()] = STATE_DIR,
+) -> None:
+    """Version, events applied, lag per partition, DLQ counts and rebuild state."""
+    with _client(url, state_dir) as client:
+        status = _get_status(client)
+    table = Table(title=f"projection v{status['version']}")
+    table.add_column("partition")
+    table.add_column("position", justify="right")
+    table.add_column("lag", justify="right")
+    for tp, lag in status["lag"].items():
+        table.add_row(tp, str(status["positions"].get(tp, 0)), str(lag))
+    console.print(table)
+    console.print(
+        f"events applied: {status['events_applied']:,}  last event: {status['last_event_time']}"
+        f"  total lag: {status['total_lag']:,}  DLQ: {status['dlq'] or 'none'}"
+        f"  rebuild: {status['rebuild'].get('state')}"
+    )
+
+
+@projection.command("rebuild")
+def projection_rebuild(
+    url: Annotated[str | None, typer.Option(help="Projection service URL")] = None,
+    state_dir: Annotated[Path, typer.Option()] = STATE_DIR,
+    timeout_s: Annotated[float, typer.Option(help="Give up waiting after this long")] = 3600,
+) -> None:
+    """Replay every topic into a new keyspace version; readers flip when it caught up."""
+    with _client(url, state_dir) as client:
+        started = client.post("/projection/rebuild")
+        if started.status_code != 202:
+            console.print(f"[red]rebuild refused:[/red] {started.text}")
+            raise typer.Exit(1)
+        version = started.json()["version"]
+        deadline = time.monotonic() + timeout_s
+        with Progress(
+            TextColumn("rebuilding v{task.fields[version]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("rebuild", total=None, version=version)
+            while time.monotonic() < deadline:
+                rebuild = _get_status(client)["rebuild"]
+                bar.update(
+                    task,
+                    completed=int(rebuild.get("applied", 0)),
+                    total=int(rebuild.get("total", 0)) or None,
+                )
+                if rebuild.get("state") in ("done", "failed"):
+                    break
+                time.sleep(0.5)  # progress display refresh
+    if rebuild.get("state") != "done":
+        console.print(
+            f"[red]rebuild {rebuild.get('state')}:[/red] {rebuild.get('error', 'timed out')}"
+        )
+        raise typer.Exit(1)
+    console.print(f"rebuilt into version {version}; readers switched.")
 
 
 if __name__ == "__main__":

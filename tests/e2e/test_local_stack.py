@@ -84,6 +84,7 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
         assert f"127.0.0.1:{kafka_port}" in printed and f"127.0.0.1:{redis_port}" in printed
 
         _invite_accept_and_see_degree_one(ports, token)
+        _cli_rebuild_keeps_the_answers(ports, tmp_path / "state", env)
 
         victim = _service_pid(ports["invitation"])
         os.kill(victim, signal.SIGKILL)
@@ -147,3 +148,33 @@ def _invite_accept_and_see_degree_one(ports: dict[str, int], token: str) -> None
     assert summary["connections"] == 1 and summary["followers"] == 1 and summary["following"] == 1
     industries = httpx.get(f"{url['projection']}/industries", headers=headers("ada")).json()
     assert industries["industries"][0]["average_connections"] == 1.0
+
+
+def _cli_rebuild_keeps_the_answers(ports: dict[str, int], state: Path, env: dict[str, str]) -> None:
+    url = f"http://127.0.0.1:{ports['projection']}"
+    cli = [sys.executable, "-m", "shared.cli", "projection"]
+    rebuilt = subprocess.run(
+        [*cli, "rebuild", "--url", url, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "rebuilt into version 2" in rebuilt.stdout
+    status = subprocess.run(
+        [*cli, "status", "--url", url, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0 and "projection v2" in status.stdout, status.stdout
+    token = (state / "token").read_text().strip()
+    degree = httpx.get(
+        f"{url}/members/ada/degree/grace",
+        headers={"Authorization": f"Bearer {token}", "X-Member-Id": "ada"},
+    )
+    assert degree.json()["degree"] == 1

@@ -105,3 +105,27 @@ async def test_after_times_out_with_409_for_an_unknown_event() -> None:
         )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "not_yet_applied"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/members/bob/connections",
+        "/members/bob/summary",
+        "/members/bob/degree/cat",
+        "/members/bob/mutual/cat",
+        "/members/bob/suggestions",
+        "/members/bob/network",
+        "/members/bob/invitations",
+        "/members/bob/engagement",
+    ],
+)
+async def test_member_views_are_private(path: str) -> None:
+    async with running_app(create_app()) as client:
+        as_ann = await client.get(path, headers=auth("ann"))
+        no_token = await client.get(path)
+        wrong_token = await client.get(path, headers=auth("bob", token="forged"))
+        as_bob = await client.get(path, headers=auth("bob"))
+    assert as_ann.status_code == 403
+    assert no_token.status_code == wrong_token.status_code == 401
+    assert as_bob.status_code == 200
