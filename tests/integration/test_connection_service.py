@@ -199,3 +199,35 @@ async def test_bad_input_is_a_4xx_and_writes_nothing(
     assert response.status_code == 422, response.text
     assert set(response.json()["error"]) == {"code", "message"}
     assert after == before
+
+
+async def test_lists_follows_and_deactivation_through_http(infra: Infra, namespace: str) -> None:
+    topics = TopicNames(namespace)
+    async with running_app(create_app()) as client:
+        for m in ("ann", "bob", "cat"):
+            await register(client, m)
+        store = client._transport.app.state.runtime.store  # type: ignore[attr-defined]
+        for i, other in enumerate(("bob", "cat")):
+            await store.execute(domain.AcceptConnection(f"i{i}", "ann", other, cap=30_000))
+        not_connected = await client.put("/lists/close/members/cat", headers=auth("bob"))
+        listed = await client.put("/lists/close/members/bob", headers=auth("ann"))
+        again = await client.put("/lists/close/members/bob", headers=auth("ann"))
+        unfollow = await client.delete("/follows/ann", headers=auth("bob"))
+        follow_stranger = await client.put("/follows/cat", headers=auth("bob"))
+        not_mine = await client.delete("/members/ann", headers=auth("bob"))
+        gone = await client.delete("/members/ann", headers=auth("ann"))
+        profile = await client.get("/members/ann", headers=auth("bob"))
+        remove_again = await client.delete("/connections/ann", headers=auth("bob"))
+        records = await read_topic(infra.kafka_bootstrap, topics(MEMBERS), expect=4)
+
+    assert not_connected.status_code == 404
+    assert listed.status_code == 200 and listed.json()["event_id"]
+    assert again.status_code == 200 and again.json()["event_id"] is None  # already listed
+    assert unfollow.status_code == 200 and follow_stranger.status_code == 200
+    assert not_mine.status_code == 403
+    assert gone.status_code == 200
+    assert profile.status_code == 404
+    assert remove_again.status_code == 404
+    assert await store.connections("bob") == [] and await store.connections("cat") == []
+    assert (await store.member("bob")).connections == 0
+    assert any(isinstance(e, ev.MemberDeactivated) for e in events_of(records))
