@@ -72,12 +72,13 @@ def run(
                 for name in SERVICES
             ]
             supervisor = Supervisor(services)
-            signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
+            # Explicit handlers: a shell starting us in the background ignores SIGINT otherwise.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: supervisor.request_stop())
             try:
                 supervisor.start_all()
                 _print_ready(infra.kafka_bootstrap, infra.redis_url, services, token, started)
                 supervisor.watch()
-            except KeyboardInterrupt:
                 console.print("\n[bold]stopping…[/bold]")
             finally:
                 supervisor.stop()

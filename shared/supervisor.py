@@ -77,6 +77,8 @@ class Supervisor:
                     raise StackError(f"{svc.name} exited during start-up:\n{svc.child.tail()}")
                 if svc.ready():
                     pending.remove(svc)
+            if self._stop.is_set():
+                return
             if pending and time.monotonic() > deadline:
                 names = ", ".join(s.name for s in pending)
                 raise StackError(f"not ready after {timeout_s}s: {names}")
