@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -45,6 +46,16 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, as Redis Cluster needs."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20_000, 55_000)
+        if port_is_free(port) and port_is_free(port + 10_000):
+            return port
+    raise StackError("no free port pair for a Redis Cluster node")
 
 
 def pick_port(preferred: int) -> int:
@@ -124,6 +135,7 @@ class EmbeddedRedis:
     port: int
     data_dir: Path
     aof: bool = True
+    extra_args: list[str] = field(default_factory=list)
     child: ChildProcess = field(init=False)
 
     @property
@@ -150,6 +162,7 @@ class EmbeddedRedis:
         if self.aof:
             # Write-side state must survive a crash: AOF, fsync every second (DESIGN.md).
             argv += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        argv += self.extra_args
         self.child = ChildProcess("redis", argv, self.data_dir / "redis.log")
         self.child.start()
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -165,6 +178,59 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         self.child.stop()
+
+
+@dataclass
+class EmbeddedRedisCluster:
+    """Three redis-server nodes in cluster mode (no replicas): proves the read models'
+    key layout works on Redis Cluster."""
+
+    data_dir: Path
+    ports: list[int] = field(default_factory=list)
+    nodes: list[EmbeddedRedis] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        cli = shutil.which("redis-cli")
+        if not cli:
+            raise StackError("redis-cli not found (Debian: redis-tools)")
+        for i in range(3):
+            node = EmbeddedRedis(free_cluster_port(), self.data_dir / f"node{i}", aof=False)
+            node.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            node.start()
+            self.nodes.append(node)
+            self.ports.append(node.port)
+        result = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise StackError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        client = redis.Redis(port=self.ports[0])
+        deadline = time.monotonic() + 30
+        while client.cluster("info").get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise StackError("redis cluster did not reach state ok")
+            time.sleep(0.1)  # the nodes gossip until every slot is served
+        client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclass

@@ -51,7 +51,7 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: ServiceSettings) -> Runtime:
-        redis = connect(settings.redis_url)
+        redis = connect(settings.redis_url, cluster=getattr(settings, "redis_cluster", False))
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
         stream = settings.key(settings.service, "outbox")
         outbox = Outbox(redis, stream, settings.dedupe_ttl_s)

@@ -99,6 +99,9 @@ class ProjectionSettings(ServiceSettings):
     service: ClassVar[str] = "projection"
     port: int = 8004
     batch_max_records: int = 2000
+    # The read models' keys are laid out for Redis Cluster (hash tag per member); set this
+    # to talk to one (REDIS_URL then names any node).
+    redis_cluster: bool = False
     suggestions_cache_ttl_s: int = 600
     after_wait_max_ms: int = 10_000
 

@@ -17,7 +17,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from shared.kafka import ensure_topics
-from shared.localstack import EMBEDDED_BROKER_TUNING, embedded_infra
+from shared.localstack import EMBEDDED_BROKER_TUNING, EmbeddedRedisCluster, embedded_infra
 from shared.topics import TopicNames
 from tests.helpers import Infra, random_id
 
@@ -81,3 +81,14 @@ def service_env(infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch) -
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real three-node Redis Cluster (redis-server in cluster mode) on free ports."""
+    cluster = EmbeddedRedisCluster(Path(tmp_path_factory.mktemp("cluster")))
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()

@@ -57,7 +57,7 @@ class Applier:
         for record in records:
             by_partition[TopicPartition(record.topic, record.partition)].append(record)
         rewind: dict[TopicPartition, int] = {}
-        ops: list[domain.Op] = []
+        ops: list[domain.Applied] = []
         positions: dict[str, int] = {}
         # Chunks are applied in order, each atomically with its positions; while Redis runs
         # one chunk's script, this process decodes the next (the two use different cores).
@@ -85,7 +85,7 @@ class Applier:
                     if dead_letter:  # a rebuild meets poison again; it was dead-lettered live
                         await self.dead_letter(record, exc.reason)
                 else:
-                    ops.append(domain.to_op(envelope, event, self.model.scoring))
+                    ops.append(domain.to_ops(envelope, event, self.model.scoring))
                     EVENTS_CONSUMED.labels("projection", envelope.type).inc()
                 positions[f"{tp.topic}:{tp.partition}"] = record.offset + 1
                 if len(ops) >= APPLY_CHUNK:
@@ -98,7 +98,9 @@ class Applier:
                 self.model.changed.notify_all()
         return rewind
 
-    async def _apply(self, version: int, ops: list[domain.Op], positions: dict[str, int]) -> None:
+    async def _apply(
+        self, version: int, ops: list[domain.Applied], positions: dict[str, int]
+    ) -> None:
         try:
             await self._retrying(lambda: self.model.apply(version, ops, positions))
         except ResponseError as exc:
@@ -108,7 +110,7 @@ class Applier:
                 try:
                     await self._retrying(lambda op=op: self.model.apply(version, [op], {}))
                 except ResponseError as single:
-                    log.error("op %s failed: %r", op[:3], single)
+                    log.error("event %s failed: %r", op.event_id, single)
                     DLQ_RECORDS.labels("projection", "apply", "handler_failed").inc()
             await self._retrying(lambda: self.model.apply(version, [], positions))
 
@@ -250,7 +252,10 @@ class Rebuilder:
         async for keys in _batched(
             self.runtime.redis.scan_iter(match=prefix + "*", count=1000), 1000
         ):
-            await self.runtime.redis.unlink(*keys)
+            async with self.runtime.redis.pipeline(transaction=False) as pipe:
+                for key in keys:  # one key per command: the keys live in many slots
+                    pipe.unlink(key)
+                await pipe.execute()
 
 
 async def _batched(items: Any, size: int) -> Any:

@@ -16,88 +16,114 @@ from typing import Any
 from shared import events as ev
 from shared.scoring import ScoringModel
 
-# One op per event: [event_id, kind, *args]. The apply script dispatches on `kind`.
-Op = list[Any]
-
 PROFILE_FIELDS = ("name", "industry", "headline", "location", "employer", "title")
 DISPLAY_CAP = 500
 SIZE_BUCKETS = ((0, 49, "<50"), (50, 499, "50-499"), (500, 999, "500-999"), (1000, None, "1000+"))
 
+# An event becomes ops on the members it concerns: (member, [event_id, ts, kind, *args]).
+# Each member's ops run in one script on that member's keys (see member.lua).
+MemberOp = tuple[str, list[Any]]
 
-def to_op(envelope: ev.Envelope, event: ev.Event, scoring: ScoringModel) -> Op:
-    head = [str(envelope.event_id), envelope.occurred_at.timestamp()]
-    return head + _op(event, envelope.occurred_at, scoring)
+
+@dataclass(frozen=True)
+class Applied:
+    event_id: str
+    ts: float
+    ops: list[MemberOp]
+
+
+def to_ops(envelope: ev.Envelope, event: ev.Event, scoring: ScoringModel) -> Applied:
+    eid, ts = str(envelope.event_id), envelope.occurred_at.timestamp()
+    return Applied(
+        eid,
+        ts,
+        [
+            (m, [eid, ts, kind, *args])
+            for m, kind, *args in _ops(event, envelope.occurred_at, scoring)
+        ],
+    )
 
 
 @singledispatch
-def _op(event: ev.Event, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["noop"]  # events with no read-model effect are still marked as applied
+def _ops(event: ev.Event, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return []  # no read-model effect; the event is still marked as applied
 
 
-@_op.register
-def _(event: ev.MemberRegistered, at: datetime, scoring: ScoringModel) -> list[Any]:
-    fields = {f: getattr(event, f) for f in PROFILE_FIELDS if getattr(event, f) is not None}
-    return ["reg", event.member_id, fields]
+def _profile(event: ev.MemberRegistered | ev.MemberProfileUpdated) -> dict[str, str]:
+    return {f: getattr(event, f) for f in PROFILE_FIELDS if getattr(event, f) is not None}
 
 
-@_op.register
-def _(event: ev.MemberProfileUpdated, at: datetime, scoring: ScoringModel) -> list[Any]:
-    fields = {f: getattr(event, f) for f in PROFILE_FIELDS if getattr(event, f) is not None}
-    return ["upd", event.member_id, fields]
+@_ops.register
+def _(event: ev.MemberRegistered, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.member_id, "reg", _profile(event))]
 
 
-@_op.register
-def _(event: ev.MemberDeactivated, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["deact", event.member_id]
+@_ops.register
+def _(event: ev.MemberProfileUpdated, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.member_id, "upd", _profile(event))]
 
 
-@_op.register
-def _(event: ev.ConnectionAccepted, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["c+", event.member_a, event.member_b]
+@_ops.register
+def _(event: ev.MemberDeactivated, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.member_id, "deact")]
 
 
-@_op.register
-def _(event: ev.ConnectionRemoved, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["c-", event.member_a, event.member_b]
+@_ops.register
+def _(event: ev.ConnectionAccepted, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    a, b = event.member_a, event.member_b
+    return [(a, "c+", b), (b, "c+", a)]
 
 
-@_op.register
-def _(event: ev.FollowStarted, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["f+", event.follower, event.followee]
+@_ops.register
+def _(event: ev.ConnectionRemoved, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    a, b = event.member_a, event.member_b
+    return [(a, "c-", b), (b, "c-", a)]
 
 
-@_op.register
-def _(event: ev.FollowStopped, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["f-", event.follower, event.followee]
+@_ops.register
+def _(event: ev.FollowStarted, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.follower, "fg+", event.followee), (event.followee, "fw+", event.follower)]
 
 
-@_op.register
-def _(event: ev.MemberBlocked, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["b+", event.blocker, event.blocked]
+@_ops.register
+def _(event: ev.FollowStopped, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.follower, "fg-", event.followee), (event.followee, "fw-", event.follower)]
 
 
-@_op.register
-def _(event: ev.MemberUnblocked, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["b-", event.blocker, event.blocked]
+@_ops.register
+def _(event: ev.MemberBlocked, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.blocker, "bl+", event.blocked), (event.blocked, "blby+", event.blocker)]
 
 
-@_op.register
-def _(event: ev.ConnectionListed, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["l+", event.owner, event.list_name, event.member_id]
+@_ops.register
+def _(event: ev.MemberUnblocked, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.blocker, "bl-", event.blocked), (event.blocked, "blby-", event.blocker)]
 
 
-@_op.register
-def _(event: ev.ConnectionUnlisted, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["l-", event.owner, event.list_name, event.member_id]
+@_ops.register
+def _(event: ev.ConnectionListed, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.owner, "l+", event.list_name, event.member_id)]
 
 
-@_op.register
-def _(event: ev.InvitationSent, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["i+", event.invitation_id, event.sender, event.recipient]
+@_ops.register
+def _(event: ev.ConnectionUnlisted, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.owner, "l-", event.list_name, event.member_id)]
 
 
-def _finished(event: ev.InvitationEvent, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["i-", event.invitation_id, event.sender, event.recipient]
+@_ops.register
+def _(event: ev.InvitationSent, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    inv = event.invitation_id
+    return [
+        (event.recipient, "ir+", inv, event.sender),
+        (event.sender, "is+", inv, event.recipient),
+    ]
+
+
+def _finished(
+    event: ev.InvitationEvent, at: datetime, scoring: ScoringModel
+) -> list[tuple[Any, ...]]:
+    inv = event.invitation_id
+    return [(event.recipient, "ir-", inv), (event.sender, "is-", inv)]
 
 
 for _finish_type in (
@@ -106,17 +132,39 @@ for _finish_type in (
     ev.InvitationWithdrawn,
     ev.InvitationExpired,
 ):
-    _op.register(_finish_type)(_finished)
+    _ops.register(_finish_type)(_finished)
 
 
-@_op.register
-def _(event: ev.EngagementRecorded, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["e", event.actor, event.target, event.kind, scoring.contribution(event.kind, at)]
+@_ops.register
+def _(event: ev.EngagementRecorded, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    contribution = scoring.contribution(event.kind, at)
+    congratulated = 1 if event.kind == "congratulate" else 0
+    return [
+        (event.actor, "e", event.target, contribution, congratulated),
+        (event.target, "e", event.actor, contribution, 0),
+    ]
 
 
-@_op.register
-def _(event: ev.MilestoneAnnounced, at: datetime, scoring: ScoringModel) -> list[Any]:
-    return ["ms", event.member_id, event.kind, event.detail or ""]
+@_ops.register
+def _(event: ev.MilestoneAnnounced, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
+    return [(event.member_id, "ms", event.kind, event.detail or "")]
+
+
+def industry_moves(
+    results: dict[str, tuple[str, str, int]],
+) -> tuple[dict[str, list[list[Any]]], dict[str, str]]:
+    """From each member's (counted industry, industry now, degree): the per-industry updates
+    (degree, or -1 to leave) and the members whose counted industry changes."""
+    moves: dict[str, list[list[Any]]] = {}
+    recount: dict[str, str] = {}
+    for m, (counted, now, degree) in results.items():
+        if counted and counted != now:
+            moves.setdefault(counted, []).append([m, -1])
+        if now:
+            moves.setdefault(now, []).append([m, degree])
+        if counted != now:
+            recount[m] = now
+    return moves, recount
 
 
 # --- answers ---------------------------------------------------------------------------------

@@ -25,8 +25,21 @@ from services.projection.domain import Filters, PairEngagement
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 
-APPLY_LUA = resources.files("services.projection").joinpath("apply.lua").read_text()
+
+def _lua(name: str) -> str:
+    return resources.files("services.projection").joinpath(name).read_text()
+
+
 SUGGESTION_CANDIDATE_CAP = 200_000
+MEMBERS_PER_CALL = 200  # single node: members per apply script call
+# Which of these events are applied already (their marks share the `{g}` tag with KEYS[1]).
+SEEN_LUA = """
+local out = {}
+for i, eid in ipairs(cjson.decode(ARGV[2])) do
+  out[i] = redis.call('EXISTS', ARGV[1] .. 'seen{g}:' .. eid)
+end
+return out
+"""
 NETWORK_SCAN_CAP = 50_000
 
 
@@ -44,17 +57,38 @@ def _ts(value: Any) -> datetime | None:
 
 @dataclass(frozen=True)
 class Keyspace:
+    """Key names of one version. Hash tags keep one member's keys in one slot (`{m}`), one
+    industry's in one slot (`{i:name}`), and the batch bookkeeping in one (`{g}`)."""
+
     prefix: str
 
     def member(self, kind: str, m: str) -> str:
         return f"{self.prefix}{kind}:{{{m}}}"
 
-    def __getattr__(self, name: str) -> str:
-        # Global keys of this version: clock, lc, pos, stats, inds, isum.
-        return self.prefix + name
-
     def industry(self, name: str) -> str:
-        return f"{self.prefix}iz:{name}"
+        return f"{self.prefix}iz:{{i:{name}}}"
+
+    def industry_sum(self, name: str) -> str:
+        return f"{self.prefix}isum:{{i:{name}}}"
+
+    def seen(self, event_id: str) -> str:
+        return f"{self.prefix}seen{{g}}:{event_id}"
+
+    @property
+    def clock(self) -> str:
+        return f"{self.prefix}clock{{g}}"
+
+    @property
+    def pos(self) -> str:
+        return f"{self.prefix}pos{{g}}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}stats{{g}}"
+
+    @property
+    def inds(self) -> str:
+        return f"{self.prefix}inds{{g}}"
 
 
 class ReadModel:
@@ -62,7 +96,11 @@ class ReadModel:
         self.redis = redis
         self.settings = settings
         self.scoring = scoring
-        self._apply = redis.register_script(APPLY_LUA)
+        self._member_script = redis.register_script(_lua("member.lua"))
+        self._industry_script = redis.register_script(_lua("industry.lua"))
+        self._marks_script = redis.register_script(_lua("marks.lua"))
+        self._seen_script = redis.register_script(SEEN_LUA)
+        self._cluster: bool | None = None
         # Notified after each applied batch, so `?after=` waits wake up at once.
         self.changed = asyncio.Condition()
 
@@ -85,17 +123,99 @@ class ReadModel:
         return self.keyspace(await self.version())
 
     # writes --------------------------------------------------------------------------------
-    async def apply(self, version: int, ops: list[domain.Op], positions: dict[str, int]) -> int:
+    async def cluster_mode(self) -> bool:
+        """Whether Redis runs as a cluster (then one member per script call)."""
+        if self._cluster is None:
+            info = await self.redis.info("cluster")
+            self._cluster = bool(int(info.get("cluster_enabled", 0)))
+        return self._cluster
+
+    async def apply(
+        self, version: int, batch: list[domain.Applied], positions: dict[str, int]
+    ) -> int:
+        """Apply a batch: member scripts (effects on each member's keys), industry scripts,
+        then the batch's applied-marks and positions. Every step can be re-run after a crash
+        without changing the outcome, so the re-delivered batch repairs a partial apply."""
         ks = self.keyspace(version)
-        result = await self._apply(
-            keys=[ks.prefix],
-            args=[
-                json.dumps(ops, separators=(",", ":")),
-                json.dumps(positions),
-                self.settings.dedupe_ttl_s,
-            ],
+        ttl = self.settings.dedupe_ttl_s
+        fresh = await self._not_yet_applied(ks, batch)
+        per_member: dict[str, list[list[Any]]] = {}
+        for applied in fresh:
+            for m, op in applied.ops:
+                per_member.setdefault(m, []).append(op)
+        if per_member:
+            clock = await self.redis.incr(ks.clock)
+            members = list(per_member)
+            group = 1 if await self.cluster_mode() else MEMBERS_PER_CALL
+            calls = []
+            for start in range(0, len(members), group):
+                chunk = members[start : start + group]
+                payload = json.dumps([[m, per_member[m]] for m in chunk], separators=(",", ":"))
+                calls.append(
+                    (
+                        self._member_script,
+                        [ks.member("m", m) for m in chunk],
+                        [ks.prefix, payload, clock, ttl],
+                    )
+                )
+            rows = [row for result in await self._run_scripts(calls) for row in result]
+            results = {
+                m: (str(c), str(n), int(d)) for m, (c, n, d) in zip(members, rows, strict=True)
+            }
+            moves, recount = domain.industry_moves(results)
+            await self._run_scripts(
+                [
+                    (
+                        self._industry_script,
+                        [ks.industry(name), ks.industry_sum(name)],
+                        [json.dumps(entries)],
+                    )
+                    for name, entries in moves.items()
+                ]
+            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if moves:
+                    pipe.sadd(ks.inds, *moves)
+                for m, now in recount.items():
+                    if now:
+                        pipe.hset(ks.member("m", m), "ci", now)
+                    else:
+                        pipe.hdel(ks.member("m", m), "ci")
+                await pipe.execute()
+        events = json.dumps([[a.event_id, a.ts] for a in fresh])
+        return int(
+            await self._marks_script(
+                keys=[ks.pos, ks.stats], args=[ks.prefix, events, json.dumps(positions), ttl]
+            )
         )
-        return int(result)
+
+    async def _run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run scripts in order of results: pipelined on one node; on a cluster (where
+        pipelines refuse scripts) concurrently, each routed to its own slot's node."""
+        if not calls:
+            return []
+        if await self.cluster_mode():
+            return list(await asyncio.gather(*(s(keys=k, args=a) for s, k, a in calls)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
+
+    async def _not_yet_applied(
+        self, ks: Keyspace, batch: list[domain.Applied]
+    ) -> list[domain.Applied]:
+        """Drop events applied before (a relay re-publish) and repeats inside the batch."""
+        if not batch:
+            return []
+        seen = await self._seen_script(
+            keys=[ks.pos], args=[ks.prefix, json.dumps([a.event_id for a in batch])]
+        )
+        fresh, ids = [], set()
+        for applied, already in zip(batch, seen, strict=True):
+            if not already and applied.event_id not in ids:
+                ids.add(applied.event_id)
+                fresh.append(applied)
+        return fresh
 
     async def positions(self, version: int) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keyspace(version).pos)
@@ -103,7 +223,7 @@ class ReadModel:
 
     async def applied(self, event_id: str) -> bool:
         ks = await self.current()
-        return bool(await self.redis.exists(f"{ks.prefix}seen:{event_id}"))
+        return bool(await self.redis.exists(ks.seen(event_id)))
 
     async def wait_applied(self, event_id: str, wait_ms: int) -> bool:
         """Wait until `event_id` is in the read model (read-your-writes), up to `wait_ms`.
@@ -169,21 +289,24 @@ class ReadModel:
         return (3 if await self._third(ks, a, b) else None), []
 
     async def _third(self, ks: Keyspace, a: str, b: str) -> bool:
-        """Meet in the middle: is any connection of the smaller side connected to one of the
-        other side's connections? Checked in chunks, stopping at the first hit."""
+        """Meet in the middle, merged client-side: does the smaller side's 2nd-degree
+        neighborhood reach one of the other side's connections? Stops at the first hit."""
         na, nb = (
             await self.redis.scard(ks.member("c", a)),
             await self.redis.scard(ks.member("c", b)),
         )
         near, far = (a, b) if na <= nb else (b, a)
-        far_set = ks.member("c", far)
-        near_members = sorted(await self.connections(ks, near))
-        for start in range(0, len(near_members), 100):
+        targets = await self.connections(ks, far)
+        if not targets:
+            return False
+        friends = sorted(await self.connections(ks, near))
+        for start in range(0, len(friends), 100):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for m in near_members[start : start + 100]:
-                    pipe.sintercard(2, [ks.member("c", m), far_set], limit=1)
-                if any(await pipe.execute()):
-                    return True
+                for friend in friends[start : start + 100]:
+                    pipe.smembers(ks.member("c", friend))
+                for reach in await pipe.execute():
+                    if not targets.isdisjoint(reach):
+                        return True
         return False
 
     async def second_degree(self, ks: Keyspace, m: str, cap: int) -> tuple[Counter[str], bool]:
@@ -255,7 +378,10 @@ class ReadModel:
         """Neither the member nor any of their connections changed after `clock`."""
         members = [m, *await self.connections(ks, m)]
         for start in range(0, len(members), 1000):
-            marks = await self.redis.hmget(ks.lc, members[start : start + 1000])
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for x in members[start : start + 1000]:
+                    pipe.get(ks.member("lc", x))
+                marks = await pipe.execute()
             if any(mark is not None and int(mark) > clock for mark in marks):
                 return False
         return True
@@ -409,7 +535,7 @@ class ReadModel:
             for name in names:
                 key = ks.industry(name)
                 pipe.zcard(key)
-                pipe.hget(ks.isum, name)
+                pipe.get(ks.industry_sum(name))
                 for low, high, _ in domain.SIZE_BUCKETS:
                     pipe.zcount(key, low, "+inf" if high is None else high)
             rows = await pipe.execute()
@@ -442,7 +568,7 @@ class ReadModel:
         """A hash of the read model's content (not its bookkeeping), to compare two versions."""
         version = version if version is not None else await self.version()
         prefix = self.keyspace(version).prefix
-        skip = ("seen:", "sg:", "clock", "lc", "pos", "stats")
+        skip = ("seen{g}", "sn:", "sg:", "clock{g}", "lc:", "pos{g}", "stats{g}")
         entries: list[tuple[str, Any]] = []
         async for key in self.redis.scan_iter(match=prefix + "*", count=1000):
             name = str(key)[len(prefix) :]

@@ -1,0 +1,89 @@
+"""The read models on a real Redis Cluster: same answers, same content, as on one node.
+
+Every multi-key operation of the projection stays inside one member's (or one industry's,
+or the batch bookkeeping's) hash tag, or is merged client-side; a cluster refuses anything
+else with CROSSSLOT, so these tests fail if a cross-slot operation creeps in."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from services.projection.consumers import Applier
+from services.projection.domain import Filters
+from services.projection.main import create_app
+from services.projection.store import ReadModel
+from shared.scoring import ScoringModel
+from shared.settings import ProjectionSettings
+from tests.helpers import Infra, auth, publish_envelopes, random_id, running_app
+from tests.integration.test_projection_network import network_events
+from tests.integration.test_projection_property import NoBroker, deliveries
+
+pytestmark = pytest.mark.integration
+
+
+async def answers(model: ReadModel) -> dict:
+    ks = await model.current()
+    return {
+        "degrees": [await model.degree(ks, "ann", x) for x in ("bob", "dan", "eve", "hal")],
+        "suggestions": (await model.suggestions("ann", 10))["items"],
+        "industries": await model.industries(),
+        "network": await model.network("ann", 3, Filters(), None, 50),
+        "connections": await model.connection_page(
+            "fay", Filters(industry="finance"), None, None, 50
+        ),
+        "pending": await model.pending("ann", "received"),
+        "digest": await model.digest(),
+    }
+
+
+async def test_cluster_and_single_node_models_are_identical(
+    infra: Infra, redis_cluster_url: str
+) -> None:
+    records = deliveries(network_events(), random.Random(3))
+    results = []
+    for client in (
+        RedisCluster.from_url(redis_cluster_url, decode_responses=True),
+        Redis.from_url(infra.redis_url, decode_responses=True),
+    ):
+        settings = ProjectionSettings(namespace=f"k{random_id(8)}.")
+        model = ReadModel(client, settings, ScoringModel())
+        applier = Applier(NoBroker(client, settings), model)  # type: ignore[arg-type]
+        for start in range(0, len(records), 5):
+            await applier.process(records[start : start + 5])
+        await applier.process(records[:10])  # re-delivery
+        results.append(await answers(model))
+        await client.aclose()
+    on_cluster, on_node = results
+    assert on_cluster == on_node
+    assert [d[0] for d in on_cluster["degrees"]] == [1, 2, 3, None]
+
+
+async def test_projection_service_runs_on_the_cluster(
+    infra: Infra,
+    namespace: str,
+    service_env: dict,
+    redis_cluster_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_cluster_url)
+    monkeypatch.setenv("RAPPORT_PROJECTION_REDIS_CLUSTER", "1")
+    events = network_events()
+    async with running_app(create_app()) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        ready = await client.get("/readyz")
+        for e in events:
+            r = await client.get(
+                "/members/ann/summary",
+                params={"after": str(e.event_id), "wait_ms": 15000},
+                headers=auth("ann"),
+            )
+            assert r.status_code == 200
+        degree = (await client.get("/members/ann/degree/eve", headers=auth("ann"))).json()
+        industries = (await client.get("/industries", headers=auth())).json()["industries"]
+    assert ready.status_code == 200
+    assert degree["degree"] == 3
+    assert {i["industry"]: i["average_connections"] for i in industries}["Technology"] == 3.0
