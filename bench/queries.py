@@ -1,0 +1,401 @@
+"""Query latency on a synthetic power-law network: Rapport through HTTP and its Redis data
+path directly, beside PostgreSQL (adjacency table, both directions indexed) and NetworkX in
+process, all answering the same query list on the same graph."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import networkx as nx
+import numpy as np
+import psycopg
+from redis.asyncio import Redis
+
+from services.projection.domain import Filters
+from services.projection.store import ReadModel
+from shared.scoring import ScoringModel
+from shared.settings import ProjectionSettings
+from shared.supervisor import ServiceProcess
+
+INDUSTRIES = ["Technology", "Finance", "Healthcare", "Media", "Manufacturing", "Consumer Goods"]
+
+
+@dataclass
+class Graph:
+    members: list[str]
+    adjacency: list[set[int]]
+    industry: list[str]
+
+    @property
+    def edges(self) -> int:
+        return sum(len(a) for a in self.adjacency) // 2
+
+
+def power_law_graph(n: int, mean_degree: float, max_degree: int, seed: int = 7) -> Graph:
+    """Chung-Lu style: expected degree of member i ~ (i + i0)^(-1/(gamma-1)), scaled so the
+    mean is `mean_degree` and member 0 reaches about `max_degree`."""
+    rng = np.random.default_rng(seed)
+    gamma = 2.5
+    ranks = np.arange(n, dtype=float)
+    i0 = 1.0
+    weights = (ranks + i0) ** (-1 / (gamma - 1))
+    weights *= mean_degree * n / weights.sum()
+    # Lift the head so the largest member reaches max_degree (real networks have such hubs).
+    weights[0] = max(weights[0], max_degree)
+    probabilities = weights / weights.sum()
+    m = int(n * mean_degree / 2)
+    adjacency: list[set[int]] = [set() for _ in range(n)]
+    added = 0
+    while added < m:
+        size = int((m - added) * 1.2) + 1000
+        a = rng.choice(n, size=size, p=probabilities)
+        b = rng.choice(n, size=size, p=probabilities)
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            if x != y and y not in adjacency[x]:
+                adjacency[x].add(y)
+                adjacency[y].add(x)
+                added += 1
+                if added >= m:
+                    break
+    pyrng = random.Random(seed)
+    return Graph(
+        [f"member-{i:07d}" for i in range(n)],
+        adjacency,
+        [pyrng.choice(INDUSTRIES) for _ in range(n)],
+    )
+
+
+@dataclass
+class QueryList:
+    degree: list[tuple[str, str]] = field(default_factory=list)
+    mutual: list[tuple[str, str]] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+    network: list[tuple[str, str]] = field(default_factory=list)
+
+
+def query_list(g: Graph, count: int, seed: int = 11) -> QueryList:
+    rng = random.Random(seed)
+    n = len(g.members)
+    q = QueryList()
+    with_friends = [i for i in range(n) if g.adjacency[i]]
+    for k in range(count):
+        x = rng.choice(with_friends)
+        kind = k % 4
+        y = x
+        if kind == 0:  # 1st
+            y = rng.choice(sorted(g.adjacency[x]))
+        elif kind in (1, 2):  # 2nd, 3rd: walk
+            for _ in range(kind + 1):
+                y = rng.choice(sorted(g.adjacency[y]))
+        else:  # anyone (mostly 3rd or none on a sparse tail)
+            y = rng.randrange(n)
+        if y == x:
+            y = (x + 1) % n
+        q.degree.append((g.members[x], g.members[y]))
+        q.mutual.append((g.members[x], g.members[rng.choice(sorted(g.adjacency[x]))]))
+    q.suggestions = [g.members[rng.choice(with_friends)] for _ in range(max(count // 4, 20))]
+    q.network = [
+        (g.members[rng.choice(with_friends)], rng.choice(INDUSTRIES))
+        for _ in range(max(count // 8, 10))
+    ]
+    return q
+
+
+async def load_redis(redis: Redis, g: Graph, namespace: str) -> ReadModel:
+    """Bulk-load the projection's own key layout (what applying the events would produce)."""
+    settings = ProjectionSettings(namespace=namespace)
+    model = ReadModel(redis, settings, ScoringModel())
+    ks = model.keyspace(1)
+    for start in range(0, len(g.members), 2000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(start, min(start + 2000, len(g.members))):
+                m = g.members[i]
+                pipe.hset(
+                    ks.member("m", m), mapping={"name": m, "industry": g.industry[i], "active": "1"}
+                )
+                friends = [g.members[j] for j in g.adjacency[i]]
+                for chunk in range(0, len(friends), 5000):
+                    pipe.sadd(ks.member("c", m), *friends[chunk : chunk + 5000])
+            await pipe.execute()
+    return model
+
+
+def load_postgres(dsn: str, g: Graph, table: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE UNLOGGED TABLE {table} (a text NOT NULL, b text NOT NULL)")
+        with conn.cursor().copy(f"COPY {table} (a, b) FROM STDIN") as copy:
+            for i, friends in enumerate(g.adjacency):
+                a = g.members[i]
+                for j in friends:
+                    copy.write_row((a, g.members[j]))
+        conn.execute(f"DROP TABLE IF EXISTS {table}_members")
+        conn.execute(f"CREATE UNLOGGED TABLE {table}_members (id text PRIMARY KEY, industry text)")
+        with conn.cursor().copy(f"COPY {table}_members (id, industry) FROM STDIN") as copy:
+            for m, industry in zip(g.members, g.industry, strict=True):
+                copy.write_row((m, industry))
+        conn.execute(f"CREATE INDEX ON {table} (a, b)")
+        conn.execute(f"CREATE INDEX ON {table} (b, a)")
+        conn.execute(f"ANALYZE {table}")
+
+
+class PostgresPeer:
+    def __init__(self, dsn: str, table: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.t = table
+
+    def degree(self, x: str, y: str) -> int | None:
+        c, t = self.conn, self.t
+        if c.execute(f"SELECT 1 FROM {t} WHERE a = %s AND b = %s", (x, y)).fetchone():
+            return 1
+        mutual = c.execute(
+            f"SELECT count(*) FROM {t} e1 JOIN {t} e2 ON e1.b = e2.a WHERE e1.a = %s AND e2.b = %s",
+            (x, y),
+        ).fetchone()
+        if mutual and mutual[0]:
+            return 2
+        third = c.execute(
+            f"SELECT 1 FROM {t} e1 JOIN {t} e2 ON e1.b = e2.a "
+            f"WHERE e1.a = %s AND e2.b IN (SELECT b FROM {t} WHERE a = %s) LIMIT 1",
+            (x, y),
+        ).fetchone()
+        return 3 if third else None
+
+    def mutual(self, x: str, y: str) -> int:
+        row = self.conn.execute(
+            f"SELECT count(*) FROM {self.t} e1 JOIN {self.t} e2 ON e1.b = e2.b "
+            f"WHERE e1.a = %s AND e2.a = %s",
+            (x, y),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def network(self, x: str, industry: str) -> list[str]:
+        t = self.t
+        rows = self.conn.execute(
+            f"SELECT DISTINCT e2.b FROM {t} e1 JOIN {t} e2 ON e1.b = e2.a "
+            f"JOIN {t}_members m ON m.id = e2.b "
+            f"WHERE e1.a = %s AND m.industry = %s AND e2.b <> %s "
+            f"AND NOT EXISTS (SELECT 1 FROM {t} f WHERE f.a = %s AND f.b = e2.b) "
+            f"ORDER BY e2.b LIMIT 20",
+            (x, industry, x, x),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def suggestions(self, x: str) -> list[tuple[str, int]]:
+        t = self.t
+        rows = self.conn.execute(
+            f"SELECT e2.b, count(*) AS n FROM {t} e1 JOIN {t} e2 ON e1.b = e2.a "
+            f"WHERE e1.a = %s AND e2.b <> %s "
+            f"AND NOT EXISTS (SELECT 1 FROM {t} f WHERE f.a = %s AND f.b = e2.b) "
+            f"GROUP BY e2.b ORDER BY n DESC, e2.b LIMIT 20",
+            (x, x, x),
+        ).fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+
+class NetworkXPeer:
+    def __init__(self, g: Graph) -> None:
+        self.industry = dict(zip(g.members, g.industry, strict=True))
+        self.g = nx.Graph()
+        self.g.add_nodes_from(g.members)
+        self.g.add_edges_from(
+            (g.members[i], g.members[j]) for i, fs in enumerate(g.adjacency) for j in fs if i < j
+        )
+
+    def degree(self, x: str, y: str) -> int | None:
+        if self.g.has_edge(x, y):
+            return 1
+        nx_, ny = set(self.g[x]), set(self.g[y])
+        if nx_ & ny:
+            return 2
+        near, far = (nx_, ny) if len(nx_) <= len(ny) else (ny, nx_)
+        return 3 if any(not far.isdisjoint(self.g[f]) for f in near) else None
+
+    def mutual(self, x: str, y: str) -> int:
+        return len(set(self.g[x]) & set(self.g[y]))
+
+    def network(self, x: str, industry: str) -> list[str]:
+        first = set(self.g[x])
+        second = {z for f in first for z in self.g[f]} - first - {x}
+        return sorted(z for z in second if self.industry[z] == industry)[:20]
+
+    def suggestions(self, x: str) -> list[tuple[str, int]]:
+        first = set(self.g[x])
+        counts: Counter[str] = Counter()
+        for f in first:
+            counts.update(iter(self.g[f]))  # keys: an AtlasView would count as a mapping
+        for drop in (*first, x):
+            counts.pop(drop, None)
+        return counts.most_common(20)
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.median(ordered) * 1000, p99 * 1000
+
+
+def time_sync(fn: Callable[..., Any], args: list[Any]) -> tuple[float, float]:
+    samples = []
+    for a in args:
+        started = time.perf_counter()
+        fn(*a) if isinstance(a, tuple) else fn(a)
+        samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
+async def time_async(fn: Callable[..., Awaitable[Any]], args: list[Any]) -> tuple[float, float]:
+    samples = []
+    for a in args:
+        started = time.perf_counter()
+        await (fn(*a) if isinstance(a, tuple) else fn(a))
+        samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
+@dataclass
+class QueryResults:
+    members: int
+    edges: int
+    max_degree: int
+    rows: dict[str, dict[str, tuple[float, float]]]
+    redis_bytes: int
+    checks: int
+
+
+async def run_queries(
+    g: Graph, q: QueryList, redis_url: str, bootstrap: str, pg_dsn: str, logs: Path
+) -> QueryResults:
+    namespace = f"q{time.time_ns()}."
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    before = int((await redis.info("memory"))["used_memory"])
+    model = await load_redis(redis, g, namespace)
+    redis_bytes = int((await redis.info("memory"))["used_memory"]) - before
+    ks = model.keyspace(1)
+
+    table = f"bench_edges_{namespace.strip('.')}"
+    load_postgres(pg_dsn, g, table)
+    pg = PostgresPeer(pg_dsn, table)
+    nxp = NetworkXPeer(g)
+
+    # Same answers from every peer on the degree list (the bench checks it measures truth).
+    checks = 0
+    for x, y in q.degree[:50]:
+        ours = (await model.degree(ks, x, y))[0]
+        assert ours == pg.degree(x, y) == nxp.degree(x, y), (x, y)
+        checks += 1
+    for x, industry in q.network[:10]:
+        page = await model.network(x, 2, Filters(industry=industry), None, 20)
+        assert (
+            [i["member_id"] for i in page["items"]]
+            == pg.network(x, industry)
+            == nxp.network(x, industry)
+        )
+        checks += 1
+
+    token = "bench-token"
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "REDIS_URL": redis_url,
+        "RAPPORT_API_TOKENS": token,
+        "RAPPORT_NAMESPACE": namespace,
+        "RAPPORT_LOG_LEVEL": "warning",
+        "RAPPORT_KAFKA_SESSION_TIMEOUT_MS": "1000",
+        "RAPPORT_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+    }
+    from shared.localstack import free_port
+
+    proc = ServiceProcess("projection", free_port(), env, logs)
+    proc.start()
+    rows: dict[str, dict[str, tuple[float, float]]] = {}
+    try:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+            for _ in range(200):
+                try:
+                    if (await http.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)  # waiting for the service process to come up
+
+            def headers(m: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {token}", "X-Member-Id": m}
+
+            async def http_degree(x: str, y: str) -> Any:
+                return (await http.get(f"/members/{x}/degree/{y}", headers=headers(x))).json()
+
+            async def http_mutual(x: str, y: str) -> Any:
+                return (await http.get(f"/members/{x}/mutual/{y}", headers=headers(x))).json()
+
+            async def http_suggest(x: str) -> Any:
+                return (await http.get(f"/members/{x}/suggestions", headers=headers(x))).json()
+
+            async def http_network(x: str, industry: str) -> Any:
+                return (
+                    await http.get(
+                        f"/members/{x}/network",
+                        params={"degree": 2, "industry": industry, "limit": 20},
+                        headers=headers(x),
+                    )
+                ).json()
+
+            async def clear_cache(x: str) -> None:
+                await redis.delete(ks.member("sg", x))
+
+            async def direct_suggest_cold(x: str) -> Any:
+                await clear_cache(x)
+                return await model.suggestions(x, 20)
+
+            async def http_suggest_cold(x: str) -> Any:
+                await clear_cache(x)
+                return await http_suggest(x)
+
+            await time_async(http_degree, q.degree[:20])  # warm-up (connections, scripts)
+            rows["degree"] = {
+                "http": await time_async(http_degree, q.degree),
+                "redis": await time_async(lambda x, y: model.degree(ks, x, y), q.degree),
+                "postgres": time_sync(pg.degree, q.degree),
+                "networkx": time_sync(nxp.degree, q.degree),
+            }
+            rows["mutual"] = {
+                "http": await time_async(http_mutual, q.mutual),
+                "redis": await time_async(lambda x, y: model.mutual(ks, x, y), q.mutual),
+                "postgres": time_sync(pg.mutual, q.mutual),
+                "networkx": time_sync(nxp.mutual, q.mutual),
+            }
+            rows["suggestions (cold)"] = {
+                "http": await time_async(http_suggest_cold, q.suggestions),
+                "redis": await time_async(direct_suggest_cold, q.suggestions),
+                "postgres": time_sync(pg.suggestions, q.suggestions),
+                "networkx": time_sync(nxp.suggestions, q.suggestions),
+            }
+            rows["suggestions (cached)"] = {
+                "http": await time_async(http_suggest, q.suggestions),
+                "redis": await time_async(lambda x: model.suggestions(x, 20), q.suggestions),
+            }
+            rows["network degree=2 & industry"] = {
+                "http": await time_async(http_network, q.network),
+                "redis": await time_async(
+                    lambda x, i: model.network(x, 2, Filters(industry=i), None, 20), q.network
+                ),
+                "postgres": time_sync(pg.network, q.network),
+                "networkx": time_sync(nxp.network, q.network),
+            }
+    finally:
+        if proc.child:
+            proc.child.stop()
+        pg.conn.execute(f"DROP TABLE IF EXISTS {table}, {table}_members")
+        pg.conn.close()
+        await redis.aclose()
+    return QueryResults(
+        len(g.members), g.edges, max(len(a) for a in g.adjacency), rows, redis_bytes, checks
+    )
