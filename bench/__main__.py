@@ -107,10 +107,32 @@ def main() -> None:
     args = parser.parse_args()
     size = SIZES[args.size]
     started = time.monotonic()
-    rows = [
-        "| benchmark | Rapport | peer(s) | ratio |",
-        "|---|---|---|---|",
-    ]
+    rows = Rows(["| benchmark | Rapport | peer(s) | ratio |", "|---|---|---|---|"])
+    try:
+        measure(size, rows)
+    finally:
+        table = "\n".join(
+            [machine(), f"size: {args.size}, took {time.monotonic() - started:.0f}s", "", *rows]
+        )
+        print(table)
+        out = Path(__file__).parent / "results" / "latest.md"
+        out.write_text(table + "\n")
+
+
+class Rows(list[str]):
+    """Table rows, echoed as they come, so a long run shows progress (and partial results)."""
+
+    def append(self, row: str) -> None:
+        print(row, flush=True)
+        super().append(row)
+
+    def __iadd__(self, more: list[str]) -> Rows:  # type: ignore[override]
+        for row in more:
+            self.append(row)
+        return self
+
+
+def measure(size: Size, rows: Rows) -> None:
     with tempfile.TemporaryDirectory() as tmp, embedded_infra(Path(tmp), use_env=False) as infra:
         relay_s, raw_s = asyncio.run(
             outbox_relay(infra.kafka_bootstrap, infra.redis_url, size.relay_events)
@@ -164,12 +186,6 @@ def main() -> None:
             f"| accept | {w.accept_rps:,.0f} req/s, p50/p99 {ms(w.accept_ms)} ms | - | - |",
             f"| accept 2xx -> degree 1 (freshness) | p50/p99 {ms(w.fresh_ms)} ms | - | non-2xx: {w.errors} {w.error_codes or ''} |",
         ]
-    table = "\n".join(
-        [machine(), f"size: {args.size}, took {time.monotonic() - started:.0f}s", "", *rows]
-    )
-    print(table)
-    out = Path(__file__).parent / "results" / "latest.md"
-    out.write_text(table + "\n")
 
 
 if __name__ == "__main__":
