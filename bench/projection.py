@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer
 
+from bench import TOKEN, service_env
 from shared import events as ev
 from shared.events import Envelope
-from shared.kafka import ensure_topics
-from shared.localstack import EMBEDDED_BROKER_TUNING, free_port
+from shared.kafka import ensure_topics, publish_envelopes
+from shared.localstack import free_port
 from shared.supervisor import ServiceProcess
 from shared.topics import ALL_TOPICS, TopicNames
 
@@ -66,25 +67,9 @@ def synthetic_events(n: int, rng: random.Random) -> list[Envelope]:
 
 
 async def preload(bootstrap: str, namespace: str, events: list[Envelope]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=512 * 1024
+    await publish_envelopes(
+        bootstrap, events, TopicNames(namespace), acks=1, linger_ms=20, max_batch_size=512 * 1024
     )
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                f"{namespace}{e.topic}",
-                e.to_bytes(),
-                key=e.key.encode(),
-                headers=[("type", e.type.encode())],
-            )
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def bare_consume(bootstrap: str, namespace: str, n: int) -> float:
@@ -136,15 +121,8 @@ def run(bootstrap: str, redis_url: str, n: int) -> ProjectionResult:
     asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions()))
     events = synthetic_events(n, random.Random(1))
     asyncio.run(preload(bootstrap, namespace, events))
-    token = "bench-token"
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "REDIS_URL": redis_url,
-        "RAPPORT_API_TOKENS": token,
-        "RAPPORT_NAMESPACE": namespace,
-        "RAPPORT_LOG_LEVEL": "warning",
-        **EMBEDDED_BROKER_TUNING,
-    }
+    token = TOKEN
+    env = service_env(bootstrap, redis_url, namespace)
     with tempfile.TemporaryDirectory() as logs:
         proc = ServiceProcess("projection", free_port(), env, Path(logs))
         started = time.perf_counter()

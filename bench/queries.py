@@ -20,6 +20,7 @@ import numpy as np
 import psycopg
 from redis.asyncio import Redis
 
+from bench import TOKEN, service_env
 from services.projection.domain import Filters
 from services.projection.store import ReadModel
 from shared.scoring import ScoringModel
@@ -302,16 +303,8 @@ async def run_queries(
         )
         checks += 1
 
-    token = "bench-token"
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "REDIS_URL": redis_url,
-        "RAPPORT_API_TOKENS": token,
-        "RAPPORT_NAMESPACE": namespace,
-        "RAPPORT_LOG_LEVEL": "warning",
-        "RAPPORT_KAFKA_SESSION_TIMEOUT_MS": "1000",
-        "RAPPORT_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
-    }
+    token = TOKEN
+    env = service_env(bootstrap, redis_url, namespace)
     from shared.localstack import free_port
 
     proc = ServiceProcess("projection", free_port(), env, logs)

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import httpx
 
+from bench import TOKEN, service_env
 from bench.queries import percentiles
 from shared.kafka import ensure_topics
-from shared.localstack import EMBEDDED_BROKER_TUNING, free_port
+from shared.localstack import free_port
 from shared.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.topics import TopicNames
-
-TOKEN = "bench-token"
 
 
 @dataclass
@@ -66,15 +65,7 @@ async def run_writes(
 ) -> WriteResults:
     namespace = f"w{time.time_ns()}."
     await ensure_topics(bootstrap, TopicNames(namespace).partitions())
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "REDIS_URL": redis_url,
-        "RAPPORT_API_TOKENS": TOKEN,
-        "RAPPORT_NAMESPACE": namespace,
-        "RAPPORT_LOG_LEVEL": "warning",
-        "RAPPORT_INVITATION_WEEKLY_LIMIT": "100000",
-        **EMBEDDED_BROKER_TUNING,
-    }
+    env = service_env(bootstrap, redis_url, namespace, RAPPORT_INVITATION_WEEKLY_LIMIT="100000")
     procs = [ServiceProcess(name, free_port(), env, logs) for name in SERVICES]
     supervisor = Supervisor(procs)
     await asyncio.to_thread(supervisor.start_all)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
+
+from shared.events import Envelope
+from shared.topics import TopicNames
 
 log = logging.getLogger("rapport.kafka")
 
@@ -24,6 +29,30 @@ def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
         request_timeout_ms=10_000,
         logger=logging.getLogger(f"rapport.{client_id}.broker"),
     )
+
+
+async def publish_envelopes(
+    bootstrap_servers: str, envelopes: list[Envelope], topics: TopicNames, **producer_options: Any
+) -> None:
+    """Publish envelopes straight to their topics, keyed and typed as the outbox relay does:
+    how external producers, tests and benchmarks feed Rapport."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, **{"acks": "all", **producer_options}
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topics(e.topic),
+                e.to_bytes(),
+                key=e.key.encode(),
+                headers=[("type", e.type.encode())],
+            )
+            for e in envelopes
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
 
 
 async def ensure_topics(bootstrap_servers: str, partitions: dict[str, int]) -> list[str]:

@@ -97,20 +97,7 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 async def publish_envelopes(bootstrap: str, namespace: str, envelopes: list[Any]) -> None:
     """Publish envelopes to their (namespaced) topics, keyed and typed like the outbox does."""
-    from aiokafka import AIOKafkaProducer
+    from shared.kafka import publish_envelopes as publish
+    from shared.topics import TopicNames
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                f"{namespace}{e.topic}",
-                e.to_bytes(),
-                key=e.key.encode(),
-                headers=[("type", e.type.encode())],
-            )
-            for e in envelopes
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await publish(bootstrap, envelopes, TopicNames(namespace))
