@@ -51,8 +51,8 @@ class Applier:
         """Apply what is new in `records` to `version` (default: the current one); returns
         the partitions to rewind, with the offset to rewind to."""
         if version is None:
-            version = await self._retrying(self.model.version)
-        stored = await self._retrying(lambda: self.model.positions(version))
+            version = await self.retrying(self.model.version)
+        stored = await self.retrying(lambda: self.model.positions(version))
         by_partition: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
         for record in records:
             by_partition[TopicPartition(record.topic, record.partition)].append(record)
@@ -102,17 +102,17 @@ class Applier:
         self, version: int, ops: list[domain.Applied], positions: dict[str, int]
     ) -> None:
         try:
-            await self._retrying(lambda: self.model.apply(version, ops, positions))
+            await self.retrying(lambda: self.model.apply(version, ops, positions))
         except ResponseError as exc:
             # Ops come from validated events, so this is a bug; keep going without losing any.
             log.error("batch apply failed (%r); applying one by one", exc)
             for op in ops:
                 try:
-                    await self._retrying(lambda op=op: self.model.apply(version, [op], {}))
+                    await self.retrying(lambda op=op: self.model.apply(version, [op], {}))
                 except ResponseError as single:
                     log.error("event %s failed: %r", op.event_id, single)
                     DLQ_RECORDS.labels("projection", "apply", "handler_failed").inc()
-            await self._retrying(lambda: self.model.apply(version, [], positions))
+            await self.retrying(lambda: self.model.apply(version, [], positions))
 
     async def dead_letter(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
         headers = {
@@ -130,18 +130,18 @@ class Applier:
             record.offset,
             reason,
         )
-        await self._retrying(
+        await self.retrying(
             lambda: self.runtime.broker.publish(
                 record.value or b"", topic=dlq(record.topic), key=record.key, headers=headers
             )
         )
-        await self._retrying(
+        await self.retrying(
             lambda: self.runtime.redis.hincrby(
                 self.runtime.settings.key("p", "dlq"), record.topic, 1
             )
         )
 
-    async def _retrying(self, call: Any) -> Any:
+    async def retrying(self, call: Any) -> Any:
         delay = 0.1
         while True:
             try:
@@ -209,13 +209,15 @@ class Rebuilder:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
         )
-        await consumer.start()
+        retrying = self.applier.retrying  # transient broker/Redis errors wait, never fail
+        await retrying(consumer.start)
         try:
+            await retrying(consumer.topics)
             partitions = self._partitions(consumer)
             consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
+            await retrying(lambda: consumer.seek_to_beginning(*partitions))
             while True:
-                ends = await self.end_offsets()
+                ends = await retrying(self.end_offsets)
                 done = await self.model.positions(version)
                 behind = {tp: end - done.get(tp, 0) for tp, end in ends.items()}
                 await self.runtime.redis.hset(
@@ -224,8 +226,10 @@ class Rebuilder:
                 )
                 if all(gap <= 0 for gap in behind.values()):
                     break
-                batch = await consumer.getmany(
-                    timeout_ms=200, max_records=self.settings.batch_max_records
+                batch = await retrying(
+                    lambda: consumer.getmany(
+                        timeout_ms=200, max_records=self.settings.batch_max_records
+                    )
                 )
                 records = [r for recs in batch.values() for r in recs]
                 if records:
