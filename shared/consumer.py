@@ -46,6 +46,21 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+async def retry_transient(
+    call: Callable[[], Awaitable[Any]], who: str, backoff_s: float = 0.1, max_backoff_s: float = 5.0
+) -> Any:
+    """Run `call` until Redis or the broker answers again: an outage is no event's fault."""
+    delay = backoff_s
+    while True:
+        try:
+            return await call()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("%s: infrastructure unavailable (%r); retrying", who, exc)
+            # Backoff between reconnect attempts; nothing to wait on but time itself.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+
+
 @dataclass(frozen=True)
 class ConsumedEvent:
     envelope: Envelope
@@ -171,15 +186,7 @@ class EventConsumer:
             return None
 
     async def _with_infra_retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        delay = self.backoff_s
-        while True:
-            try:
-                return await call()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("%s: infrastructure unavailable (%r); retrying", self.name, exc)
-                # Backoff between reconnect attempts; nothing to wait on but time itself.
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
+        return await retry_transient(call, self.name, self.backoff_s, self.max_backoff_s)
 
     async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
         headers = {

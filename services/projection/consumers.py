@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from services.projection import domain
 from services.projection.store import ReadModel
-from shared.consumer import TRANSIENT_ERRORS, raw_records
+from shared.consumer import raw_records, retry_transient
 from shared.errors import ApiError
 from shared.events import InvalidEvent, decode
 from shared.observability import CONSUMER_LAG, DLQ_RECORDS, EVENTS_CONSUMED
@@ -142,14 +142,7 @@ class Applier:
         )
 
     async def retrying(self, call: Any) -> Any:
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("projection: infrastructure unavailable (%r); retrying", exc)
-                await asyncio.sleep(delay)  # backoff while Redis or the broker is away
-                delay = min(delay * 2, 5.0)
+        return await retry_transient(call, "projection")
 
 
 class Rebuilder:
