@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.consumer import EventConsumer, broker_dead_letter_sink, subscribe
 from shared.errors import ERROR_RESPONSES, error_response, install_error_handlers
@@ -167,8 +168,8 @@ def create_service_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
-    install_request_metrics(app, settings.service)
-    _install_body_limit(app)
+    app.add_middleware(BodyLimit)
+    install_request_metrics(app, settings.service)  # added last = outermost: counts 413s too
 
     async def check_redis() -> None:
         await app.state.runtime.check_redis()
@@ -182,10 +183,19 @@ def create_service_app(
     return app
 
 
-def _install_body_limit(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _limit(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error_response(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+class BodyLimit:
+    """Pure ASGI middleware: 413 for a declared body over MAX_BODY_BYTES, before reading it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                response = error_response(
+                    413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
