@@ -32,7 +32,7 @@ redis-server:
 	fi
 
 run: install redis-server
-	$(BIN)/rapport run
+	$(BIN)/rapport run $(if $(filter 1 yes true,$(DEMO)),--demo)
 
 test: install redis-server
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
+from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shared.demo import (
+    DEFAULT_MEMBERS,
+    DEFAULT_SCALE,
+    DemoLoader,
+    build_network,
+    wait_for_projection,
+)
+from shared.events import InvalidEvent, decode
 from shared.localstack import EMBEDDED_BROKER_TUNING, StackError, embedded_infra, pick_port
 from shared.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
+from shared.topics import TopicNames
 
 app = typer.Typer(help="Rapport: the connections backend of a professional network.")
 console = Console()
 
 STATE_DIR = Path(".rapport")
+STACK_FILE = "stack.json"
 
 
 @app.callback()
@@ -53,6 +66,7 @@ def run(
     kafka_port: Annotated[int, typer.Option(help="Port of the embedded broker")] = 19092,
     redis_port: Annotated[int, typer.Option(help="Port of the embedded redis-server")] = 16379,
     state_dir: Annotated[Path, typer.Option(help="Logs, Redis AOF and the token")] = STATE_DIR,
+    demo: Annotated[bool, typer.Option(help="Seed the demo network once the stack is up")] = False,
 ) -> None:
     """Start the embedded broker and Redis (unless configured), then the four services."""
     started = time.monotonic()
@@ -77,11 +91,19 @@ def run(
                 signal.signal(sig, lambda *_: supervisor.request_stop())
             try:
                 supervisor.start_all()
+                write_stack_file(state_dir, infra.kafka_bootstrap, infra.redis_url, services)
                 _print_ready(infra.kafka_bootstrap, infra.redis_url, services, token, started)
+                if demo:
+                    _run_demo(state_dir, DEFAULT_SCALE, DEFAULT_MEMBERS, 7, None, 16, 100)
+                    console.print(
+                        f"dashboard: [bold]{services[-1].url}/dashboard#token={token}[/bold]",
+                        soft_wrap=True,
+                    )
                 supervisor.watch()
                 console.print("\n[bold]stopping…[/bold]")
             finally:
                 supervisor.stop()
+                (state_dir / STACK_FILE).unlink(missing_ok=True)
     except StackError as exc:
         console.print(f"[red]rapport run failed:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -98,9 +120,13 @@ def _print_ready(
     for svc in services:
         table.add_row(svc.name, svc.url, f"{svc.url}/docs")
     console.print(table)
+    projection_url = next(s.url for s in services if s.name == "projection")
+    console.print(f"dashboard: {projection_url}/dashboard#token={token}", soft_wrap=True)
     console.print(f"kafka:     {kafka}")
     console.print(f"redis:     {redis_url}")
-    console.print(f"API token: [bold]{token}[/bold]  (Authorization: Bearer <token>)")
+    console.print(
+        f"API token: [bold]{token}[/bold]  (Authorization: Bearer <token>)", soft_wrap=True
+    )
     console.print("Ctrl-C stops everything.")
 
 
@@ -108,14 +134,67 @@ projection = typer.Typer(help="Operate the projection (read models).")
 app.add_typer(projection, name="projection")
 
 
-def _client(url: str | None, state_dir: Path) -> httpx.Client:
-    base = (
-        url
-        or os.environ.get("RAPPORT_PROJECTION_URL")
-        or (f"http://127.0.0.1:{_service_port('projection')}")
+def write_stack_file(
+    state_dir: Path, kafka: str, redis_url: str, services: list[ServiceProcess]
+) -> None:
+    """Where the running stack is, so that the other verbs find it without flags."""
+    info = {"kafka": kafka, "redis": redis_url, "urls": {s.name: s.url for s in services}}
+    (state_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _stack(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / STACK_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def service_url(name: str, state_dir: Path) -> str:
+    """RAPPORT_<NAME>_URL, else the running `rapport run` stack, else the default port."""
+    return (
+        os.environ.get(f"RAPPORT_{name.upper()}_URL")
+        or _stack(state_dir).get("urls", {}).get(name)
+        or f"http://127.0.0.1:{_service_port(name)}"
     )
+
+
+def bootstrap_servers(state_dir: Path) -> str:
+    return (
+        os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        or _stack(state_dir).get("kafka")
+        or "127.0.0.1:19092"
+    )
+
+
+def _client(url: str | None, state_dir: Path, service: str = "projection") -> httpx.Client:
     headers = {"Authorization": f"Bearer {api_token(state_dir)}"}
-    return httpx.Client(base_url=base, headers=headers, timeout=10)
+    return httpx.Client(
+        base_url=url or service_url(service, state_dir), headers=headers, timeout=10
+    )
+
+
+def _call(
+    service: str,
+    method: str,
+    path: str,
+    member: str,
+    state_dir: Path,
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One API call as `member`; an error answer is printed and exits non-zero."""
+    try:
+        with _client(None, state_dir, service) as client:
+            response = client.request(method, path, json=body, headers={"X-Member-Id": member})
+    except httpx.HTTPError as exc:
+        console.print(f"[red]{service} service unreachable:[/red] {exc!r} (is `make run` up?)")
+        raise typer.Exit(2) from exc
+    data = response.json() if response.content else {}
+    if response.is_error:
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        console.print(
+            f"[red]{response.status_code} {error.get('code', '')}[/red]: "
+            f"{error.get('message', response.text)}"
+        )
+        raise typer.Exit(1)
+    return data
 
 
 def _get_status(client: httpx.Client) -> dict:
@@ -184,6 +263,247 @@ def projection_rebuild(
         )
         raise typer.Exit(1)
     console.print(f"rebuilt into version {version}; readers switched.")
+
+
+# --- quick manual use ------------------------------------------------------------------------
+
+StateDir = Annotated[Path, typer.Option(help="Where `rapport run` keeps the token and stack")]
+
+
+@app.command()
+def invite(
+    sender: Annotated[str, typer.Argument(help="The inviting member (acts as them)")],
+    recipient: Annotated[str, typer.Argument(help="The member to invite")],
+    message: Annotated[str | None, typer.Option(help="A note (300 characters at most)")] = None,
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Invite RECIPIENT to connect, acting as SENDER."""
+    body: dict[str, Any] = {"to": recipient}
+    if message:
+        body["message"] = message
+    data = _call("invitation", "POST", "/invitations", sender, state_dir, body)
+    console.print(
+        f"invitation [bold]{data['invitation_id']}[/bold] {sender} → {recipient}: {data['status']}"
+    )
+
+
+@app.command()
+def accept(
+    invitation_id: Annotated[str, typer.Argument(help="From `rapport invite`")],
+    member: Annotated[str, typer.Option("--as", help="The recipient (acts as them)")],
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Accept an invitation, acting as its recipient."""
+    data = _call(
+        "invitation", "POST", f"/invitations/{invitation_id}/accept", member, state_dir
+    )
+    console.print(
+        f"invitation {invitation_id}: [bold]{data['status']}[/bold] "
+        f"({data['sender']} and {data['recipient']} connect once the connection service agrees)"
+    )
+
+
+@app.command()
+def degree(
+    member: Annotated[str, typer.Argument(help="You (acts as them)")],
+    other: Annotated[str, typer.Argument(help="The other member")],
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Degree between MEMBER and OTHER (1st, 2nd, 3rd or further) and mutual connections."""
+    data = _call("projection", "GET", f"/members/{member}/degree/{other}", member, state_dir)
+    value = data["degree"]
+    label = {0: "yourself", 1: "1st", 2: "2nd", 3: "3rd"}.get(value, "beyond 3rd / unknown")
+    console.print(
+        f"{member} → {other}: [bold]{label}[/bold]"
+        f"  mutual connections: {data['mutual_connections']}"
+        + (f" ({', '.join(data['mutual_sample'])})" if data["mutual_sample"] else "")
+    )
+
+
+@app.command()
+def suggest(
+    member: Annotated[str, typer.Argument(help="You (acts as them)")],
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 10,
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """People MEMBER may know, ranked by mutual connections."""
+    data = _call(
+        "projection", "GET", f"/members/{member}/suggestions?limit={limit}", member, state_dir
+    )
+    table = Table(title=f"people {member} may know")
+    for column in ("member", "name", "mutual", "score", "also shared"):
+        table.add_column(column, justify="right" if column in ("mutual", "score") else "left")
+    for item in data["items"]:
+        table.add_row(
+            item["member_id"],
+            item.get("name") or "",
+            str(item["mutual_connections"]),
+            f"{item['score']:.2f}",
+            ", ".join(item.get("shared") or []),
+        )
+    console.print(table if data["items"] else f"no suggestions for {member} yet")
+
+
+@app.command()
+def summary(
+    member: Annotated[str, typer.Argument(help="You (acts as them)")],
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Counts of MEMBER's network."""
+    data = _call("projection", "GET", f"/members/{member}/summary", member, state_dir)
+    table = Table(title=f"{member}'s network")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for key, value in data.items():
+        table.add_row(key.replace("_", " "), str(value))
+    console.print(table)
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="members, invitations, connections, engagements")],
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many records")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print raw envelopes")] = False,
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Print events as they arrive on TOPIC (Ctrl-C stops)."""
+    name = topic if topic.startswith("rapport.") else f"rapport.{topic}"
+    physical = TopicNames(os.environ.get("RAPPORT_NAMESPACE", ""))(name)
+    try:
+        asyncio.run(_tail(physical, bootstrap_servers(state_dir), from_beginning, limit, as_json))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _tail(
+    topic: str, bootstrap: str, from_beginning: bool, limit: int | None, as_json: bool
+) -> None:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,  # a watcher, not a member of any service's group
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    seen = 0
+    try:
+        console.print(f"[dim]tailing {topic} on {bootstrap}[/dim]", highlight=False)
+        async for record in consumer:
+            seen += 1
+            if as_json:
+                console.print_json((record.value or b"{}").decode())
+            else:
+                try:
+                    envelope, _ = decode(record.value or b"")
+                    line = (
+                        f"{envelope.occurred_at:%H:%M:%S} [bold]{envelope.type}[/bold] "
+                        f"key={envelope.key} {json.dumps(envelope.payload, ensure_ascii=False)}"
+                    )
+                except InvalidEvent as exc:
+                    line = f"[red]invalid record[/red] @{record.partition}:{record.offset}: {exc}"
+                console.print(line, highlight=False, soft_wrap=True)
+            if limit is not None and seen >= limit:
+                break
+    finally:
+        await consumer.stop()
+
+
+# --- demo network ----------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    scale: Annotated[
+        float, typer.Option(min=0.001, help="Fraction of the real industry averages")
+    ] = DEFAULT_SCALE,
+    members: Annotated[int, typer.Option(min=12, help="Members to register")] = DEFAULT_MEMBERS,
+    seed: Annotated[int, typer.Option(help="Same seed, same network")] = 7,
+    tag: Annotated[str | None, typer.Option(help="Member-id suffix (default: random)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 16,
+    invite_limit: Annotated[
+        int, typer.Option(help="The invitation service's weekly limit per sender")
+    ] = 100,
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Build a realistic demo network through the public APIs (power-law degrees; industry
+    averages near Technology 673 … Healthcare 553, times --scale)."""
+    _run_demo(state_dir, scale, members, seed, tag, concurrency, invite_limit)
+
+
+def _run_demo(
+    state_dir: Path,
+    scale: float,
+    members: int,
+    seed: int,
+    tag: str | None,
+    concurrency: int,
+    invite_limit: int,
+) -> None:
+    try:
+        network = build_network(
+            members, scale, seed, tag or secrets.token_hex(2), invite_limit=invite_limit
+        )
+    except ValueError as exc:
+        console.print(f"[red]demo:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    urls = {name: service_url(name, state_dir) for name in SERVICES}
+    token = api_token(state_dir)
+    console.print(
+        f"demo network: {len(network.members):,} members, {len(network.edges):,} connections "
+        f"(scale {scale})"
+    )
+    loader = DemoLoader(urls, token, concurrency)
+    started = time.monotonic()
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        people = bar.add_task("members", total=len(network.members))
+        links = bar.add_task("connections", total=len(network.edges))
+        try:
+            result = asyncio.run(
+                loader.load(
+                    network,
+                    on_member=lambda: bar.advance(people),
+                    on_edge=lambda: bar.advance(links),
+                )
+            )
+        except httpx.HTTPError as exc:
+            console.print(f"[red]demo: services unreachable:[/red] {exc!r} (is `make run` up?)")
+            raise typer.Exit(2) from exc
+    took = time.monotonic() - started
+    console.print(
+        f"registered {result.registered:,}, connected {result.connected:,}, "
+        f"skipped {result.skipped:,} in {took:.0f}s"
+    )
+    for error in result.errors[:10]:
+        console.print(f"[red]  {error}[/red]")
+    rows = asyncio.run(
+        wait_for_projection(urls["projection"], token, {m.member_id for m in network.members})
+    )
+    table = Table(title="industry averages (projection) vs demo targets")
+    for column in ("industry", "members", "average", "median", "target", "deviation"):
+        table.add_column(column, justify="left" if column == "industry" else "right")
+    for row in sorted(rows, key=lambda r: -r["average_connections"]):
+        target = network.targets[row["industry"]]
+        deviation = row["average_connections"] / target - 1
+        colour = "green" if abs(deviation) <= 0.10 else "red"
+        table.add_row(
+            row["industry"],
+            f"{row['members']:,}",
+            f"{row['average_connections']:.2f}",
+            f"{row['median_connections']:.1f}",
+            f"{target:.2f}",
+            f"[{colour}]{deviation:+.1%}[/{colour}]",
+        )
+    console.print(table)
+    if result.errors:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -20,6 +21,8 @@ import redis
 
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.topics import TopicNames
+
+log = logging.getLogger("rapport.localstack")
 
 # Tansu completes a group rebalance only after about one session timeout; short timeouts keep
 # service start-up and restarts quick on the embedded broker (see README, "embedded broker").
@@ -300,7 +303,14 @@ def embedded_infra(
     infra = Infra(external_kafka or "", external_redis or "")
     try:
         if not external_redis:
-            infra.redis = EmbeddedRedis(redis_port or free_port(), state_dir / "redis")
+            redis_dir = state_dir / "redis"
+            if not external_kafka and redis_dir.exists():
+                # The embedded broker starts empty every time; Redis kept from an earlier run
+                # would hold read-model positions past the new topics' ends (new events would
+                # be taken as applied) and write-side state without its events.
+                log.info("embedded broker starts empty: clearing %s to match", redis_dir)
+                shutil.rmtree(redis_dir)
+            infra.redis = EmbeddedRedis(redis_port or free_port(), redis_dir)
             infra.redis.start()
             infra.redis_url = infra.redis.url
         if not external_kafka:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -158,14 +159,17 @@ class Rebuilder:
         self._offsets: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    def _partitions(
+        self, consumer: AIOKafkaConsumer, topics: Iterable[str] = ALL_TOPICS
+    ) -> list[TopicPartition]:
         return [
             TopicPartition(topic, p)
-            for topic in (self.settings.topics(t) for t in ALL_TOPICS)
+            for topic in (self.settings.topics(t) for t in topics)
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
 
-    async def end_offsets(self) -> dict[str, int]:
+    async def end_offsets(self, topics: Iterable[str] = ALL_TOPICS) -> dict[str, int]:
+        """`topic:partition` -> end offset of the (namespaced) catalog `topics`."""
         if self._offsets is None:
             self._offsets = AIOKafkaConsumer(
                 bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
@@ -174,7 +178,7 @@ class Rebuilder:
             self.runtime.closers.append(self._offsets.stop)
         consumer = self._offsets
         await consumer.topics()  # refreshes metadata, so new partitions are seen
-        ends = await consumer.end_offsets(self._partitions(consumer))
+        ends = await consumer.end_offsets(self._partitions(consumer, topics))
         return {f"{tp.topic}:{tp.partition}": offset for tp, offset in ends.items()}
 
     async def start(self) -> dict[str, Any]:

@@ -18,7 +18,18 @@ from shared.scoring import ScoringModel
 
 PROFILE_FIELDS = ("name", "industry", "headline", "location", "employer", "title")
 DISPLAY_CAP = 500
-SIZE_BUCKETS = ((0, 49, "<50"), (50, 499, "50-499"), (500, 999, "500-999"), (1000, None, "1000+"))
+# Network-size buckets of /industries and the dashboard: roughly logarithmic, as degrees are.
+SIZE_BUCKETS = (
+    (0, 0, "0"),
+    (1, 9, "1-9"),
+    (10, 49, "10-49"),
+    (50, 99, "50-99"),
+    (100, 249, "100-249"),
+    (250, 499, "250-499"),
+    (500, 999, "500-999"),
+    (1000, 4999, "1000-4999"),
+    (5000, None, "5000+"),
+)
 
 # An event becomes ops on the members it concerns: (member, [event_id, ts, kind, *args]).
 # Each member's ops run in one script on that member's keys (see member.lua).

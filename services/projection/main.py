@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from services.projection import api, consumers
+from services.projection import api, consumers, dashboard
 from shared.service import create_service_app
 from shared.settings import ProjectionSettings
 
@@ -15,6 +15,6 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
         settings,
         title="Rapport projection service",
         description="Redis read models and the query API.",
-        routers=[api.router],
+        routers=[api.router, dashboard.router],
         setup=consumers.register,
     )

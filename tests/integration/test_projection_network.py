@@ -159,7 +159,10 @@ async def test_hand_checked_network(infra: Infra, namespace: str) -> None:
         "Health": (3, 1.33, 1.0),
         "Media": (2, 1.0, 1.0),
     }
-    assert industries["Health"]["distribution"] == {"<50": 3, "50-499": 0, "500-999": 0, "1000+": 0}
+    assert industries["Health"]["distribution"] == {
+        "0": 0, "1-9": 3, "10-49": 0, "50-99": 0, "100-249": 0, "250-499": 0,
+        "500-999": 0, "1000-4999": 0, "5000+": 0,
+    }
     assert summary == {
         "connections": 3,
         "connections_display": "3",

@@ -1,0 +1,150 @@
+"""The ops dashboard: a static page (no CDN, works offline) polling one JSON snapshot.
+
+The page itself carries no data and needs no token; `GET /dashboard/data` does. The page
+reads the token from the URL fragment (`/dashboard#token=...`, never sent to the server
+or written to access logs) or asks for it, and keeps it in the tab's sessionStorage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from services.projection.domain import SIZE_BUCKETS
+from services.projection.store import ReadModel
+from shared.auth import Authenticated
+from shared.errors import ApiError
+from shared.topics import ALL_TOPICS, dlq
+
+router = APIRouter(tags=["ops"])
+
+# Only these files are served; anything else is a 404 (no path handling at all).
+ASSETS = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+# Throughput is the growth of the topics' end offsets over this window.
+RATE_WINDOW_S = 10.0
+
+
+def _static(name: str) -> bytes:
+    return resources.files("services.projection").joinpath("static", name).read_bytes()
+
+
+class Throughput:
+    """Events/s per topic from successive end-offset samples (one per dashboard poll).
+
+    End offsets count what producers wrote, whichever projection replica consumes it, so
+    every replica shows the same rates.
+    """
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.samples: deque[tuple[float, dict[str, int]]] = deque()
+
+    def observe(self, ends: dict[str, int], now: float) -> dict[str, float]:
+        totals: dict[str, int] = {}
+        for tp, offset in ends.items():
+            topic = tp.rsplit(":", 1)[0]
+            totals[topic] = totals.get(topic, 0) + offset
+        self.samples.append((now, totals))
+        # Keep one sample at least `window_s` old as the base of the rate.
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+        base_t, base = self.samples[0]
+        elapsed = now - base_t
+        return {
+            topic: round((total - base.get(topic, 0)) / elapsed, 1) if elapsed > 0 else 0.0
+            for topic, total in sorted(totals.items())
+        }
+
+
+def _partition_order(tp: str) -> tuple[str, int]:
+    topic, partition = tp.rsplit(":", 1)
+    return topic, int(partition)
+
+
+def _distribution(industries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"bucket": label, "members": sum(i["distribution"][label] for i in industries)}
+        for _, _, label in SIZE_BUCKETS
+    ]
+
+
+@router.get("/dashboard", response_class=HTMLResponse, summary="The ops dashboard (HTML)")
+async def dashboard() -> HTMLResponse:
+    """Industry table and chart, network-size distribution, throughput, lag, DLQ, rebuild
+    state; the page polls `/dashboard/data` every two seconds."""
+    return HTMLResponse(_static("dashboard.html"), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard/assets/{name}", include_in_schema=False)
+async def dashboard_asset(name: str) -> Response:
+    if name not in ASSETS:
+        raise ApiError(404, "not_found", "no such dashboard asset")
+    return Response(_static(name), media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/dashboard/data", summary="Everything the dashboard shows, in one snapshot")
+async def dashboard_data(request: Request, _auth: Authenticated) -> dict[str, Any]:
+    runtime = request.app.state.runtime
+    model: ReadModel = runtime.store
+    throughput: Throughput = runtime.components.setdefault("throughput", Throughput())
+    industries = await model.industries()
+    status = await model.status()
+    rebuilder = runtime.components["rebuilder"]
+    ends = await rebuilder.end_offsets()
+    # Every consumer's dead letters, not only the projection's: what the DLQ topics hold.
+    dead = await rebuilder.end_offsets([dlq(t) for t in ALL_TOPICS])
+    dlq_records: dict[str, int] = {}
+    for tp, end in dead.items():
+        topic = tp.rsplit(":", 1)[0]
+        dlq_records[topic] = dlq_records.get(topic, 0) + end
+    positions = status["positions"]
+    # Tansu's ListOffsets can answer a little behind what was already fetched; a partition
+    # is never shown applied past its end.
+    ends = {tp: max(end, positions.get(tp, 0)) for tp, end in ends.items()}
+    lag = [
+        {
+            "topic": tp.rsplit(":", 1)[0],
+            "partition": int(tp.rsplit(":", 1)[1]),
+            "end": end,
+            "position": positions.get(tp, 0),
+            "lag": end - positions.get(tp, 0),
+        }
+        for tp, end in sorted(ends.items(), key=lambda kv: _partition_order(kv[0]))
+    ]
+    rates = throughput.observe(ends, time.monotonic())
+    members = sum(i["members"] for i in industries)
+    connections = sum(i["connections"] for i in industries)
+    return {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "totals": {
+            "members": members,
+            # Each connection counts once per side in the industry sums.
+            "connections": connections // 2,
+            "average_connections": round(connections / members, 2) if members else 0.0,
+        },
+        "industries": [
+            {k: i[k] for k in ("industry", "members", "average_connections", "median_connections")}
+            for i in sorted(industries, key=lambda i: -i["average_connections"])
+        ],
+        "distribution": _distribution(industries),
+        "throughput": [{"topic": t, "events_per_s": r} for t, r in rates.items()],
+        "lag": lag,
+        "total_lag": sum(p["lag"] for p in lag),
+        "dlq": [{"topic": t, "records": n} for t, n in sorted(dlq_records.items())],
+        "dlq_total": sum(dlq_records.values()),
+        "projection": {
+            "version": status["version"],
+            "events_applied": status["events_applied"],
+            "last_event_time": status["last_event_time"],
+            "rebuild": status["rebuild"],
+        },
+    }
