@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIZE ?= full
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit lint bench docs clean redis-server compose-config
+.PHONY: install run test test-unit lint bench docs clean redis-server chromium compose-config
 
 install: $(STAMP)
 
@@ -31,10 +31,23 @@ redis-server:
 	  test -n "$$REDIS_URL"; \
 	fi
 
+# The dashboard's browser test drives Debian's Chromium (Playwright's own browser download is
+# not used); install it when we can.
+chromium:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "chromium is missing (apt-get install chromium): the browser test will be skipped" >&2; \
+	fi
+
 run: install redis-server
 	$(BIN)/rapport run $(if $(filter 1 yes true,$(DEMO)),--demo)
 
-test: install redis-server
+test: install redis-server chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install

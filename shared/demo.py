@@ -8,6 +8,7 @@ are a configuration-model pairing of those degrees (no self-loops, no duplicates
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -175,15 +176,27 @@ def _pair(wanted: dict[str, int], rng: random.Random) -> set[tuple[str, str]]:
 
 
 def _orient(edges: set[tuple[str, str]], limit: int) -> list[tuple[str, str]]:
-    """Make the less busy sender invite, so hubs mostly receive (the weekly invite limit)."""
-    sent: dict[str, int] = {}
-    out = []
-    for a, b in sorted(edges):
-        sender, recipient = (a, b) if sent.get(a, 0) <= sent.get(b, 0) else (b, a)
-        if sent.get(sender, 0) >= limit:
-            sender, recipient = recipient, sender
-        sent[sender] = sent.get(sender, 0) + 1
-        out.append((sender, recipient))
+    """Who invites whom, keeping everyone under the weekly invite limit: peel members in
+    degeneracy order (fewest remaining connections first); each sends to those left.
+    Nobody then sends more than the graph's degeneracy, far below the hubs' degrees."""
+    adjacency: dict[str, set[str]] = {}
+    for a, b in edges:
+        adjacency.setdefault(a, set()).add(b)
+        adjacency.setdefault(b, set()).add(a)
+    heap = [(len(n), m) for m, n in adjacency.items()]
+    heapq.heapify(heap)
+    removed: set[str] = set()
+    out: list[tuple[str, str]] = []
+    while heap:
+        size, m = heapq.heappop(heap)
+        if m in removed or size != len(adjacency[m]):
+            continue  # a stale heap entry
+        removed.add(m)
+        for other in sorted(adjacency[m]):
+            out.append((m, other))
+            adjacency[other].discard(m)
+            heapq.heappush(heap, (len(adjacency[other]), other))
+        adjacency[m].clear()
     return out
 
 

@@ -94,7 +94,7 @@ function renderPipeline(data) {
       strip.append(el("span", {
         class: p.lag > 0 ? "part behind" : "part",
         title: `partition ${p.partition}: end ${p.end}, applied ${p.position}, lag ${p.lag}`,
-      }, el("span", { class: "p" }, p.partition), fmt.format(p.lag)));
+      }, el("span", { class: "p" }, `${p.partition}:`), fmt.format(p.lag)));
     }
     const total = parts.reduce((sum, p) => sum + p.lag, 0);
     return [[topic, false], [fmt.format(total), true], [strip, false]];

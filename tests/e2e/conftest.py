@@ -1,0 +1,47 @@
+"""A whole Rapport stack (the four service processes) on the session's broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.kafka import ensure_topics
+from shared.localstack import EMBEDDED_BROKER_TUNING, free_port
+from shared.supervisor import SERVICES, ServiceProcess, Supervisor
+from shared.topics import TopicNames
+from tests.helpers import TOKEN, Infra, random_id
+
+
+@dataclass(frozen=True)
+class Stack:
+    urls: dict[str, str]
+    env: dict[str, str]  # what a client (the `rapport` CLI) needs to find this stack
+    namespace: str
+    logs: Path
+
+
+@pytest.fixture(scope="module")
+def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    namespace = f"e{random_id(8)}."
+    asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "REDIS_URL": infra.redis_url,
+        "RAPPORT_API_TOKENS": f"{TOKEN},other-token",
+        "RAPPORT_NAMESPACE": namespace,
+        **EMBEDDED_BROKER_TUNING,
+    }
+    logs = Path(tmp_path_factory.mktemp("stack-logs"))
+    services = [ServiceProcess(name, free_port(), env, logs) for name in SERVICES]
+    supervisor = Supervisor(services)
+    try:
+        supervisor.start_all(timeout_s=90)
+        urls = {s.name: s.url for s in services}
+        client_env = {**env, **{f"RAPPORT_{n.upper()}_URL": u for n, u in urls.items()}}
+        yield Stack(urls, client_env, namespace, logs)
+    finally:
+        supervisor.stop()
