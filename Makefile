@@ -60,6 +60,10 @@ lint: install
 bench: install redis-server
 	$(BIN)/python -m bench --size $(SIZE)
 
+# The event contract (AsyncAPI) and each service's OpenAPI, generated from the code.
+docs: install
+	$(BIN)/python -m shared.docs docs
+
 compose-config:
 	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; \
 	else docker-compose config --quiet; fi

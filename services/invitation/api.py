@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from services.invitation import domain
 from services.invitation.domain import Status
@@ -51,6 +51,24 @@ class InvitationCreate(Body):
 
 
 class InvitationPublic(WriteResult):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "invitation_id": "5f0c2a9e8b7d4c3f9a1e2d3c4b5a6978",
+                    "status": "pending",
+                    "sender": "ada",
+                    "recipient": "grace",
+                    "message": "We met at PyCon",
+                    "sent_at": "2026-11-27T09:30:00Z",
+                    "updated_at": "2026-11-27T09:30:00Z",
+                    "event_id": "0b4f6a44-5f1e-4d59-9a57-1c1d0f3e2b11",
+                    "event_ids": ["0b4f6a44-5f1e-4d59-9a57-1c1d0f3e2b11"],
+                }
+            ]
+        }
+    )
+
     invitation_id: str
     status: Status
     sender: str

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from services.projection.domain import Filters
 from services.projection.store import ReadModel
-from shared.api import MemberPath
+from shared.api import MemberPath, example_response
 from shared.auth import ActingMember, Authenticated, require_self
 from shared.errors import ApiError, ErrorResponse
 from shared.events import ID_PATTERN
@@ -95,14 +95,34 @@ async def connections(
     return await model.connection_page(me, filters, list, cursor, limit)
 
 
-@members.get("/summary", summary="Counts of your network")
+@members.get(
+    "/summary",
+    summary="Counts of your network",
+    responses=example_response(
+        {
+            "connections": 523,
+            "connections_display": "500+",
+            "followers": 610,
+            "following": 498,
+            "pending_received": 3,
+            "pending_sent": 1,
+            "engaged_connections": 41,
+        }
+    ),
+)
 async def summary(
     member_id: MemberPath, acting: ActingMember, model: ModelDep, _: Fresh
 ) -> dict[str, Any]:
     return await model.summary(_own(member_id, acting), datetime.now(UTC))
 
 
-@members.get("/degree/{other}", summary="Degree between you and another member")
+@members.get(
+    "/degree/{other}",
+    summary="Degree between you and another member",
+    responses=example_response(
+        {"degree": 2, "mutual_connections": 3, "mutual_sample": ["alan", "linus", "radia"]}
+    ),
+)
 async def degree(
     member_id: MemberPath, other: MemberPath, acting: ActingMember, model: ModelDep, _: Fresh
 ) -> dict[str, Any]:
@@ -113,7 +133,11 @@ async def degree(
     return {"degree": value, "mutual_connections": len(mutual), "mutual_sample": mutual[:5]}
 
 
-@members.get("/mutual/{other}", summary="Mutual connections, paged")
+@members.get(
+    "/mutual/{other}",
+    summary="Mutual connections, paged",
+    responses=example_response({"items": ["alan", "linus"], "total": 2, "next_cursor": None}),
+)
 async def mutual(
     member_id: MemberPath,
     other: MemberPath,
@@ -135,7 +159,25 @@ async def mutual(
     }
 
 
-@members.get("/suggestions", summary="People you may know")
+@members.get(
+    "/suggestions",
+    summary="People you may know",
+    responses=example_response(
+        {
+            "items": [
+                {
+                    "member_id": "grace",
+                    "mutual_connections": 12,
+                    "score": 18.5,
+                    "shared": ["industry", "location"],
+                    "name": "Grace Hopper",
+                    "headline": "Compilers",
+                }
+            ],
+            "cached": False,
+        }
+    ),
+)
 async def suggestions(
     member_id: MemberPath,
     acting: ActingMember,
@@ -190,12 +232,44 @@ async def engagement(
 ops = APIRouter(tags=["ops"], responses=ERRORS)
 
 
-@ops.get("/industries", summary="Members, average and median connections per industry")
+@ops.get(
+    "/industries",
+    summary="Members, average and median connections per industry",
+    responses=example_response(
+        {
+            "industries": [
+                {
+                    "industry": "Technology",
+                    "members": 1200,
+                    "connections": 807600,
+                    "average_connections": 673.0,
+                    "median_connections": 410.0,
+                    "distribution": {"0": 3, "1-9": 40, "10-49": 120, "50-99": 150},
+                }
+            ]
+        }
+    ),
+)
 async def industries(model: ModelDep, _auth: Authenticated, _: Fresh) -> dict[str, Any]:
     return {"industries": await model.industries()}
 
 
-@ops.get("/projection/status", summary="Positions, lag, events applied, DLQ, rebuild state")
+@ops.get(
+    "/projection/status",
+    summary="Positions, lag, events applied, DLQ, rebuild state",
+    responses=example_response(
+        {
+            "version": 1,
+            "events_applied": 54364,
+            "last_event_time": "2026-11-27T16:47:03Z",
+            "positions": {"rapport.connections:0": 972},
+            "dlq": {},
+            "rebuild": {"state": "idle"},
+            "lag": {"rapport.connections:0": 0},
+            "total_lag": 0,
+        }
+    ),
+)
 async def status(request: Request, model: ModelDep, _auth: Authenticated) -> dict[str, Any]:
     state = await model.status()
     ends = await request.app.state.runtime.components["rebuilder"].end_offsets()
