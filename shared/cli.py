@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -94,7 +96,11 @@ def run(
                 write_stack_file(state_dir, infra.kafka_bootstrap, infra.redis_url, services)
                 _print_ready(infra.kafka_bootstrap, infra.redis_url, services, token, started)
                 if demo:
-                    _run_demo(state_dir, DEFAULT_SCALE, DEFAULT_MEMBERS, 7, None, 16, 100)
+                    try:
+                        _run_demo(state_dir, DEFAULT_SCALE, DEFAULT_MEMBERS, 7, None, 16, 100)
+                    except typer.Exit:
+                        # The stack stays up: the demo said what went wrong above.
+                        console.print("[yellow]demo incomplete; the stack keeps running[/yellow]")
                     console.print(
                         f"dashboard: [bold]{services[-1].url}/dashboard#token={token}[/bold]",
                         soft_wrap=True,
@@ -197,10 +203,29 @@ def _call(
     return data
 
 
-def _get_status(client: httpx.Client) -> dict:
-    response = client.get("/projection/status")
-    response.raise_for_status()
-    return response.json()
+@contextlib.contextmanager
+def _unreachable_is_an_error(service: str) -> Iterator[None]:
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        console.print(f"[red]{service} service unreachable or failing:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _get_status(client: httpx.Client, attempts: int = 10) -> dict:
+    """The projection's status; a 503 (Redis or the broker briefly gone) is retried."""
+    for attempt in range(attempts):
+        try:
+            response = client.get("/projection/status")
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+        else:
+            if response.status_code != 503 or attempt == attempts - 1:
+                response.raise_for_status()
+                return response.json()
+        time.sleep(min(0.2 * 2**attempt, 2.0))  # backoff before a retry
+    raise AssertionError("unreachable")
 
 
 @projection.command("status")
@@ -209,7 +234,7 @@ def projection_status(
     state_dir: Annotated[Path, typer.Option()] = STATE_DIR,
 ) -> None:
     """Version, events applied, lag per partition, DLQ counts and rebuild state."""
-    with _client(url, state_dir) as client:
+    with _client(url, state_dir) as client, _unreachable_is_an_error("projection"):
         status = _get_status(client)
     table = Table(title=f"projection v{status['version']}")
     table.add_column("partition")
@@ -232,7 +257,7 @@ def projection_rebuild(
     timeout_s: Annotated[float, typer.Option(help="Give up waiting after this long")] = 3600,
 ) -> None:
     """Replay every topic into a new keyspace version; readers flip when it caught up."""
-    with _client(url, state_dir) as client:
+    with _client(url, state_dir) as client, _unreachable_is_an_error("projection"):
         started = client.post("/projection/rebuild")
         if started.status_code != 202:
             console.print(f"[red]rebuild refused:[/red] {started.text}")

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -32,7 +32,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.events import Envelope, Event, InvalidEvent, decode
-from shared.observability import DLQ_RECORDS, EVENTS_CONSUMED, EVENTS_DUPLICATE, EVENTS_FAILED
+from shared.observability import (
+    CONSUMER_LAG,
+    DLQ_RECORDS,
+    EVENTS_CONSUMED,
+    EVENTS_DUPLICATE,
+    EVENTS_FAILED,
+)
 from shared.topics import dlq
 
 log = logging.getLogger("rapport.consumer")
@@ -237,6 +243,19 @@ async def raw_records(msg: Any) -> Any:
     return msg.raw_message
 
 
+def report_lag(name: str, kafka_consumer: Any, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    """Set the consumer-lag gauge of each partition in the batch: its high watermark (from the
+    fetch, no extra request) minus the position after the batch."""
+    after: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        after[tp] = max(after.get(tp, 0), r.offset + 1)
+    for tp, position in after.items():
+        highwater = kafka_consumer.highwater(tp)
+        if highwater is not None:
+            CONSUMER_LAG.labels(name, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+
+
 def subscribe(
     broker: KafkaBroker,
     consumer: EventConsumer,
@@ -253,6 +272,7 @@ def subscribe(
         records = raw if isinstance(raw, tuple) else (raw,)
         await consumer.process(records)
         await msg.ack()
+        report_lag(consumer.name, msg.consumer, records)
 
     handle_batch.__name__ = f"{consumer.name}_batch"
     broker.subscriber(

@@ -22,10 +22,10 @@ from redis.exceptions import ResponseError
 
 from services.projection import domain
 from services.projection.store import ReadModel
-from shared.consumer import raw_records, retry_transient
+from shared.consumer import raw_records, report_lag, retry_transient
 from shared.errors import ApiError
 from shared.events import InvalidEvent, decode
-from shared.observability import CONSUMER_LAG, DLQ_RECORDS, EVENTS_CONSUMED
+from shared.observability import DLQ_RECORDS, EVENTS_CONSUMED
 from shared.scoring import ScoringModel
 from shared.service import Runtime
 from shared.settings import ProjectionSettings
@@ -157,6 +157,10 @@ class Rebuilder:
         assert isinstance(runtime.settings, ProjectionSettings)
         self.settings = runtime.settings
         self._offsets: AIOKafkaConsumer | None = None
+        # One metadata refresh at a time on the shared client: the rebuild loop, status and
+        # dashboard polls call end_offsets concurrently, and overlapping refreshes failed
+        # with "Unable to get cluster metadata" on Tansu.
+        self._offsets_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def _partitions(
@@ -170,15 +174,18 @@ class Rebuilder:
 
     async def end_offsets(self, topics: Iterable[str] = ALL_TOPICS) -> dict[str, int]:
         """`topic:partition` -> end offset of the (namespaced) catalog `topics`."""
-        if self._offsets is None:
-            self._offsets = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
-            )
-            await self._offsets.start()
-            self.runtime.closers.append(self._offsets.stop)
-        consumer = self._offsets
-        await consumer.topics()  # refreshes metadata, so new partitions are seen
-        ends = await consumer.end_offsets(self._partitions(consumer, topics))
+        async with self._offsets_lock:
+            if self._offsets is None:
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                    enable_auto_commit=False,
+                )
+                await consumer.start()
+                self._offsets = consumer
+                self.runtime.closers.append(consumer.stop)
+            consumer = self._offsets
+            await consumer.topics()  # refreshes metadata, so new partitions are seen
+            ends = await consumer.end_offsets(self._partitions(consumer, topics))
         return {f"{tp.topic}:{tp.partition}": offset for tp, offset in ends.items()}
 
     async def start(self) -> dict[str, Any]:
@@ -287,7 +294,7 @@ def register(runtime: Runtime) -> None:
             consumer.seek(tp, offset)
         if not rewind:
             await msg.ack()
-        _report_lag(consumer, records)
+        report_lag("projection", consumer, records)
 
     runtime.broker.subscriber(
         *(settings.topics(t) for t in ALL_TOPICS),
@@ -300,16 +307,3 @@ def register(runtime: Runtime) -> None:
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
     )(apply_events_to_read_model)
-
-
-def _report_lag(consumer: Any, records: tuple[ConsumerRecord[Any, Any], ...]) -> None:
-    for tp in {TopicPartition(r.topic, r.partition) for r in records}:
-        highwater = consumer.highwater(tp)
-        position = (
-            max(r.offset for r in records if r.topic == tp.topic and r.partition == tp.partition)
-            + 1
-        )
-        if highwater is not None:
-            CONSUMER_LAG.labels("projection", tp.topic, str(tp.partition)).set(
-                max(highwater - position, 0)
-            )

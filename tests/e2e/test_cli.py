@@ -113,6 +113,11 @@ def test_cli_errors_are_clear_and_non_zero(stack: Stack, tmp_path: Path) -> None
         timeout=60,
     )
     assert down.returncode == 2 and "unreachable" in down.stdout
+    status = rapport(stack, tmp_path, "projection", "status", "--url", "http://127.0.0.1:9")
+    assert status.returncode == 2 and "unreachable" in status.stdout
+    assert "Traceback" not in status.stdout + status.stderr
+    live = rapport(stack, tmp_path, "projection", "status")
+    assert live.returncode == 0 and "events applied" in live.stdout
 
 
 def test_demo_builds_a_calibrated_power_law_network(stack: Stack, tmp_path: Path) -> None:

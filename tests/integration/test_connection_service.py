@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -102,7 +103,15 @@ async def test_accepted_invitation_becomes_one_connection_with_follows(
         records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=3)
         removal = await client.delete("/connections/bob", headers=auth("ann"))
         records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=6)
+        metrics = (await client.get("/metrics")).text
 
+    # The consumer reports its lag per partition it read: all caught up.
+    lag = re.findall(
+        rf'rapport_consumer_lag{{consumer="connection\.[a-z_]+",partition="\d+",'
+        rf'topic="{re.escape(topics(INVITATIONS))}"}} (\S+)',
+        metrics,
+    )
+    assert lag == ["0.0"], metrics
     envelope, first = decode(records[0].value)
     assert first == ev.ConnectionAccepted(member_a="ann", member_b="bob", invitation_id="inv1")
     assert envelope.causation_id == str(accepted.event_id)

@@ -160,7 +160,7 @@ async def test_hand_checked_network(infra: Infra, namespace: str) -> None:
         "Media": (2, 1.0, 1.0),
     }
     assert industries["Health"]["distribution"] == {
-        "0": 0, "1-9": 3, "10-49": 0, "50-99": 0, "100-249": 0, "250-499": 0,
+        "0": 1, "1-9": 2, "10-49": 0, "50-99": 0, "100-249": 0, "250-499": 0,
         "500-999": 0, "1000-4999": 0, "5000+": 0,
     }
     assert summary == {
