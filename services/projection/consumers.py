@@ -222,6 +222,13 @@ class Rebuilder:
             await retrying(lambda: consumer.seek_to_beginning(*partitions))
             while True:
                 ends = await retrying(self.end_offsets)
+                # Tansu's ListOffsets answers the last batch's first offset + 1; the high
+                # watermark of our own fetches is exact, so the larger of the two is the end.
+                for tp in partitions:
+                    highwater = consumer.highwater(tp)
+                    key = f"{tp.topic}:{tp.partition}"
+                    if highwater is not None and key in ends:
+                        ends[key] = max(ends[key], highwater)
                 done = await self.model.positions(version)
                 behind = {tp: end - done.get(tp, 0) for tp, end in ends.items()}
                 await self.runtime.redis.hset(
