@@ -50,6 +50,16 @@ async def wait_until(
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
+def poll_until(check: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Blocking twin of `wait_until`, for tests that drive other processes (CLI, browser)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.1)  # polling another process's state; `check` is the condition
+    return result
+
+
 async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout: float = 15.0
 ) -> list[ConsumerRecord[bytes, bytes]]:

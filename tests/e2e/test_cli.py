@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from shared.demo import INDUSTRY_AVERAGES
 from tests.e2e.conftest import Stack
-from tests.helpers import auth, random_id
+from tests.helpers import auth, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -41,26 +40,16 @@ def register(stack: Stack, *members: str, industry: str = "Research") -> None:
             assert r.status_code == 201, r.text
 
 
-def until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)  # waiting on another process; the predicate is the condition
-
-
 def test_invite_accept_degree_summary_suggest_and_tail(stack: Stack, tmp_path: Path) -> None:
     ada, grace, alan = (f"{n}-{random_id(6)}" for n in ("ada", "grace", "alan"))
     register(stack, ada, grace, alan)
 
     def invite(a: str, b: str) -> subprocess.CompletedProcess[str]:
         # The invitation service learns members from their events: retry a fresh member's 404.
-        result = until(
-            lambda: (r := rapport(stack, tmp_path, "invite", a, b)).returncode == 0 and r
+        return poll_until(
+            lambda: (r := rapport(stack, tmp_path, "invite", a, b)).returncode == 0 and r,
+            what=f"{a} invites {b}",
         )
-        assert result, rapport(stack, tmp_path, "invite", a, b).stdout
-        return result
 
     sent = invite(ada, grace)
     invitation_id = re.search(r"invitation (\w+) ", sent.stdout).group(1)  # type: ignore[union-attr]
@@ -73,14 +62,15 @@ def test_invite_accept_degree_summary_suggest_and_tail(stack: Stack, tmp_path: P
     invitation_id = re.search(r"invitation (\w+) ", sent.stdout).group(1)  # type: ignore[union-attr]
     assert rapport(stack, tmp_path, "accept", invitation_id, "--as", alan).returncode == 0
 
-    first = until(
-        lambda: "1st" in (out := rapport(stack, tmp_path, "degree", ada, grace).stdout) and out
+    poll_until(
+        lambda: "1st" in rapport(stack, tmp_path, "degree", ada, grace).stdout,
+        what="ada and grace 1st-degree",
     )
-    assert first, "ada and grace never became 1st-degree"
-    second = until(
-        lambda: "2nd" in (out := rapport(stack, tmp_path, "degree", ada, alan).stdout) and out
+    second = poll_until(
+        lambda: "2nd" in (out := rapport(stack, tmp_path, "degree", ada, alan).stdout) and out,
+        what="ada and alan 2nd-degree",
     )
-    assert second and f"mutual connections: 1 ({grace})" in second
+    assert f"mutual connections: 1 ({grace})" in second
 
     summary = rapport(stack, tmp_path, "summary", grace)
     assert summary.returncode == 0

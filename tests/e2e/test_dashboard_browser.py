@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.helpers import TOKEN, auth, random_id
+from tests.helpers import TOKEN, auth, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -45,14 +44,6 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-def _until(predicate, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)  # waiting on other processes; the predicate is the condition
-    return result
-
-
 def _industries(stack: Stack) -> dict[str, dict[str, Any]]:
     data = httpx.get(f"{stack.urls['projection']}/industries", headers=auth(), timeout=10).json()
     return {i["industry"]: i for i in data["industries"]}
@@ -61,7 +52,7 @@ def _industries(stack: Stack) -> dict[str, dict[str, Any]]:
 def _connect(stack: Stack, a: str, b: str) -> None:
     with httpx.Client(base_url=stack.urls["invitation"], timeout=10) as client:
         # The invitation service learns new members from their events: retry its 404.
-        sent = _until(
+        sent = poll_until(
             lambda: (
                 (r := client.post("/invitations", json={"to": b}, headers=auth(a))).status_code
                 == 201
@@ -94,7 +85,7 @@ def test_dashboard_shows_live_industry_averages_and_follows_a_new_connection(
     _register(stack, {a: aero, b: aero, c: tex, d: tex})
     _connect(stack, a, b)
     _connect(stack, a, c)
-    before = _until(
+    before = poll_until(
         lambda: (i := _industries(stack)).get(aero, {}).get("average_connections") == 1.5 and i
     )
     assert before[tex]["average_connections"] == 0.5
