@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY rapport ./rapport
 RUN pip install . && useradd --system --uid 10001 rapport
 USER rapport
 EXPOSE 8001 8002 8003 8004

@@ -62,7 +62,7 @@ bench: install redis-server
 
 # The event contract (AsyncAPI) and each service's OpenAPI, generated from the code.
 docs: install
-	$(BIN)/python -m shared.docs docs
+	$(BIN)/python -m rapport.docs docs
 
 compose-config:
 	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; \

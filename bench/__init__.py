@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.localstack import EMBEDDED_BROKER_TUNING
+from rapport.localstack import EMBEDDED_BROKER_TUNING
 
 TOKEN = "bench-token"
 

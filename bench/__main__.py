@@ -19,11 +19,12 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from bench import projection, queries, writes
+from rapport.localstack import embedded_infra
 from shared import events as ev
+from shared.commands import AggregateWrite
 from shared.events import Envelope
 from shared.kafka import ensure_topics, make_broker
-from shared.localstack import embedded_infra
-from shared.outbox import AggregateWrite, Outbox, OutboxRelay
+from shared.outbox import OutboxRelay, RedisStateStore
 from shared.redis import connect
 from shared.topics import TopicNames
 
@@ -51,14 +52,14 @@ async def outbox_relay(bootstrap: str, redis_url: str, n: int) -> tuple[float, f
     topics = TopicNames(f"bench{time.time_ns()}.")
     await ensure_topics(bootstrap, topics.partitions())
     redis = connect(redis_url)
-    outbox = Outbox(redis, topics("outbox"))
+    outbox = RedisStateStore(redis, topics("outbox"), topics)
     envelopes = [
         Envelope.wrap(ev.FollowStarted(follower=f"m{i % 1000}", followee=f"x{i}"), producer="b")
         for i in range(n)
     ]
     for start in range(0, n, 100):
         chunk = envelopes[start : start + 100]
-        await outbox.commit([AggregateWrite(topics(f"agg{start}"), 0, start)], chunk, topics=topics)
+        await outbox.commit([AggregateWrite(topics(f"agg{start}"), 0, start)], chunk)
     broker = make_broker(bootstrap, "bench")
     await broker.start()
     relay = OutboxRelay(redis, broker, topics("outbox"), "bench", batch_size=2000)

@@ -20,11 +20,11 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 
 from bench import TOKEN, service_env
+from rapport.localstack import free_port
+from rapport.supervisor import ServiceProcess
 from shared import events as ev
 from shared.events import Envelope
 from shared.kafka import ensure_topics, publish_envelopes
-from shared.localstack import free_port
-from shared.supervisor import ServiceProcess
 from shared.topics import ALL_TOPICS, TopicNames
 
 

@@ -21,11 +21,12 @@ import psycopg
 from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
+from rapport.supervisor import ServiceProcess
+from services.projection import queries
 from services.projection.domain import Filters
-from services.projection.store import ReadModel
+from services.projection.store import ReadModelStore
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
-from shared.supervisor import ServiceProcess
 
 INDUSTRIES = ["Technology", "Finance", "Healthcare", "Media", "Manufacturing", "Consumer Goods"]
 
@@ -111,10 +112,10 @@ def query_list(g: Graph, count: int, seed: int = 11) -> QueryList:
     return q
 
 
-async def load_redis(redis: Redis, g: Graph, namespace: str) -> ReadModel:
+async def load_redis(redis: Redis, g: Graph, namespace: str) -> ReadModelStore:
     """Bulk-load the projection's own key layout (what applying the events would produce)."""
     settings = ProjectionSettings(namespace=namespace)
-    model = ReadModel(redis, settings, ScoringModel())
+    model = ReadModelStore(redis, settings, ScoringModel())
     ks = model.keyspace(1)
     for start in range(0, len(g.members), 2000):
         async with redis.pipeline(transaction=False) as pipe:
@@ -291,11 +292,11 @@ async def run_queries(
     # Same answers from every peer on the degree list (the bench checks it measures truth).
     checks = 0
     for x, y in q.degree[:50]:
-        ours = (await model.degree(ks, x, y))[0]
+        ours = (await queries.degree.degree(model, ks, x, y))[0]
         assert ours == pg.degree(x, y) == nxp.degree(x, y), (x, y)
         checks += 1
     for x, industry in q.network[:10]:
-        page = await model.network(x, 2, Filters(industry=industry), None, 20)
+        page = await queries.network.network(model, x, 2, Filters(industry=industry), None, 20)
         assert (
             [i["member_id"] for i in page["items"]]
             == pg.network(x, industry)
@@ -305,7 +306,7 @@ async def run_queries(
 
     token = TOKEN
     env = service_env(bootstrap, redis_url, namespace)
-    from shared.localstack import free_port
+    from rapport.localstack import free_port
 
     proc = ServiceProcess("projection", free_port(), env, logs)
     proc.start()
@@ -346,7 +347,7 @@ async def run_queries(
 
             async def direct_suggest_cold(x: str) -> Any:
                 await clear_cache(x)
-                return await model.suggestions(x, 20)
+                return await queries.suggestions.suggestions(model, x, 20)
 
             async def http_suggest_cold(x: str) -> Any:
                 await clear_cache(x)
@@ -355,13 +356,13 @@ async def run_queries(
             await time_async(http_degree, q.degree[:20])  # warm-up (connections, scripts)
             rows["degree"] = {
                 "http": await time_async(http_degree, q.degree),
-                "redis": await time_async(lambda x, y: model.degree(ks, x, y), q.degree),
+                "redis": await time_async(lambda x, y: queries.degree.degree(model, ks, x, y), q.degree),
                 "postgres": time_sync(pg.degree, q.degree),
                 "networkx": time_sync(nxp.degree, q.degree),
             }
             rows["mutual"] = {
                 "http": await time_async(http_mutual, q.mutual),
-                "redis": await time_async(lambda x, y: model.mutual(ks, x, y), q.mutual),
+                "redis": await time_async(lambda x, y: queries.degree.mutual(model, ks, x, y), q.mutual),
                 "postgres": time_sync(pg.mutual, q.mutual),
                 "networkx": time_sync(nxp.mutual, q.mutual),
             }
@@ -373,12 +374,12 @@ async def run_queries(
             }
             rows["suggestions (cached)"] = {
                 "http": await time_async(http_suggest, q.suggestions),
-                "redis": await time_async(lambda x: model.suggestions(x, 20), q.suggestions),
+                "redis": await time_async(lambda x: queries.suggestions.suggestions(model, x, 20), q.suggestions),
             }
             rows["network degree=2 & industry"] = {
                 "http": await time_async(http_network, q.network),
                 "redis": await time_async(
-                    lambda x, i: model.network(x, 2, Filters(industry=i), None, 20), q.network
+                    lambda x, i: queries.network.network(model, x, 2, Filters(industry=i), None, 20), q.network
                 ),
                 "postgres": time_sync(pg.network, q.network),
                 "networkx": time_sync(nxp.network, q.network),

@@ -14,9 +14,9 @@ import httpx
 
 from bench import TOKEN, service_env
 from bench.queries import percentiles
+from rapport.localstack import free_port
+from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.kafka import ensure_topics
-from shared.localstack import free_port
-from shared.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.topics import TopicNames
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,6 +75,25 @@ class ConsumedEvent:
     partition: int
     offset: int
     dedupe_key: str
+
+
+EventHandler = Callable[[ConsumedEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One consumer group of a service: its topics and the explicit map from event type to
+    the handler that reacts to it. Events of other types on those topics are passed over."""
+
+    name: str
+    topics: Sequence[str]
+    handlers: Mapping[type[Event], EventHandler]
+
+    async def dispatch(self, events: list[ConsumedEvent]) -> None:
+        for consumed in events:
+            handler = self.handlers.get(type(consumed.event))
+            if handler is not None:
+                await handler(consumed)
 
 
 class BatchHandler(Protocol):
@@ -195,46 +214,80 @@ class EventConsumer:
         return await retry_transient(call, self.name, self.backoff_s, self.max_backoff_s)
 
     async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
-        headers = {
-            "dlq_reason": reason[:500],
-            "dlq_consumer": self.name,
-            "source_topic": record.topic,
-            "source_partition": str(record.partition),
-            "source_offset": str(record.offset),
-        }
-        for k, v in record.headers or ():
-            if k == "type":
-                headers["type"] = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-        DLQ_RECORDS.labels(self.name, record.topic, reason.split(":", 1)[0]).inc()
-        log.warning(
-            "%s: %s[%d]@%d -> DLQ: %s",
+        await dead_letter(
+            self.dead_letter,
             self.name,
-            record.topic,
-            record.partition,
-            record.offset,
+            DeadLetter(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.key,
+                record.value,
+                tuple(record.headers or ()),
+            ),
             reason,
-        )
-        await self._with_infra_retry(
-            lambda: self.dead_letter(dlq(record.topic), record.key, record.value or b"", headers)
+            retry=self._with_infra_retry,
         )
 
     async def send_to_dlq_event(self, event: ConsumedEvent, reason: str) -> None:
-        headers = {
-            "dlq_reason": reason,
-            "dlq_consumer": self.name,
-            "source_topic": event.topic,
-            "source_partition": str(event.partition),
-            "source_offset": str(event.offset),
-            "type": event.envelope.type,
-            "event_id": str(event.envelope.event_id),
-        }
-        DLQ_RECORDS.labels(self.name, event.topic, "handler_failed").inc()
-        log.error("%s: event %s -> DLQ: %s", self.name, event.envelope.event_id, reason)
-        await self._with_infra_retry(
-            lambda: self.dead_letter(
-                dlq(event.topic), event.envelope.key.encode(), event.envelope.to_bytes(), headers
-            )
+        env = event.envelope
+        record = DeadLetter(
+            event.topic, event.partition, event.offset, env.key.encode(), env.to_bytes()
         )
+        await dead_letter(
+            self.dead_letter,
+            self.name,
+            record,
+            reason,
+            retry=self._with_infra_retry,
+            type_=env.type,
+            event_id=str(env.event_id),
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Where a record came from and what it held, as it goes to `<topic>.dlq`."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+async def dead_letter(
+    sink: DeadLetterSink,
+    consumer: str,
+    record: DeadLetter,
+    reason: str,
+    *,
+    retry: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+    type_: str | None = None,
+    event_id: str | None = None,
+) -> None:
+    """Send a record to its topic's DLQ with the reason and its origin in headers; the
+    `type` header is kept (from the record's own headers when not given)."""
+    headers = {
+        "dlq_reason": reason[:500],
+        "dlq_consumer": consumer,
+        "source_topic": record.topic,
+        "source_partition": str(record.partition),
+        "source_offset": str(record.offset),
+    }
+    for k, v in record.headers:
+        if k == "type" and type_ is None:
+            type_ = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+    if type_ is not None:
+        headers["type"] = type_
+    if event_id is not None:
+        headers["event_id"] = event_id
+    DLQ_RECORDS.labels(consumer, record.topic, reason.split(":", 1)[0]).inc()
+    log.warning(
+        "%s: %s[%d]@%d -> DLQ: %s", consumer, record.topic, record.partition, record.offset, reason
+    )
+    await retry(lambda: sink(dlq(record.topic), record.key, record.value or b"", headers))
 
 
 async def raw_records(msg: Any) -> Any:
@@ -256,6 +309,33 @@ def report_lag(name: str, kafka_consumer: Any, records: Sequence[ConsumerRecord[
             CONSUMER_LAG.labels(name, tp.topic, str(tp.partition)).set(max(highwater - position, 0))
 
 
+def batch_subscriber(
+    broker: KafkaBroker,
+    topics: Sequence[str],
+    *,
+    group_id: str,
+    max_records: int = 500,
+    **options: Any,
+) -> Callable[[Callable[[KafkaMessage], Awaitable[None]]], Any]:
+    """A FastStream batch subscriber that hands over the raw records and commits only when
+    the handler acks (never ACK_FIRST), reading from the start of a new group's topics."""
+    return broker.subscriber(
+        *topics,
+        group_id=group_id,
+        batch=True,
+        max_records=max_records,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.MANUAL,
+        decoder=raw_records,
+        **options,
+    )
+
+
+def records_of(msg: KafkaMessage) -> tuple[ConsumerRecord[Any, Any], ...]:
+    raw = msg.raw_message
+    return raw if isinstance(raw, tuple) else (raw,)
+
+
 def subscribe(
     broker: KafkaBroker,
     consumer: EventConsumer,
@@ -265,24 +345,16 @@ def subscribe(
     max_records: int = 500,
     **options: Any,
 ) -> Callable[..., Awaitable[None]]:
-    """Register `consumer` as a FastStream batch subscriber that commits only after success."""
+    """Register `consumer` as a batch subscriber that commits only after success."""
 
     async def handle_batch(msg: KafkaMessage) -> None:
-        raw = msg.raw_message
-        records = raw if isinstance(raw, tuple) else (raw,)
+        records = records_of(msg)
         await consumer.process(records)
         await msg.ack()
         report_lag(consumer.name, msg.consumer, records)
 
     handle_batch.__name__ = f"{consumer.name}_batch"
-    broker.subscriber(
-        *topics,
-        group_id=group_id,
-        batch=True,
-        max_records=max_records,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL,
-        decoder=raw_records,
-        **options,
-    )(handle_batch)
+    batch_subscriber(broker, topics, group_id=group_id, max_records=max_records, **options)(
+        handle_batch
+    )
     return handle_batch

@@ -18,6 +18,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.commands import ContendedWrite
+from shared.domain import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited
+
 log = logging.getLogger("rapport.errors")
 
 RETRY_AFTER_S = 2
@@ -41,7 +44,7 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
-    """Raised by routes and the service layer; becomes a JSON error response."""
+    """Raised at the HTTP edge (auth, routes); becomes a JSON error response as is."""
 
     def __init__(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None
@@ -51,42 +54,6 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
-
-
-class DomainError(ApiError):
-    """A rule of the domain said no. Raised by pure `decide` functions; the API maps it as is."""
-
-    status = 400
-    default_code = "rejected"
-
-    def __init__(
-        self, message: str, code: str | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(self.status, code or self.default_code, message, headers)
-
-
-class NotFound(DomainError):
-    status, default_code = 404, "not_found"
-
-
-class Conflict(DomainError):
-    status, default_code = 409, "conflict"
-
-
-class Forbidden(DomainError):
-    status, default_code = 403, "forbidden"
-
-
-class Invalid(DomainError):
-    status, default_code = 422, "invalid_request"
-
-
-class RateLimited(DomainError):
-    status, default_code = 429, "rate_limited"
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
-        self.retry_after_s = retry_after_s
 
 
 class Unavailable(ApiError):
@@ -132,7 +99,33 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The one table from a domain error's kind to its HTTP status.
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Forbidden: 403,
+    Invalid: 422,
+    RateLimited: 429,
+}
+
+
+def domain_status(exc: DomainError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in DOMAIN_STATUS:
+            return DOMAIN_STATUS[kind]
+    return 400
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+        return error_response(domain_status(exc), exc.code, exc.message, headers)
+
+    @app.exception_handler(ContendedWrite)
+    async def _contended(_: Request, exc: ContendedWrite) -> JSONResponse:
+        return error_response(503, "unavailable", str(exc), {"Retry-After": str(RETRY_AFTER_S)})
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
@@ -164,10 +157,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal", "internal error")
-
-
-class ContendedWrite(Unavailable):
-    """Optimistic retries ran out: an aggregate is too hot right now; retry shortly."""
-
-    def __init__(self) -> None:
-        super().__init__("too many concurrent writes to the same record, retry shortly")

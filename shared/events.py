@@ -66,6 +66,16 @@ class PairEvent(Event):
 # --- rapport.members -------------------------------------------------------------------------
 
 
+# The profile fields a member has, in this order wherever a profile is listed or stored.
+PROFILE_FIELDS = ("name", "industry", "headline", "location", "employer", "title")
+
+
+def grouping_key(text: str) -> str:
+    """Grouping key of free profile text (an industry, a filter): case and spacing do not
+    make a new value."""
+    return " ".join(text.split()).casefold()
+
+
 class MemberRegistered(MemberEvent):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     industry: Annotated[str, StringConstraints(min_length=1, max_length=100)]

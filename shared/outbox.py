@@ -1,9 +1,9 @@
 """Transactional outbox: state change + events in one Redis step, then a relay to Kafka.
 
-A write service never writes state and "also" publishes. `Outbox.commit` runs one Lua script
-that checks the optimistic versions of every aggregate it touches (and, for consumers, that
-the causing event was not applied before), writes the new states, updates indexes and
-appends the events to the service's outbox stream. `OutboxRelay` publishes the stream to
+A write service never writes state and "also" publishes. `RedisStateStore.commit` runs one
+Lua script that checks the optimistic versions of every aggregate it touches (and, for
+consumers, that the causing event was not applied before), writes the new states, updates
+indexes and appends the events to the service's outbox stream. `OutboxRelay` publishes the stream to
 Kafka with acks=all and deletes an entry only after the broker confirmed it; a crash between
 the two re-publishes (at-least-once), and consumers dedupe by `event_id`.
 """
@@ -14,110 +14,60 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.errors import ContendedWrite
+from shared import scripts
+from shared.commands import AggregateWrite, CommitResult, IndexOp, Loaded
 from shared.events import Envelope
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from shared.topics import TopicNames
 
 log = logging.getLogger("rapport.outbox")
 
-CommitResult = Literal["ok", "conflict", "duplicate"]
+class RedisStateStore:
+    """The `StateStore` on Redis: aggregates are hashes (`v` version, `s` JSON state), the
+    outbox is a stream, and `commit` is one Lua script (shared/lua/outbox_commit.lua)."""
 
-# KEYS: outbox stream, dedupe key ('' for none), aggregate hashes..., index keys...
-# ARGV: n_aggregates, n_envelopes, n_index_ops, dedupe_ttl,
-#       (expected_version, state_json) per aggregate,
-#       (topic, key, type, event_id, value) per envelope,
-#       (op, score, member) per index op (op: ZADD | ZREM | SADD | SREM | DEL)
-_COMMIT_LUA = """
-local n_agg, n_env, n_idx = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
-for i = 1, n_agg do
-  local v = tonumber(redis.call('HGET', KEYS[2 + i], 'v') or '0')
-  if v ~= tonumber(ARGV[3 + 2 * i]) then return 'conflict' end
-end
-for i = 1, n_agg do
-  local state = ARGV[4 + 2 * i]
-  redis.call('HSET', KEYS[2 + i], 'v', tonumber(ARGV[3 + 2 * i]) + 1, 's', state)
-end
-local base = 4 + 2 * n_agg
-for i = 0, n_env - 1 do
-  local a = base + 5 * i
-  redis.call('XADD', KEYS[1], '*', 'topic', ARGV[a + 1], 'key', ARGV[a + 2],
-             'type', ARGV[a + 3], 'event_id', ARGV[a + 4], 'value', ARGV[a + 5])
-end
-base = base + 5 * n_env
-for i = 0, n_idx - 1 do
-  local key = KEYS[3 + n_agg + i]
-  local op, score, member = ARGV[base + 3 * i + 1], ARGV[base + 3 * i + 2], ARGV[base + 3 * i + 3]
-  if op == 'ZADD' then redis.call('ZADD', key, score, member)
-  elseif op == 'ZREM' then redis.call('ZREM', key, member)
-  elseif op == 'SADD' then redis.call('SADD', key, member)
-  elseif op == 'SREM' then redis.call('SREM', key, member)
-  elseif op == 'DEL' then redis.call('DEL', key)
-  end
-end
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], '1', 'EX', tonumber(ARGV[4])) end
-return 'ok'
-"""
-
-
-@dataclass(frozen=True)
-class AggregateWrite:
-    """New state for one aggregate, valid only if it is still at `expected_version`."""
-
-    key: str
-    expected_version: int
-    state: Any
-
-
-@dataclass(frozen=True)
-class IndexOp:
-    op: Literal["ZADD", "ZREM", "SADD", "SREM", "DEL"]
-    key: str
-    member: str = ""
-    score: float = 0.0
-
-
-@dataclass(frozen=True)
-class Loaded:
-    version: int
-    state: Any
-
-
-class Outbox:
-    """The service's aggregates and its outbox stream, changed together or not at all."""
-
-    def __init__(self, redis: Redis, stream_key: str, dedupe_ttl_s: int = 30 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        stream_key: str,
+        topics: TopicNames,
+        dedupe_ttl_s: int = 30 * 24 * 3600,
+    ) -> None:
         self.redis = redis
         self.stream_key = stream_key
+        self.topics = topics
         self.dedupe_ttl_s = dedupe_ttl_s
-        self._commit = redis.register_script(_COMMIT_LUA)
+        self._commit = scripts.register(redis, "shared", "outbox_commit")
 
-    async def load(self, *keys: str) -> list[Loaded]:
-        """Current version and state (decoded JSON, None when absent) of each aggregate."""
+    async def load(
+        self, keys: Sequence[str], checks: Sequence[tuple[str, str]] = ()
+    ) -> tuple[list[Loaded], list[bool]]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hmget(key, "v", "s")
+            for key, member in checks:
+                pipe.sismember(key, member)
             rows = await pipe.execute()
-        return [Loaded(int(v) if v else 0, json.loads(s) if s else None) for v, s in rows]
+        loaded = [
+            Loaded(int(v) if v else 0, json.loads(s) if s else None) for v, s in rows[: len(keys)]
+        ]
+        return loaded, [bool(flag) for flag in rows[len(keys) :]]
 
     async def commit(
         self,
         writes: Sequence[AggregateWrite],
         envelopes: Sequence[Envelope],
         *,
-        topics: TopicNames,
         index_ops: Sequence[IndexOp] = (),
         dedupe_key: str | None = None,
     ) -> CommitResult:
@@ -128,7 +78,7 @@ class Outbox:
         for w in writes:
             args += [w.expected_version, json.dumps(w.state, separators=(",", ":"))]
         for env in envelopes:
-            args += [topics(env.topic), env.key, env.type, str(env.event_id), env.to_bytes()]
+            args += [self.topics(env.topic), env.key, env.type, str(env.event_id), env.to_bytes()]
         for op in index_ops:
             args += [op.op, op.score, op.member]
         result = _s(await self._commit(keys=keys, args=args))
@@ -136,29 +86,19 @@ class Outbox:
             raise RuntimeError(f"unexpected outbox commit result {result!r}")
         return result  # type: ignore[return-value]
 
+    async def set_members(self, key: str) -> set[str]:
+        return {_s(m) for m in await self.redis.smembers(key)}
+
+    async def lowest(self, key: str, max_score: float, limit: int) -> list[str]:
+        ids = await self.redis.zrangebyscore(key, "-inf", max_score, start=0, num=limit)
+        return [_s(i) for i in ids]
+
+    async def claim(self, key: str, field: str, value: str) -> str:
+        await self.redis.hsetnx(key, field, value)
+        return _s(await self.redis.hget(key, field))
+
     async def backlog(self) -> int:
         return int(await self.redis.xlen(self.stream_key))
-
-
-async def retry_on_conflict(
-    attempt: Callable[[], Awaitable[tuple[CommitResult, Any]]], tries: int = 100
-) -> tuple[CommitResult, Any]:
-    """Re-run load -> decide -> commit until the commit is not a version conflict."""
-    for n in range(tries):
-        result, value = await attempt()
-        if result != "conflict":
-            return result, value
-        # Jittered backoff spreads contenders out; a conflict means someone else just won.
-        await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
-    raise ContendedWrite()
-
-
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
 
 
 @dataclass
@@ -181,7 +121,7 @@ class OutboxRelay:
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
-        self._renew = self.redis.register_script(_RENEW_LUA)
+        self._renew = scripts.register(self.redis, "shared", "lease_renew")
         self._stopping = asyncio.Event()
         self._last_id = "0-0"
 

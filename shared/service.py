@@ -14,18 +14,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.consumer import EventConsumer, broker_dead_letter_sink, subscribe
+from shared.consumer import (
+    TRANSIENT_ERRORS,
+    EventConsumer,
+    Subscription,
+    broker_dead_letter_sink,
+    subscribe,
+)
 from shared.errors import ERROR_RESPONSES, error_response, install_error_handlers
 from shared.kafka import make_broker
 from shared.observability import configure_logging, health_router, install_request_metrics
-from shared.outbox import Outbox, OutboxRelay
+from shared.outbox import OutboxRelay, RedisStateStore
 from shared.redis import connect
 from shared.settings import ServiceSettings
 
@@ -36,17 +42,13 @@ MAX_BODY_BYTES = 64 * 1024
 
 @dataclass
 class Runtime:
-    """The live clients of one service process."""
+    """The live clients of one service process: what `main.py` wires its parts from."""
 
     settings: ServiceSettings
     redis: Redis
     broker: KafkaBroker
-    outbox: Outbox
+    state: RedisStateStore
     relay: OutboxRelay
-    # The service's own store (set by its consumers.register), used by its API.
-    store: Any = None
-    # Other service-specific parts its API needs (e.g. the projection's rebuilder).
-    components: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -55,41 +57,50 @@ class Runtime:
         redis = connect(settings.redis_url, cluster=getattr(settings, "redis_cluster", False))
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
         stream = settings.key(settings.service, "outbox")
-        outbox = Outbox(redis, stream, settings.dedupe_ttl_s)
+        state = RedisStateStore(redis, stream, settings.topics, settings.dedupe_ttl_s)
         relay = OutboxRelay(redis, broker, stream, settings.service)
-        return cls(settings, redis, broker, outbox, relay)
+        return cls(settings, redis, broker, state, relay)
 
-    def consumer(
-        self,
-        name: str,
-        handler: Callable[..., Awaitable[None]],
-        topics: Sequence[str],
-        **options: Any,
-    ) -> EventConsumer:
-        """Declare an idempotent batch subscriber on the (namespaced) catalog `topics`."""
+    def subscribe(self, *subscriptions: Subscription) -> None:
+        """Declare each subscription as an idempotent batch consumer group of this service."""
         s = self.settings
-        consumer = EventConsumer(
-            name=f"{s.service}.{name}",
-            redis=self.redis,
-            handler=handler,
-            dead_letter=broker_dead_letter_sink(self.broker),
-            dedupe_prefix=s.key(s.service, "seen", name),
-            max_attempts=s.consumer_max_attempts,
-            backoff_s=s.consumer_backoff_s,
-        )
-        subscribe(
-            self.broker,
-            consumer,
-            [s.topics(t) for t in topics],
-            group_id=f"{s.namespace}rapport-{s.service}-{name}",
-            session_timeout_ms=s.kafka_session_timeout_ms,
-            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
-            **options,
-        )
-        return consumer
+        for sub in subscriptions:
+            consumer = EventConsumer(
+                name=f"{s.service}.{sub.name}",
+                redis=self.redis,
+                handler=sub.dispatch,
+                dead_letter=broker_dead_letter_sink(self.broker),
+                dedupe_prefix=s.key(s.service, "seen", sub.name),
+                max_attempts=s.consumer_max_attempts,
+                backoff_s=s.consumer_backoff_s,
+            )
+            subscribe(
+                self.broker,
+                consumer,
+                [s.topics(t) for t in sub.topics],
+                group_id=f"{s.namespace}rapport-{s.service}-{sub.name}",
+                session_timeout_ms=s.kafka_session_timeout_ms,
+                heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            )
 
     def spawn(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         self.tasks.append(asyncio.create_task(loop(), name=name))
+
+    def every(
+        self, interval_s: float, job: Callable[[], Awaitable[Any]], name: str
+    ) -> None:
+        """Run `job` every `interval_s` in the background; an outage only delays it."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await job()
+                except TRANSIENT_ERRORS as exc:
+                    log.warning("%s: %r", name, exc)
+                # Periodic by nature: there is no event to wait on for "time passed".
+                await asyncio.sleep(interval_s)
+
+        self.spawn(loop, name)
 
     async def start(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -126,30 +137,24 @@ class Runtime:
             raise ConnectionError("broker did not answer")
 
 
-def get_runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-
 def create_service_app(
     settings: ServiceSettings,
     *,
     title: str,
     description: str,
     routers: Sequence[APIRouter] = (),
-    setup: Callable[[Runtime], None] | None = None,
+    wire: Callable[[Runtime], object],
     on_started: Callable[[Runtime], Awaitable[None]] | None = None,
 ) -> FastAPI:
-    """Build a service app. `setup` declares consumers and background loops before start."""
+    """Build a service app. `wire` builds the service's parts from the runtime (declaring
+    consumers and background loops before start); its result is what the service's
+    `deps.py` hands to routes, as `app.state.wired`."""
     configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings)
-        if setup is not None:
-            setup(runtime)
+        app.state.wired = wire(runtime)
         await runtime.start()
         app.state.runtime = runtime
         if on_started is not None:

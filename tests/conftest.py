@@ -16,8 +16,8 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from rapport.localstack import EMBEDDED_BROKER_TUNING, EmbeddedRedisCluster, embedded_infra
 from shared.kafka import ensure_topics
-from shared.localstack import EMBEDDED_BROKER_TUNING, EmbeddedRedisCluster, embedded_infra
 from shared.topics import TopicNames
 from tests.helpers import Infra, random_id
 

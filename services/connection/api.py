@@ -5,15 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header
 from pydantic import Field, StringConstraints
 
 from services.connection import domain
-from services.connection.store import ConnectionStore
+from services.connection.deps import ConnectionStoreDep as StoreDep
 from shared.api import IdPath, MemberPath, WriteResult
 from shared.api import Request as Body
 from shared.auth import ActingMember, Authenticated, require_self
-from shared.errors import ApiError, ErrorResponse, NotFound
+from shared.domain import NotFound
+from shared.errors import ApiError, ErrorResponse
 from shared.events import ID_PATTERN
 
 router = APIRouter()
@@ -23,12 +24,6 @@ Industry = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
 
 
-def get_store(request: Request) -> ConnectionStore:
-    return request.app.state.runtime.store
-
-
-StoreDep = Annotated[ConnectionStore, Depends(get_store)]
-
 ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "Not allowed for the acting member"},
     404: {"model": ErrorResponse, "description": "Unknown member or relation"},
@@ -36,33 +31,30 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class MemberCreate(Body):
+class ProfileDetails(Body):
+    """The optional part of a profile, shared by what is sent and what is shown."""
+
+    headline: Text | None = None
+    location: Text | None = None
+    employer: Text | None = None
+    title: Text | None = None
+
+
+class MemberCreate(ProfileDetails):
     member_id: str | None = Field(None, pattern=ID_PATTERN, examples=["ada"])
     name: Name = Field(examples=["Ada Lovelace"])
     industry: Industry = Field(examples=["Technology"])
-    headline: Text | None = None
-    location: Text | None = None
-    employer: Text | None = None
-    title: Text | None = None
 
 
-class MemberUpdate(Body):
+class MemberUpdate(ProfileDetails):
     name: Name | None = None
     industry: Industry | None = None
-    headline: Text | None = None
-    location: Text | None = None
-    employer: Text | None = None
-    title: Text | None = None
 
 
-class MemberPublic(Body):
+class MemberPublic(ProfileDetails):
     member_id: str
     name: str
     industry: str
-    headline: str | None = None
-    location: str | None = None
-    employer: str | None = None
-    title: str | None = None
 
 
 class MemberCreated(WriteResult):
@@ -85,7 +77,7 @@ async def register_member(
         raise ApiError(403, "forbidden", "a member can only register themselves")
     fields = body.model_dump(exclude={"member_id"})
     fields["industry"] = await store.canonical_industry(body.industry)
-    outcome = await store.execute(domain.RegisterMember(member_id=member_id, **fields))
+    outcome = await store.run(domain.RegisterMember(member_id=member_id, **fields))
     return MemberCreated(member_id=member_id, **WriteResult.of(outcome.envelopes).model_dump())
 
 
@@ -105,7 +97,7 @@ async def update_member(
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     if "industry" in changes:
         changes["industry"] = await store.canonical_industry(changes["industry"])
-    outcome = await store.execute(domain.UpdateProfile(member_id=member_id, changes=changes))
+    outcome = await store.run(domain.UpdateProfile(member_id=member_id, changes=changes))
     return WriteResult.of(outcome.envelopes)
 
 
@@ -116,7 +108,7 @@ async def deactivate_member(
     """Removes every connection of the member, then deactivates them."""
     require_self(member_id, acting)
     connections = tuple(await store.connections(member_id))
-    outcome = await store.execute(domain.DeactivateMember(member_id, connections))
+    outcome = await store.run(domain.DeactivateMember(member_id, connections))
     return WriteResult.of(outcome.envelopes)
 
 
@@ -128,36 +120,36 @@ async def remove_connection(
     other: MemberPath, store: StoreDep, acting: ActingMember
 ) -> WriteResult:
     """Silent to the other member; also ends the follows and list entries between the two."""
-    outcome = await store.execute(domain.RemoveConnection(acting, other))
+    outcome = await store.run(domain.RemoveConnection(acting, other))
     return WriteResult.of(outcome.envelopes)
 
 
 @relations.post("/blocks/{other}", response_model=WriteResult, summary="Block a member")
 async def block(other: MemberPath, store: StoreDep, acting: ActingMember) -> WriteResult:
     """Removes the connection and follows both ways; pending invitations are cancelled."""
-    return WriteResult.of((await store.execute(domain.Block(acting, other))).envelopes)
+    return WriteResult.of((await store.run(domain.Block(acting, other))).envelopes)
 
 
 @relations.delete("/blocks/{other}", response_model=WriteResult, summary="Unblock a member")
 async def unblock(other: MemberPath, store: StoreDep, acting: ActingMember) -> WriteResult:
-    return WriteResult.of((await store.execute(domain.Unblock(acting, other))).envelopes)
+    return WriteResult.of((await store.run(domain.Unblock(acting, other))).envelopes)
 
 
 @relations.put("/follows/{other}", response_model=WriteResult, summary="Follow a member")
 async def follow(other: MemberPath, store: StoreDep, acting: ActingMember) -> WriteResult:
-    return WriteResult.of((await store.execute(domain.Follow(acting, other))).envelopes)
+    return WriteResult.of((await store.run(domain.Follow(acting, other))).envelopes)
 
 
 @relations.delete("/follows/{other}", response_model=WriteResult, summary="Stop following")
 async def unfollow(other: MemberPath, store: StoreDep, acting: ActingMember) -> WriteResult:
-    return WriteResult.of((await store.execute(domain.Unfollow(acting, other))).envelopes)
+    return WriteResult.of((await store.run(domain.Unfollow(acting, other))).envelopes)
 
 
 @relations.put("/lists/{name}/members/{other}", response_model=WriteResult, summary="Add to a list")
 async def list_connection(
     name: IdPath, other: MemberPath, store: StoreDep, acting: ActingMember
 ) -> WriteResult:
-    outcome = await store.execute(domain.ListConnection(acting, name, other))
+    outcome = await store.run(domain.ListConnection(acting, name, other))
     return WriteResult.of(outcome.envelopes)
 
 
@@ -167,7 +159,7 @@ async def list_connection(
 async def unlist_connection(
     name: IdPath, other: MemberPath, store: StoreDep, acting: ActingMember
 ) -> WriteResult:
-    outcome = await store.execute(domain.UnlistConnection(acting, name, other))
+    outcome = await store.run(domain.UnlistConnection(acting, name, other))
     return WriteResult.of(outcome.envelopes)
 
 

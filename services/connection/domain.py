@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from shared import events as ev
-from shared.errors import Conflict, Forbidden, Invalid, NotFound
+from shared.domain import Conflict, Forbidden, Invalid, NotFound
 from shared.topics import pair_key
 
 # --- state -----------------------------------------------------------------------------------
@@ -61,6 +61,7 @@ class Lists(BaseModel):
 
 @dataclass(frozen=True)
 class Slice:
+    now: datetime
     members: dict[str, Member | None] = field(default_factory=dict)
     pairs: dict[str, Pair] = field(default_factory=dict)
     lists: dict[str, Lists] = field(default_factory=dict)
@@ -167,14 +168,6 @@ Command = (
     | UnlistConnection
 )
 
-PROFILE_FIELDS = ("name", "industry", "headline", "location", "employer", "title")
-
-
-def normalise_industry(text: str) -> str:
-    """Grouping key of a free-text industry: case and spacing do not make a new industry."""
-    return " ".join(text.split()).casefold()
-
-
 # --- decide ----------------------------------------------------------------------------------
 
 
@@ -221,7 +214,7 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
             previous = (
                 member.industry
                 if "industry" in changed
-                and normalise_industry(changed["industry"]) != normalise_industry(member.industry)
+                and ev.grouping_key(changed["industry"]) != ev.grouping_key(member.industry)
                 else None
             )
             return [
@@ -330,18 +323,18 @@ def _decide_accept(state: Slice, command: AcceptConnection) -> list[ev.Event]:
 # --- evolve ----------------------------------------------------------------------------------
 
 
-def evolve(state: Slice, event: ev.Event, at: datetime | None = None) -> Slice:
-    return _evolve(event, state, at)
+def evolve(state: Slice, event: ev.Event) -> Slice:
+    return _evolve(event, state, state.now)
 
 
-def fold(state: Slice, events: Iterable[ev.Event], at: datetime | None = None) -> Slice:
+def fold(state: Slice, events: Iterable[ev.Event]) -> Slice:
     for event in events:
-        state = evolve(state, event, at)
+        state = evolve(state, event)
     return state
 
 
 @singledispatch
-def _evolve(event: ev.Event, state: Slice, at: datetime | None) -> Slice:
+def _evolve(event: ev.Event, state: Slice, at: datetime) -> Slice:
     raise TypeError(f"connection service does not fold {type(event).__name__}")
 
 
@@ -364,20 +357,20 @@ def _with_lists(state: Slice, owner: str, name: str, members: frozenset[str]) ->
 
 
 @_evolve.register
-def _(event: ev.MemberRegistered, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.MemberRegistered, state: Slice, at: datetime) -> Slice:
     return _with_member(state, Member(**event.model_dump()))
 
 
 @_evolve.register
-def _(event: ev.MemberProfileUpdated, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.MemberProfileUpdated, state: Slice, at: datetime) -> Slice:
     member = state.member(event.member_id)
     assert member is not None
-    changes = {k: getattr(event, k) for k in PROFILE_FIELDS if getattr(event, k) is not None}
+    changes = {k: getattr(event, k) for k in ev.PROFILE_FIELDS if getattr(event, k) is not None}
     return _with_member(state, member.model_copy(update=changes))
 
 
 @_evolve.register
-def _(event: ev.MemberDeactivated, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.MemberDeactivated, state: Slice, at: datetime) -> Slice:
     member = state.member(event.member_id)
     assert member is not None
     return _with_member(state, member.model_copy(update={"active": False}))
@@ -393,7 +386,7 @@ def _count(state: Slice, member_id: str, delta: int) -> Slice:
 
 
 @_evolve.register
-def _(event: ev.ConnectionAccepted, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.ConnectionAccepted, state: Slice, at: datetime) -> Slice:
     a, b = event.member_a, event.member_b
     processed = state.pair(a, b).processed_invitations
     if event.invitation_id:
@@ -405,7 +398,7 @@ def _(event: ev.ConnectionAccepted, state: Slice, at: datetime | None) -> Slice:
 
 
 @_evolve.register
-def _(event: ev.ConnectionRejected, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.ConnectionRejected, state: Slice, at: datetime) -> Slice:
     processed = state.pair(event.sender, event.recipient).processed_invitations
     return _with_pair(
         state,
@@ -416,26 +409,26 @@ def _(event: ev.ConnectionRejected, state: Slice, at: datetime | None) -> Slice:
 
 
 @_evolve.register
-def _(event: ev.ConnectionRemoved, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.ConnectionRemoved, state: Slice, at: datetime) -> Slice:
     a, b = event.member_a, event.member_b
     state = _with_pair(state, a, b, connected=False, connected_at=None)
     return _count(_count(state, a, -1), b, -1)
 
 
 @_evolve.register
-def _(event: ev.MemberBlocked, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.MemberBlocked, state: Slice, at: datetime) -> Slice:
     pair = state.pair(event.blocker, event.blocked)
     return _with_pair(state, event.blocker, event.blocked, blockers=pair.blockers | {event.blocker})
 
 
 @_evolve.register
-def _(event: ev.MemberUnblocked, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.MemberUnblocked, state: Slice, at: datetime) -> Slice:
     pair = state.pair(event.blocker, event.blocked)
     return _with_pair(state, event.blocker, event.blocked, blockers=pair.blockers - {event.blocker})
 
 
 @_evolve.register
-def _(event: ev.FollowStarted, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.FollowStarted, state: Slice, at: datetime) -> Slice:
     pair = state.pair(event.follower, event.followee)
     return _with_pair(
         state, event.follower, event.followee, followers=pair.followers | {event.follower}
@@ -443,7 +436,7 @@ def _(event: ev.FollowStarted, state: Slice, at: datetime | None) -> Slice:
 
 
 @_evolve.register
-def _(event: ev.FollowStopped, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.FollowStopped, state: Slice, at: datetime) -> Slice:
     pair = state.pair(event.follower, event.followee)
     return _with_pair(
         state, event.follower, event.followee, followers=pair.followers - {event.follower}
@@ -451,12 +444,12 @@ def _(event: ev.FollowStopped, state: Slice, at: datetime | None) -> Slice:
 
 
 @_evolve.register
-def _(event: ev.ConnectionListed, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.ConnectionListed, state: Slice, at: datetime) -> Slice:
     current = state.lists_of(event.owner).lists.get(event.list_name, frozenset())
     return _with_lists(state, event.owner, event.list_name, current | {event.member_id})
 
 
 @_evolve.register
-def _(event: ev.ConnectionUnlisted, state: Slice, at: datetime | None) -> Slice:
+def _(event: ev.ConnectionUnlisted, state: Slice, at: datetime) -> Slice:
     current = state.lists_of(event.owner).lists.get(event.list_name, frozenset())
     return _with_lists(state, event.owner, event.list_name, current - {event.member_id})

@@ -1,166 +1,83 @@
-"""Redis state of the connection service and the one way it changes: load the slice a command
-touches, decide, fold, and commit states + outbox events atomically (optimistic versions)."""
+"""Connection state on the kit's command loop: the members, pairs and lists a command
+touches, and the connections index its events keep."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
-from redis.asyncio import Redis
+from pydantic import BaseModel
 
 from services.connection import domain
 from services.connection.domain import Lists, Member, Pair, Slice
 from shared import events as ev
-from shared.events import Envelope
-from shared.outbox import AggregateWrite, CommitResult, IndexOp, Outbox, retry_on_conflict
+from shared.commands import CommandLoop, IndexOp, IndexOpName, Plan, Rows, StateStore
 from shared.settings import ConnectionSettings
 from shared.topics import pair_key
 
-PRODUCER = "connection"
 
+class ConnectionStore(CommandLoop[Slice, domain.Command]):
+    producer = "connection"
 
-@dataclass(frozen=True)
-class Outcome:
-    envelopes: list[Envelope]
-    duplicate: bool = False
+    def __init__(self, store: StateStore, settings: ConnectionSettings) -> None:
+        super().__init__(store, self)
+        self.key = lambda *parts: settings.key("connection", *parts)
 
-    @property
-    def event_id(self) -> str | None:
-        return str(self.envelopes[0].event_id) if self.envelopes else None
-
-    def first(self, event_type: type[ev.Event]) -> Envelope | None:
-        return next((e for e in self.envelopes if e.type == event_type.__name__), None)
-
-
-class ConnectionStore:
-    def __init__(self, redis: Redis, outbox: Outbox, settings: ConnectionSettings) -> None:
-        self.redis = redis
-        self.outbox = outbox
-        self.settings = settings
-
-    # keys ------------------------------------------------------------------------------------
-    def member_key(self, member_id: str) -> str:
-        return self.settings.key("connection", "member", member_id)
-
-    def pair_key(self, a: str, b: str) -> str:
-        return self.settings.key("connection", "pair", pair_key(a, b))
-
-    def lists_key(self, owner: str) -> str:
-        return self.settings.key("connection", "lists", owner)
-
-    def connections_key(self, member_id: str) -> str:
-        return self.settings.key("connection", "connections", member_id)
-
-    @property
-    def industries_key(self) -> str:
-        return self.settings.key("connection", "industries")
-
-    # reads -----------------------------------------------------------------------------------
     async def member(self, member_id: str) -> Member | None:
-        [loaded] = await self.outbox.load(self.member_key(member_id))
-        return Member.model_validate(loaded.state) if loaded.state else None
+        [row], _ = await self.store.load([self.key("member", member_id)])
+        return Member.model_validate(row.state) if row.state else None
 
     async def connections(self, member_id: str) -> list[str]:
-        return sorted(str(m) for m in await self.redis.smembers(self.connections_key(member_id)))
+        return sorted(await self.store.set_members(self.key("connections", member_id)))
 
     async def canonical_industry(self, industry: str) -> str:
         """The first spelling seen of this industry's group, so aggregates group by one name."""
         text = " ".join(industry.split())
-        await self.redis.hsetnx(self.industries_key, domain.normalise_industry(text), text)
-        return str(await self.redis.hget(self.industries_key, domain.normalise_industry(text)))
+        return await self.store.claim(self.key("industries"), ev.grouping_key(text), text)
 
-    # writes ----------------------------------------------------------------------------------
-    async def execute(
-        self,
-        command: domain.Command,
-        *,
-        correlation_id: str | None = None,
-        causation: Envelope | None = None,
-        dedupe_key: str | None = None,
-    ) -> Outcome:
-        """Load the slice, decide, and commit; retried from the load on a version conflict."""
+    # the loop's WriteModel -----------------------------------------------------------------
+    async def plan(self, command: domain.Command | None, observed: ev.Event | None) -> Plan:
         members, pairs, lists = slice_of(command)
-        keys = (
-            [self.member_key(m) for m in members]
-            + [self.pair_key(a, b) for a, b in pairs]
-            + [self.lists_key(o) for o in lists]
+        return Plan(
+            {f"member:{m}": (self.key("member", m), Member) for m in members}
+            | {f"pair:{pair_key(a, b)}": (self.key("pair", pair_key(a, b)), Pair) for a, b in pairs}
+            | {f"lists:{o}": (self.key("lists", o), Lists) for o in lists}
         )
 
-        async def attempt() -> tuple[CommitResult, list[Envelope]]:
-            loaded = await self.outbox.load(*keys)
-            it = iter(loaded)
-            member_rows = [next(it) for _ in members]
-            pair_rows = [next(it) for _ in pairs]
-            list_rows = [next(it) for _ in lists]
-            state = Slice(
-                members={
-                    m: Member.model_validate(r.state) if r.state else None
-                    for m, r in zip(members, member_rows, strict=True)
-                },
-                pairs={
-                    pair_key(a, b): Pair.model_validate(r.state or {})
-                    for (a, b), r in zip(pairs, pair_rows, strict=True)
-                },
-                lists={
-                    o: Lists.model_validate(r.state or {})
-                    for o, r in zip(lists, list_rows, strict=True)
-                },
-            )
-            events = domain.decide(state, command)
-            if not events:
-                return "ok", []
-            now = datetime.now(UTC)
-            after = domain.fold(state, events, now)
-            versions = iter(row.version for row in loaded)
-            writes = [
-                *(
-                    AggregateWrite(self.member_key(m), next(versions), _dump(after.member(m)))
-                    for m in members
-                ),
-                *(
-                    AggregateWrite(self.pair_key(a, b), next(versions), _dump(after.pair(a, b)))
-                    for a, b in pairs
-                ),
-                *(
-                    AggregateWrite(self.lists_key(o), next(versions), _dump(after.lists_of(o)))
-                    for o in lists
-                ),
-            ]
-            # An unknown member stays unknown: no placeholder record for it.
-            writes = [w for w in writes if w.state is not None or w.expected_version]
-            envelopes = Envelope.wrap_all(
-                events,
-                producer=PRODUCER,
-                occurred_at=now,
-                causation=causation,
-                correlation_id=correlation_id,
-            )
-            result = await self.outbox.commit(
-                writes,
-                envelopes,
-                topics=self.settings.topics,
-                index_ops=self._index_ops(events),
-                dedupe_key=dedupe_key,
-            )
-            return result, envelopes
+    def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
+        by_kind: dict[str, dict[str, BaseModel | None]] = {"member": {}, "pair": {}, "lists": {}}
+        for name, value in rows.aggregates.items():
+            kind, _, ident = name.partition(":")
+            by_kind[kind][ident] = value
+        return Slice(
+            now=now,
+            members=by_kind["member"],  # type: ignore[arg-type]
+            pairs={k: v or Pair() for k, v in by_kind["pair"].items()},  # type: ignore[misc]
+            lists={k: v or Lists() for k, v in by_kind["lists"].items()},  # type: ignore[misc]
+        )
 
-        result, envelopes = await retry_on_conflict(attempt)
-        return Outcome([] if result == "duplicate" else envelopes, duplicate=result == "duplicate")
+    def aggregates(self, state: Slice) -> Mapping[str, BaseModel | None]:
+        return (
+            {f"member:{m}": v for m, v in state.members.items()}
+            | {f"pair:{k}": v for k, v in state.pairs.items()}
+            | {f"lists:{o}": v for o, v in state.lists.items()}
+        )
 
-    def _index_ops(self, events: list[ev.Event]) -> list[IndexOp]:
+    decide = staticmethod(domain.decide)
+    evolve = staticmethod(domain.evolve)
+
+    def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
         ops: list[IndexOp] = []
         for e in events:
-            if isinstance(e, ev.ConnectionAccepted):
-                ops.append(IndexOp("SADD", self.connections_key(e.member_a), e.member_b))
-                ops.append(IndexOp("SADD", self.connections_key(e.member_b), e.member_a))
-            elif isinstance(e, ev.ConnectionRemoved):
-                ops.append(IndexOp("SREM", self.connections_key(e.member_a), e.member_b))
-                ops.append(IndexOp("SREM", self.connections_key(e.member_b), e.member_a))
+            if isinstance(e, ev.ConnectionAccepted | ev.ConnectionRemoved):
+                op: IndexOpName = "SADD" if isinstance(e, ev.ConnectionAccepted) else "SREM"
+                ops.append(IndexOp(op, self.key("connections", e.member_a), e.member_b))
+                ops.append(IndexOp(op, self.key("connections", e.member_b), e.member_a))
         return ops
 
 
 def slice_of(
-    command: domain.Command,
+    command: domain.Command | None,
 ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
     """The members, pairs and lists a command reads and writes."""
     match command:
@@ -179,7 +96,3 @@ def slice_of(
         case domain.ListConnection(owner=a, other=o) | domain.UnlistConnection(owner=a, other=o):
             return (), ((a, o),), (a,)
     raise TypeError(f"unknown command {command!r}")
-
-
-def _dump(state: Member | Pair | Lists | None) -> object:
-    return state.model_dump(mode="json") if state is not None else None

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import Field
 
 from services.engagement import domain
-from services.engagement.store import EngagementStore
+from services.engagement.deps import EngagementStoreDep as StoreDep
 from shared import events as ev
 from shared.api import Request as Body
 from shared.api import WriteResult
@@ -18,12 +18,6 @@ from shared.events import ID_PATTERN
 
 router = APIRouter(tags=["engagement"])
 
-
-def get_store(request: Request) -> EngagementStore:
-    return request.app.state.runtime.store
-
-
-StoreDep = Annotated[EngagementStore, Depends(get_store)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "You cannot engage with this member"},
@@ -57,7 +51,7 @@ async def record_engagement(
 ) -> WriteResult:
     """Engaging with non-connections is allowed; it is how people meet."""
     command = domain.RecordEngagement(acting, body.target, body.kind, body.ref)
-    return WriteResult.of(await store.execute(command))
+    return WriteResult.of((await store.run(command)).envelopes)
 
 
 @router.post(
@@ -72,4 +66,4 @@ async def announce_milestone(
 ) -> WriteResult:
     """Connections are prompted to congratulate for the next days (projection)."""
     command = domain.AnnounceMilestone(acting, body.kind, body.detail)
-    return WriteResult.of(await store.execute(command))
+    return WriteResult.of((await store.run(command)).envelopes)

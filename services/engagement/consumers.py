@@ -1,22 +1,32 @@
-"""Subscribers of the engagement service: the members and blocks its rules need."""
+"""What the engagement service does with other services' events: keep the members and
+blocks its rules need."""
 
 from __future__ import annotations
 
 from services.engagement.store import EngagementStore
-from shared.consumer import ConsumedEvent
-from shared.service import Runtime
-from shared.settings import EngagementSettings
+from shared import events as ev
+from shared.consumer import ConsumedEvent, Subscription
 from shared.topics import CONNECTIONS, MEMBERS
 
 
-def register(runtime: Runtime) -> None:
-    settings = runtime.settings
-    assert isinstance(settings, EngagementSettings)
-    store = EngagementStore(runtime.redis, runtime.outbox, settings)
-    runtime.store = store
+class EngagementConsumers:
+    def __init__(self, store: EngagementStore) -> None:
+        self.store = store
 
-    async def fold_members_and_blocks(events: list[ConsumedEvent]) -> None:
-        for consumed in events:
-            await store.fold(consumed.event, consumed.dedupe_key)
+    def subscriptions(self) -> list[Subscription]:
+        fold = self.fold_member_or_block
+        return [
+            Subscription(
+                "rules",
+                [MEMBERS, CONNECTIONS],
+                {
+                    ev.MemberRegistered: fold,
+                    ev.MemberDeactivated: fold,
+                    ev.MemberBlocked: fold,
+                    ev.MemberUnblocked: fold,
+                },
+            )
+        ]
 
-    runtime.consumer("rules", fold_members_and_blocks, [MEMBERS, CONNECTIONS])
+    async def fold_member_or_block(self, consumed: ConsumedEvent) -> None:
+        await self.store.fold(consumed.event, consumed.dedupe_key)

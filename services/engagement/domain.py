@@ -6,13 +6,13 @@ direction refuses it with the same answer as any other refusal, so the block sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
 from shared import events as ev
-from shared.errors import Forbidden, Invalid, NotFound, RateLimited
+from shared.domain import Forbidden, Invalid, NotFound, RateLimited
 
 
 class ActorState(BaseModel):
@@ -32,14 +32,18 @@ class PairDayState(BaseModel):
     count: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Limits:
-    per_actor_per_minute: int = 30
-    per_target_per_day: int = 20
+    """The configurable limits (values from `EngagementSettings`, which holds the defaults)."""
+
+    per_actor_per_minute: int
+    per_target_per_day: int
 
 
 @dataclass(frozen=True)
 class Slice:
+    limits: Limits
+    now: datetime
     actor_known: bool = True
     target_known: bool = True
     blocked: bool = False  # either direction
@@ -67,7 +71,8 @@ Command = RecordEngagement | AnnounceMilestone
 MINUTE = timedelta(minutes=1)
 
 
-def decide(state: Slice, command: Command, limits: Limits, now: datetime) -> list[ev.Event]:
+def decide(state: Slice, command: Command) -> list[ev.Event]:
+    limits, now = state.limits, state.now
     if not state.actor_known:
         raise NotFound("the acting member is not registered", "member_not_found")
     if isinstance(command, AnnounceMilestone):
@@ -103,16 +108,13 @@ def decide(state: Slice, command: Command, limits: Limits, now: datetime) -> lis
     ]
 
 
-def evolve(state: Slice, event: ev.Event, now: datetime) -> Slice:
+def evolve(state: Slice, event: ev.Event) -> Slice:
     if not isinstance(event, ev.EngagementRecorded):
         return state
+    now = state.now
     recent = (*(t for t in state.actor.recent if t + MINUTE > now), now)
     today = now.date().isoformat()
     count = state.pair_day.count + 1 if state.pair_day.day == today else 1
-    return Slice(
-        actor_known=state.actor_known,
-        target_known=state.target_known,
-        blocked=state.blocked,
-        actor=ActorState(recent=recent),
-        pair_day=PairDayState(day=today, count=count),
+    return replace(
+        state, actor=ActorState(recent=recent), pair_day=PairDayState(day=today, count=count)
     )

@@ -1,102 +1,85 @@
-"""Redis state of the engagement service: known members, blocks, and the abuse counters."""
+"""Engagement state on the kit's command loop: the actor's and the pair's counters, and the
+known members and blocks (folded from other services) that its rules check."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
-from redis.asyncio import Redis
+from pydantic import BaseModel
 
 from services.engagement import domain
 from services.engagement.domain import ActorState, Limits, PairDayState, Slice
 from shared import events as ev
-from shared.events import Envelope
-from shared.outbox import AggregateWrite, CommitResult, IndexOp, Outbox, retry_on_conflict
+from shared.commands import CommandLoop, IndexOp, Plan, Rows, StateStore
 from shared.settings import EngagementSettings
 
-PRODUCER = "engagement"
 
+class EngagementStore(CommandLoop[Slice, domain.Command]):
+    producer = "engagement"
 
-class EngagementStore:
-    def __init__(self, redis: Redis, outbox: Outbox, settings: EngagementSettings) -> None:
-        self.redis = redis
-        self.outbox = outbox
-        self.settings = settings
-        self.limits = Limits(settings.per_actor_per_minute, settings.per_target_per_day)
-
-    def _key(self, *parts: str) -> str:
-        return self.settings.key("engagement", *parts)
-
-    @property
-    def members_key(self) -> str:
-        return self._key("members")
-
-    @property
-    def blocks_key(self) -> str:
-        return self._key("blocks")  # set of "blocker>blocked"
-
-    def actor_key(self, actor: str) -> str:
-        return self._key("actor", actor)
-
-    def pair_day_key(self, actor: str, target: str) -> str:
-        return self._key("pair-day", f"{actor}>{target}")
-
-    async def execute(self, command: domain.Command) -> list[Envelope]:
-        actor = command.actor if isinstance(command, domain.RecordEngagement) else command.member_id
-        target = command.target if isinstance(command, domain.RecordEngagement) else actor
-        keys = [self.actor_key(actor), self.pair_day_key(actor, target)]
-
-        async def attempt() -> tuple[CommitResult, list[Envelope]]:
-            now = datetime.now(UTC)
-            actor_row, pair_row = await self.outbox.load(*keys)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.sismember(self.members_key, actor)
-                pipe.sismember(self.members_key, target)
-                pipe.sismember(self.blocks_key, f"{actor}>{target}")
-                pipe.sismember(self.blocks_key, f"{target}>{actor}")
-                actor_known, target_known, blocks, blocked_by = await pipe.execute()
-            state = Slice(
-                actor_known=bool(actor_known),
-                target_known=bool(target_known),
-                blocked=bool(blocks or blocked_by),
-                actor=ActorState.model_validate(actor_row.state or {}),
-                pair_day=PairDayState.model_validate(pair_row.state or {}),
-            )
-            events = domain.decide(state, command, self.limits, now)
-            writes = []
-            if isinstance(command, domain.RecordEngagement):
-                after = domain.evolve(state, events[0], now)
-                writes = [
-                    AggregateWrite(keys[0], actor_row.version, after.actor.model_dump(mode="json")),
-                    AggregateWrite(
-                        keys[1], pair_row.version, after.pair_day.model_dump(mode="json")
-                    ),
-                ]
-            envelopes = Envelope.wrap_all(events, producer=PRODUCER, occurred_at=now)
-            result = await self.outbox.commit(writes, envelopes, topics=self.settings.topics)
-            return result, envelopes
-
-        _, envelopes = await retry_on_conflict(attempt)
-        return envelopes
+    def __init__(self, store: StateStore, settings: EngagementSettings) -> None:
+        super().__init__(store, self)
+        self.limits = Limits(
+            per_actor_per_minute=settings.per_actor_per_minute,
+            per_target_per_day=settings.per_target_per_day,
+        )
+        self.key = lambda *parts: settings.key("engagement", *parts)
+        self.members_key = self.key("members")
+        self.blocks_key = self.key("blocks")  # set of "blocker>blocked"
 
     async def fold(self, event: ev.Event, dedupe_key: str) -> None:
         """Keep the members and blocks this service's rules need (from other services)."""
-        op: Literal["SADD", "SREM"]
         match event:
-            case ev.MemberRegistered(member_id=m):
-                op, key, member = "SADD", self.members_key, m
-            case ev.MemberDeactivated(member_id=m):
-                op, key, member = "SREM", self.members_key, m
-            case ev.MemberBlocked(blocker=a, blocked=b):
-                op, key, member = "SADD", self.blocks_key, f"{a}>{b}"
-            case ev.MemberUnblocked(blocker=a, blocked=b):
-                op, key, member = "SREM", self.blocks_key, f"{a}>{b}"
+            case ev.MemberRegistered(member_id=m) | ev.MemberDeactivated(member_id=m):
+                added, key, member = isinstance(event, ev.MemberRegistered), self.members_key, m
+            case ev.MemberBlocked(blocker=a, blocked=b) | ev.MemberUnblocked(blocker=a, blocked=b):
+                added, key, member = (
+                    isinstance(event, ev.MemberBlocked),
+                    self.blocks_key,
+                    f"{a}>{b}",
+                )
             case _:
                 return
-        await self.outbox.commit(
-            [],
-            [],
-            topics=self.settings.topics,
-            index_ops=[IndexOp(op, key, member)],
-            dedupe_key=dedupe_key,
+        op = IndexOp("SADD" if added else "SREM", key, member)
+        await self.store.commit([], [], index_ops=[op], dedupe_key=dedupe_key)
+
+    # the loop's WriteModel -----------------------------------------------------------------
+    async def plan(self, command: domain.Command | None, observed: ev.Event | None) -> Plan:
+        match command:
+            case domain.RecordEngagement(actor=a, target=t):
+                return Plan(
+                    {
+                        "actor": (self.key("actor", a), ActorState),
+                        "pair_day": (self.key("pair-day", f"{a}>{t}"), PairDayState),
+                    },
+                    {
+                        "actor_known": (self.members_key, a),
+                        "target_known": (self.members_key, t),
+                        "blocks": (self.blocks_key, f"{a}>{t}"),
+                        "blocked_by": (self.blocks_key, f"{t}>{a}"),
+                    },
+                )
+            case domain.AnnounceMilestone(member_id=m):
+                return Plan({}, {"actor_known": (self.members_key, m)})
+        raise TypeError(f"unknown command {command!r}")
+
+    def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
+        return Slice(
+            limits=self.limits,
+            now=now,
+            actor_known=rows.checks["actor_known"],
+            target_known=rows.checks.get("target_known", True),
+            blocked=rows.checks.get("blocks", False) or rows.checks.get("blocked_by", False),
+            actor=rows.get("actor") or ActorState(),
+            pair_day=rows.get("pair_day") or PairDayState(),
         )
+
+    def aggregates(self, state: Slice) -> Mapping[str, BaseModel | None]:
+        return {"actor": state.actor, "pair_day": state.pair_day}
+
+    decide = staticmethod(domain.decide)
+    evolve = staticmethod(domain.evolve)
+
+    def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
+        return []

@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import ConfigDict, Field
 
 from services.invitation import domain
-from services.invitation.domain import Status
-from services.invitation.store import InvitationStore, Outcome
+from services.invitation.deps import InvitationStoreDep
+from services.invitation.domain import Invitation, Slice, Status
 from shared.api import IdPath, WriteResult
 from shared.api import Request as Body
 from shared.auth import ActingMember
-from shared.errors import ErrorResponse, NotFound
+from shared.commands import Outcome
+from shared.domain import NotFound
+from shared.errors import ErrorResponse
 from shared.events import ID_PATTERN
 
 router = APIRouter(prefix="/invitations", tags=["invitations"])
-
-
-def get_store(request: Request) -> InvitationStore:
-    return request.app.state.runtime.store
-
-
-StoreDep = Annotated[InvitationStore, Depends(get_store)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     403: {
@@ -78,9 +73,14 @@ class InvitationPublic(WriteResult):
     updated_at: datetime
 
     @classmethod
-    def from_outcome(cls, outcome: Outcome) -> InvitationPublic:
-        inv = outcome.invitation
-        assert inv is not None
+    def from_outcome(cls, outcome: Outcome[Slice]) -> InvitationPublic:
+        assert outcome.state is not None and outcome.state.invitation is not None
+        return cls.from_invitation(outcome.state.invitation, outcome)
+
+    @classmethod
+    def from_invitation(
+        cls, inv: Invitation, outcome: Outcome[Slice] | None = None
+    ) -> InvitationPublic:
         # System cancellations show as "cancelled" without saying why (a block stays private).
         return cls(
             invitation_id=inv.invitation_id,
@@ -90,7 +90,7 @@ class InvitationPublic(WriteResult):
             message=inv.message,
             sent_at=inv.sent_at,
             updated_at=inv.updated_at,
-            **WriteResult.of(outcome.envelopes).model_dump(),
+            **WriteResult.of(outcome.envelopes if outcome else []).model_dump(),
         )
 
 
@@ -102,11 +102,11 @@ class InvitationPublic(WriteResult):
     summary="Invite a member to connect",
 )
 async def send_invitation(
-    body: InvitationCreate, store: StoreDep, acting: ActingMember
+    body: InvitationCreate, store: InvitationStoreDep, acting: ActingMember
 ) -> InvitationPublic:
     """If the recipient already invited you, this accepts their invitation (status `accepted`)."""
     command = domain.SendInvitation(uuid.uuid4().hex, acting, body.to, body.message)
-    return InvitationPublic.from_outcome(await store.execute(command))
+    return InvitationPublic.from_outcome(await store.run(command))
 
 
 @router.get(
@@ -116,45 +116,65 @@ async def send_invitation(
     summary="An invitation (sender and recipient only)",
 )
 async def get_invitation(
-    invitation_id: IdPath, store: StoreDep, acting: ActingMember
+    invitation_id: IdPath, store: InvitationStoreDep, acting: ActingMember
 ) -> InvitationPublic:
     inv = await store.invitation(invitation_id)
     if inv is None or not inv.involves(acting):
         raise NotFound("invitation not found", "invitation_not_found")
-    return InvitationPublic.from_outcome(Outcome([], inv))
+    return InvitationPublic.from_invitation(inv)
 
 
-def _answer(
-    command: type[domain.Accept | domain.Decline | domain.Withdraw | domain.Report],
-    summary: str,
-    doc: str,
-):  # type: ignore[no-untyped-def]
-    async def answer(
-        invitation_id: IdPath, store: StoreDep, acting: ActingMember
-    ) -> InvitationPublic:
-        return InvitationPublic.from_outcome(await store.execute(command(invitation_id, acting)))
-
-    answer.__doc__ = doc
-    answer.__name__ = f"{command.__name__.lower()}_invitation"
-    return router.post(
-        f"/{{invitation_id}}/{command.__name__.lower()}",
-        response_model=InvitationPublic,
-        responses=ERRORS,
-        summary=summary,
-    )(answer)
+async def _answer(store: InvitationStoreDep, command: domain.Command) -> InvitationPublic:
+    return InvitationPublic.from_outcome(await store.run(command))
 
 
-_answer(
-    domain.Accept,
-    "Accept (recipient only)",
-    "Becomes a connection once the connection service agrees.",
+@router.post(
+    "/{invitation_id}/accept",
+    response_model=InvitationPublic,
+    responses=ERRORS,
+    summary="Accept (recipient only)",
 )
-_answer(domain.Decline, "Decline (recipient only)", "The sender is not told.")
-_answer(
-    domain.Withdraw, "Withdraw (sender only)", "Re-inviting the same member waits out a cooldown."
+async def accept_invitation(
+    invitation_id: IdPath, store: InvitationStoreDep, acting: ActingMember
+) -> InvitationPublic:
+    """Becomes a connection once the connection service agrees."""
+    return await _answer(store, domain.Accept(invitation_id, acting))
+
+
+@router.post(
+    "/{invitation_id}/decline",
+    response_model=InvitationPublic,
+    responses=ERRORS,
+    summary="Decline (recipient only)",
 )
-_answer(
-    domain.Report,
-    "I don't know this person (recipient only)",
-    "Declines and counts against the sender; past a threshold the sender cannot invite.",
+async def decline_invitation(
+    invitation_id: IdPath, store: InvitationStoreDep, acting: ActingMember
+) -> InvitationPublic:
+    """The sender is not told."""
+    return await _answer(store, domain.Decline(invitation_id, acting))
+
+
+@router.post(
+    "/{invitation_id}/withdraw",
+    response_model=InvitationPublic,
+    responses=ERRORS,
+    summary="Withdraw (sender only)",
 )
+async def withdraw_invitation(
+    invitation_id: IdPath, store: InvitationStoreDep, acting: ActingMember
+) -> InvitationPublic:
+    """Re-inviting the same member waits out a cooldown."""
+    return await _answer(store, domain.Withdraw(invitation_id, acting))
+
+
+@router.post(
+    "/{invitation_id}/report",
+    response_model=InvitationPublic,
+    responses=ERRORS,
+    summary="I don't know this person (recipient only)",
+)
+async def report_invitation(
+    invitation_id: IdPath, store: InvitationStoreDep, acting: ActingMember
+) -> InvitationPublic:
+    """Declines and counts against the sender; past a threshold the sender cannot invite."""
+    return await _answer(store, domain.Report(invitation_id, acting))

@@ -1,63 +1,76 @@
-"""Subscribers of the invitation service: members it may invite, and what the connection
-service decided (connections, rejections, blocks) folded back into invitations. Also the
-expiry sweep, safe on several replicas because each expiry is an optimistic commit."""
+"""What the invitation service does with other services' events: one map from event type to
+handler per subscription. Also the expiry sweep, safe on several replicas because each
+expiry is an optimistic commit."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import UTC, datetime
 
 from services.invitation import domain
 from services.invitation.store import InvitationStore
 from shared import events as ev
-from shared.consumer import TRANSIENT_ERRORS, ConsumedEvent
-from shared.service import Runtime
-from shared.settings import InvitationSettings
+from shared.commands import IndexOp
+from shared.consumer import ConsumedEvent, Subscription
 from shared.topics import CONNECTIONS, MEMBERS
 
-log = logging.getLogger("rapport.invitation")
 
-FOLDED = (
-    ev.ConnectionAccepted,
-    ev.ConnectionRemoved,
-    ev.ConnectionRejected,
-    ev.MemberBlocked,
-    ev.MemberUnblocked,
-)
+class InvitationConsumers:
+    def __init__(self, store: InvitationStore) -> None:
+        self.store = store
 
+    def subscriptions(self) -> list[Subscription]:
+        react = self.fold_connection_decision
+        return [
+            Subscription(
+                "members",
+                [MEMBERS],
+                {
+                    ev.MemberRegistered: self.add_invitable_member,
+                    ev.MemberDeactivated: self.cancel_invitations_of_deactivated_member,
+                },
+            ),
+            Subscription(
+                "connections",
+                [CONNECTIONS],
+                {
+                    ev.ConnectionAccepted: react,
+                    ev.ConnectionRemoved: react,
+                    ev.ConnectionRejected: react,
+                    ev.MemberBlocked: react,
+                    ev.MemberUnblocked: react,
+                },
+            ),
+        ]
 
-def register(runtime: Runtime) -> None:
-    settings = runtime.settings
-    assert isinstance(settings, InvitationSettings)
-    store = InvitationStore(runtime.redis, runtime.outbox, settings)
-    runtime.store = store
+    async def add_invitable_member(self, consumed: ConsumedEvent) -> None:
+        await self._members("SADD", consumed)
 
-    async def track_members(events: list[ConsumedEvent]) -> None:
-        for consumed in events:
-            event = consumed.event
-            if isinstance(event, ev.MemberDeactivated):
-                for invitation_id in await store.pending_of(event.member_id):
-                    await store.execute(
-                        domain.Cancel(invitation_id, "deactivated"), causation=consumed.envelope
-                    )
-            if isinstance(event, ev.MemberRegistered | ev.MemberDeactivated):
-                await store.membership(event, consumed.dedupe_key)
+    async def cancel_invitations_of_deactivated_member(self, consumed: ConsumedEvent) -> None:
+        event = consumed.event
+        assert isinstance(event, ev.MemberDeactivated)
+        for invitation_id in await self.store.pending_of(event.member_id):
+            await self.store.run(
+                domain.Cancel(invitation_id, "deactivated"), causation=consumed.envelope
+            )
+        await self._members("SREM", consumed)
 
-    async def fold_connection_decisions(events: list[ConsumedEvent]) -> None:
-        for consumed in events:
-            if isinstance(consumed.event, FOLDED):
-                await store.execute(
-                    observed=consumed.event,
-                    causation=consumed.envelope,
-                    dedupe_key=consumed.dedupe_key,
-                )
+    async def fold_connection_decision(self, consumed: ConsumedEvent) -> None:
+        await self.store.run(
+            domain.React(consumed.event),
+            observed=consumed.event,
+            causation=consumed.envelope,
+            dedupe_key=consumed.dedupe_key,
+        )
 
-    runtime.consumer("members", track_members, [MEMBERS])
-    runtime.consumer("connections", fold_connection_decisions, [CONNECTIONS])
-    runtime.spawn(
-        lambda: expiry_sweep(store, settings.expiry_sweep_interval_s), "invitation-expiry"
-    )
+    async def _members(self, op: str, consumed: ConsumedEvent) -> None:
+        """The set of members one may invite, changed once per event."""
+        member = consumed.event.member_id  # type: ignore[attr-defined]
+        await self.store.store.commit(
+            [],
+            [],
+            index_ops=[IndexOp(op, self.store.members_key, member)],  # type: ignore[arg-type]
+            dedupe_key=consumed.dedupe_key,
+        )
 
 
 async def expire_due(store: InvitationStore, now: datetime | None = None) -> int:
@@ -65,16 +78,6 @@ async def expire_due(store: InvitationStore, now: datetime | None = None) -> int
     at = now or datetime.now(UTC)
     expired = 0
     for invitation_id in await store.due_for_expiry(at):
-        outcome = await store.execute(domain.Expire(invitation_id), now=at)
+        outcome = await store.run(domain.Expire(invitation_id), now=at)
         expired += len(outcome.envelopes)
     return expired
-
-
-async def expiry_sweep(store: InvitationStore, interval_s: float) -> None:
-    while True:
-        try:
-            await expire_due(store)
-        except TRANSIENT_ERRORS as exc:
-            log.warning("expiry sweep: %r", exc)
-        # Periodic by nature: there is no event to wait on for "time passed".
-        await asyncio.sleep(interval_s)

@@ -1,11 +1,12 @@
 """Pure decisions of the invitation service.
 
-`decide(state, command, rules, now)` turns a command into events or raises a domain error;
-`react(state, event)` is what the service does when another service's event arrives;
-`evolve(state, event, now)` folds any of these events into the state.
+`decide(state, command)` turns a command into events or raises a domain error;
+`evolve(state, event)` folds any event (its own, or another service's) into the state.
+`React(event)` is the command for what this service does about another service's event.
 
 The state a command sees is a `Slice`: the pair aggregate (everything between two members),
-one invitation, the sender's counters, and whether the recipient is a known member.
+one invitation, the sender's counters, whether the recipient is a known member, the rules
+in force (their defaults are settings: `InvitationSettings`) and the time of the decision.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from shared import events as ev
-from shared.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from shared.domain import Conflict, Forbidden, Invalid, NotFound, RateLimited
+
+# The weekly invitation limit counts sends over this rolling window.
+WEEKLY_WINDOW = timedelta(days=7)
 
 Status = Literal["pending", "accepted", "declined", "withdrawn", "expired", "rejected", "cancelled"]
 
@@ -56,18 +60,22 @@ class SenderState(BaseModel):
     reports: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Rules:
-    message_max_chars: int = 300
-    weekly_limit: int = 100
-    reinvite_cooldown: timedelta = timedelta(days=21)
-    expiry: timedelta = timedelta(days=180)
-    report_threshold: int = 3
-    window: timedelta = timedelta(days=7)
+    """The configurable rules (values from `InvitationSettings`, which holds the defaults)."""
+
+    message_max_chars: int
+    weekly_limit: int
+    reinvite_cooldown: timedelta
+    expiry: timedelta
+    report_threshold: int
+    window: timedelta = WEEKLY_WINDOW
 
 
 @dataclass(frozen=True)
 class Slice:
+    rules: Rules
+    now: datetime
     pair: PairState = field(default_factory=PairState)
     invitation: Invitation | None = None
     sender: SenderState = field(default_factory=SenderState)
@@ -120,13 +128,21 @@ class Cancel:
     reason: Literal["blocked", "deactivated"]
 
 
-Command = SendInvitation | Accept | Decline | Withdraw | Report | Expire | Cancel
+@dataclass(frozen=True)
+class React:
+    """Another service decided something about this pair: do what follows from it."""
+
+    event: ev.Event
 
 
-def decide(state: Slice, command: Command, rules: Rules, now: datetime) -> list[ev.Event]:
+Command = SendInvitation | Accept | Decline | Withdraw | Report | Expire | Cancel | React
+
+
+def decide(state: Slice, command: Command) -> list[ev.Event]:
+    rules, now = state.rules, state.now
     match command:
         case SendInvitation():
-            return _decide_send(state, command, rules, now)
+            return _decide_send(state, command)
         case Accept() | Decline() | Withdraw() | Report():
             return _decide_answer(state, command)
         case Expire():
@@ -139,6 +155,11 @@ def decide(state: Slice, command: Command, rules: Rules, now: datetime) -> list[
             if inv is None or inv.status != "pending":
                 return []
             return [ev.InvitationWithdrawn(**_ids(inv), reason=reason)]
+        case React(event=ev.MemberBlocked()) if state.pair.pending is not None:
+            # A block cancels the pair's pending invitation, whichever way it went.
+            return decide(state, Cancel(state.pair.pending, "blocked"))
+        case React():
+            return []
     raise TypeError(f"unknown command {command!r}")
 
 
@@ -146,9 +167,8 @@ def _ids(inv: Invitation) -> dict[str, str]:
     return {"invitation_id": inv.invitation_id, "sender": inv.sender, "recipient": inv.recipient}
 
 
-def _decide_send(
-    state: Slice, command: SendInvitation, rules: Rules, now: datetime
-) -> list[ev.Event]:
+def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
+    rules, now = state.rules, state.now
     sender, recipient = command.sender, command.recipient
     if command.message is not None and len(command.message) > rules.message_max_chars:
         raise Invalid(
@@ -221,24 +241,16 @@ def _decide_answer(state: Slice, command: Accept | Decline | Withdraw | Report) 
     raise TypeError(f"unknown command {command!r}")
 
 
-def react(state: Slice, event: ev.Event) -> list[Command]:
-    """What this service does about another service's event (beyond folding it)."""
-    match event:
-        case ev.MemberBlocked() if state.pair.pending is not None:
-            return [Cancel(state.pair.pending, "blocked")]
-    return []
-
-
 # --- evolve ----------------------------------------------------------------------------------
 
 
-def evolve(state: Slice, event: ev.Event, now: datetime) -> Slice:
-    return _evolve(event, state, now)
+def evolve(state: Slice, event: ev.Event) -> Slice:
+    return _evolve(event, state, state.now)
 
 
-def fold(state: Slice, events: list[ev.Event], now: datetime) -> Slice:
+def fold(state: Slice, events: list[ev.Event]) -> Slice:
     for event in events:
-        state = evolve(state, event, now)
+        state = evolve(state, event)
     return state
 
 
@@ -270,7 +282,9 @@ def _(event: ev.InvitationSent, state: Slice, now: datetime) -> Slice:
         sent_at=now,
         updated_at=now,
     )
-    sender = state.sender.model_copy(update={"recent": (*state.sender.recent, now)})
+    # Sends that left the rolling window no longer count, so they are not kept either.
+    recent = tuple(t for t in state.sender.recent if t + state.rules.window > now)
+    sender = state.sender.model_copy(update={"recent": (*recent, now)})
     pair = state.pair.model_copy(update={"pending": event.invitation_id})
     return replace(state, invitation=inv, sender=sender, pair=pair)
 

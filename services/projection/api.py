@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
 
+from services.projection import queries
+from services.projection.deps import ProjectionDep, ReadModelDep
 from services.projection.domain import Filters
-from services.projection.store import ReadModel
+from services.projection.rebuild import RebuildRunning
 from shared.api import MemberPath, example_response
 from shared.auth import ActingMember, Authenticated, require_self
 from shared.errors import ApiError, ErrorResponse
@@ -28,11 +30,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_model(request: Request) -> ReadModel:
-    return request.app.state.runtime.store
-
-
-ModelDep = Annotated[ReadModel, Depends(get_model)]
 Text = Annotated[str | None, Query(max_length=200)]
 Cursor = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="Last id of the previous page")
@@ -41,7 +38,7 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 async def read_after(
-    request: Request,
+    model: ReadModelDep,
     after: Annotated[
         str | None,
         Query(
@@ -53,8 +50,7 @@ async def read_after(
 ) -> None:
     if after is None:
         return
-    model: ReadModel = request.app.state.runtime.store
-    limit = request.app.state.settings.after_wait_max_ms
+    limit = model.settings.after_wait_max_ms
     if not await model.wait_applied(after.lower(), min(wait_ms, limit)):
         raise ApiError(
             409, "not_yet_applied", f"event {after} is not applied yet; retry", {"Retry-After": "1"}
@@ -71,16 +67,143 @@ def _own(member_id: str, acting: str) -> str:
     return member_id
 
 
-class Page(BaseModel):
-    items: list[dict[str, Any]]
+# --- responses -------------------------------------------------------------------------------
+
+
+class MemberCard(BaseModel):
+    member_id: str
+    name: str | None = None
+    industry: str | None = None
+    headline: str | None = None
+    location: str | None = None
+    employer: str | None = None
+    title: str | None = None
+
+
+class ConnectionsPage(BaseModel):
+    items: list[MemberCard]
+    next_cursor: str | None = None
+    total: int
+
+
+class NetworkPage(BaseModel):
+    items: list[MemberCard]
+    next_cursor: str | None = None
+    capped: bool = Field(description="The scan cap cut the neighbourhood short")
+
+
+class Summary(BaseModel):
+    connections: int
+    connections_display: str
+    followers: int
+    following: int
+    pending_received: int
+    pending_sent: int
+    engaged_connections: int
+
+
+class Degree(BaseModel):
+    degree: int | None
+    mutual_connections: int
+    mutual_sample: list[str]
+
+
+class MutualPage(BaseModel):
+    items: list[str]
+    total: int
     next_cursor: str | None = None
 
 
-@members.get("/connections", summary="Your connections, filtered and paged")
+class Suggestion(BaseModel):
+    member_id: str
+    mutual_connections: int
+    score: float
+    shared: list[str]
+    name: str | None = None
+    headline: str | None = None
+
+
+class Suggestions(BaseModel):
+    items: list[Suggestion]
+    cached: bool
+
+
+class PendingInvitation(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    invitation_id: str
+    from_: str | None = Field(None, alias="from", description="Sender (received invitations)")
+    to: str | None = Field(None, description="Recipient (sent invitations)")
+    sent_at: str | None = None
+
+
+class PendingInvitations(BaseModel):
+    direction: Literal["received", "sent"]
+    count: int
+    items: list[PendingInvitation]
+
+
+class ScoredConnection(BaseModel):
+    member_id: str
+    score: float
+    last_interaction: str | None = None
+
+
+class CongratulatePrompt(BaseModel):
+    member_id: str
+    milestone: str
+    detail: str | None = None
+    announced_at: str
+    event_id: str
+
+
+class EngagementViews(BaseModel):
+    engaged: list[ScoredConnection]
+    top: list[ScoredConnection]
+    stale: list[ScoredConnection]
+    reach_out: list[ScoredConnection]
+    congratulate: list[CongratulatePrompt]
+
+
+class IndustryFigures(BaseModel):
+    industry: str
+    members: int
+    connections: int
+    average_connections: float
+    median_connections: float
+    distribution: dict[str, int]
+
+
+class Industries(BaseModel):
+    industries: list[IndustryFigures]
+
+
+class ProjectionStatus(BaseModel):
+    version: int
+    events_applied: int
+    last_event_time: str | None = None
+    positions: dict[str, int]
+    dlq: dict[str, int]
+    rebuild: dict[str, Any]
+    lag: dict[str, int]
+    total_lag: int
+
+
+class RebuildStarted(BaseModel):
+    state: str
+    version: int
+
+
+# --- member views ----------------------------------------------------------------------------
+
+
+@members.get(
+    "/connections", response_model=ConnectionsPage, summary="Your connections, filtered and paged"
+)
 async def connections(
     member_id: MemberPath,
     acting: ActingMember,
-    model: ModelDep,
+    model: ReadModelDep,
     _: Fresh,
     industry: Text = None,
     location: Text = None,
@@ -89,14 +212,16 @@ async def connections(
     list: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
-) -> dict[str, Any]:
+) -> ConnectionsPage:
     me = _own(member_id, acting)
     filters = Filters(industry, location, employer, title)
-    return await model.connection_page(me, filters, list, cursor, limit)
+    page = await queries.network.connection_page(model, me, filters, list, cursor, limit)
+    return ConnectionsPage.model_validate(page)
 
 
 @members.get(
     "/summary",
+    response_model=Summary,
     summary="Counts of your network",
     responses=example_response(
         {
@@ -111,30 +236,32 @@ async def connections(
     ),
 )
 async def summary(
-    member_id: MemberPath, acting: ActingMember, model: ModelDep, _: Fresh
-) -> dict[str, Any]:
-    return await model.summary(_own(member_id, acting), datetime.now(UTC))
+    member_id: MemberPath, acting: ActingMember, model: ReadModelDep, _: Fresh
+) -> Summary:
+    me = _own(member_id, acting)
+    return Summary.model_validate(await queries.members.summary(model, me, datetime.now(UTC)))
 
 
 @members.get(
     "/degree/{other}",
+    response_model=Degree,
     summary="Degree between you and another member",
     responses=example_response(
         {"degree": 2, "mutual_connections": 3, "mutual_sample": ["alan", "linus", "radia"]}
     ),
 )
 async def degree(
-    member_id: MemberPath, other: MemberPath, acting: ActingMember, model: ModelDep, _: Fresh
-) -> dict[str, Any]:
+    member_id: MemberPath, other: MemberPath, acting: ActingMember, model: ReadModelDep, _: Fresh
+) -> Degree:
     """1, 2, 3 or null (further or unknown); 0 for yourself. With mutual connections."""
     me = _own(member_id, acting)
-    ks = await model.current()
-    value, mutual = await model.degree(ks, me, other)
-    return {"degree": value, "mutual_connections": len(mutual), "mutual_sample": mutual[:5]}
+    value, mutual = await queries.degree.degree(model, await model.current(), me, other)
+    return Degree(degree=value, mutual_connections=len(mutual), mutual_sample=mutual[:5])
 
 
 @members.get(
     "/mutual/{other}",
+    response_model=MutualPage,
     summary="Mutual connections, paged",
     responses=example_response({"items": ["alan", "linus"], "total": 2, "next_cursor": None}),
 )
@@ -142,25 +269,23 @@ async def mutual(
     member_id: MemberPath,
     other: MemberPath,
     acting: ActingMember,
-    model: ModelDep,
+    model: ReadModelDep,
     _: Fresh,
     cursor: Cursor = None,
     limit: Limit = 50,
-) -> dict[str, Any]:
+) -> MutualPage:
     me = _own(member_id, acting)
-    common = await model.mutual(await model.current(), me, other)
+    common = await queries.degree.mutual(model, await model.current(), me, other)
     if cursor:
         common = [m for m in common if m > cursor]
     page = common[:limit]
-    return {
-        "items": page,
-        "total": len(common),
-        "next_cursor": page[-1] if len(common) > limit else None,
-    }
+    next_cursor = page[-1] if len(common) > limit else None
+    return MutualPage(items=page, total=len(common), next_cursor=next_cursor)
 
 
 @members.get(
     "/suggestions",
+    response_model=Suggestions,
     summary="People you may know",
     responses=example_response(
         {
@@ -181,20 +306,23 @@ async def mutual(
 async def suggestions(
     member_id: MemberPath,
     acting: ActingMember,
-    model: ModelDep,
+    model: ReadModelDep,
     _: Fresh,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+) -> Suggestions:
     """2nd-degree members ranked by mutual connections, boosted for a shared industry,
     employer or location; never yourself, connections, pending invitations or blocks."""
-    return await model.suggestions(_own(member_id, acting), limit)
+    me = _own(member_id, acting)
+    return Suggestions.model_validate(await queries.suggestions.suggestions(model, me, limit))
 
 
-@members.get("/network", summary="Search your 2nd or 3rd-degree network")
+@members.get(
+    "/network", response_model=NetworkPage, summary="Search your 2nd or 3rd-degree network"
+)
 async def network(
     member_id: MemberPath,
     acting: ActingMember,
-    model: ModelDep,
+    model: ReadModelDep,
     _: Fresh,
     degree: Annotated[int, Query(ge=2, le=3, description="2 or 3")] = 2,
     industry: Text = None,
@@ -203,30 +331,43 @@ async def network(
     title: Text = None,
     cursor: Cursor = None,
     limit: Limit = 50,
-) -> dict[str, Any]:
+) -> NetworkPage:
     """Bounded in cost: past a scan cap the result is partial and says `capped: true`."""
     me = _own(member_id, acting)
     filters = Filters(industry, location, employer, title)
-    return await model.network(me, degree, filters, cursor, limit)
+    page = await queries.network.network(model, me, degree, filters, cursor, limit)
+    return NetworkPage.model_validate(page)
 
 
-@members.get("/invitations", summary="Your pending invitations")
+@members.get(
+    "/invitations",
+    response_model=PendingInvitations,
+    response_model_exclude_none=True,
+    summary="Your pending invitations",
+)
 async def invitations(
     member_id: MemberPath,
     acting: ActingMember,
-    model: ModelDep,
+    model: ReadModelDep,
     _: Fresh,
     direction: Literal["received", "sent"] = "received",
-) -> dict[str, Any]:
-    items = await model.pending(_own(member_id, acting), direction)
-    return {"direction": direction, "count": len(items), "items": items}
+) -> PendingInvitations:
+    items = await queries.members.pending(model, _own(member_id, acting), direction)
+    return PendingInvitations.model_validate(
+        {"direction": direction, "count": len(items), "items": items}
+    )
 
 
-@members.get("/engagement", summary="Engaged, top, stale connections and prompts")
+@members.get(
+    "/engagement",
+    response_model=EngagementViews,
+    summary="Engaged, top, stale connections and prompts",
+)
 async def engagement(
-    member_id: MemberPath, acting: ActingMember, model: ModelDep, _: Fresh
-) -> dict[str, Any]:
-    return await model.engagement(_own(member_id, acting), datetime.now(UTC))
+    member_id: MemberPath, acting: ActingMember, model: ReadModelDep, _: Fresh
+) -> EngagementViews:
+    views = await queries.engagement.engagement(model, _own(member_id, acting), datetime.now(UTC))
+    return EngagementViews.model_validate(views)
 
 
 ops = APIRouter(tags=["ops"], responses=ERRORS)
@@ -234,6 +375,7 @@ ops = APIRouter(tags=["ops"], responses=ERRORS)
 
 @ops.get(
     "/industries",
+    response_model=Industries,
     summary="Members, average and median connections per industry",
     responses=example_response(
         {
@@ -250,12 +392,13 @@ ops = APIRouter(tags=["ops"], responses=ERRORS)
         }
     ),
 )
-async def industries(model: ModelDep, _auth: Authenticated, _: Fresh) -> dict[str, Any]:
-    return {"industries": await model.industries()}
+async def industries(model: ReadModelDep, _auth: Authenticated, _: Fresh) -> Industries:
+    return Industries.model_validate({"industries": await queries.industries.industries(model)})
 
 
 @ops.get(
     "/projection/status",
+    response_model=ProjectionStatus,
     summary="Positions, lag, events applied, DLQ, rebuild state",
     responses=example_response(
         {
@@ -270,17 +413,24 @@ async def industries(model: ModelDep, _auth: Authenticated, _: Fresh) -> dict[st
         }
     ),
 )
-async def status(request: Request, model: ModelDep, _auth: Authenticated) -> dict[str, Any]:
-    state = await model.status()
-    ends = await request.app.state.runtime.components["rebuilder"].end_offsets()
-    lag = {tp: max(end - state["positions"].get(tp, 0), 0) for tp, end in sorted(ends.items())}
-    return {**state, "lag": lag, "total_lag": sum(lag.values())}
+async def status(projection: ProjectionDep, _auth: Authenticated) -> ProjectionStatus:
+    state = await queries.status.status(projection.store)
+    lag = queries.status.lag(await projection.ends(), state["positions"])
+    return ProjectionStatus.model_validate({**state, "lag": lag, "total_lag": sum(lag.values())})
 
 
-@ops.post("/projection/rebuild", status_code=202, summary="Rebuild the read model from offset 0")
-async def rebuild(request: Request, _auth: Authenticated) -> dict[str, Any]:
+@ops.post(
+    "/projection/rebuild",
+    status_code=202,
+    response_model=RebuildStarted,
+    summary="Rebuild the read model from offset 0",
+)
+async def rebuild(projection: ProjectionDep, _auth: Authenticated) -> RebuildStarted:
     """Replays every topic into a new keyspace version; readers flip when it caught up."""
-    return await request.app.state.runtime.components["rebuilder"].start()
+    try:
+        return RebuildStarted.model_validate(await projection.rebuilder.start())
+    except RebuildRunning:
+        raise ApiError(409, "rebuild_running", "a rebuild is already running") from None
 
 
 router.include_router(members)

@@ -8,16 +8,16 @@ or written to access logs) or asks for it, and keeps it in the tab's sessionStor
 from __future__ import annotations
 
 import time
-from collections import deque
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from services.projection.domain import SIZE_BUCKETS
-from services.projection.store import ReadModel
+from services.projection import queries
+from services.projection.deps import ProjectionDep
+from services.projection.domain import SIZE_BUCKETS, average
 from shared.auth import Authenticated
 from shared.errors import ApiError
 from shared.topics import ALL_TOPICS, dlq
@@ -29,40 +29,10 @@ ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
-# Throughput is the growth of the topics' end offsets over this window.
-RATE_WINDOW_S = 10.0
 
 
 def _static(name: str) -> bytes:
     return resources.files("services.projection").joinpath("static", name).read_bytes()
-
-
-class Throughput:
-    """Events/s per topic from successive end-offset samples (one per dashboard poll).
-
-    End offsets count what producers wrote, whichever projection replica consumes it, so
-    every replica shows the same rates.
-    """
-
-    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
-        self.window_s = window_s
-        self.samples: deque[tuple[float, dict[str, int]]] = deque()
-
-    def observe(self, ends: dict[str, int], now: float) -> dict[str, float]:
-        totals: dict[str, int] = {}
-        for tp, offset in ends.items():
-            topic = tp.rsplit(":", 1)[0]
-            totals[topic] = totals.get(topic, 0) + offset
-        self.samples.append((now, totals))
-        # Keep one sample at least `window_s` old as the base of the rate.
-        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
-            self.samples.popleft()
-        base_t, base = self.samples[0]
-        elapsed = now - base_t
-        return {
-            topic: round((total - base.get(topic, 0)) / elapsed, 1) if elapsed > 0 else 0.0
-            for topic, total in sorted(totals.items())
-        }
 
 
 def _partition_order(tp: str) -> tuple[str, int]:
@@ -92,16 +62,12 @@ async def dashboard_asset(name: str) -> Response:
 
 
 @router.get("/dashboard/data", summary="Everything the dashboard shows, in one snapshot")
-async def dashboard_data(request: Request, _auth: Authenticated) -> dict[str, Any]:
-    runtime = request.app.state.runtime
-    model: ReadModel = runtime.store
-    throughput: Throughput = runtime.components.setdefault("throughput", Throughput())
-    industries = await model.industries()
-    status = await model.status()
-    rebuilder = runtime.components["rebuilder"]
-    ends = await rebuilder.end_offsets()
+async def dashboard_data(projection: ProjectionDep, _auth: Authenticated) -> dict[str, Any]:
+    industries = await queries.industries.industries(projection.store)
+    status = await queries.status.status(projection.store)
+    ends = await projection.ends()
     # Every consumer's dead letters, not only the projection's: what the DLQ topics hold.
-    dead = await rebuilder.end_offsets([dlq(t) for t in ALL_TOPICS])
+    dead = await projection.ends([dlq(t) for t in ALL_TOPICS])
     dlq_records: dict[str, int] = {}
     for tp, end in dead.items():
         topic = tp.rsplit(":", 1)[0]
@@ -110,17 +76,18 @@ async def dashboard_data(request: Request, _auth: Authenticated) -> dict[str, An
     # Tansu's ListOffsets can answer a little behind what was already fetched; a partition
     # is never shown applied past its end.
     ends = {tp: max(end, positions.get(tp, 0)) for tp, end in ends.items()}
+    behind = queries.status.lag(ends, positions)
     lag = [
         {
             "topic": tp.rsplit(":", 1)[0],
             "partition": int(tp.rsplit(":", 1)[1]),
             "end": end,
             "position": positions.get(tp, 0),
-            "lag": end - positions.get(tp, 0),
+            "lag": behind[tp],
         }
         for tp, end in sorted(ends.items(), key=lambda kv: _partition_order(kv[0]))
     ]
-    rates = throughput.observe(ends, time.monotonic())
+    rates = projection.throughput.observe(ends, time.monotonic())
     members = sum(i["members"] for i in industries)
     connections = sum(i["connections"] for i in industries)
     return {
@@ -129,7 +96,7 @@ async def dashboard_data(request: Request, _auth: Authenticated) -> dict[str, An
             "members": members,
             # Each connection counts once per side in the industry sums.
             "connections": connections // 2,
-            "average_connections": round(connections / members, 2) if members else 0.0,
+            "average_connections": average(connections, members),
         },
         "industries": [
             {k: i[k] for k in ("industry", "members", "average_connections", "median_connections")}

@@ -16,7 +16,6 @@ from typing import Any
 from shared import events as ev
 from shared.scoring import ScoringModel
 
-PROFILE_FIELDS = ("name", "industry", "headline", "location", "employer", "title")
 DISPLAY_CAP = 500
 # Network-size buckets of /industries and the dashboard: roughly logarithmic, as degrees are.
 SIZE_BUCKETS = (
@@ -61,7 +60,7 @@ def _ops(event: ev.Event, at: datetime, scoring: ScoringModel) -> list[tuple[Any
 
 
 def _profile(event: ev.MemberRegistered | ev.MemberProfileUpdated) -> dict[str, str]:
-    return {f: getattr(event, f) for f in PROFILE_FIELDS if getattr(event, f) is not None}
+    return {f: getattr(event, f) for f in ev.PROFILE_FIELDS if getattr(event, f) is not None}
 
 
 @_ops.register
@@ -186,7 +185,7 @@ def connections_display(count: int) -> str:
 
 
 def normalise(text: str | None) -> str:
-    return " ".join((text or "").split()).casefold()
+    return ev.grouping_key(text or "")
 
 
 @dataclass(frozen=True)
@@ -234,6 +233,12 @@ def rank_suggestions(
         ranked.append((candidate, mutual, mutual * boost, reasons))
     ranked.sort(key=lambda r: (-r[2], -r[1], r[0]))
     return ranked[:limit]
+
+
+def average(connections: int, members: int) -> float:
+    """How an industry's (or the network's) average is computed: the sum of its members'
+    degrees over its member count, to 2 decimals. Each connection counts once per side."""
+    return round(connections / members, 2) if members else 0.0
 
 
 def median(values: Sequence[float]) -> float:

@@ -1,20 +1,36 @@
-"""Wiring of the projection service: settings, Redis, broker, routers. Nothing else lives here."""
+"""Wiring of the projection service: read-model store, applier, rebuild, routers."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from services.projection import api, consumers, dashboard
-from shared.service import create_service_app
+from services.projection.apply import BatchApplier
+from services.projection.deps import Projection
+from services.projection.queries.status import Throughput
+from services.projection.rebuild import Rebuilder, TopicEnds
+from services.projection.store import ReadModelStore
+from shared.consumer import broker_dead_letter_sink
+from shared.scoring import ScoringModel
+from shared.service import Runtime, create_service_app
 from shared.settings import ProjectionSettings
 
 
 def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
     settings = settings or ProjectionSettings()
+
+    def wire(runtime: Runtime) -> Projection:
+        store = ReadModelStore(runtime.redis, settings, ScoringModel())
+        applier = BatchApplier(store, broker_dead_letter_sink(runtime.broker))
+        ends = TopicEnds(settings.kafka_bootstrap_servers, settings.topics)
+        runtime.closers.append(ends.close)
+        consumers.subscribe(runtime.broker, applier, settings)
+        return Projection(store, applier, Rebuilder(store, applier, ends), ends, Throughput())
+
     return create_service_app(
         settings,
         title="Rapport projection service",
         description="Redis read models and the query API.",
         routers=[api.router, dashboard.router],
-        setup=consumers.register,
+        wire=wire,
     )

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from rapport.localstack import EMBEDDED_BROKER_TUNING, free_port
+from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.kafka import ensure_topics
-from shared.localstack import EMBEDDED_BROKER_TUNING, free_port
-from shared.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.topics import TopicNames
 from tests.helpers import TOKEN, Infra, random_id
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.demo import INDUSTRY_AVERAGES
+from rapport.demo import INDUSTRY_AVERAGES
 from tests.e2e.conftest import Stack
 from tests.helpers import auth, poll_until, random_id
 

@@ -11,9 +11,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from rapport.localstack import EMBEDDED_BROKER_TUNING, free_port
+from rapport.supervisor import ServiceProcess, Supervisor
 from shared.kafka import ensure_topics
-from shared.localstack import EMBEDDED_BROKER_TUNING, free_port
-from shared.supervisor import ServiceProcess, Supervisor
 from shared.topics import TopicNames
 from tests.helpers import TOKEN, Infra, auth, random_id
 

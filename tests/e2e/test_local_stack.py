@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.localstack import free_port, port_is_free
-from shared.supervisor import SERVICES
+from rapport.localstack import free_port, port_is_free
+from rapport.supervisor import SERVICES
 
 pytestmark = pytest.mark.e2e
 
@@ -59,7 +59,7 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "rapport.cli",
                 "run",
                 "--kafka-port",
                 str(kafka_port),
@@ -152,7 +152,7 @@ def _invite_accept_and_see_degree_one(ports: dict[str, int], token: str) -> None
 
 def _cli_rebuild_keeps_the_answers(ports: dict[str, int], state: Path, env: dict[str, str]) -> None:
     url = f"http://127.0.0.1:{ports['projection']}"
-    cli = [sys.executable, "-m", "shared.cli", "projection"]
+    cli = [sys.executable, "-m", "rapport.cli", "projection"]
     rebuilt = subprocess.run(
         [*cli, "rebuild", "--url", url, "--state-dir", str(state)],
         capture_output=True,

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rapport.localstack import free_port
+from rapport.supervisor import ServiceProcess
 from shared import events as ev
 from shared.events import Envelope
-from shared.localstack import free_port
-from shared.supervisor import ServiceProcess
 from tests.helpers import Infra, auth, publish_envelopes
 
 pytestmark = pytest.mark.e2e

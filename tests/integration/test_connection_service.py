@@ -15,8 +15,8 @@ from services.connection import domain
 from services.connection.domain import Member
 from services.connection.main import create_app
 from shared import events as ev
+from shared.commands import AggregateWrite
 from shared.events import Envelope, decode
-from shared.outbox import AggregateWrite
 from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS, TopicNames
 from tests.helpers import Infra, auth, read_topic, running_app
 
@@ -155,19 +155,17 @@ async def test_rejection_when_blocked_reaches_the_topic(infra: Infra, namespace:
 async def test_cap_holds_under_100_concurrent_accepts(redis_client: Redis) -> None:
     app = create_app()
     async with running_app(app):
-        store = app.state.runtime.store
+        store = app.state.wired
         hub = Member(member_id="hub", name="Hub", industry="Technology", connections=29_950)
-        await store.outbox.commit(
-            [AggregateWrite(store.member_key("hub"), 0, hub.model_dump(mode="json"))],
-            [],
-            topics=store.settings.topics,
+        await store.store.commit(
+            [AggregateWrite(store.key("member", "hub"), 0, hub.model_dump(mode="json"))], []
         )
         others = [f"m{i}" for i in range(100)]
         for m in others:
-            await store.execute(domain.RegisterMember(member_id=m, name=m, industry="Technology"))
+            await store.run(domain.RegisterMember(member_id=m, name=m, industry="Technology"))
         outcomes = await asyncio.gather(
             *(
-                store.execute(domain.AcceptConnection(f"i-{m}", m, "hub", cap=30_000))
+                store.run(domain.AcceptConnection(f"i-{m}", m, "hub", cap=30_000))
                 for m in others
             )
         )
@@ -215,9 +213,9 @@ async def test_lists_follows_and_deactivation_through_http(infra: Infra, namespa
     async with running_app(create_app()) as client:
         for m in ("ann", "bob", "cat"):
             await register(client, m)
-        store = client._transport.app.state.runtime.store  # type: ignore[attr-defined]
+        store = client._transport.app.state.wired  # type: ignore[attr-defined]
         for i, other in enumerate(("bob", "cat")):
-            await store.execute(domain.AcceptConnection(f"i{i}", "ann", other, cap=30_000))
+            await store.run(domain.AcceptConnection(f"i{i}", "ann", other, cap=30_000))
         not_connected = await client.put("/lists/close/members/cat", headers=auth("bob"))
         listed = await client.put("/lists/close/members/bob", headers=auth("ann"))
         again = await client.put("/lists/close/members/bob", headers=auth("ann"))

@@ -26,7 +26,7 @@ class Stack:
     def __init__(self, invitations: httpx.AsyncClient, connections: httpx.AsyncClient, app) -> None:
         self.inv = invitations
         self.conn = connections
-        self.store = app.state.runtime.store
+        self.store = app.state.wired
 
     async def members(self, *ids: str) -> None:
         for m in ids:
@@ -35,7 +35,11 @@ class Stack:
             )
             assert r.status_code == 201, r.text
         for m in ids:
-            await wait_until(lambda m=m: self.store.redis.sismember(self.store.members_key, m))
+            await wait_until(lambda m=m: self._known(m))
+
+    async def _known(self, member: str) -> bool:
+        _, [known] = await self.store.store.load([], [(self.store.members_key, member)])
+        return known
 
     async def invite(self, sender: str, to: str, message: str | None = None) -> httpx.Response:
         body = {"to": to} if message is None else {"to": to, "message": message}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.localstack import embedded_infra
+from rapport.localstack import embedded_infra
 from tests.helpers import Infra
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,10 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import events as ev
+from shared.commands import AggregateWrite
 from shared.events import Envelope, decode
 from shared.kafka import make_broker
-from shared.outbox import AggregateWrite, Outbox, OutboxRelay
+from shared.outbox import OutboxRelay, RedisStateStore
 from shared.topics import TopicNames
 from tests.helpers import Infra, read_topic, wait_until
 
@@ -40,18 +41,16 @@ async def _relay(infra: Infra, redis: Redis, stream: str, **options: object):
 async def test_commit_is_all_or_nothing_under_optimistic_versions(
     redis_client: Redis, namespace: str
 ) -> None:
-    outbox = Outbox(redis_client, f"{namespace}outbox")
     topics = TopicNames(namespace)
+    outbox = RedisStateStore(redis_client, f"{namespace}outbox", topics)
     key = f"{namespace}agg:1"
 
-    assert (
-        await outbox.commit([AggregateWrite(key, 0, {"n": 1})], [_follow(1)], topics=topics) == "ok"
-    )
+    assert await outbox.commit([AggregateWrite(key, 0, {"n": 1})], [_follow(1)]) == "ok"
     # A writer that read version 0 lost the race: nothing of its change lands.
-    stale = await outbox.commit([AggregateWrite(key, 0, {"n": 99})], [_follow(2)], topics=topics)
+    stale = await outbox.commit([AggregateWrite(key, 0, {"n": 99})], [_follow(2)])
 
     assert stale == "conflict"
-    [loaded] = await outbox.load(key)
+    [loaded] = (await outbox.load([key]))[0]
     assert (loaded.version, loaded.state) == (1, {"n": 1})
     assert await outbox.backlog() == 1
 
@@ -59,17 +58,13 @@ async def test_commit_is_all_or_nothing_under_optimistic_versions(
 async def test_dedupe_key_makes_a_consumer_commit_idempotent(
     redis_client: Redis, namespace: str
 ) -> None:
-    outbox = Outbox(redis_client, f"{namespace}outbox")
     topics = TopicNames(namespace)
+    outbox = RedisStateStore(redis_client, f"{namespace}outbox", topics)
     key, mark = f"{namespace}agg:1", f"{namespace}seen:e1"
-    first = await outbox.commit(
-        [AggregateWrite(key, 0, 1)], [_follow(1)], topics=topics, dedupe_key=mark
-    )
-    again = await outbox.commit(
-        [AggregateWrite(key, 1, 2)], [_follow(1)], topics=topics, dedupe_key=mark
-    )
+    first = await outbox.commit([AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
+    again = await outbox.commit([AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
     assert (first, again) == ("ok", "duplicate")
-    assert (await outbox.load(key))[0].state == 1
+    assert ((await outbox.load([key]))[0])[0].state == 1
     assert await outbox.backlog() == 1
 
 
@@ -78,13 +73,11 @@ async def test_relay_delivers_every_event_once_in_order_per_key(
 ) -> None:
     topics = TopicNames(namespace)
     stream = f"{namespace}outbox"
-    outbox = Outbox(redis_client, stream)
+    outbox = RedisStateStore(redis_client, stream, topics)
     sent = [_follow(i, follower=f"f{i % 3}") for i in range(60)]
     async with _relay(infra, redis_client, stream):
         for i, envelope in enumerate(sent):
-            result = await outbox.commit(
-                [AggregateWrite(f"{namespace}agg:{i}", 0, i)], [envelope], topics=topics
-            )
+            result = await outbox.commit([AggregateWrite(f"{namespace}agg:{i}", 0, i)], [envelope])
             assert result == "ok"
         records = await read_topic(infra.kafka_bootstrap, topics(ev.FollowStarted.topic), expect=60)
         await wait_until(lambda: _is_zero(outbox.backlog()))
@@ -109,12 +102,9 @@ async def test_events_committed_before_a_crash_are_published_after_restart(
     """Crash between the Redis commit and the publish: the relay was never running."""
     topics = TopicNames(namespace)
     stream = f"{namespace}outbox"
-    outbox = Outbox(redis_client, stream)
+    outbox = RedisStateStore(redis_client, stream, topics)
     envelope = _follow(1)
-    assert (
-        await outbox.commit([AggregateWrite(f"{namespace}a", 0, 1)], [envelope], topics=topics)
-        == "ok"
-    )
+    assert await outbox.commit([AggregateWrite(f"{namespace}a", 0, 1)], [envelope]) == "ok"
 
     async with _relay(infra, redis_client, stream):
         records = await read_topic(infra.kafka_bootstrap, topics(envelope.topic), expect=1)
@@ -127,9 +117,9 @@ async def test_crash_after_publish_before_ack_republishes(
     """The broker confirmed but the relay died before deleting: the entry is sent again."""
     topics = TopicNames(namespace)
     stream = f"{namespace}outbox"
-    outbox = Outbox(redis_client, stream)
+    outbox = RedisStateStore(redis_client, stream, topics)
     envelope = _follow(7)
-    await outbox.commit([AggregateWrite(f"{namespace}a", 0, 1)], [envelope], topics=topics)
+    await outbox.commit([AggregateWrite(f"{namespace}a", 0, 1)], [envelope])
     crashed = asyncio.Event()
 
     async def crash(_: list[str]) -> None:
@@ -152,12 +142,10 @@ async def test_only_one_relay_publishes_at_a_time(
 ) -> None:
     topics = TopicNames(namespace)
     stream = f"{namespace}outbox"
-    outbox = Outbox(redis_client, stream)
+    outbox = RedisStateStore(redis_client, stream, topics)
     sent = [_follow(0) for _ in range(30)]  # one key, so one partition and a total order
     async with _relay(infra, redis_client, stream), _relay(infra, redis_client, stream):
         for i, envelope in enumerate(sent):
-            await outbox.commit(
-                [AggregateWrite(f"{namespace}a{i}", 0, i)], [envelope], topics=topics
-            )
+            await outbox.commit([AggregateWrite(f"{namespace}a{i}", 0, i)], [envelope])
         records = await read_topic(infra.kafka_bootstrap, topics(sent[0].topic), expect=30)
     assert [json.loads(r.value)["event_id"] for r in records] == [str(e.event_id) for e in sent]

@@ -12,31 +12,33 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from services.projection.consumers import Applier
+from services.projection import queries
+from services.projection.apply import BatchApplier
 from services.projection.domain import Filters
 from services.projection.main import create_app
-from services.projection.store import ReadModel
+from services.projection.store import ReadModelStore
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 from tests.helpers import Infra, auth, publish_envelopes, random_id, running_app
 from tests.integration.test_projection_network import network_events
-from tests.integration.test_projection_property import NoBroker, deliveries
+from tests.integration.test_projection_property import deliveries, no_dead_letters
 
 pytestmark = pytest.mark.integration
 
 
-async def answers(model: ReadModel) -> dict:
+async def answers(model: ReadModelStore) -> dict:
     ks = await model.current()
+    degrees = [await queries.degree.degree(model, ks, "ann", x) for x in ("bob", "dan", "eve")]
     return {
-        "degrees": [await model.degree(ks, "ann", x) for x in ("bob", "dan", "eve", "hal")],
-        "suggestions": (await model.suggestions("ann", 10))["items"],
-        "industries": await model.industries(),
-        "network": await model.network("ann", 3, Filters(), None, 50),
-        "connections": await model.connection_page(
-            "fay", Filters(industry="finance"), None, None, 50
+        "degrees": [*degrees, await queries.degree.degree(model, ks, "ann", "hal")],
+        "suggestions": (await queries.suggestions.suggestions(model, "ann", 10))["items"],
+        "industries": await queries.industries.industries(model),
+        "network": await queries.network.network(model, "ann", 3, Filters(), None, 50),
+        "connections": await queries.network.connection_page(
+            model, "fay", Filters(industry="finance"), None, None, 50
         ),
-        "pending": await model.pending("ann", "received"),
-        "digest": await model.digest(),
+        "pending": await queries.members.pending(model, "ann", "received"),
+        "digest": await queries.status.digest(model),
     }
 
 
@@ -50,8 +52,8 @@ async def test_cluster_and_single_node_models_are_identical(
         Redis.from_url(infra.redis_url, decode_responses=True),
     ):
         settings = ProjectionSettings(namespace=f"k{random_id(8)}.")
-        model = ReadModel(client, settings, ScoringModel())
-        applier = Applier(NoBroker(client, settings), model)  # type: ignore[arg-type]
+        model = ReadModelStore(client, settings, ScoringModel())
+        applier = BatchApplier(model, no_dead_letters)
         for start in range(0, len(records), 5):
             await applier.process(records[start : start + 5])
         await applier.process(records[:10])  # re-delivery

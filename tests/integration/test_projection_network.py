@@ -22,6 +22,7 @@ import random
 import httpx
 import pytest
 
+from services.projection import queries
 from services.projection.main import create_app
 from shared import events as ev
 from shared.events import Envelope
@@ -190,17 +191,17 @@ async def test_rebuild_equals_the_live_model_and_queries_keep_answering(
     events = network_events()
     app = create_app()
     async with running_app(app) as client:
-        model = app.state.runtime.store
+        model = app.state.wired.store
         await publish_envelopes(infra.kafka_bootstrap, namespace, events)
         await wait_until(lambda: _applied(client, len(events)), timeout=20)
-        live_digest = await model.digest()
+        live_digest = await queries.status.digest(model)
         live_version = await model.version()
 
         started = await client.post("/projection/rebuild", headers=auth())
         during = await client.get("/members/ann/degree/dan", headers=auth("ann"))
         await wait_until(lambda: _rebuild_done(client), timeout=30)
         rebuilt_version = await model.version()
-        rebuilt_digest = await model.digest(rebuilt_version)
+        rebuilt_digest = await queries.status.digest(model, rebuilt_version)
         after = await get(client, "/members/ann/degree/dan")
         # New events still flow into the flipped version.
         late = Envelope.wrap(ev.ConnectionAccepted(member_a="ann", member_b="hal"), producer="test")

@@ -6,15 +6,15 @@ from __future__ import annotations
 import random
 import statistics
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from services.projection.consumers import Applier
-from services.projection.store import ReadModel
+from services.projection import queries
+from services.projection.apply import BatchApplier
+from services.projection.store import ReadModelStore
 from shared import events as ev
 from shared.events import Envelope
 from shared.scoring import ScoringModel
@@ -116,13 +116,9 @@ def deliveries(envelopes: list[Envelope], rng: random.Random) -> list[Record]:
     return records
 
 
-class NoBroker:
+async def no_dead_letters(topic: str, key: bytes | None, value: bytes, headers: dict) -> None:
     """The property covers valid events only, so the DLQ is never used here."""
-
-    def __init__(self, redis: Redis, settings: ProjectionSettings) -> None:
-        self.redis = redis
-        self.settings = settings
-        self.broker: Any = None
+    raise AssertionError(f"unexpected dead letter on {topic}: {headers}")
 
 
 @pytest.mark.timeout(300)
@@ -134,8 +130,8 @@ async def test_read_model_equals_reference(
     envelopes, ref = history
     settings_ = ProjectionSettings(redis_url=infra.redis_url, namespace=f"p{random_id(8)}.")
     redis = Redis.from_url(infra.redis_url, decode_responses=True)
-    model = ReadModel(redis, settings_, ScoringModel())
-    applier = Applier(NoBroker(redis, settings_), model)  # type: ignore[arg-type]
+    model = ReadModelStore(redis, settings_, ScoringModel())
+    applier = BatchApplier(model, no_dead_letters)
     records = deliveries(envelopes, random.Random(seed))
     try:
         for start in range(0, len(records), batch):
@@ -147,7 +143,7 @@ async def test_read_model_equals_reference(
             assert await model.connections(ks, m) == ref.connections[m], m
         got = {
             i["industry"]: (i["members"], i["connections"], i["median_connections"])
-            for i in await model.industries()
+            for i in await queries.industries.industries(model)
         }
         assert got == ref.industries()
     finally:

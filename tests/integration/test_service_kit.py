@@ -6,8 +6,8 @@ import pytest
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from rapport.localstack import free_port
 from shared.auth import ActingMember
-from shared.localstack import free_port
 from shared.service import create_service_app
 from shared.settings import ConnectionSettings
 from tests.helpers import auth, running_app
@@ -28,7 +28,11 @@ async def echo(member: ActingMember, body: Echo) -> dict[str, str]:
 
 def kit_app(**overrides: object):
     return create_service_app(
-        ConnectionSettings(**overrides), title="kit", description="kit", routers=[router]
+        ConnectionSettings(**overrides),
+        title="kit",
+        description="kit",
+        routers=[router],
+        wire=lambda runtime: None,
     )
 
 

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import pytest
 
 from services.connection import domain as d
-from services.connection.domain import Slice
 from shared import events as ev
-from shared.errors import Conflict, Forbidden, Invalid, NotFound
+from shared.domain import Conflict, Forbidden, Invalid, NotFound
+
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
 
-def run(state: Slice, command: d.Command) -> tuple[Slice, list[ev.Event]]:
+def Slice(**fields: Any) -> d.Slice:
+    return d.Slice(now=NOW, **fields)
+
+
+def run(state: d.Slice, command: d.Command) -> tuple[d.Slice, list[ev.Event]]:
     events = d.decide(state, command)
     return d.fold(state, events), events
 
 
-def with_members(*ids: str, connections: int = 0) -> Slice:
+def with_members(*ids: str, connections: int = 0) -> d.Slice:
     state = Slice()
     for m in ids:
         state, _ = run(state, d.RegisterMember(member_id=m, name=m.title(), industry="Technology"))
@@ -29,7 +37,7 @@ def with_members(*ids: str, connections: int = 0) -> Slice:
     return state
 
 
-def connected(a: str = "ann", b: str = "bob") -> Slice:
+def connected(a: str = "ann", b: str = "bob") -> d.Slice:
     state, _ = run(with_members(a, b), d.AcceptConnection("inv1", a, b, cap=30_000))
     return state
 
@@ -41,9 +49,7 @@ def test_register_twice_conflicts() -> None:
 
 
 def test_industry_normalises_case_and_spacing() -> None:
-    assert d.normalise_industry("  Financial   SERVICES ") == d.normalise_industry(
-        "financial services"
-    )
+    assert ev.grouping_key("  Financial   SERVICES ") == ev.grouping_key("financial services")
 
 
 def test_profile_update_reports_only_changes_and_previous_industry() -> None:
@@ -83,7 +89,7 @@ def test_accept_is_idempotent_per_invitation_and_pair() -> None:
         (run(with_members("ann", "bob"), d.DeactivateMember("bob", ()))[0], "deactivated"),
     ],
 )
-def test_accept_is_rejected_with_a_reason(state: Slice, reason: str) -> None:
+def test_accept_is_rejected_with_a_reason(state: d.Slice, reason: str) -> None:
     events = d.decide(state, d.AcceptConnection("i9", "ann", "bob", cap=30_000))
     assert events == [
         ev.ConnectionRejected(invitation_id="i9", sender="ann", recipient="bob", reason=reason)

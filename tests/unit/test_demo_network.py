@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.projection.dashboard import Throughput
-from shared.demo import INDUSTRY_AVERAGES, build_network
+from rapport.demo import INDUSTRY_AVERAGES, build_network
+from services.projection.queries.status import Throughput
 
 
 @settings(max_examples=15, deadline=None)

@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
+from rapport.docs import build_asyncapi, example_envelope, write_docs
 from shared import events as ev
-from shared.docs import build_asyncapi, example_envelope, write_docs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from services.invitation import domain as d
-from services.invitation.domain import Rules, Slice
+from services.invitation.domain import Rules
+from services.invitation.store import rules_from
 from shared import events as ev
-from shared.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from shared.domain import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from shared.settings import InvitationSettings
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
-RULES = Rules()
+RULES = rules_from(InvitationSettings())
 
 
-def run(state: Slice, command: d.Command, at: datetime = NOW, rules: Rules = RULES):
-    events = d.decide(state, command, rules, at)
-    return d.fold(state, events, at), events
+def Slice(**fields: Any) -> d.Slice:
+    return d.Slice(rules=RULES, now=NOW, **fields)
 
 
-def sent(sender: str = "ann", recipient: str = "bob", at: datetime = NOW) -> Slice:
+def decide(state: d.Slice, command: d.Command, rules: Rules = RULES, at: datetime = NOW):
+    return d.decide(replace(state, rules=rules, now=at), command)
+
+
+def evolve(state: d.Slice, event: ev.Event, at: datetime = NOW) -> d.Slice:
+    return d.evolve(replace(state, now=at), event)
+
+
+def fold(state: d.Slice, events: list[ev.Event], at: datetime = NOW) -> d.Slice:
+    return d.fold(replace(state, now=at), events)
+
+
+def run(state: d.Slice, command: d.Command, at: datetime = NOW, rules: Rules = RULES):
+    state = replace(state, rules=rules, now=at)
+    events = d.decide(state, command)
+    return d.fold(state, events), events
+
+
+def sent(sender: str = "ann", recipient: str = "bob", at: datetime = NOW) -> d.Slice:
     state, _ = run(Slice(), d.SendInvitation("i1", sender, recipient, "hi"), at)
     return state
 
@@ -35,35 +56,38 @@ def test_send_emits_invitation_sent_and_marks_pair_pending() -> None:
 
 
 def test_message_limit_is_configurable() -> None:
-    d.decide(Slice(), d.SendInvitation("i1", "ann", "bob", "x" * 300), RULES, NOW)
+    decide(Slice(), d.SendInvitation("i1", "ann", "bob", "x" * 300), RULES, NOW)
     with pytest.raises(Invalid) as info:
-        d.decide(Slice(), d.SendInvitation("i1", "ann", "bob", "x" * 301), RULES, NOW)
+        decide(Slice(), d.SendInvitation("i1", "ann", "bob", "x" * 301), RULES, NOW)
     assert info.value.code == "message_too_long"
-    d.decide(
-        Slice(), d.SendInvitation("i1", "ann", "bob", "x" * 301), Rules(message_max_chars=400), NOW
+    decide(
+        Slice(),
+        d.SendInvitation("i1", "ann", "bob", "x" * 301),
+        replace(RULES, message_max_chars=400),
+        NOW,
     )
 
 
 def test_no_self_invite() -> None:
     with pytest.raises(Invalid):
-        d.decide(Slice(), d.SendInvitation("i1", "ann", "ann"), RULES, NOW)
+        decide(Slice(), d.SendInvitation("i1", "ann", "ann"), RULES, NOW)
 
 
 def test_unknown_recipient() -> None:
     with pytest.raises(NotFound):
-        d.decide(Slice(recipient_known=False), d.SendInvitation("i1", "ann", "zed"), RULES, NOW)
+        decide(Slice(recipient_known=False), d.SendInvitation("i1", "ann", "zed"), RULES, NOW)
 
 
 def test_already_connected() -> None:
     state, _ = run(sent(), d.Accept("i1", "bob"))
     with pytest.raises(Conflict) as info:
-        d.decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW)
+        decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW)
     assert info.value.code == "already_connected"
 
 
 def test_pending_in_same_direction_conflicts() -> None:
     with pytest.raises(Conflict) as info:
-        d.decide(sent(), d.SendInvitation("i2", "ann", "bob"), RULES, NOW)
+        decide(sent(), d.SendInvitation("i2", "ann", "bob"), RULES, NOW)
     assert info.value.code == "already_pending"
 
 
@@ -76,21 +100,21 @@ def test_inviting_back_accepts_the_pending_invitation() -> None:
 def test_reinvite_within_cooldown_after_withdrawal_names_the_date() -> None:
     state, _ = run(sent(), d.Withdraw("i1", "ann"))
     with pytest.raises(Conflict) as info:
-        d.decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW + timedelta(days=20))
+        decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW + timedelta(days=20))
     assert info.value.code == "reinvite_cooldown"
     assert "2026-12-18" in info.value.message
-    d.decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW + timedelta(days=21))
+    decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW + timedelta(days=21))
     # The cooldown binds the one who withdrew, not the other member.
-    d.decide(state, d.SendInvitation("i2", "bob", "ann"), RULES, NOW + timedelta(days=1))
+    decide(state, d.SendInvitation("i2", "bob", "ann"), RULES, NOW + timedelta(days=1))
 
 
 def test_weekly_limit_is_rolling_with_retry_after() -> None:
-    rules = Rules(weekly_limit=3)
+    rules = replace(RULES, weekly_limit=3)
     state = Slice()
     for i, day in enumerate((0, 2, 4)):
-        state = d.fold(
+        state = fold(
             state,
-            d.decide(
+            decide(
                 Slice(sender=state.sender),
                 d.SendInvitation(f"i{i}", "ann", f"m{i}"),
                 rules,
@@ -99,15 +123,15 @@ def test_weekly_limit_is_rolling_with_retry_after() -> None:
             NOW + timedelta(days=day),
         )
     with pytest.raises(RateLimited) as info:
-        d.decide(
+        decide(
             Slice(sender=state.sender),
             d.SendInvitation("ix", "ann", "m9"),
             rules,
             NOW + timedelta(days=5),
         )
-    assert info.value.headers["Retry-After"] == str(2 * 86400 + 1)
+    assert info.value.retry_after_s == 2 * 86400 + 1
     # Seven days after the first, a slot opens again.
-    d.decide(
+    decide(
         Slice(sender=state.sender),
         d.SendInvitation("ix", "ann", "m9"),
         rules,
@@ -117,13 +141,13 @@ def test_weekly_limit_is_rolling_with_retry_after() -> None:
 
 def test_blocked_either_way_gives_the_same_answer() -> None:
     for blocker in ("ann", "bob"):
-        state = d.evolve(
+        state = evolve(
             Slice(),
             ev.MemberBlocked(blocker=blocker, blocked="bob" if blocker == "ann" else "ann"),
             NOW,
         )
         with pytest.raises(Forbidden) as info:
-            d.decide(state, d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
+            decide(state, d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
         assert info.value.code == "cannot_invite"
         assert "block" not in info.value.message
 
@@ -140,7 +164,7 @@ def test_blocked_either_way_gives_the_same_answer() -> None:
 )
 def test_only_the_right_party_answers(command: d.Command, error: type[Exception]) -> None:
     with pytest.raises(error):
-        d.decide(sent(), command, RULES, NOW)
+        decide(sent(), command, RULES, NOW)
 
 
 @pytest.mark.parametrize(
@@ -156,12 +180,12 @@ def test_finished_invitation_answers_409(command: d.Command, expected: type) -> 
     assert [type(e) for e in events] == [expected]
     assert state.pair.pending is None
     with pytest.raises(Conflict) as info:
-        d.decide(state, d.Accept("i1", "bob"), RULES, NOW)
+        decide(state, d.Accept("i1", "bob"), RULES, NOW)
     assert info.value.code == "invitation_finished"
 
 
 def test_reports_restrict_the_sender_past_the_threshold() -> None:
-    rules = Rules(report_threshold=2)
+    rules = replace(RULES, report_threshold=2)
     state = Slice()
     for i in range(2):
         fresh = Slice(sender=state.sender)
@@ -173,21 +197,21 @@ def test_reports_restrict_the_sender_past_the_threshold() -> None:
             )
         ]
     with pytest.raises(Forbidden) as info:
-        d.decide(Slice(sender=state.sender), d.SendInvitation("i9", "spam", "x"), rules, NOW)
+        decide(Slice(sender=state.sender), d.SendInvitation("i9", "spam", "x"), rules, NOW)
     assert info.value.code == "sender_restricted"
 
 
 def test_expiry_after_180_days_only_for_pending() -> None:
     state = sent()
-    assert d.decide(state, d.Expire("i1"), RULES, NOW + timedelta(days=179)) == []
+    assert decide(state, d.Expire("i1"), RULES, NOW + timedelta(days=179)) == []
     state, events = run(state, d.Expire("i1"), NOW + timedelta(days=180))
     assert events == [ev.InvitationExpired(invitation_id="i1", sender="ann", recipient="bob")]
-    assert d.decide(state, d.Expire("i1"), RULES, NOW + timedelta(days=200)) == []
+    assert decide(state, d.Expire("i1"), RULES, NOW + timedelta(days=200)) == []
 
 
 def test_connection_rejected_folds_back_and_frees_the_pair() -> None:
     state, _ = run(sent(), d.Accept("i1", "bob"))
-    state = d.evolve(
+    state = evolve(
         state,
         ev.ConnectionRejected(
             invitation_id="i1", sender="ann", recipient="bob", reason="cap_reached"
@@ -196,24 +220,23 @@ def test_connection_rejected_folds_back_and_frees_the_pair() -> None:
     )
     assert (state.invitation.status, state.invitation.reason) == ("rejected", "cap_reached")  # type: ignore[union-attr]
     assert not state.pair.connected
-    d.decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW)
+    decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, NOW)
 
 
 def test_removed_connection_allows_inviting_again() -> None:
-    state = d.evolve(Slice(), ev.ConnectionAccepted(member_a="ann", member_b="bob"), NOW)
+    state = evolve(Slice(), ev.ConnectionAccepted(member_a="ann", member_b="bob"), NOW)
     with pytest.raises(Conflict):
-        d.decide(state, d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
-    state = d.evolve(
+        decide(state, d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
+    state = evolve(
         state, ev.ConnectionRemoved(member_a="ann", member_b="bob", removed_by="bob"), NOW
     )
-    d.decide(state, d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
+    decide(state, d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
 
 
 def test_block_cancels_the_pending_invitation() -> None:
     blocked = ev.MemberBlocked(blocker="bob", blocked="ann")
-    state = d.evolve(sent(), blocked, NOW)
-    [cancel] = d.react(state, blocked)
-    state, events = run(state, cancel)
+    state = evolve(sent(), blocked, NOW)
+    state, events = run(state, d.React(blocked))
     assert events == [
         ev.InvitationWithdrawn(invitation_id="i1", sender="ann", recipient="bob", reason="blocked")
     ]

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import httpx
 
-from shared.localstack import ChildProcess, StackError
+from rapport.localstack import ChildProcess, StackError
+from shared.settings import SETTINGS_BY_SERVICE
 
 log = logging.getLogger("rapport.supervisor")
 
-SERVICES = ("invitation", "connection", "engagement", "projection")
-DEFAULT_PORTS = {"invitation": 8001, "connection": 8002, "engagement": 8003, "projection": 8004}
+SERVICES = tuple(SETTINGS_BY_SERVICE)
+# Each service's settings class holds its default port (`RAPPORT_<SERVICE>_PORT` overrides).
+DEFAULT_PORTS = {
+    name: cls.model_fields["port"].default for name, cls in SETTINGS_BY_SERVICE.items()
+}
 
 
 @dataclass

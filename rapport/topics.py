@@ -1,4 +1,4 @@
-"""`python -m shared.topics_cli`: create Rapport's topics (idempotent)."""
+"""`python -m rapport.topics`: create Rapport's topics (idempotent)."""
 
 from __future__ import annotations
 

@@ -20,16 +20,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared.demo import (
+from rapport.demo import (
     DEFAULT_MEMBERS,
     DEFAULT_SCALE,
     DemoLoader,
     build_network,
     wait_for_projection,
 )
+from rapport.localstack import EMBEDDED_BROKER_TUNING, StackError, embedded_infra, pick_port
+from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
 from shared.events import InvalidEvent, decode
-from shared.localstack import EMBEDDED_BROKER_TUNING, StackError, embedded_infra, pick_port
-from shared.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
 from shared.topics import TopicNames
 
 app = typer.Typer(help="Rapport: the connections backend of a professional network.")

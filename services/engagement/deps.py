@@ -1,0 +1,17 @@
+"""Typed dependencies of the engagement routes: what `main.py` wired, handed to each route."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.engagement.store import EngagementStore
+
+
+def get_store(request: Request) -> EngagementStore:
+    store: EngagementStore = request.app.state.wired
+    return store
+
+
+EngagementStoreDep = Annotated[EngagementStore, Depends(get_store)]

@@ -1,0 +1,211 @@
+"""Applying batches of events to the read models.
+
+`BatchApplier.process(records)` decodes what is new in a batch of records, turns each event
+into per-member ops (domain.to_ops) and applies them in chunks: member scripts (effects on
+each member's keys), industry scripts, then the chunk's applied-marks and positions. Every
+step can be re-run after a crash without changing the outcome, so a re-delivered batch
+repairs a partial apply. Positions live with the read model; a batch that starts past the
+stored position of its partition asks the consumer to rewind there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+from redis.exceptions import ResponseError
+
+from services.projection import domain
+from services.projection.store import Keyspace, ReadModelStore
+from shared.consumer import DeadLetter, DeadLetterSink, dead_letter, retry_transient
+from shared.events import InvalidEvent, decode
+from shared.observability import DLQ_RECORDS, EVENTS_CONSUMED
+
+log = logging.getLogger("rapport.projection")
+
+APPLY_CHUNK = 500  # events per atomic apply step
+MEMBERS_PER_CALL = 200  # single node: members per member-script call
+
+
+async def retrying(call: Any) -> Any:
+    """Transient broker or Redis errors wait, never fail: no event is at fault."""
+    return await retry_transient(call, "projection")
+
+
+class BatchApplier:
+    def __init__(self, store: ReadModelStore, dead_letters: DeadLetterSink) -> None:
+        self.store = store
+        self.dead_letters = dead_letters
+        self._member_script = store.script("member")
+        self._industry_script = store.script("industry")
+        self._marks_script = store.script("marks")
+        self._seen_script = store.script("seen")
+
+    async def process(
+        self,
+        records: Sequence[ConsumerRecord[Any, Any]],
+        version: int | None = None,
+        dead_letter: bool = True,
+    ) -> dict[TopicPartition, int]:
+        """Apply what is new in `records` to `version` (default: the current one); returns
+        the partitions to rewind, with the offset to rewind to."""
+        if version is None:
+            version = await retrying(self.store.version)
+        stored = await retrying(lambda: self.store.positions(version))
+        by_partition: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
+        for record in records:
+            by_partition[TopicPartition(record.topic, record.partition)].append(record)
+        rewind: dict[TopicPartition, int] = {}
+        ops: list[domain.Applied] = []
+        positions: dict[str, int] = {}
+        # Chunks are applied in order, each atomically with its positions; while Redis runs
+        # one chunk's script, this process decodes the next (the two use different cores).
+        in_flight: asyncio.Task[None] | None = None
+
+        async def flush() -> asyncio.Task[None]:
+            if in_flight is not None:
+                await in_flight
+            task = asyncio.create_task(self._apply_chunk(version, list(ops), dict(positions)))
+            ops.clear()
+            await asyncio.sleep(0)  # let the task send its script before we decode on
+            return task
+
+        for tp, recs in by_partition.items():
+            expected = stored.get(f"{tp.topic}:{tp.partition}", 0)
+            if recs[0].offset > expected:
+                rewind[tp] = expected
+                continue
+            for record in recs:
+                if record.offset < expected:
+                    continue  # applied before (a re-delivery after a crash or a rebalance)
+                try:
+                    envelope, event = decode(record.value or b"")
+                except InvalidEvent as exc:
+                    if dead_letter:  # a rebuild meets poison again; it was dead-lettered live
+                        await self.send_to_dlq(record, exc.reason)
+                else:
+                    ops.append(domain.to_ops(envelope, event, self.store.scoring))
+                    EVENTS_CONSUMED.labels("projection", envelope.type).inc()
+                positions[f"{tp.topic}:{tp.partition}"] = record.offset + 1
+                if len(ops) >= APPLY_CHUNK:
+                    in_flight = await flush()
+        if ops or (positions and in_flight is None):
+            in_flight = await flush()
+        if in_flight is not None:
+            await in_flight
+            async with self.store.changed:
+                self.store.changed.notify_all()
+        return rewind
+
+    async def _apply_chunk(
+        self, version: int, ops: list[domain.Applied], positions: dict[str, int]
+    ) -> None:
+        try:
+            await retrying(lambda: self.apply(version, ops, positions))
+        except ResponseError as exc:
+            # Ops come from validated events, so this is a bug; keep going without losing any.
+            log.error("batch apply failed (%r); applying one by one", exc)
+            for op in ops:
+                try:
+                    await retrying(lambda op=op: self.apply(version, [op], {}))
+                except ResponseError as single:
+                    log.error("event %s failed: %r", op.event_id, single)
+                    DLQ_RECORDS.labels("projection", "apply", "handler_failed").inc()
+            await retrying(lambda: self.apply(version, [], positions))
+
+    async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
+        letter = DeadLetter(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            tuple(record.headers or ()),
+        )
+        await dead_letter(self.dead_letters, "projection", letter, reason, retry=retrying)
+        await retrying(lambda: self.store.redis.hincrby(self.store.dlq_key, record.topic, 1))
+
+    async def apply(
+        self, version: int, batch: list[domain.Applied], positions: dict[str, int]
+    ) -> int:
+        """Apply one chunk atomically enough to re-run: effects, industry figures, marks."""
+        redis, ks = self.store.redis, self.store.keyspace(version)
+        ttl = self.store.settings.dedupe_ttl_s
+        fresh = await self._not_yet_applied(ks, batch)
+        per_member: dict[str, list[list[Any]]] = {}
+        for applied in fresh:
+            for m, op in applied.ops:
+                per_member.setdefault(m, []).append(op)
+        if per_member:
+            clock = await redis.incr(ks.clock)
+            members = list(per_member)
+            group = 1 if await self.store.cluster_mode() else MEMBERS_PER_CALL
+            calls = []
+            for start in range(0, len(members), group):
+                chunk = members[start : start + group]
+                payload = json.dumps([[m, per_member[m]] for m in chunk], separators=(",", ":"))
+                keys = [ks.member("m", m) for m in chunk]
+                calls.append((self._member_script, keys, [ks.prefix, payload, clock, ttl]))
+            rows = [row for result in await self._run_scripts(calls) for row in result]
+            results = {
+                m: (str(c), str(n), int(d)) for m, (c, n, d) in zip(members, rows, strict=True)
+            }
+            moves, recount = domain.industry_moves(results)
+            await self._run_scripts(
+                [
+                    (
+                        self._industry_script,
+                        [ks.industry(name), ks.industry_sum(name)],
+                        [json.dumps(entries)],
+                    )
+                    for name, entries in moves.items()
+                ]
+            )
+            async with redis.pipeline(transaction=False) as pipe:
+                if moves:
+                    pipe.sadd(ks.inds, *moves)
+                for m, now in recount.items():
+                    if now:
+                        pipe.hset(ks.member("m", m), "ci", now)
+                    else:
+                        pipe.hdel(ks.member("m", m), "ci")
+                await pipe.execute()
+        events = json.dumps([[a.event_id, a.ts] for a in fresh])
+        return int(
+            await self._marks_script(
+                keys=[ks.pos, ks.stats], args=[ks.prefix, events, json.dumps(positions), ttl]
+            )
+        )
+
+    async def _run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run scripts in order of results: pipelined on one node; on a cluster (where
+        pipelines refuse scripts) concurrently, each routed to its own slot's node."""
+        if not calls:
+            return []
+        if await self.store.cluster_mode():
+            return list(await asyncio.gather(*(s(keys=k, args=a) for s, k, a in calls)))
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
+
+    async def _not_yet_applied(
+        self, ks: Keyspace, batch: list[domain.Applied]
+    ) -> list[domain.Applied]:
+        """Drop events applied before (a relay re-publish) and repeats inside the batch."""
+        if not batch:
+            return []
+        seen = await self._seen_script(
+            keys=[ks.pos], args=[ks.prefix, json.dumps([a.event_id for a in batch])]
+        )
+        fresh, ids = [], set()
+        for applied, already in zip(batch, seen, strict=True):
+            if not already and applied.event_id not in ids:
+                ids.add(applied.event_id)
+                fresh.append(applied)
+        return fresh

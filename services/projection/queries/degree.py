@@ -1,0 +1,46 @@
+"""Degree between two members (1st, 2nd, 3rd or none) and their mutual connections."""
+
+from __future__ import annotations
+
+from services.projection.store import Keyspace, ReadModelStore
+
+
+async def mutual(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> list[str]:
+    """Sorted common connections: the smaller set checked against the larger (O(min))."""
+    ca, cb = ks.member("c", a), ks.member("c", b)
+    async with rm.redis.pipeline(transaction=False) as pipe:
+        pipe.scard(ca)
+        pipe.scard(cb)
+        na, nb = await pipe.execute()
+    small, large = (ca, cb) if na <= nb else (cb, ca)
+    members = sorted(str(x) for x in await rm.redis.smembers(small))
+    if not members:
+        return []
+    flags = await rm.redis.smismember(large, members)
+    return [m for m, f in zip(members, flags, strict=True) if f]
+
+
+async def degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> tuple[int | None, list[str]]:
+    """0 for oneself, 1, 2 (with the mutual connections), 3, or None (further or unknown)."""
+    if a == b:
+        return 0, []
+    if await rm.redis.sismember(ks.member("c", a), b):
+        return 1, await mutual(rm, ks, a, b)
+    common = await mutual(rm, ks, a, b)
+    if common:
+        return 2, common
+    return (3 if await is_third_degree(rm, ks, a, b) else None), []
+
+
+async def is_third_degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> bool:
+    """The degree-3 query, meet in the middle: does the smaller side's 2nd-degree
+    neighbourhood reach one of the other side's connections? Stops at the first hit."""
+    na, nb = await rm.redis.scard(ks.member("c", a)), await rm.redis.scard(ks.member("c", b))
+    near, far = (a, b) if na <= nb else (b, a)
+    targets = await rm.connections(ks, far)
+    if not targets:
+        return False
+    async for _, reach in rm.sets_of(ks, "c", await rm.connections(ks, near)):
+        if not targets.isdisjoint(reach):
+            return True
+    return False

@@ -1,0 +1,90 @@
+"""A member's connections and their 2nd and 3rd-degree network, filtered and paged."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from services.projection.domain import Filters
+from services.projection.store import READ_CHUNK, Keyspace, ReadModelStore
+from shared.events import PROFILE_FIELDS
+
+NETWORK_SCAN_CAP = 50_000
+
+
+async def second_degree(
+    rm: ReadModelStore, ks: Keyspace, m: str, cap: int
+) -> tuple[Counter[str], bool]:
+    """Mutual-connection counts of everyone two steps away, and whether `cap` cut it short."""
+    first = await rm.connections(ks, m)
+    counts: Counter[str] = Counter()
+    capped = False
+    async for _, friends in rm.sets_of(ks, "c", first):
+        counts.update(friends)
+        if len(counts) > cap:
+            capped = True
+            break
+    for x in (*first, m):
+        counts.pop(x, None)
+    return counts, capped
+
+
+async def network(
+    rm: ReadModelStore, m: str, degree: int, filters: Filters, cursor: str | None, limit: int
+) -> dict[str, Any]:
+    ks = await rm.current()
+    first = await rm.connections(ks, m)
+    second, capped = await second_degree(rm, ks, m, NETWORK_SCAN_CAP)
+    candidates = set(second)
+    if degree == 3:
+        # One step further out: the neighbours of the 2nd degree that are not nearer.
+        candidates = set()
+        async for _, reach in rm.sets_of(ks, "c", second):
+            candidates.update(reach)
+            if len(candidates) > NETWORK_SCAN_CAP:
+                capped = True
+                break
+        candidates -= second.keys() | first | {m}
+    candidates -= await rm.exclusions(ks, m)
+    page, next_cursor = await filtered_page(rm, ks, sorted(candidates), filters, cursor, limit)
+    return {"items": page, "next_cursor": next_cursor, "capped": capped}
+
+
+async def filtered_page(
+    rm: ReadModelStore,
+    ks: Keyspace,
+    ordered: list[str],
+    filters: Filters,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The first `limit` active members after `cursor` whose profile matches `filters`."""
+    if cursor:
+        ordered = [x for x in ordered if x > cursor]
+    page: list[dict[str, Any]] = []
+    for start in range(0, len(ordered), READ_CHUNK):
+        chunk = ordered[start : start + READ_CHUNK]
+        profiles = await rm.profiles(ks, chunk)
+        for x in chunk:
+            p = profiles[x]
+            if p.get("active") == "0" or not filters.match(p):
+                continue
+            page.append({"member_id": x, **{f: p.get(f) for f in PROFILE_FIELDS}})
+            if len(page) == limit:
+                more = x != ordered[-1]
+                return page, (x if more else None)
+    return page, None
+
+
+async def connection_page(
+    rm: ReadModelStore,
+    m: str,
+    filters: Filters,
+    list_name: str | None,
+    cursor: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    ks = await rm.current()
+    members = sorted(await rm.connections(ks, m, list_name))
+    page, next_cursor = await filtered_page(rm, ks, members, filters, cursor, limit)
+    return {"items": page, "next_cursor": next_cursor, "total": len(members)}

@@ -1,0 +1,162 @@
+"""Blue/green rebuild: replay every topic from offset 0 into a new keyspace version, then
+flip readers to it once it caught up with the topics' ends. Also the topics' end offsets,
+which the rebuild, the status and the dashboard read."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.projection.apply import BatchApplier, retrying
+from services.projection.store import ReadModelStore
+from shared.topics import ALL_TOPICS
+
+log = logging.getLogger("rapport.projection")
+
+
+class RebuildRunning(Exception):
+    """A rebuild is already running in this process."""
+
+
+class TopicEnds:
+    """End offsets of the (namespaced) catalog topics, through one long-lived client."""
+
+    def __init__(self, bootstrap_servers: str, namespace_topic: Any) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = namespace_topic
+        self._client: AIOKafkaConsumer | None = None
+        # One metadata refresh at a time on the shared client: the rebuild loop, status and
+        # dashboard polls call this concurrently, and overlapping refreshes failed with
+        # "Unable to get cluster metadata" on Tansu.
+        self._lock = asyncio.Lock()
+
+    def partitions(
+        self, consumer: AIOKafkaConsumer, topics: Iterable[str] = ALL_TOPICS
+    ) -> list[TopicPartition]:
+        return [
+            TopicPartition(topic, p)
+            for topic in (self.topic(t) for t in topics)
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+
+    async def __call__(self, topics: Iterable[str] = ALL_TOPICS) -> dict[str, int]:
+        """`topic:partition` -> end offset of the catalog `topics`."""
+        async with self._lock:
+            if self._client is None:
+                client = AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False
+                )
+                await client.start()
+                self._client = client
+            await self._client.topics()  # refreshes metadata, so new partitions are seen
+            ends = await self._client.end_offsets(self.partitions(self._client, topics))
+        return {f"{tp.topic}:{tp.partition}": offset for tp, offset in ends.items()}
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.stop()
+
+
+class Rebuilder:
+    def __init__(self, store: ReadModelStore, applier: BatchApplier, ends: TopicEnds) -> None:
+        self.store = store
+        self.applier = applier
+        self.ends = ends
+        self.settings = store.settings
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> dict[str, Any]:
+        if self._task is not None and not self._task.done():
+            raise RebuildRunning()
+        redis, versions = self.store.redis, self.settings.key("p", "versions")
+        version = int(await redis.incr(versions)) + 1
+        if version <= await self.store.version():
+            version = await self.store.version() + 1
+            await redis.set(versions, version)
+        await redis.hset(
+            self.store.rebuild_key,
+            mapping={
+                "state": "running",
+                "version": version,
+                "applied": 0,
+                "total": 0,
+                "started_at": datetime.now(UTC).isoformat(),
+                "finished_at": "",
+            },
+        )
+        self._task = asyncio.create_task(self.run(version), name="projection-rebuild")
+        return {"state": "running", "version": version}
+
+    async def run(self, version: int) -> None:
+        redis = self.store.redis
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
+        )
+        await retrying(consumer.start)
+        try:
+            await retrying(consumer.topics)
+            partitions = self.ends.partitions(consumer)
+            consumer.assign(partitions)
+            await retrying(lambda: consumer.seek_to_beginning(*partitions))
+            while True:
+                ends = await retrying(self.ends)
+                # Tansu's ListOffsets answers the last batch's first offset + 1; the high
+                # watermark of our own fetches is exact, so the larger of the two is the end.
+                for tp in partitions:
+                    highwater = consumer.highwater(tp)
+                    key = f"{tp.topic}:{tp.partition}"
+                    if highwater is not None and key in ends:
+                        ends[key] = max(ends[key], highwater)
+                done = await self.store.positions(version)
+                behind = {tp: end - done.get(tp, 0) for tp, end in ends.items()}
+                await redis.hset(
+                    self.store.rebuild_key,
+                    mapping={"applied": sum(done.values()), "total": sum(ends.values())},
+                )
+                if all(gap <= 0 for gap in behind.values()):
+                    break
+                batch = await retrying(
+                    lambda: consumer.getmany(
+                        timeout_ms=200, max_records=self.settings.batch_max_records
+                    )
+                )
+                records = [r for recs in batch.values() for r in recs]
+                if records:
+                    await self.applier.process(records, version=version, dead_letter=False)
+            previous = await self.store.version()
+            await redis.set(self.store.current_key, version)
+            await redis.hset(
+                self.store.rebuild_key,
+                mapping={"state": "done", "finished_at": datetime.now(UTC).isoformat()},
+            )
+            log.info("projection rebuilt into version %d; readers flipped", version)
+            await self._drop(previous)
+        except Exception as exc:
+            log.exception("rebuild failed")
+            await redis.hset(
+                self.store.rebuild_key, mapping={"state": "failed", "error": repr(exc)[:300]}
+            )
+            raise
+        finally:
+            await consumer.stop()
+
+    async def _drop(self, version: int) -> None:
+        redis, prefix = self.store.redis, self.store.keyspace(version).prefix
+        batch: list[Any] = []
+        async for key in redis.scan_iter(match=prefix + "*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                await self._unlink(batch)
+                batch = []
+        await self._unlink(batch)
+
+    async def _unlink(self, keys: list[Any]) -> None:
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for key in keys:  # one key per command: the keys live in many slots
+                pipe.unlink(key)
+            await pipe.execute()

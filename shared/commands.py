@@ -1,0 +1,340 @@
+"""The command loop every write service runs: load -> decide -> evolve -> commit with the outbox.
+
+A write service supplies only what differs (a `WriteModel`): which aggregates a command
+touches, how they make the state its pure `decide` sees, and the index operations its events
+imply. The loop loads that slice in one round trip, decides, folds the events into the state,
+and commits the changed aggregates, the index operations and the events' envelopes in one
+atomic step (`StateStore.commit`), guarded by each aggregate's version. A version conflict
+means another writer won in between: the loop starts again from the load.
+
+`StateStore` is the storage interface. `RedisStateStore` (shared/outbox.py) is the real one;
+`InMemoryStateStore` here is its fake for unit tests; one contract test suite runs on both
+(tests/contract), so the fake cannot drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from shared.events import Envelope, Event
+
+CommitResult = Literal["ok", "conflict", "duplicate"]
+IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL"]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One aggregate as stored: its version (0 when absent) and its JSON state (None)."""
+
+    version: int
+    state: Any
+
+
+@dataclass(frozen=True)
+class AggregateWrite:
+    """New state for one aggregate, valid only if it is still at `expected_version`."""
+
+    key: str
+    expected_version: int
+    state: Any
+
+
+@dataclass(frozen=True)
+class IndexOp:
+    """A change to a secondary index (a set or sorted set), committed with the aggregates."""
+
+    op: IndexOpName
+    key: str
+    member: str = ""
+    score: float = 0.0
+
+
+class StateStore(Protocol):
+    """Aggregates, secondary indexes and the outbox of one write service."""
+
+    async def load(
+        self, keys: Sequence[str], checks: Sequence[tuple[str, str]] = ()
+    ) -> tuple[list[Loaded], list[bool]]:
+        """Each aggregate's version and state, and whether each (set, member) is a member:
+        all in one round trip."""
+        ...
+
+    async def commit(
+        self,
+        writes: Sequence[AggregateWrite],
+        envelopes: Sequence[Envelope],
+        *,
+        index_ops: Sequence[IndexOp] = (),
+        dedupe_key: str | None = None,
+    ) -> CommitResult:
+        """All or nothing: `conflict` if any aggregate moved past its expected version,
+        `duplicate` if `dedupe_key` was committed before (the causing event was applied)."""
+        ...
+
+    async def set_members(self, key: str) -> set[str]: ...
+
+    async def lowest(self, key: str, max_score: float, limit: int) -> list[str]:
+        """Members of a sorted set with a score up to `max_score`, lowest first."""
+        ...
+
+    async def claim(self, key: str, field: str, value: str) -> str:
+        """The value of `field` in the hash `key`, set to `value` if it had none (first wins)."""
+        ...
+
+    async def backlog(self) -> int:
+        """Outbox entries not yet confirmed by the broker."""
+        ...
+
+
+class ContendedWrite(Exception):
+    """Optimistic retries ran out: an aggregate is too hot right now; retry shortly."""
+
+    def __init__(self) -> None:
+        super().__init__("too many concurrent writes to the same record, retry shortly")
+
+
+class PlanChanged(Exception):
+    """Raised by `WriteModel.slice` when what `plan` located moved before the load: retry."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command reads: aggregates by name (key, model) and set-membership checks."""
+
+    aggregates: Mapping[str, tuple[str, type[BaseModel]]] = field(default_factory=dict)
+    checks: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The loaded slice: aggregates by name (None when absent) and check results."""
+
+    aggregates: Mapping[str, BaseModel | None]
+    checks: Mapping[str, bool]
+
+    def get(self, name: str) -> Any:
+        return self.aggregates.get(name)
+
+
+S = TypeVar("S")
+C = TypeVar("C")
+C_contra = TypeVar("C_contra", contravariant=True)
+
+
+class WriteModel(Protocol[S, C_contra]):
+    """What one write service tells the loop."""
+
+    producer: str
+
+    async def plan(self, command: C_contra | None, observed: Event | None) -> Plan: ...
+
+    def slice(self, command: C_contra | None, rows: Rows, now: datetime) -> S:
+        """The state `decide` sees, from the loaded rows."""
+        ...
+
+    def aggregates(self, state: S) -> Mapping[str, BaseModel | None]:
+        """The state's aggregates by plan name, to write back what changed."""
+        ...
+
+    def decide(self, state: S, command: C_contra) -> list[Event]: ...
+
+    def evolve(self, state: S, event: Event) -> S: ...
+
+    def index_ops(self, events: Sequence[Event], now: datetime) -> list[IndexOp]: ...
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[S]):
+    """What a command did: the envelopes it committed (empty for a no-op or a duplicate)
+    and the state after it."""
+
+    envelopes: list[Envelope]
+    state: S | None = None
+    duplicate: bool = False
+
+    @property
+    def event_id(self) -> str | None:
+        return str(self.envelopes[0].event_id) if self.envelopes else None
+
+    def first(self, event_type: type[Event]) -> Envelope | None:
+        return next((e for e in self.envelopes if e.type == event_type.__name__), None)
+
+
+class CommandLoop(Generic[S, C]):
+    def __init__(
+        self,
+        store: StateStore,
+        model: WriteModel[S, C],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tries: int = 100,
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.clock = clock
+        self.tries = tries
+
+    async def run(
+        self,
+        command: C | None = None,
+        *,
+        observed: Event | None = None,
+        causation: Envelope | None = None,
+        correlation_id: str | None = None,
+        dedupe_key: str | None = None,
+        now: datetime | None = None,
+    ) -> Outcome[S]:
+        """Decide `command` and commit. `observed` is another service's event, folded into
+        the state first (and its reactions decided when the command is None)."""
+        for n in range(self.tries):
+            try:
+                result, outcome = await self._attempt(
+                    command, observed, causation, correlation_id, dedupe_key, now
+                )
+            except PlanChanged:
+                result, outcome = "conflict", Outcome([])
+            if result == "duplicate":
+                return Outcome([], outcome.state, duplicate=True)
+            if result == "ok":
+                return outcome
+            # Jittered backoff spreads contenders out; a conflict means someone else just won.
+            await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
+        raise ContendedWrite()
+
+    async def _attempt(
+        self,
+        command: C | None,
+        observed: Event | None,
+        causation: Envelope | None,
+        correlation_id: str | None,
+        dedupe_key: str | None,
+        now: datetime | None,
+    ) -> tuple[CommitResult, Outcome[S]]:
+        at = now or self.clock()
+        plan = await self.model.plan(command, observed)
+        names = list(plan.aggregates)
+        check_names = list(plan.checks)
+        loaded, flags = await self.store.load(
+            [plan.aggregates[n][0] for n in names], [plan.checks[n] for n in check_names]
+        )
+        rows = Rows(
+            {
+                n: plan.aggregates[n][1].model_validate(row.state) if row.state else None
+                for n, row in zip(names, loaded, strict=True)
+            },
+            dict(zip(check_names, flags, strict=True)),
+        )
+        state = self.model.slice(command, rows, at)
+        if observed is not None:
+            state = self.model.evolve(state, observed)
+        events = self.model.decide(state, command) if command is not None else []
+        after = state
+        for event in events:
+            after = self.model.evolve(after, event)
+        if not events and dedupe_key is None and observed is None:
+            return "ok", Outcome([], after)
+        writes = self._writes(plan, rows, loaded, after)
+        envelopes = Envelope.wrap_all(
+            events,
+            producer=self.model.producer,
+            occurred_at=at,
+            causation=causation,
+            correlation_id=correlation_id,
+        )
+        result = await self.store.commit(
+            writes, envelopes, index_ops=self.model.index_ops(events, at), dedupe_key=dedupe_key
+        )
+        return result, Outcome(envelopes, after)
+
+    def _writes(
+        self, plan: Plan, rows: Rows, loaded: list[Loaded], after: S
+    ) -> list[AggregateWrite]:
+        """Every aggregate of the slice, at the version it was loaded at, changed or not:
+        a decision that read an aggregate must fail if that aggregate moved meanwhile. One
+        that did not exist and still does not stays absent (no placeholder)."""
+        versions = dict(zip(plan.aggregates, (row.version for row in loaded), strict=True))
+        writes = []
+        for name, state in self.model.aggregates(after).items():
+            if name in plan.aggregates and state is not None:
+                key = plan.aggregates[name][0]
+                writes.append(AggregateWrite(key, versions[name], state.model_dump(mode="json")))
+        return writes
+
+
+class InMemoryStateStore:
+    """The fake `StateStore`: same contract, held in dicts (tests and demos without Redis)."""
+
+    def __init__(self) -> None:
+        self.aggregates: dict[str, tuple[int, str]] = {}
+        self.sets: dict[str, set[str]] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.dedupe: set[str] = set()
+        self.outbox: list[Envelope] = []
+        self._lock = asyncio.Lock()
+
+    async def load(
+        self, keys: Sequence[str], checks: Sequence[tuple[str, str]] = ()
+    ) -> tuple[list[Loaded], list[bool]]:
+        rows = []
+        for key in keys:
+            version, raw = self.aggregates.get(key, (0, ""))
+            rows.append(Loaded(version, json.loads(raw) if raw else None))
+        return rows, [member in self.sets.get(key, ()) for key, member in checks]
+
+    async def commit(
+        self,
+        writes: Sequence[AggregateWrite],
+        envelopes: Sequence[Envelope],
+        *,
+        index_ops: Sequence[IndexOp] = (),
+        dedupe_key: str | None = None,
+    ) -> CommitResult:
+        async with self._lock:
+            if dedupe_key and dedupe_key in self.dedupe:
+                return "duplicate"
+            if any(self.aggregates.get(w.key, (0, ""))[0] != w.expected_version for w in writes):
+                return "conflict"
+            for w in writes:
+                state = json.dumps(w.state, separators=(",", ":"))
+                self.aggregates[w.key] = (w.expected_version + 1, state)
+            self.outbox.extend(envelopes)
+            for op in index_ops:
+                self._index(op)
+            if dedupe_key:
+                self.dedupe.add(dedupe_key)
+            return "ok"
+
+    def _index(self, op: IndexOp) -> None:
+        if op.op == "SADD":
+            self.sets.setdefault(op.key, set()).add(op.member)
+        elif op.op == "SREM":
+            self.sets.get(op.key, set()).discard(op.member)
+        elif op.op == "ZADD":
+            self.zsets.setdefault(op.key, {})[op.member] = op.score
+        elif op.op == "ZREM":
+            self.zsets.get(op.key, {}).pop(op.member, None)
+        elif op.op == "DEL":
+            self.sets.pop(op.key, None)
+            self.zsets.pop(op.key, None)
+
+    async def set_members(self, key: str) -> set[str]:
+        return set(self.sets.get(key, ()))
+
+    async def lowest(self, key: str, max_score: float, limit: int) -> list[str]:
+        scored = sorted((s, m) for m, s in self.zsets.get(key, {}).items() if s <= max_score)
+        return [m for _, m in scored[:limit]]
+
+    async def claim(self, key: str, field: str, value: str) -> str:
+        return self.hashes.setdefault(key, {}).setdefault(field, value)
+
+    async def backlog(self) -> int:
+        return len(self.outbox)

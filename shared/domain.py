@@ -1,0 +1,45 @@
+"""What every write service's pure domain shares: the errors a rule raises.
+
+A domain error names what went wrong (`code`) and says it in words (`message`); it knows
+nothing of HTTP. The HTTP edge maps each kind to a status in one table (`shared.errors`).
+This module imports only the standard library, so `services.<x>.domain` stays pure.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A rule of the domain said no."""
+
+    default_code = "rejected"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
+        self.message = message
+
+
+class NotFound(DomainError):
+    default_code = "not_found"
+
+
+class Conflict(DomainError):
+    default_code = "conflict"
+
+
+class Forbidden(DomainError):
+    default_code = "forbidden"
+
+
+class Invalid(DomainError):
+    default_code = "invalid_request"
+
+
+class RateLimited(DomainError):
+    """A limit over a rolling window; the caller may try again after `retry_after_s`."""
+
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after_s = max(1, retry_after_s)
