@@ -217,14 +217,7 @@ class EventConsumer:
         await dead_letter(
             self.dead_letter,
             self.name,
-            DeadLetter(
-                record.topic,
-                record.partition,
-                record.offset,
-                record.key,
-                record.value,
-                tuple(record.headers or ()),
-            ),
+            DeadLetter.of(record),
             reason,
             retry=self._with_infra_retry,
         )
@@ -255,6 +248,17 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+
+    @classmethod
+    def of(cls, record: ConsumerRecord[Any, Any]) -> DeadLetter:
+        return cls(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            tuple(record.headers or ()),
+        )
 
 
 async def dead_letter(

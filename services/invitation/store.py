@@ -4,7 +4,7 @@ pending-invitation indexes its events keep."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from pydantic import BaseModel
 
@@ -24,22 +24,12 @@ from shared.settings import InvitationSettings
 from shared.topics import pair_key
 
 
-def rules_from(settings: InvitationSettings) -> Rules:
-    return Rules(
-        message_max_chars=settings.message_max_chars,
-        weekly_limit=settings.weekly_limit,
-        reinvite_cooldown=timedelta(days=settings.reinvite_cooldown_days),
-        expiry=timedelta(days=settings.expiry_days),
-        report_threshold=settings.report_threshold,
-    )
-
-
 class InvitationStore(CommandLoop[Slice, domain.Command]):
     producer = "invitation"
 
-    def __init__(self, store: StateStore, settings: InvitationSettings) -> None:
+    def __init__(self, store: StateStore, settings: InvitationSettings, rules: Rules) -> None:
         super().__init__(store, self)
-        self.rules = rules_from(settings)
+        self.rules = rules
         self.key = lambda *parts: settings.key("invitation", *parts)
         self.members_key, self.pending_key = self.key("members"), self.key("pending")
 
@@ -61,23 +51,23 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         new invitation and a reaction need the pair's pending invitation: one peek first."""
         match command:
             case domain.SendInvitation(invitation_id=i, sender=s, recipient=r):
-                pending = self._inv(await self._pending(s, r))
+                pair = pair_key(s, r)
+                pending = self._inv(await self._pending(pair))
                 sender = {"sender": (self.key("sender", s), SenderState)}
                 checks = {"recipient_known": (self.members_key, r)}
-                return Plan({**self._pair(s, r), **pending, **self._inv(i), **sender}, checks)
-            case domain.React(event=event):
-                a, b = _pair_of(event)
+                return Plan({**self._pair(pair), **pending, **self._inv(i), **sender}, checks)
+            case domain.React(event=event):  # events keyed by the pair they are about
                 about = self._inv(getattr(event, "invitation_id", None))
-                pending = self._inv(await self._pending(a, b))
-                return Plan({**self._pair(a, b), **about, **pending})
+                pending = self._inv(await self._pending(event.partition_key))
+                return Plan({**self._pair(event.partition_key), **about, **pending})
             case (domain.Accept() | domain.Decline() | domain.Withdraw() | domain.Report()
                   | domain.Expire() | domain.Cancel()):  # fmt: skip
                 inv = await self.invitation(command.invitation_id)
                 if inv is None:
                     return Plan(self._inv(command.invitation_id))
                 sender = {"sender": (self.key("sender", inv.sender), SenderState)}
-                pair = self._pair(inv.sender, inv.recipient)
-                return Plan({**pair, **self._inv(inv.invitation_id), **sender})
+                between = self._pair(pair_key(inv.sender, inv.recipient))
+                return Plan({**between, **self._inv(inv.invitation_id), **sender})
         raise TypeError(f"unknown command {command!r}")
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
@@ -119,12 +109,12 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                     ops.append(IndexOp(sop, self.key("pending-of", member), e.invitation_id))
         return ops
 
-    async def _pending(self, a: str, b: str) -> str | None:
-        [row], _ = await self.store.load([self.key("pair", pair_key(a, b))])
+    async def _pending(self, pair: str) -> str | None:
+        [row], _ = await self.store.load([self.key("pair", pair)])
         return PairState.model_validate(row.state or {}).pending
 
-    def _pair(self, a: str, b: str) -> dict[str, tuple[str, type[BaseModel]]]:
-        return {"pair": (self.key("pair", pair_key(a, b)), PairState)}
+    def _pair(self, pair: str) -> dict[str, tuple[str, type[BaseModel]]]:
+        return {"pair": (self.key("pair", pair), PairState)}
 
     def _inv(self, invitation_id: str | None) -> dict[str, tuple[str, type[BaseModel]]]:
         return (
@@ -132,15 +122,3 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             if invitation_id
             else {}
         )
-
-
-def _pair_of(event: ev.Event) -> tuple[str, str]:
-    match event:
-        case ev.ConnectionRejected(sender=a, recipient=b) | ev.BlockEvent(blocker=a, blocked=b):
-            return a, b
-        case (
-            ev.ConnectionAccepted(member_a=a, member_b=b)
-            | ev.ConnectionRemoved(member_a=a, member_b=b)
-        ):
-            return a, b
-    raise TypeError(f"the invitation service does not react to {type(event).__name__}")

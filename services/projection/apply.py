@@ -119,14 +119,7 @@ class BatchApplier:
             await retrying(lambda: self.apply(version, [], positions))
 
     async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
-        letter = DeadLetter(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.key,
-            record.value,
-            tuple(record.headers or ()),
-        )
+        letter = DeadLetter.of(record)
         await dead_letter(self.dead_letters, "projection", letter, reason, retry=retrying)
         await retrying(lambda: self.store.redis.hincrby(self.store.dlq_key, record.topic, 1))
 

@@ -10,7 +10,7 @@ import pytest
 
 from services.invitation import domain as d
 from services.invitation.domain import Rules
-from services.invitation.store import rules_from
+from services.invitation.main import rules_from
 from shared import events as ev
 from shared.domain import Conflict, Forbidden, Invalid, NotFound, RateLimited
 from shared.settings import InvitationSettings

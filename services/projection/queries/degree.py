@@ -1,6 +1,9 @@
-"""Degree between two members (1st, 2nd, 3rd or none) and their mutual connections."""
+"""Degrees: between two members (1st, 2nd, 3rd or none, with their mutual connections), and
+a member's 2nd and 3rd-degree neighbourhoods."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from services.projection.store import Keyspace, ReadModelStore
 
@@ -44,3 +47,35 @@ async def is_third_degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> b
         if not targets.isdisjoint(reach):
             return True
     return False
+
+
+async def second_degree(
+    rm: ReadModelStore, ks: Keyspace, m: str, cap: int
+) -> tuple[Counter[str], bool]:
+    """Mutual-connection counts of everyone two steps away, and whether `cap` cut it short."""
+    first = await rm.connections(ks, m)
+    counts: Counter[str] = Counter()
+    capped = False
+    async for _, friends in rm.sets_of(ks, "c", first):
+        counts.update(friends)
+        if len(counts) > cap:
+            capped = True
+            break
+    for x in (*first, m):
+        counts.pop(x, None)
+    return counts, capped
+
+
+async def third_degree(
+    rm: ReadModelStore, ks: Keyspace, m: str, first: set[str], second: set[str], cap: int
+) -> tuple[set[str], bool]:
+    """Everyone three steps away: neighbours of the 2nd degree that are not nearer, and
+    whether `cap` cut the scan short."""
+    found: set[str] = set()
+    capped = False
+    async for _, reach in rm.sets_of(ks, "c", second):
+        found.update(reach)
+        if len(found) > cap:
+            capped = True
+            break
+    return found - second - first - {m}, capped

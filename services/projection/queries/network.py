@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from services.projection.domain import Filters
+from services.projection.queries.degree import second_degree, third_degree
 from services.projection.store import READ_CHUNK, Keyspace, ReadModelStore
 from shared.events import PROFILE_FIELDS
 
 NETWORK_SCAN_CAP = 50_000
-
-
-async def second_degree(
-    rm: ReadModelStore, ks: Keyspace, m: str, cap: int
-) -> tuple[Counter[str], bool]:
-    """Mutual-connection counts of everyone two steps away, and whether `cap` cut it short."""
-    first = await rm.connections(ks, m)
-    counts: Counter[str] = Counter()
-    capped = False
-    async for _, friends in rm.sets_of(ks, "c", first):
-        counts.update(friends)
-        if len(counts) > cap:
-            capped = True
-            break
-    for x in (*first, m):
-        counts.pop(x, None)
-    return counts, capped
 
 
 async def network(
@@ -37,14 +20,8 @@ async def network(
     second, capped = await second_degree(rm, ks, m, NETWORK_SCAN_CAP)
     candidates = set(second)
     if degree == 3:
-        # One step further out: the neighbours of the 2nd degree that are not nearer.
-        candidates = set()
-        async for _, reach in rm.sets_of(ks, "c", second):
-            candidates.update(reach)
-            if len(candidates) > NETWORK_SCAN_CAP:
-                capped = True
-                break
-        candidates -= second.keys() | first | {m}
+        candidates, cut = await third_degree(rm, ks, m, first, set(second), NETWORK_SCAN_CAP)
+        capped = capped or cut
     candidates -= await rm.exclusions(ks, m)
     page, next_cursor = await filtered_page(rm, ks, sorted(candidates), filters, cursor, limit)
     return {"items": page, "next_cursor": next_cursor, "capped": capped}

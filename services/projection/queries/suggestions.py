@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from services.projection import domain
-from services.projection.queries.network import second_degree
+from services.projection.queries.degree import second_degree
 from services.projection.store import Keyspace, ReadModelStore
 
 SUGGESTION_CANDIDATE_CAP = 200_000

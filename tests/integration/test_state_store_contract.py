@@ -1,0 +1,202 @@
+"""One contract for every `StateStore`: the Redis one on a real redis-server, and the
+in-memory fake the unit tests use. Both run the same cases, so the fake cannot drift.
+
+Also the kit's command loop on each store: decide, evolve, commit, retry on a conflict."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import pytest
+import pytest_asyncio
+from pydantic import BaseModel, ConfigDict
+from redis.asyncio import Redis
+
+from shared import events as ev
+from shared.commands import (
+    AggregateWrite,
+    CommandLoop,
+    IndexOp,
+    InMemoryStateStore,
+    Plan,
+    Rows,
+    StateStore,
+)
+from shared.domain import Conflict
+from shared.events import Envelope
+from shared.outbox import RedisStateStore
+from shared.topics import TopicNames
+
+
+def _follow(i: int) -> Envelope:
+    return Envelope.wrap(ev.FollowStarted(follower=f"a{i}", followee="b"), producer="test")
+
+
+# A tiny write model for the loop: a counter per member that refuses to pass a limit.
+class Counter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    follows: int = 0
+
+
+@dataclass(frozen=True)
+class CounterSlice:
+    now: datetime
+    counter: Counter
+
+
+@dataclass(frozen=True)
+class Follow:
+    follower: str
+    limit: int = 1000
+
+
+class CounterModel:
+    producer = "test"
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    async def plan(self, command: Follow | None, observed: ev.Event | None) -> Plan:
+        assert command is not None
+        return Plan({"counter": (f"{self.prefix}counter:b", Counter)})
+
+    def slice(self, command: Follow | None, rows: Rows, now: datetime) -> CounterSlice:
+        return CounterSlice(now, rows.get("counter") or Counter())
+
+    def aggregates(self, state: CounterSlice) -> Mapping[str, BaseModel | None]:
+        return {"counter": state.counter}
+
+    def decide(self, state: CounterSlice, command: Follow) -> list[ev.Event]:
+        if state.counter.follows >= command.limit:
+            raise Conflict("limit reached", "limit")
+        return [ev.FollowStarted(follower=command.follower, followee="b")]
+
+    def evolve(self, state: CounterSlice, event: ev.Event) -> CounterSlice:
+        return replace(state, counter=Counter(follows=state.counter.follows + 1))
+
+    def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
+        return [
+            IndexOp("SADD", f"{self.prefix}followers:b", e.follower)  # type: ignore[attr-defined]
+            for e in events
+        ]
+
+
+class StateStoreContract:
+    """The cases; a subclass provides `store` (and `prefix` for its keys)."""
+
+    prefix = "c:"
+
+    async def test_absent_aggregates_load_as_version_zero(self, store: StateStore) -> None:
+        rows, checks = await store.load([f"{self.prefix}nothing"], [(f"{self.prefix}s", "x")])
+        assert [(r.version, r.state) for r in rows] == [(0, None)]
+        assert checks == [False]
+
+    async def test_commit_writes_states_events_and_indexes_together(
+        self, store: StateStore
+    ) -> None:
+        key, members = f"{self.prefix}agg", f"{self.prefix}members"
+        result = await store.commit(
+            [AggregateWrite(key, 0, {"n": 1})],
+            [_follow(1), _follow(2)],
+            index_ops=[IndexOp("SADD", members, "ann"), IndexOp("SADD", members, "bob")],
+        )
+        assert result == "ok"
+        rows, checks = await store.load([key], [(members, "ann"), (members, "zed")])
+        assert [(r.version, r.state) for r in rows] == [(1, {"n": 1})]
+        assert checks == [True, False]
+        assert await store.set_members(members) == {"ann", "bob"}
+        assert await store.backlog() == 2
+
+    async def test_a_stale_version_changes_nothing(self, store: StateStore) -> None:
+        key, members = f"{self.prefix}agg", f"{self.prefix}members"
+        assert await store.commit([AggregateWrite(key, 0, {"n": 1})], [_follow(1)]) == "ok"
+        stale = await store.commit(
+            [AggregateWrite(key, 0, {"n": 99})],
+            [_follow(2)],
+            index_ops=[IndexOp("SADD", members, "eve")],
+        )
+        assert stale == "conflict"
+        rows, _ = await store.load([key])
+        assert (rows[0].version, rows[0].state) == (1, {"n": 1})
+        assert await store.set_members(members) == set()
+        assert await store.backlog() == 1
+
+    async def test_a_dedupe_key_commits_once(self, store: StateStore) -> None:
+        key, mark = f"{self.prefix}agg", f"{self.prefix}seen:e1"
+        first = await store.commit([AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
+        assert first == "ok"
+        again = await store.commit([AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
+        assert again == "duplicate"
+        rows, _ = await store.load([key])
+        assert (rows[0].version, rows[0].state) == (1, 1)
+        assert await store.backlog() == 1
+
+    async def test_sorted_index_answers_lowest_scores_first_up_to_a_bound(
+        self, store: StateStore
+    ) -> None:
+        due = f"{self.prefix}due"
+        ops = [IndexOp("ZADD", due, m, score) for m, score in (("c", 30), ("a", 10), ("b", 20))]
+        assert await store.commit([], [], index_ops=ops) == "ok"
+        assert await store.lowest(due, 25, 10) == ["a", "b"]
+        assert await store.lowest(due, 100, 2) == ["a", "b"]
+        await store.commit([], [], index_ops=[IndexOp("ZREM", due, "a")])
+        assert await store.lowest(due, 100, 10) == ["b", "c"]
+
+    async def test_removing_from_a_set_and_deleting_an_index(self, store: StateStore) -> None:
+        members = f"{self.prefix}members"
+        await store.commit([], [], index_ops=[IndexOp("SADD", members, m) for m in "xyz"])
+        await store.commit([], [], index_ops=[IndexOp("SREM", members, "y")])
+        assert await store.set_members(members) == {"x", "z"}
+        await store.commit([], [], index_ops=[IndexOp("DEL", members)])
+        assert await store.set_members(members) == set()
+
+    async def test_claim_keeps_the_first_value(self, store: StateStore) -> None:
+        names = f"{self.prefix}names"
+        assert await store.claim(names, "finance", "Finance") == "Finance"
+        assert await store.claim(names, "finance", "FINANCE") == "Finance"
+
+    async def test_the_command_loop_serialises_concurrent_commands(
+        self, store: StateStore
+    ) -> None:
+        loop = CommandLoop(store, CounterModel(self.prefix))
+        outcomes = await asyncio.gather(*(loop.run(Follow(f"m{i}")) for i in range(20)))
+        assert all(len(o.envelopes) == 1 for o in outcomes)
+        rows, _ = await store.load([f"{self.prefix}counter:b"])
+        assert (rows[0].version, rows[0].state) == (20, {"follows": 20})
+        assert len(await store.set_members(f"{self.prefix}followers:b")) == 20
+        assert await store.backlog() == 20
+
+    async def test_the_command_loop_commits_nothing_when_the_domain_refuses(
+        self, store: StateStore
+    ) -> None:
+        loop = CommandLoop(store, CounterModel(self.prefix))
+        await loop.run(Follow("m1", limit=1))
+        with pytest.raises(Conflict):
+            await loop.run(Follow("m2", limit=1))
+        assert await store.set_members(f"{self.prefix}followers:b") == {"m1"}
+        assert await store.backlog() == 1
+
+    async def test_the_command_loop_applies_a_consumed_event_once(self, store: StateStore) -> None:
+        loop = CommandLoop(store, CounterModel(self.prefix))
+        mark = f"{self.prefix}seen:e9"
+        first = await loop.run(Follow("m1"), dedupe_key=mark, now=datetime.now(UTC))
+        again = await loop.run(Follow("m1"), dedupe_key=mark)
+        assert (len(first.envelopes), again.duplicate, again.envelopes) == (1, True, [])
+        assert await store.backlog() == 1
+
+
+class TestInMemoryStateStore(StateStoreContract):
+    @pytest.fixture
+    def store(self) -> StateStore:
+        return InMemoryStateStore()
+
+
+@pytest.mark.integration
+class TestRedisStateStore(StateStoreContract):
+    @pytest_asyncio.fixture
+    async def store(self, redis_client: Redis, namespace: str) -> AsyncIterator[StateStore]:
+        self.prefix = f"{namespace}c:"
+        yield RedisStateStore(redis_client, f"{namespace}outbox", TopicNames(namespace))

@@ -1,0 +1,123 @@
+"""The three write services' stores, whole, on the in-memory state store: commands through
+the kit's loop (plan, load, decide, evolve, commit) with no broker and no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.connection import domain as cd
+from services.connection.store import ConnectionStore
+from services.engagement import domain as ed
+from services.engagement.store import EngagementStore
+from services.invitation import domain as idom
+from services.invitation.consumers import expire_due
+from services.invitation.main import rules_from
+from services.invitation.store import InvitationStore
+from shared import events as ev
+from shared.commands import IndexOp, InMemoryStateStore
+from shared.domain import Conflict, Forbidden, NotFound, RateLimited
+from shared.events import Envelope
+from shared.settings import ConnectionSettings, EngagementSettings, InvitationSettings
+
+
+def types(store: InMemoryStateStore) -> list[str]:
+    return [e.type for e in store.outbox]
+
+
+async def invitations(*members: str) -> tuple[InvitationStore, InMemoryStateStore]:
+    state = InMemoryStateStore()
+    settings = InvitationSettings()
+    store = InvitationStore(state, settings, rules_from(settings))
+    ops = [IndexOp("SADD", store.members_key, m) for m in members]
+    await state.commit([], [], index_ops=ops)
+    return store, state
+
+
+async def test_invite_accept_and_the_pending_indexes() -> None:
+    store, state = await invitations("ann", "bob")
+    sent = await store.run(idom.SendInvitation("i1", "ann", "bob", "hi"))
+    assert sent.state is not None and sent.state.invitation is not None
+    assert await store.pending_of("bob") == ["i1"]
+    accepted = await store.run(idom.Accept("i1", "bob"))
+    assert accepted.state.invitation.status == "accepted"  # type: ignore[union-attr]
+    assert await store.pending_of("bob") == [] and await store.pending_of("ann") == []
+    assert types(state) == ["InvitationSent", "InvitationAccepted"]
+    with pytest.raises(Conflict):
+        await store.run(idom.SendInvitation("i2", "ann", "bob"))
+
+
+async def test_unknown_recipient_and_concurrent_invitations_for_one_pair() -> None:
+    store, state = await invitations("ann", "bob")
+    with pytest.raises(NotFound):
+        await store.run(idom.SendInvitation("i0", "ann", "zed"))
+    results = await asyncio.gather(
+        *(store.run(idom.SendInvitation(f"i{n}", "ann", "bob")) for n in range(10)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert all(isinstance(r, Conflict) for r in results if isinstance(r, Exception))
+    assert types(state) == ["InvitationSent"]
+
+
+async def test_a_block_observed_from_the_connection_service_cancels_the_pending_invitation() -> (
+    None
+):
+    store, state = await invitations("ann", "bob")
+    await store.run(idom.SendInvitation("i1", "ann", "bob"))
+    blocked = ev.MemberBlocked(blocker="bob", blocked="ann")
+    cause = Envelope.wrap(blocked, producer="connection")
+    await store.run(idom.React(blocked), observed=blocked, causation=cause, dedupe_key="seen:1")
+    again = await store.run(idom.React(blocked), observed=blocked, dedupe_key="seen:1")
+    assert again.duplicate
+    inv = await store.invitation("i1")
+    assert inv is not None and (inv.status, inv.reason) == ("cancelled", "blocked")
+    assert types(state) == ["InvitationSent", "InvitationWithdrawn"]
+    assert state.outbox[-1].causation_id == str(cause.event_id)
+    with pytest.raises(Forbidden):
+        await store.run(idom.SendInvitation("i2", "ann", "bob"))
+
+
+async def test_expiry_sweep_expires_only_what_is_due() -> None:
+    store, state = await invitations("ann", "bob", "cy")
+    now = datetime.now(UTC)
+    await store.run(idom.SendInvitation("old", "ann", "bob"), now=now - timedelta(days=181))
+    await store.run(idom.SendInvitation("new", "ann", "cy"), now=now)
+    assert await expire_due(store, now) == 1
+    assert types(state)[-1] == "InvitationExpired"
+    assert await store.pending_of("ann") == ["new"]
+
+
+async def test_connection_register_connect_and_block() -> None:
+    state = InMemoryStateStore()
+    store = ConnectionStore(state, ConnectionSettings())
+    for m in ("ann", "bob"):
+        await store.run(cd.RegisterMember(member_id=m, name=m, industry="Tech"))
+    outcome = await store.run(cd.AcceptConnection("i1", "ann", "bob", cap=30_000))
+    assert outcome.first(ev.ConnectionAccepted) is not None
+    assert await store.connections("ann") == ["bob"]
+    assert (await store.member("bob")).connections == 1  # type: ignore[union-attr]
+    await store.run(cd.Block("bob", "ann"))
+    assert await store.connections("ann") == []
+    assert (await store.member("bob")).connections == 0  # type: ignore[union-attr]
+    assert await store.canonical_industry(" tech ") == "tech"
+    assert await store.canonical_industry("TECH") == "tech"
+
+
+async def test_engagement_limits_and_known_members() -> None:
+    state = InMemoryStateStore()
+    store = EngagementStore(state, EngagementSettings(per_actor_per_minute=2))
+    with pytest.raises(NotFound):
+        await store.run(ed.RecordEngagement("ann", "bob", "like"))
+    for n, m in enumerate(("ann", "bob")):
+        await store.fold(ev.MemberRegistered(member_id=m, name=m, industry="T"), f"seen:{n}")
+    for _ in range(2):
+        await store.run(ed.RecordEngagement("ann", "bob", "like"))
+    with pytest.raises(RateLimited):
+        await store.run(ed.RecordEngagement("ann", "bob", "like"))
+    await store.fold(ev.MemberBlocked(blocker="bob", blocked="ann"), "seen:9")
+    with pytest.raises(Forbidden):
+        await store.run(ed.RecordEngagement("ann", "bob", "comment"))
+    assert types(state) == ["EngagementRecorded", "EngagementRecorded"]
