@@ -49,18 +49,25 @@ async def is_third_degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> b
     return False
 
 
+async def _one_step_out(
+    rm: ReadModelStore, ks: Keyspace, members: set[str], cap: int
+) -> tuple[Counter[str], bool]:
+    """How many of `members` each of their connections is connected to, and whether the
+    scan stopped at `cap` distinct members."""
+    counts: Counter[str] = Counter()
+    async for _, friends in rm.sets_of(ks, "c", members):
+        counts.update(friends)
+        if len(counts) > cap:
+            return counts, True
+    return counts, False
+
+
 async def second_degree(
     rm: ReadModelStore, ks: Keyspace, m: str, cap: int
 ) -> tuple[Counter[str], bool]:
     """Mutual-connection counts of everyone two steps away, and whether `cap` cut it short."""
     first = await rm.connections(ks, m)
-    counts: Counter[str] = Counter()
-    capped = False
-    async for _, friends in rm.sets_of(ks, "c", first):
-        counts.update(friends)
-        if len(counts) > cap:
-            capped = True
-            break
+    counts, capped = await _one_step_out(rm, ks, first, cap)
     for x in (*first, m):
         counts.pop(x, None)
     return counts, capped
@@ -71,11 +78,5 @@ async def third_degree(
 ) -> tuple[set[str], bool]:
     """Everyone three steps away: neighbours of the 2nd degree that are not nearer, and
     whether `cap` cut the scan short."""
-    found: set[str] = set()
-    capped = False
-    async for _, reach in rm.sets_of(ks, "c", second):
-        found.update(reach)
-        if len(found) > cap:
-            capped = True
-            break
-    return found - second - first - {m}, capped
+    reach, capped = await _one_step_out(rm, ks, second, cap)
+    return set(reach) - second - first - {m}, capped
