@@ -29,6 +29,8 @@ log = logging.getLogger("rapport.localstack")
 EMBEDDED_BROKER_TUNING = {
     "RAPPORT_KAFKA_SESSION_TIMEOUT_MS": "1000",
     "RAPPORT_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
+    # Tansu holds a fetch for the whole max wait even when records arrive meanwhile.
+    "RAPPORT_KAFKA_FETCH_MAX_WAIT_MS": "10",
 }
 
 

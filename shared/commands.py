@@ -57,14 +57,34 @@ class IndexOp:
     score: float = 0.0
 
 
+@dataclass(frozen=True)
+class FollowKey:
+    """Load, in the same snapshot, the aggregate at `key_prefix + <id>`, where <id> is the
+    string field `field` of the state of `keys[source]` (nothing when absent)."""
+
+    source: int
+    field: str
+    key_prefix: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    rows: list[Loaded]
+    checks: list[bool]
+    followed: list[tuple[str | None, Loaded]] = field(default_factory=list)
+
+
 class StateStore(Protocol):
     """Aggregates, secondary indexes and the outbox of one write service."""
 
     async def load(
-        self, keys: Sequence[str], checks: Sequence[tuple[str, str]] = ()
-    ) -> tuple[list[Loaded], list[bool]]:
-        """Each aggregate's version and state, and whether each (set, member) is a member:
-        all in one round trip."""
+        self,
+        keys: Sequence[str],
+        checks: Sequence[tuple[str, str]] = (),
+        follows: Sequence[FollowKey] = (),
+    ) -> Snapshot:
+        """Each aggregate's version and state, whether each (set, member) is a member, and
+        each followed aggregate: one consistent snapshot in one round trip."""
         ...
 
     async def commit(
@@ -101,16 +121,26 @@ class ContendedWrite(Exception):
         super().__init__("too many concurrent writes to the same record, retry shortly")
 
 
-class PlanChanged(Exception):
-    """Raised by `WriteModel.slice` when what `plan` located moved before the load: retry."""
+@dataclass(frozen=True)
+class Follow:
+    """An aggregate a command reads whose id is a field of another one it reads: loaded in
+    the same round trip, at `key_prefix + id`, and named `name.format(id=id)` in the rows."""
+
+    source: str
+    field: str
+    name: str
+    key_prefix: str
+    model: type[BaseModel]
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a command reads: aggregates by name (key, model) and set-membership checks."""
+    """What a command reads: aggregates by name (key, model), set-membership checks, and
+    aggregates found through another one's field."""
 
     aggregates: Mapping[str, tuple[str, type[BaseModel]]] = field(default_factory=dict)
     checks: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    follows: Sequence[Follow] = ()
 
 
 @dataclass(frozen=True)
@@ -195,12 +225,9 @@ class CommandLoop(Generic[S, C]):
         """Decide `command` and commit. `observed` is another service's event, folded into
         the state first (and its reactions decided when the command is None)."""
         for n in range(self.tries):
-            try:
-                result, outcome = await self._attempt(
-                    command, observed, causation, correlation_id, dedupe_key, now
-                )
-            except PlanChanged:
-                result, outcome = "conflict", Outcome([])
+            result, outcome = await self._attempt(
+                command, observed, causation, correlation_id, dedupe_key, now
+            )
             if result == "duplicate":
                 return Outcome([], outcome.state, duplicate=True)
             if result == "ok":
@@ -222,15 +249,21 @@ class CommandLoop(Generic[S, C]):
         plan = await self.model.plan(command, observed)
         names = list(plan.aggregates)
         check_names = list(plan.checks)
-        loaded, flags = await self.store.load(
-            [plan.aggregates[n][0] for n in names], [plan.checks[n] for n in check_names]
+        snapshot = await self.store.load(
+            [plan.aggregates[n][0] for n in names],
+            [plan.checks[n] for n in check_names],
+            [FollowKey(names.index(f.source), f.field, f.key_prefix) for f in plan.follows],
         )
+        loaded = {n: (plan.aggregates[n], row) for n, row in zip(names, snapshot.rows, strict=True)}
+        for f, (ident, row) in zip(plan.follows, snapshot.followed, strict=True):
+            if ident is not None:
+                loaded.setdefault(f.name.format(id=ident), ((f.key_prefix + ident, f.model), row))
         rows = Rows(
             {
-                n: plan.aggregates[n][1].model_validate(row.state) if row.state else None
-                for n, row in zip(names, loaded, strict=True)
+                n: model.model_validate(row.state) if row.state else None
+                for n, ((_, model), row) in loaded.items()
             },
-            dict(zip(check_names, flags, strict=True)),
+            dict(zip(check_names, snapshot.checks, strict=True)),
         )
         state = self.model.slice(command, rows, at)
         if observed is not None:
@@ -241,7 +274,7 @@ class CommandLoop(Generic[S, C]):
             after = self.model.evolve(after, event)
         if not events and dedupe_key is None and observed is None:
             return "ok", Outcome([], after)
-        writes = self._writes(plan, rows, loaded, after)
+        writes = self._writes(loaded, after)
         envelopes = Envelope.wrap_all(
             events,
             producer=self.model.producer,
@@ -255,17 +288,16 @@ class CommandLoop(Generic[S, C]):
         return result, Outcome(envelopes, after)
 
     def _writes(
-        self, plan: Plan, rows: Rows, loaded: list[Loaded], after: S
+        self, loaded: Mapping[str, tuple[tuple[str, type[BaseModel]], Loaded]], after: S
     ) -> list[AggregateWrite]:
         """Every aggregate of the slice, at the version it was loaded at, changed or not:
         a decision that read an aggregate must fail if that aggregate moved meanwhile. One
         that did not exist and still does not stays absent (no placeholder)."""
-        versions = dict(zip(plan.aggregates, (row.version for row in loaded), strict=True))
         writes = []
         for name, state in self.model.aggregates(after).items():
-            if name in plan.aggregates and state is not None:
-                key = plan.aggregates[name][0]
-                writes.append(AggregateWrite(key, versions[name], state.model_dump(mode="json")))
+            if name in loaded and state is not None:
+                (key, _), row = loaded[name]
+                writes.append(AggregateWrite(key, row.version, state.model_dump(mode="json")))
         return writes
 
 
@@ -282,13 +314,24 @@ class InMemoryStateStore:
         self._lock = asyncio.Lock()
 
     async def load(
-        self, keys: Sequence[str], checks: Sequence[tuple[str, str]] = ()
-    ) -> tuple[list[Loaded], list[bool]]:
-        rows = []
-        for key in keys:
-            version, raw = self.aggregates.get(key, (0, ""))
-            rows.append(Loaded(version, json.loads(raw) if raw else None))
-        return rows, [member in self.sets.get(key, ()) for key, member in checks]
+        self,
+        keys: Sequence[str],
+        checks: Sequence[tuple[str, str]] = (),
+        follows: Sequence[FollowKey] = (),
+    ) -> Snapshot:
+        rows = [self._row(key) for key in keys]
+        followed: list[tuple[str | None, Loaded]] = []
+        for f in follows:
+            state = rows[f.source].state
+            ident = state.get(f.field) if isinstance(state, dict) else None
+            ident = ident if isinstance(ident, str) else None
+            followed.append((ident, self._row(f.key_prefix + ident) if ident else Loaded(0, None)))
+        flags = [member in self.sets.get(key, ()) for key, member in checks]
+        return Snapshot(rows, flags, followed)
+
+    def _row(self, key: str) -> Loaded:
+        version, raw = self.aggregates.get(key, (0, ""))
+        return Loaded(version, json.loads(raw) if raw else None)
 
     async def commit(
         self,

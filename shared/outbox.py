@@ -25,12 +25,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import scripts
-from shared.commands import AggregateWrite, CommitResult, IndexOp, Loaded
+from shared.commands import AggregateWrite, CommitResult, FollowKey, IndexOp, Loaded, Snapshot
 from shared.events import Envelope
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from shared.topics import TopicNames
 
 log = logging.getLogger("rapport.outbox")
+
 
 class RedisStateStore:
     """The `StateStore` on Redis: aggregates are hashes (`v` version, `s` JSON state), the
@@ -48,20 +49,24 @@ class RedisStateStore:
         self.topics = topics
         self.dedupe_ttl_s = dedupe_ttl_s
         self._commit = scripts.register(redis, "shared", "outbox_commit")
+        self._load = scripts.register(redis, "shared", "state_load")
 
     async def load(
-        self, keys: Sequence[str], checks: Sequence[tuple[str, str]] = ()
-    ) -> tuple[list[Loaded], list[bool]]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, "v", "s")
-            for key, member in checks:
-                pipe.sismember(key, member)
-            rows = await pipe.execute()
-        loaded = [
-            Loaded(int(v) if v else 0, json.loads(s) if s else None) for v, s in rows[: len(keys)]
-        ]
-        return loaded, [bool(flag) for flag in rows[len(keys) :]]
+        self,
+        keys: Sequence[str],
+        checks: Sequence[tuple[str, str]] = (),
+        follows: Sequence[FollowKey] = (),
+    ) -> Snapshot:
+        args: list[Any] = [len(keys), len(checks), len(follows), *(m for _, m in checks)]
+        for f in follows:
+            args += [f.source + 1, f.field, f.key_prefix]
+        out = await self._load(keys=[*keys, *(key for key, _ in checks)], args=args)
+        n, c = len(keys), len(checks)
+        return Snapshot(
+            [_loaded(v, s) for v, s in out[:n]],
+            [bool(flag) for flag in out[n : n + c]],
+            [(_s(i) if i else None, _loaded(v, s)) for i, v, s in out[n + c :]],
+        )
 
     async def commit(
         self,
@@ -181,6 +186,10 @@ class OutboxRelay:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+def _loaded(version: Any, state: Any) -> Loaded:
+    return Loaded(int(version) if version else 0, json.loads(state) if state else None)
 
 
 def _s(value: Any) -> str:

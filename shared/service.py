@@ -79,8 +79,7 @@ class Runtime:
                 consumer,
                 [s.topics(t) for t in sub.topics],
                 group_id=f"{s.namespace}rapport-{s.service}-{sub.name}",
-                session_timeout_ms=s.kafka_session_timeout_ms,
-                heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+                **s.consumer_options(),
             )
 
     def spawn(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:

@@ -49,7 +49,27 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(
         3_000, validation_alias=AliasChoices("RAPPORT_KAFKA_HEARTBEAT_INTERVAL_MS")
     )
+    # How long the broker may hold a fetch with no new record. Apache Kafka answers a held
+    # fetch as soon as a record lands; the embedded broker (Tansu) waits out the whole time,
+    # so `make run` and the tests lower it to keep each hop fast.
+    kafka_fetch_max_wait_ms: int = Field(
+        500, validation_alias=AliasChoices("RAPPORT_KAFKA_FETCH_MAX_WAIT_MS")
+    )
+    # How long a batch consumer waits for records before it polls again. FastStream sleeps
+    # as long again after an empty poll, so this bounds the wake-up delay of an idle consumer.
+    consumer_batch_timeout_ms: int = Field(
+        5, validation_alias=AliasChoices("RAPPORT_CONSUMER_BATCH_TIMEOUT_MS")
+    )
     log_level: str = Field("info", validation_alias=AliasChoices("RAPPORT_LOG_LEVEL"))
+
+    def consumer_options(self) -> dict[str, int]:
+        """The Kafka consumer options every batch subscriber of this service uses."""
+        return {
+            "session_timeout_ms": self.kafka_session_timeout_ms,
+            "heartbeat_interval_ms": self.kafka_heartbeat_interval_ms,
+            "fetch_max_wait_ms": self.kafka_fetch_max_wait_ms,
+            "batch_timeout_ms": self.consumer_batch_timeout_ms,
+        }
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from services.connection import domain
 from services.connection.domain import Lists, Member, Pair, Slice
 from shared import events as ev
 from shared.commands import CommandLoop, IndexOp, IndexOpName, Plan, Rows, StateStore
+from shared.directory import Directory
 from shared.settings import ConnectionSettings
 from shared.topics import pair_key
 
@@ -22,9 +23,10 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
     def __init__(self, store: StateStore, settings: ConnectionSettings) -> None:
         super().__init__(store, self)
         self.key = lambda *parts: settings.key("connection", *parts)
+        self.directory = Directory.of(settings)
 
     async def member(self, member_id: str) -> Member | None:
-        [row], _ = await self.store.load([self.key("member", member_id)])
+        [row] = (await self.store.load([self.key("member", member_id)])).rows
         return Member.model_validate(row.state) if row.state else None
 
     async def connections(self, member_id: str) -> list[str]:
@@ -67,12 +69,26 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
     evolve = staticmethod(domain.evolve)
 
     def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
+        """The connections index, and the member directory other services read."""
         ops: list[IndexOp] = []
+        d = self.directory
         for e in events:
-            if isinstance(e, ev.ConnectionAccepted | ev.ConnectionRemoved):
-                op: IndexOpName = "SADD" if isinstance(e, ev.ConnectionAccepted) else "SREM"
-                ops.append(IndexOp(op, self.key("connections", e.member_a), e.member_b))
-                ops.append(IndexOp(op, self.key("connections", e.member_b), e.member_a))
+            match e:
+                case ev.ConnectionAccepted(member_a=a, member_b=b):
+                    ops += [IndexOp("SADD", self.key("connections", a), b)]
+                    ops += [IndexOp("SADD", self.key("connections", b), a)]
+                case ev.ConnectionRemoved(member_a=a, member_b=b):
+                    ops += [IndexOp("SREM", self.key("connections", a), b)]
+                    ops += [IndexOp("SREM", self.key("connections", b), a)]
+                case ev.MemberRegistered(member_id=m) | ev.MemberDeactivated(member_id=m):
+                    op: IndexOpName = "SADD" if isinstance(e, ev.MemberRegistered) else "SREM"
+                    ops.append(IndexOp(op, *d.is_active(m)))
+                case (
+                    ev.MemberBlocked(blocker=a, blocked=b)
+                    | ev.MemberUnblocked(blocker=a, blocked=b)
+                ):
+                    op = "SADD" if isinstance(e, ev.MemberBlocked) else "SREM"
+                    ops.append(IndexOp(op, *d.blocks_from(a, b)))
         return ops
 
 

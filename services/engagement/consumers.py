@@ -1,12 +1,12 @@
-"""What the engagement service does with other services' events: keep the members and
-blocks its rules need."""
+"""What the engagement service does with other services' events: nothing it must keep.
+Its rules need who is an active member and who blocked whom, which it reads from the
+member directory the connection service keeps (`shared.directory`) in the same round trip
+as its own state, so a member or a block answered 2xx is never contradicted here."""
 
 from __future__ import annotations
 
 from services.engagement.store import EngagementStore
-from shared import events as ev
-from shared.consumer import ConsumedEvent, Subscription
-from shared.topics import CONNECTIONS, MEMBERS
+from shared.consumer import Subscription
 
 
 class EngagementConsumers:
@@ -14,19 +14,4 @@ class EngagementConsumers:
         self.store = store
 
     def subscriptions(self) -> list[Subscription]:
-        fold = self.fold_member_or_block
-        return [
-            Subscription(
-                "rules",
-                [MEMBERS, CONNECTIONS],
-                {
-                    ev.MemberRegistered: fold,
-                    ev.MemberDeactivated: fold,
-                    ev.MemberBlocked: fold,
-                    ev.MemberUnblocked: fold,
-                },
-            )
-        ]
-
-    async def fold_member_or_block(self, consumed: ConsumedEvent) -> None:
-        await self.store.fold(consumed.event, consumed.dedupe_key)
+        return []

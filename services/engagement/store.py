@@ -1,5 +1,5 @@
 """Engagement state on the kit's command loop: the actor's and the pair's counters, and the
-known members and blocks (folded from other services) that its rules check."""
+member directory (who is active, who blocked whom) that its rules check."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.engagement import domain
 from services.engagement.domain import ActorState, Limits, PairDayState, Slice
 from shared import events as ev
 from shared.commands import CommandLoop, IndexOp, Plan, Rows, StateStore
+from shared.directory import Directory
 from shared.settings import EngagementSettings
 
 
@@ -25,27 +26,11 @@ class EngagementStore(CommandLoop[Slice, domain.Command]):
             per_target_per_day=settings.per_target_per_day,
         )
         self.key = lambda *parts: settings.key("engagement", *parts)
-        self.members_key = self.key("members")
-        self.blocks_key = self.key("blocks")  # set of "blocker>blocked"
-
-    async def fold(self, event: ev.Event, dedupe_key: str) -> None:
-        """Keep the members and blocks this service's rules need (from other services)."""
-        match event:
-            case ev.MemberRegistered(member_id=m) | ev.MemberDeactivated(member_id=m):
-                added, key, member = isinstance(event, ev.MemberRegistered), self.members_key, m
-            case ev.MemberBlocked(blocker=a, blocked=b) | ev.MemberUnblocked(blocker=a, blocked=b):
-                added, key, member = (
-                    isinstance(event, ev.MemberBlocked),
-                    self.blocks_key,
-                    f"{a}>{b}",
-                )
-            case _:
-                return
-        op = IndexOp("SADD" if added else "SREM", key, member)
-        await self.store.commit([], [], index_ops=[op], dedupe_key=dedupe_key)
+        self.directory = Directory.of(settings)
 
     # the loop's WriteModel -----------------------------------------------------------------
     async def plan(self, command: domain.Command | None, observed: ev.Event | None) -> Plan:
+        d = self.directory
         match command:
             case domain.RecordEngagement(actor=a, target=t):
                 return Plan(
@@ -54,14 +39,14 @@ class EngagementStore(CommandLoop[Slice, domain.Command]):
                         "pair_day": (self.key("pair-day", f"{a}>{t}"), PairDayState),
                     },
                     {
-                        "actor_known": (self.members_key, a),
-                        "target_known": (self.members_key, t),
-                        "blocks": (self.blocks_key, f"{a}>{t}"),
-                        "blocked_by": (self.blocks_key, f"{t}>{a}"),
+                        "actor_known": d.is_active(a),
+                        "target_known": d.is_active(t),
+                        "blocks": d.blocks_from(a, t),
+                        "blocked_by": d.blocks_from(t, a),
                     },
                 )
             case domain.AnnounceMilestone(member_id=m):
-                return Plan({}, {"actor_known": (self.members_key, m)})
+                return Plan({}, {"actor_known": d.is_active(m)})
         raise TypeError(f"unknown command {command!r}")
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from services.invitation import domain
 from services.invitation.store import InvitationStore
 from shared import events as ev
-from shared.commands import IndexOp
 from shared.consumer import ConsumedEvent, Subscription
 from shared.topics import CONNECTIONS, MEMBERS
 
@@ -22,17 +21,10 @@ class InvitationConsumers:
         react = self.fold_connection_decision
         return [
             Subscription(
-                "members",
-                [MEMBERS],
+                "decisions",
+                [MEMBERS, CONNECTIONS],
                 {
-                    ev.MemberRegistered: self.add_invitable_member,
                     ev.MemberDeactivated: self.cancel_invitations_of_deactivated_member,
-                },
-            ),
-            Subscription(
-                "connections",
-                [CONNECTIONS],
-                {
                     ev.ConnectionAccepted: react,
                     ev.ConnectionRemoved: react,
                     ev.ConnectionRejected: react,
@@ -42,9 +34,6 @@ class InvitationConsumers:
             ),
         ]
 
-    async def add_invitable_member(self, consumed: ConsumedEvent) -> None:
-        await self._members("SADD", consumed)
-
     async def cancel_invitations_of_deactivated_member(self, consumed: ConsumedEvent) -> None:
         event = consumed.event
         assert isinstance(event, ev.MemberDeactivated)
@@ -52,23 +41,12 @@ class InvitationConsumers:
             await self.store.run(
                 domain.Cancel(invitation_id, "deactivated"), causation=consumed.envelope
             )
-        await self._members("SREM", consumed)
 
     async def fold_connection_decision(self, consumed: ConsumedEvent) -> None:
         await self.store.run(
             domain.React(consumed.event),
             observed=consumed.event,
             causation=consumed.envelope,
-            dedupe_key=consumed.dedupe_key,
-        )
-
-    async def _members(self, op: str, consumed: ConsumedEvent) -> None:
-        """The set of members one may invite, changed once per event."""
-        member = consumed.event.member_id  # type: ignore[attr-defined]
-        await self.store.store.commit(
-            [],
-            [],
-            index_ops=[IndexOp(op, self.store.members_key, member)],  # type: ignore[arg-type]
             dedupe_key=consumed.dedupe_key,
         )
 

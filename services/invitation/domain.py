@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from functools import singledispatch
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from shared import events as ev
 from shared.domain import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from shared.topics import pair_key
 
 # The weekly invitation limit counts sends over this rolling window.
 WEEKLY_WINDOW = timedelta(days=7)
@@ -52,6 +53,12 @@ class Invitation(BaseModel):
     def involves(self, member: str) -> bool:
         return member in (self.sender, self.recipient)
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def pair(self) -> str:
+        """The pair this invitation is between (stored, so the pair can be found from it)."""
+        return pair_key(self.sender, self.recipient)
+
 
 class SenderState(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -79,7 +86,9 @@ class Slice:
     pair: PairState = field(default_factory=PairState)
     invitation: Invitation | None = None
     sender: SenderState = field(default_factory=SenderState)
+    sender_known: bool = True  # the sender is a registered, active member
     recipient_known: bool = True
+    blocked: bool = False  # a block either way, from the member directory
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -176,6 +185,8 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
         )
     if sender == recipient:
         raise Invalid("you cannot invite yourself", "self_invite")
+    if not state.sender_known:
+        raise Forbidden("the acting member is not an active member", "not_a_member")
     if not state.recipient_known:
         raise NotFound(f"member {recipient} not found", "member_not_found")
     if state.sender.reports >= rules.report_threshold:
@@ -183,7 +194,7 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
             "your invitations are restricted after reports from recipients", "sender_restricted"
         )
     pair = state.pair
-    if pair.blockers:
+    if pair.blockers or state.blocked:
         # One answer for either direction, and nothing that names a block.
         raise Forbidden("you cannot invite this member", "cannot_invite")
     if pair.connected:

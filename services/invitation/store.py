@@ -1,5 +1,6 @@
-"""Invitation state on the kit's command loop: which aggregates a command touches, and the
-pending-invitation indexes its events keep."""
+"""Invitation state on the kit's command loop: which aggregates a command touches (the pair,
+the invitations, the sender's counters, the member directory), and the pending-invitation
+indexes its events keep."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from services.invitation.domain import Invitation, PairState, Rules, SenderState
 from shared import events as ev
 from shared.commands import (
     CommandLoop,
+    Follow,
     IndexOp,
     IndexOpName,
     Plan,
-    PlanChanged,
     Rows,
     StateStore,
 )
+from shared.directory import Directory
 from shared.settings import InvitationSettings
 from shared.topics import pair_key
 
@@ -31,10 +33,11 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         super().__init__(store, self)
         self.rules = rules
         self.key = lambda *parts: settings.key("invitation", *parts)
-        self.members_key, self.pending_key = self.key("members"), self.key("pending")
+        self.pending_key = self.key("pending")
+        self.directory = Directory.of(settings)
 
     async def invitation(self, invitation_id: str) -> Invitation | None:
-        [row], _ = await self.store.load([self.key("inv", invitation_id)])
+        [row] = (await self.store.load([self.key("inv", invitation_id)])).rows
         return Invitation.model_validate(row.state) if row.state else None
 
     async def pending_of(self, member: str) -> list[str]:
@@ -47,44 +50,46 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
 
     # the loop's WriteModel -----------------------------------------------------------------
     async def plan(self, command: domain.Command | None, observed: ev.Event | None) -> Plan:
-        """The pair, invitations and sender a command touches, the one it is about first. A
-        new invitation and a reaction need the pair's pending invitation: one peek first."""
+        """The pair, invitations and sender a command touches, the one it is about first,
+        and the pair's pending invitation (followed from the pair, in the same snapshot)."""
+        pending = Follow("pair", "pending", "inv:{id}", self.key("inv", ""), Invitation)
         match command:
             case domain.SendInvitation(invitation_id=i, sender=s, recipient=r):
-                pair = pair_key(s, r)
-                pending = self._inv(await self._pending(pair))
                 sender = {"sender": (self.key("sender", s), SenderState)}
-                checks = {"recipient_known": (self.members_key, r)}
-                return Plan({**self._pair(pair), **pending, **self._inv(i), **sender}, checks)
+                d = self.directory
+                checks = {
+                    "sender_known": d.is_active(s),
+                    "recipient_known": d.is_active(r),
+                    "blocks": d.blocks_from(s, r),
+                    "blocked_by": d.blocks_from(r, s),
+                }
+                return Plan(
+                    {**self._pair(pair_key(s, r)), **self._inv(i), **sender}, checks, [pending]
+                )
             case domain.React(event=event):  # events keyed by the pair they are about
                 about = self._inv(getattr(event, "invitation_id", None))
-                pending = self._inv(await self._pending(event.partition_key))
-                return Plan({**self._pair(event.partition_key), **about, **pending})
+                return Plan({**self._pair(event.partition_key), **about}, follows=[pending])
             case (domain.Accept() | domain.Decline() | domain.Withdraw() | domain.Report()
                   | domain.Expire() | domain.Cancel()):  # fmt: skip
-                inv = await self.invitation(command.invitation_id)
-                if inv is None:
-                    return Plan(self._inv(command.invitation_id))
-                sender = {"sender": (self.key("sender", inv.sender), SenderState)}
-                between = self._pair(pair_key(inv.sender, inv.recipient))
-                return Plan({**between, **self._inv(inv.invitation_id), **sender})
+                name = f"inv:{command.invitation_id}"
+                through = [
+                    Follow(name, "pair", "pair", self.key("pair", ""), PairState),
+                    Follow(name, "sender", "sender", self.key("sender", ""), SenderState),
+                ]
+                return Plan(self._inv(command.invitation_id), follows=through)
         raise TypeError(f"unknown command {command!r}")
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
-        pair = rows.get("pair") or PairState()
-        peeked = isinstance(command, domain.SendInvitation | domain.React)
-        if peeked and pair.pending and f"inv:{pair.pending}" not in rows.aggregates:
-            raise PlanChanged  # the pair's pending invitation moved since the peek
-        invitations = (
-            v for k, v in rows.aggregates.items() if isinstance(v, Invitation) and k[:4] == "inv:"
-        )
+        invitations = (v for v in rows.aggregates.values() if isinstance(v, Invitation))
         return Slice(
             rules=self.rules,
             now=now,
-            pair=pair,
+            pair=rows.get("pair") or PairState(),
             invitation=next(invitations, None),
             sender=rows.get("sender") or SenderState(),
+            sender_known=rows.checks.get("sender_known", True),
             recipient_known=rows.checks.get("recipient_known", True),
+            blocked=rows.checks.get("blocks", False) or rows.checks.get("blocked_by", False),
         )
 
     def aggregates(self, state: Slice) -> Mapping[str, BaseModel | None]:
@@ -109,16 +114,10 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                     ops.append(IndexOp(sop, self.key("pending-of", member), e.invitation_id))
         return ops
 
-    async def _pending(self, pair: str) -> str | None:
-        [row], _ = await self.store.load([self.key("pair", pair)])
-        return PairState.model_validate(row.state or {}).pending
-
     def _pair(self, pair: str) -> dict[str, tuple[str, type[BaseModel]]]:
         return {"pair": (self.key("pair", pair), PairState)}
 
     def _inv(self, invitation_id: str | None) -> dict[str, tuple[str, type[BaseModel]]]:
-        return (
-            {f"inv:{invitation_id}": (self.key("inv", invitation_id), Invitation)}
-            if invitation_id
-            else {}
-        )
+        if not invitation_id:
+            return {}
+        return {f"inv:{invitation_id}": (self.key("inv", invitation_id), Invitation)}

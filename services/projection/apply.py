@@ -168,7 +168,9 @@ class BatchApplier:
                     else:
                         pipe.hdel(ks.member("m", m), "ci")
                 await pipe.execute()
-        events = json.dumps([[a.event_id, a.ts] for a in fresh])
+        events = json.dumps(
+            [[a.event_id, a.ts, int(a.awaits_decision), a.settles or ""] for a in fresh]
+        )
         return int(
             await self._marks_script(
                 keys=[ks.pos, ks.stats], args=[ks.prefix, events, json.dumps(positions), ttl]

@@ -35,6 +35,5 @@ def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSe
         [settings.topics(t) for t in ALL_TOPICS],
         group_id=f"{settings.namespace}rapport-projection",
         max_records=settings.batch_max_records,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        **settings.consumer_options(),
     )(apply_events_to_read_model)

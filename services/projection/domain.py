@@ -40,10 +40,15 @@ class Applied:
     event_id: str
     ts: float
     ops: list[MemberOp]
+    # Read-your-writes (`?after=`) of an accepted invitation means its connection is decided
+    # too: the acceptance awaits the decision, and the decision settles its cause.
+    awaits_decision: bool = False
+    settles: str | None = None
 
 
 def to_ops(envelope: ev.Envelope, event: ev.Event, scoring: ScoringModel) -> Applied:
     eid, ts = str(envelope.event_id), envelope.occurred_at.timestamp()
+    decision = isinstance(event, ev.ConnectionAccepted | ev.ConnectionRejected)
     return Applied(
         eid,
         ts,
@@ -51,6 +56,8 @@ def to_ops(envelope: ev.Envelope, event: ev.Event, scoring: ScoringModel) -> App
             (m, [eid, ts, kind, *args])
             for m, kind, *args in _ops(event, envelope.occurred_at, scoring)
         ],
+        awaits_decision=isinstance(event, ev.InvitationAccepted),
+        settles=envelope.causation_id if decision else None,
     )
 
 

@@ -95,7 +95,9 @@ class Rebuilder:
     async def run(self, version: int) -> None:
         redis = self.store.redis
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_auto_commit=False
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
         )
         await retrying(consumer.start)
         try:

@@ -44,6 +44,9 @@ class Keyspace:
     def seen(self, event_id: str) -> str:
         return f"{self.prefix}seen{{g}}:{event_id}"
 
+    def settled(self, event_id: str) -> str:
+        return f"{self.prefix}settled{{g}}:{event_id}"
+
     @property
     def clock(self) -> str:
         return f"{self.prefix}clock{{g}}"
@@ -108,8 +111,14 @@ class ReadModelStore:
         return {str(k): int(v) for k, v in raw.items()}
 
     async def applied(self, event_id: str) -> bool:
+        """The event is in the read model, and so is what it awaits (an accepted
+        invitation awaits its connection's decision)."""
         ks = await self.current()
-        return bool(await self.redis.exists(ks.seen(event_id)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(ks.seen(event_id))
+            pipe.exists(ks.settled(event_id))
+            mark, settled = await pipe.execute()
+        return mark == "1" or (mark == "w" and bool(settled))
 
     async def wait_applied(self, event_id: str, wait_ms: int) -> bool:
         """Wait until `event_id` is in the read model (read-your-writes), up to `wait_ms`.

@@ -34,12 +34,6 @@ class Stack:
                 "/members", json={"name": m, "industry": "Tech"}, headers=auth(m)
             )
             assert r.status_code == 201, r.text
-        for m in ids:
-            await wait_until(lambda m=m: self._known(m))
-
-    async def _known(self, member: str) -> bool:
-        _, [known] = await self.store.store.load([], [(self.store.members_key, member)])
-        return known
 
     async def invite(self, sender: str, to: str, message: str | None = None) -> httpx.Response:
         body = {"to": to} if message is None else {"to": to, "message": message}

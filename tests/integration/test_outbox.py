@@ -50,7 +50,7 @@ async def test_commit_is_all_or_nothing_under_optimistic_versions(
     stale = await outbox.commit([AggregateWrite(key, 0, {"n": 99})], [_follow(2)])
 
     assert stale == "conflict"
-    [loaded] = (await outbox.load([key]))[0]
+    [loaded] = (await outbox.load([key])).rows
     assert (loaded.version, loaded.state) == (1, {"n": 1})
     assert await outbox.backlog() == 1
 
@@ -64,7 +64,7 @@ async def test_dedupe_key_makes_a_consumer_commit_idempotent(
     first = await outbox.commit([AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
     again = await outbox.commit([AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
     assert (first, again) == ("ok", "duplicate")
-    assert ((await outbox.load([key]))[0])[0].state == 1
+    assert (await outbox.load([key])).rows[0].state == 1
     assert await outbox.backlog() == 1
 
 

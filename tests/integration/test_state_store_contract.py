@@ -19,6 +19,7 @@ from shared import events as ev
 from shared.commands import (
     AggregateWrite,
     CommandLoop,
+    FollowKey,
     IndexOp,
     InMemoryStateStore,
     Plan,
@@ -90,9 +91,9 @@ class StateStoreContract:
     prefix = "c:"
 
     async def test_absent_aggregates_load_as_version_zero(self, store: StateStore) -> None:
-        rows, checks = await store.load([f"{self.prefix}nothing"], [(f"{self.prefix}s", "x")])
-        assert [(r.version, r.state) for r in rows] == [(0, None)]
-        assert checks == [False]
+        snap = await store.load([f"{self.prefix}nothing"], [(f"{self.prefix}s", "x")])
+        assert [(r.version, r.state) for r in snap.rows] == [(0, None)]
+        assert snap.checks == [False]
 
     async def test_commit_writes_states_events_and_indexes_together(
         self, store: StateStore
@@ -104,9 +105,9 @@ class StateStoreContract:
             index_ops=[IndexOp("SADD", members, "ann"), IndexOp("SADD", members, "bob")],
         )
         assert result == "ok"
-        rows, checks = await store.load([key], [(members, "ann"), (members, "zed")])
-        assert [(r.version, r.state) for r in rows] == [(1, {"n": 1})]
-        assert checks == [True, False]
+        snap = await store.load([key], [(members, "ann"), (members, "zed")])
+        assert [(r.version, r.state) for r in snap.rows] == [(1, {"n": 1})]
+        assert snap.checks == [True, False]
         assert await store.set_members(members) == {"ann", "bob"}
         assert await store.backlog() == 2
 
@@ -119,8 +120,8 @@ class StateStoreContract:
             index_ops=[IndexOp("SADD", members, "eve")],
         )
         assert stale == "conflict"
-        rows, _ = await store.load([key])
-        assert (rows[0].version, rows[0].state) == (1, {"n": 1})
+        [row0] = (await store.load([key])).rows
+        assert (row0.version, row0.state) == (1, {"n": 1})
         assert await store.set_members(members) == set()
         assert await store.backlog() == 1
 
@@ -130,9 +131,28 @@ class StateStoreContract:
         assert first == "ok"
         again = await store.commit([AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
         assert again == "duplicate"
-        rows, _ = await store.load([key])
-        assert (rows[0].version, rows[0].state) == (1, 1)
+        [row0] = (await store.load([key])).rows
+        assert (row0.version, row0.state) == (1, 1)
         assert await store.backlog() == 1
+
+    async def test_a_followed_aggregate_loads_in_the_same_snapshot(self, store: StateStore) -> None:
+        pointer, target = f"{self.prefix}pointer", f"{self.prefix}target:t1"
+        await store.commit(
+            [AggregateWrite(pointer, 0, {"next": "t1", "n": 5}), AggregateWrite(target, 0, 7)], []
+        )
+        snap = await store.load(
+            [pointer, f"{self.prefix}absent"],
+            follows=[
+                FollowKey(0, "next", f"{self.prefix}target:"),
+                FollowKey(0, "n", f"{self.prefix}target:"),  # not a string: nothing
+                FollowKey(1, "next", f"{self.prefix}target:"),  # absent source: nothing
+            ],
+        )
+        assert [(i, r.version, r.state) for i, r in snap.followed] == [
+            ("t1", 1, 7),
+            (None, 0, None),
+            (None, 0, None),
+        ]
 
     async def test_sorted_index_answers_lowest_scores_first_up_to_a_bound(
         self, store: StateStore
@@ -158,14 +178,12 @@ class StateStoreContract:
         assert await store.claim(names, "finance", "Finance") == "Finance"
         assert await store.claim(names, "finance", "FINANCE") == "Finance"
 
-    async def test_the_command_loop_serialises_concurrent_commands(
-        self, store: StateStore
-    ) -> None:
+    async def test_the_command_loop_serialises_concurrent_commands(self, store: StateStore) -> None:
         loop = CommandLoop(store, CounterModel(self.prefix))
         outcomes = await asyncio.gather(*(loop.run(Follow(f"m{i}")) for i in range(20)))
         assert all(len(o.envelopes) == 1 for o in outcomes)
-        rows, _ = await store.load([f"{self.prefix}counter:b"])
-        assert (rows[0].version, rows[0].state) == (20, {"follows": 20})
+        [row0] = (await store.load([f"{self.prefix}counter:b"])).rows
+        assert (row0.version, row0.state) == (20, {"follows": 20})
         assert len(await store.set_members(f"{self.prefix}followers:b")) == 20
         assert await store.backlog() == 20
 

@@ -18,6 +18,7 @@ from services.invitation.main import rules_from
 from services.invitation.store import InvitationStore
 from shared import events as ev
 from shared.commands import IndexOp, InMemoryStateStore
+from shared.directory import Directory
 from shared.domain import Conflict, Forbidden, NotFound, RateLimited
 from shared.events import Envelope
 from shared.settings import ConnectionSettings, EngagementSettings, InvitationSettings
@@ -31,9 +32,16 @@ async def invitations(*members: str) -> tuple[InvitationStore, InMemoryStateStor
     state = InMemoryStateStore()
     settings = InvitationSettings()
     store = InvitationStore(state, settings, rules_from(settings))
-    ops = [IndexOp("SADD", store.members_key, m) for m in members]
-    await state.commit([], [], index_ops=ops)
+    await directory(state, *members)
     return store, state
+
+
+async def directory(state: InMemoryStateStore, *active: str, blocks: str = "") -> None:
+    """What the connection service keeps in the member directory."""
+    d = Directory.of(InvitationSettings())
+    ops = [IndexOp("SADD", *d.is_active(m)) for m in active]
+    ops += [IndexOp("SADD", *d.blocks_from(*pair.split(">"))) for pair in blocks.split() if pair]
+    await state.commit([], [], index_ops=ops)
 
 
 async def test_invite_accept_and_the_pending_indexes() -> None:
@@ -90,6 +98,19 @@ async def test_expiry_sweep_expires_only_what_is_due() -> None:
     assert await store.pending_of("ann") == ["new"]
 
 
+async def test_a_sender_who_is_no_member_and_a_block_in_the_directory_refuse() -> None:
+    store, _ = await invitations("bob", "cy")
+    with pytest.raises(Forbidden) as info:
+        await store.run(idom.SendInvitation("i1", "ghost", "bob"))
+    assert info.value.code == "not_a_member"
+    state = store.store
+    assert isinstance(state, InMemoryStateStore)
+    await directory(state, "ann", blocks="bob>ann")
+    with pytest.raises(Forbidden) as info:
+        await store.run(idom.SendInvitation("i2", "ann", "bob"))
+    assert info.value.code == "cannot_invite"
+
+
 async def test_connection_register_connect_and_block() -> None:
     state = InMemoryStateStore()
     store = ConnectionStore(state, ConnectionSettings())
@@ -99,7 +120,10 @@ async def test_connection_register_connect_and_block() -> None:
     assert outcome.first(ev.ConnectionAccepted) is not None
     assert await store.connections("ann") == ["bob"]
     assert (await store.member("bob")).connections == 1  # type: ignore[union-attr]
+    directory_ = Directory.of(ConnectionSettings())
+    assert state.sets[directory_.active_members] == {"ann", "bob"}
     await store.run(cd.Block("bob", "ann"))
+    assert state.sets[directory_.blocks] == {"bob>ann"}
     assert await store.connections("ann") == []
     assert (await store.member("bob")).connections == 0  # type: ignore[union-attr]
     assert await store.canonical_industry(" tech ") == "tech"
@@ -111,13 +135,12 @@ async def test_engagement_limits_and_known_members() -> None:
     store = EngagementStore(state, EngagementSettings(per_actor_per_minute=2))
     with pytest.raises(NotFound):
         await store.run(ed.RecordEngagement("ann", "bob", "like"))
-    for n, m in enumerate(("ann", "bob")):
-        await store.fold(ev.MemberRegistered(member_id=m, name=m, industry="T"), f"seen:{n}")
+    await directory(state, "ann", "bob")
     for _ in range(2):
         await store.run(ed.RecordEngagement("ann", "bob", "like"))
     with pytest.raises(RateLimited):
         await store.run(ed.RecordEngagement("ann", "bob", "like"))
-    await store.fold(ev.MemberBlocked(blocker="bob", blocked="ann"), "seen:9")
+    await directory(state, blocks="bob>ann")
     with pytest.raises(Forbidden):
         await store.run(ed.RecordEngagement("ann", "bob", "comment"))
     assert types(state) == ["EngagementRecorded", "EngagementRecorded"]

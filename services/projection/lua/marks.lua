@@ -1,14 +1,18 @@
 -- Close a batch: mark its events applied (for `?after` and the applied count) and store the
 -- consumed positions. Runs after the per-member and per-industry scripts succeeded, on keys
 -- that share the `{g}` hash tag. KEYS: positions hash, stats hash. ARGV: keyspace prefix,
--- JSON [[event_id, ts], ...], JSON {"topic:partition": next_offset}, dedupe TTL.
-local ns = ARGV[1]
+-- JSON [[event_id, ts, awaits_decision, settles], ...], JSON {"topic:partition": offset},
+-- dedupe TTL. An event that awaits a decision is marked 'w'; the decision marks its cause
+-- `settled`, so `?after=` of an accepted invitation waits for its connection.
+local ns, ttl = ARGV[1], tonumber(ARGV[4])
 local applied, last_ts = 0, 0
 for _, e in ipairs(cjson.decode(ARGV[2])) do
-  if redis.call('SET', ns .. 'seen{g}:' .. e[1], '1', 'NX', 'EX', tonumber(ARGV[4])) then
+  local mark = (e[3] == 1) and 'w' or '1'
+  if redis.call('SET', ns .. 'seen{g}:' .. e[1], mark, 'NX', 'EX', ttl) then
     applied = applied + 1
     if e[2] > last_ts then last_ts = e[2] end
   end
+  if e[4] ~= '' then redis.call('SET', ns .. 'settled{g}:' .. e[4], '1', 'EX', ttl) end
 end
 local pos = {}
 for tp, offset in pairs(cjson.decode(ARGV[3])) do pos[#pos + 1] = tp; pos[#pos + 1] = offset end

@@ -77,7 +77,7 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
     """A hash of the read model's content (not its bookkeeping), to compare two versions."""
     version = version if version is not None else await rm.version()
     prefix = rm.keyspace(version).prefix
-    skip = ("seen{g}", "sn:", "sg:", "clock{g}", "lc:", "pos{g}", "stats{g}")
+    skip = ("seen{g}", "settled{g}", "sn:", "sg:", "clock{g}", "lc:", "pos{g}", "stats{g}")
     entries: list[tuple[str, Any]] = []
     async for key in rm.redis.scan_iter(match=prefix + "*", count=1000):
         name = str(key)[len(prefix) :]
