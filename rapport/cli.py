@@ -84,7 +84,7 @@ def run(
                 **EMBEDDED_BROKER_TUNING,
             }
             services = [
-                ServiceProcess(name, _service_port(name), env, state_dir / "logs")
+                ServiceProcess(name, _service_port(name), env, state_dir / "logs", workers=int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1")))
                 for name in SERVICES
             ]
             supervisor = Supervisor(services)

@@ -30,6 +30,7 @@ class ServiceProcess:
     port: int
     env: dict[str, str]
     log_dir: Path
+    workers: int = 1
     child: ChildProcess | None = None
     restarts: int = 0
 
@@ -51,6 +52,8 @@ class ServiceProcess:
             "--no-access-log",
             "--timeout-graceful-shutdown",
             "10",
+            "--workers",
+            str(self.workers),
         ]
         self.child = ChildProcess(
             self.name, argv, self.log_dir / f"{self.name}.log", env={**os.environ, **self.env}

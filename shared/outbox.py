@@ -76,16 +76,18 @@ class RedisStateStore:
         index_ops: Sequence[IndexOp] = (),
         dedupe_key: str | None = None,
     ) -> CommitResult:
-        keys = [self.stream_key, dedupe_key or ""]
-        keys += [w.key for w in writes]
+        keys = [self.stream_key, dedupe_key or "", *(w.key for w in writes)]
         keys += [op.key for op in index_ops]
-        args: list[Any] = [len(writes), len(envelopes), len(index_ops), self.dedupe_ttl_s]
-        for w in writes:
-            args += [w.expected_version, json.dumps(w.state, separators=(",", ":"))]
-        for env in envelopes:
-            args += [self.topics(env.topic), env.key, env.type, str(env.event_id), env.to_bytes()]
-        for op in index_ops:
-            args += [op.op, op.score, op.member]
+        payload = [
+            self.dedupe_ttl_s,
+            [[w.expected_version, json.dumps(w.state, separators=(",", ":"))] for w in writes],
+            [
+                [self.topics(e.topic), e.key, e.type, str(e.event_id), e.to_bytes().decode()]
+                for e in envelopes
+            ],
+            [[op.op, repr(op.score), op.member] for op in index_ops],
+        ]
+        args = [json.dumps(payload, separators=(",", ":"))]
         result = _s(await self._commit(keys=keys, args=args))
         if result not in ("ok", "conflict", "duplicate"):
             raise RuntimeError(f"unexpected outbox commit result {result!r}")

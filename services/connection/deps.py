@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from services.connection.store import ConnectionStore
 
 
-def get_store(request: Request) -> ConnectionStore:
+# Async: FastAPI runs a plain `def` dependency in a thread pool.
+async def get_store(request: Request) -> ConnectionStore:
     store: ConnectionStore = request.app.state.wired
     return store
 

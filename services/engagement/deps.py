@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from services.engagement.store import EngagementStore
 
 
-def get_store(request: Request) -> EngagementStore:
+# Async: FastAPI runs a plain `def` dependency in a thread pool.
+async def get_store(request: Request) -> EngagementStore:
     store: EngagementStore = request.app.state.wired
     return store
 

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from services.invitation.store import InvitationStore
 
 
-def get_store(request: Request) -> InvitationStore:
+# Async: FastAPI runs a plain `def` dependency in a thread pool.
+async def get_store(request: Request) -> InvitationStore:
     store: InvitationStore = request.app.state.wired
     return store
 

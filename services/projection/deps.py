@@ -24,13 +24,15 @@ class Projection:
     throughput: Throughput
 
 
-def get_projection(request: Request) -> Projection:
+# Dependencies are async: FastAPI runs a plain `def` dependency in a thread pool.
+async def get_projection(request: Request) -> Projection:
     projection: Projection = request.app.state.wired
     return projection
 
 
-def get_store(request: Request) -> ReadModelStore:
-    return get_projection(request).store
+async def get_store(request: Request) -> ReadModelStore:
+    projection: Projection = request.app.state.wired
+    return projection.store
 
 
 ProjectionDep = Annotated[Projection, Depends(get_projection)]
