@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIZE ?= full
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit lint bench docs clean redis-server chromium compose-config
+.PHONY: install run test test-unit lint bench docs clean redis-server chromium wrk compose-config
 
 install: $(STAMP)
 
@@ -29,6 +29,18 @@ redis-server:
 	else \
 	  echo "redis-server is missing: install it (apt-get install redis-server) or set REDIS_URL" >&2; \
 	  test -n "$$REDIS_URL"; \
+	fi
+
+# The write benchmark drives HTTP load with a compiled generator (Debian's wrk).
+wrk:
+	@command -v wrk >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing wrk (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	else \
+	  echo "wrk is missing (apt-get install wrk): the write benchmark needs it" >&2; exit 1; \
 	fi
 
 # The dashboard's browser test drives Debian's Chromium (Playwright's own browser download is
@@ -57,8 +69,8 @@ lint: install
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy shared services
 
-bench: install redis-server
-	$(BIN)/python -m bench --size $(SIZE)
+bench: install redis-server wrk
+	$(BIN)/python -m bench --size $(SIZE) $(if $(ONLY),--only $(ONLY))
 
 # The event contract (AsyncAPI) and each service's OpenAPI, generated from the code.
 docs: install

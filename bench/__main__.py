@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -105,12 +106,17 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated sections to run (relay, projection, queries, writes); all if empty",
+    )
     args = parser.parse_args()
     size = SIZES[args.size]
     started = time.monotonic()
     rows = Rows(["| benchmark | Rapport | peer(s) | ratio |", "|---|---|---|---|"])
     try:
-        measure(size, rows)
+        measure(size, rows, set(args.only.split(",")) - {""} or set(SECTIONS))
     finally:
         table = "\n".join(
             [machine(), f"size: {args.size}, took {time.monotonic() - started:.0f}s", "", *rows]
@@ -133,60 +139,108 @@ class Rows(list[str]):
         return self
 
 
-def measure(size: Size, rows: Rows) -> None:
+SECTIONS = ("relay", "projection", "queries", "writes")
+
+
+def measure(size: Size, rows: Rows, sections: set[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp, embedded_infra(Path(tmp), use_env=False) as infra:
-        relay_s, raw_s = asyncio.run(
-            outbox_relay(infra.kafka_bootstrap, infra.redis_url, size.relay_events)
+        if "relay" in sections:
+            _relay_rows(size, rows, infra)
+        if "projection" in sections:
+            _projection_rows(size, rows, infra)
+        if "queries" in sections:
+            _query_rows(size, rows, infra, Path(tmp))
+        if "writes" in sections:
+            rows += write_rows(writes.run_writes(infra.kafka_bootstrap, infra.redis_url, Path(tmp)))
+
+
+def _relay_rows(size: Size, rows: Rows, infra: Any) -> None:
+    relay_s, raw_s = asyncio.run(
+        outbox_relay(infra.kafka_bootstrap, infra.redis_url, size.relay_events)
+    )
+    n = size.relay_events
+    rows.append(
+        f"| outbox relay, {n:,} events (events/s) | {n / relay_s:,.0f} "
+        f"| bare aiokafka send: {n / raw_s:,.0f} | {raw_s / relay_s:.2f} |"
+    )
+
+
+def _projection_rows(size: Size, rows: Rows, infra: Any) -> None:
+    proj = projection.run(infra.kafka_bootstrap, infra.redis_url, size.projection_events)
+    rate = proj.steady_events / proj.steady_s
+    bare = proj.events / proj.bare_s
+    sadd = f"{proj.sadd_per_s:,.0f}" if proj.sadd_per_s else "n/a"
+    rows += [
+        f"| projection apply, {proj.events:,} events, steady (events/s) | {rate:,.0f} "
+        f"| bare aiokafka consume+json: {bare:,.0f} | {rate / bare:.2f} |",
+        f"| projection incl. process start + group join (events/s) "
+        f"| {proj.events / proj.projection_s:,.0f} | redis-benchmark SADD -P64: {sadd} ops/s | - |",
+    ]
+
+
+def _query_rows(size: Size, rows: Rows, infra: Any, tmp: Path) -> None:
+    g = queries.power_law_graph(size.members, size.mean_degree, size.max_degree)
+    q = queries.query_list(g, size.queries)
+    res = asyncio.run(
+        queries.run_queries(g, q, infra.redis_url, infra.kafka_bootstrap, PG_DSN, tmp)
+    )
+    rows.append(
+        f"| graph | {res.members:,} members, {res.edges:,} edges, max degree {res.max_degree:,} "
+        f"| answers cross-checked on {res.checks} degree and network queries | - |"
+    )
+    for name, by_peer in res.rows.items():
+        http, redis_ = by_peer["http"], by_peer["redis"]
+        peers = [f"{p}: {ms(by_peer[p])}" for p in ("postgres", "networkx") if p in by_peer]
+        ratio = (
+            f"PG/Redis p99 {by_peer['postgres'][1] / redis_[1]:.1f}x"
+            if "postgres" in by_peer
+            else "-"
         )
-        n = size.relay_events
         rows.append(
-            f"| outbox relay, {n:,} events (events/s) | {n / relay_s:,.0f} "
-            f"| bare aiokafka send: {n / raw_s:,.0f} | {raw_s / relay_s:.2f} |"
+            f"| {name} p50/p99 ms | HTTP {ms(http)}; Redis path {ms(redis_)} "
+            f"| {'; '.join(peers) or '-'} | {ratio} |"
         )
-        proj = projection.run(infra.kafka_bootstrap, infra.redis_url, size.projection_events)
-        rate = proj.steady_events / proj.steady_s
-        bare = proj.events / proj.bare_s
-        sadd = f"{proj.sadd_per_s:,.0f}" if proj.sadd_per_s else "n/a"
-        rows += [
-            f"| projection apply, {proj.events:,} events, steady (events/s) | {rate:,.0f} "
-            f"| bare aiokafka consume+json: {bare:,.0f} | {rate / bare:.2f} |",
-            f"| projection incl. process start + group join (events/s) "
-            f"| {proj.events / proj.projection_s:,.0f} | redis-benchmark SADD -P64: {sadd} ops/s | - |",
-        ]
-        g = queries.power_law_graph(size.members, size.mean_degree, size.max_degree)
-        q = queries.query_list(g, size.queries)
-        res = asyncio.run(
-            queries.run_queries(g, q, infra.redis_url, infra.kafka_bootstrap, PG_DSN, Path(tmp))
+    rows.append(
+        f"| Redis memory of the graph's read models | {res.redis_bytes / res.edges:.0f} B/edge, "
+        f"{res.redis_bytes / res.members:,.0f} B/member | - | - |"
+    )
+
+
+def write_rows(w: writes.WriteResults) -> list[str]:
+    """The write-path rows: each wrk run beside the bare endpoint measured in the same run."""
+    base = w.bare.rps
+
+    def row(name: str, run: writes.WrkRun, bar: str) -> str:
+        return (
+            f"| {name}, wrk {w.seconds}s x {w.connections} conns (req/s) | {run.rps:,.0f}, "
+            f"p50/p99 {run.p50_ms:.1f} / {run.p99_ms:.1f} ms; {writes.statuses(run)} "
+            f"| bare endpoint: {base:,.0f} | {run.rps / base:.2f} ({bar}); client CPU "
+            f"{run.client_cpu:.0%} |"
         )
-        rows.append(
-            f"| graph | {res.members:,} members, {res.edges:,} edges, max degree {res.max_degree:,} "
-            f"| answers cross-checked on {res.checks} degree and network queries | - |"
+
+    def fresh(name: str, f: writes.Freshness) -> str:
+        total = writes.percentiles(f.total_ms)
+        hops = "; ".join(
+            f"{hop} {writes.percentiles(v)[0]:.1f} / {writes.percentiles(v)[1]:.1f}"
+            for hop, v in f.hops_ms.items()
         )
-        for name, by_peer in res.rows.items():
-            http, redis_ = by_peer["http"], by_peer["redis"]
-            peers = [f"{p}: {ms(by_peer[p])}" for p in ("postgres", "networkx") if p in by_peer]
-            ratio = (
-                f"PG/Redis p99 {by_peer['postgres'][1] / redis_[1]:.1f}x"
-                if "postgres" in by_peer
-                else "-"
-            )
-            rows.append(
-                f"| {name} p50/p99 ms | HTTP {ms(http)}; Redis path {ms(redis_)} "
-                f"| {'; '.join(peers) or '-'} | {ratio} |"
-            )
-        rows.append(
-            f"| Redis memory of the graph's read models | {res.redis_bytes / res.edges:.0f} B/edge, "
-            f"{res.redis_bytes / res.members:,.0f} B/member | - | - |"
+        return (
+            f"| {name}: accept 2xx -> `?after=` degree 1, {len(f.total_ms)} samples "
+            f"(p50/p99 ms) | {total[0]:.1f} / {total[1]:.1f} | hops p50/p99: {hops} "
+            f"| failures: {f.failures} |"
         )
-        w = asyncio.run(
-            writes.run_writes(infra.kafka_bootstrap, infra.redis_url, Path(tmp), size.invitations)
-        )
-        rows += [
-            f"| POST /invitations, {w.invitations:,} at concurrency {w.concurrency} | {w.invite_rps:,.0f} req/s, "
-            f"p50/p99 {ms(w.invite_ms)} ms | - | - |",
-            f"| accept | {w.accept_rps:,.0f} req/s, p50/p99 {ms(w.accept_ms)} ms | - | - |",
-            f"| accept 2xx -> degree 1 (freshness) | p50/p99 {ms(w.fresh_ms)} ms | - | non-2xx: {w.errors} {w.error_codes or ''} |",
-        ]
+
+    return [
+        f"| bare FastAPI + 1 Redis Lua call (reference), wrk {w.seconds}s x {w.connections} "
+        f"| {base:,.0f} req/s, p50/p99 {w.bare.p50_ms:.1f} / {w.bare.p99_ms:.1f} ms "
+        f"| workers {w.workers} | client CPU {w.bare.client_cpu:.0%} |",
+        row("POST /members", w.register, "bar 0.4"),
+        row("POST /invitations", w.invite, "bar 0.4, p99 <= 50 ms"),
+        row("POST /invitations/{id}/accept", w.accept, "bar 0.3"),
+        fresh("freshness, idle", w.idle),
+        fresh("freshness, under invitation load", w.loaded),
+        row("POST /invitations during the loaded freshness run", w.loaded_invite, "-"),
+    ]
 
 
 if __name__ == "__main__":

@@ -356,13 +356,17 @@ async def run_queries(
             await time_async(http_degree, q.degree[:20])  # warm-up (connections, scripts)
             rows["degree"] = {
                 "http": await time_async(http_degree, q.degree),
-                "redis": await time_async(lambda x, y: queries.degree.degree(model, ks, x, y), q.degree),
+                "redis": await time_async(
+                    lambda x, y: queries.degree.degree(model, ks, x, y), q.degree
+                ),
                 "postgres": time_sync(pg.degree, q.degree),
                 "networkx": time_sync(nxp.degree, q.degree),
             }
             rows["mutual"] = {
                 "http": await time_async(http_mutual, q.mutual),
-                "redis": await time_async(lambda x, y: queries.degree.mutual(model, ks, x, y), q.mutual),
+                "redis": await time_async(
+                    lambda x, y: queries.degree.mutual(model, ks, x, y), q.mutual
+                ),
                 "postgres": time_sync(pg.mutual, q.mutual),
                 "networkx": time_sync(nxp.mutual, q.mutual),
             }
@@ -374,12 +378,17 @@ async def run_queries(
             }
             rows["suggestions (cached)"] = {
                 "http": await time_async(http_suggest, q.suggestions),
-                "redis": await time_async(lambda x: queries.suggestions.suggestions(model, x, 20), q.suggestions),
+                "redis": await time_async(
+                    lambda x: queries.suggestions.suggestions(model, x, 20), q.suggestions
+                ),
             }
             rows["network degree=2 & industry"] = {
                 "http": await time_async(http_network, q.network),
                 "redis": await time_async(
-                    lambda x, i: queries.network.network(model, x, 2, Filters(industry=i), None, 20), q.network
+                    lambda x, i: queries.network.network(
+                        model, x, 2, Filters(industry=i), None, 20
+                    ),
+                    q.network,
                 ),
                 "postgres": time_sync(pg.network, q.network),
                 "networkx": time_sync(nxp.network, q.network),

@@ -1,176 +1,366 @@
-"""The write path through real processes: POST /invitations and accept at a fixed
-concurrency, and freshness (accept's 2xx until the projection answers degree 1)."""
+"""The write path through real processes, driven by a compiled load generator (wrk).
+
+Every row is one wrk run (1 thread, 32 connections, fixed duration) against the whole stack
+on the embedded broker, beside its reference measured in the same run: a bare FastAPI
+endpoint (bench/bare.py) that validates the same body and makes one Redis Lua call. The
+client's own CPU is reported beside each row, so a row that measures its client shows it.
+
+Freshness: accept's 2xx until the projection answers degree 1, read with `?after=` (idle, and
+under the invitation load), with each hop measured apart from the Kafka records' timestamps.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
-from bench.queries import percentiles
-from rapport.localstack import free_port
+from rapport.localstack import ChildProcess, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.kafka import ensure_topics
-from shared.topics import TopicNames
+from shared.topics import CONNECTIONS, INVITATIONS, TopicNames
+
+WRK_DIR = Path(__file__).parent / "wrk"
+MEMBERS = 1000
+PREFIX = "w"
+
+
+@dataclass
+class WrkRun:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    statuses: dict[int, int]
+    client_cpu_s: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def client_cpu(self) -> float:
+        """The load generator's CPU as a share of one core."""
+        return self.client_cpu_s / self.seconds
+
+
+@dataclass
+class Freshness:
+    total_ms: list[float] = field(default_factory=list)
+    hops_ms: dict[str, list[float]] = field(default_factory=dict)
+    failures: int = 0
 
 
 @dataclass
 class WriteResults:
-    invitations: int
-    concurrency: int
-    invite_rps: float
-    invite_ms: tuple[float, float]
-    accept_rps: float
-    accept_ms: tuple[float, float]
-    fresh_ms: tuple[float, float]
-    errors: int
-    error_codes: dict[int, int]
+    seconds: int
+    connections: int
+    workers: dict[str, int]
+    bare: WrkRun
+    register: WrkRun
+    invite: WrkRun
+    accept: WrkRun
+    idle: Freshness
+    loaded: Freshness
+    loaded_invite: WrkRun
+
+
+def wrk(url: str, script: str, seconds: int, connections: int, **env: str) -> WrkRun:
+    """One wrk run; its result line comes from bench/wrk/common.lua's `done`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(WRK_DIR / f"{script}.lua"),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "WRK_DIR": str(WRK_DIR), "WRK_TOKEN": TOKEN, **env},
+    ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next(x for x in out.splitlines() if x.startswith("WRK_RESULT "))
+    data = json.loads(line.removeprefix("WRK_RESULT "))
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return WrkRun(
+        data["requests"],
+        data["seconds"],
+        data["p50_ms"],
+        data["p99_ms"],
+        data["errors"],
+        {int(k): v for k, v in data["statuses"].items()},
+        cpu,
+    )
 
 
 def _headers(member: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}", "X-Member-Id": member}
 
 
-async def _load(
-    calls: list,
-    concurrency: int,  # list of zero-arg coroutine factories
-) -> tuple[float, list[float], list[httpx.Response]]:
-    queue = list(enumerate(calls))
-    latencies: list[float] = []
-    responses: list[httpx.Response] = [None] * len(calls)  # type: ignore[list-item]
+async def _register(http: httpx.AsyncClient, url: str, members: list[str]) -> None:
+    sem = asyncio.Semaphore(32)
 
-    async def worker() -> None:
-        while queue:
-            i, call = queue.pop()
-            started = time.perf_counter()
-            try:
-                responses[i] = await call()
-            except httpx.HTTPError as exc:  # counted as a failed request, the run goes on
-                responses[i] = httpx.Response(599, text=repr(exc))
-            latencies.append(time.perf_counter() - started)
+    async def one(m: str) -> None:
+        async with sem:
+            r = await http.post(
+                f"{url}/members", json={"name": m, "industry": "Technology"}, headers=_headers(m)
+            )
+            assert r.status_code == 201, r.text
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies, responses
+    await asyncio.gather(*(one(m) for m in members))
 
 
-async def run_writes(
-    bootstrap: str, redis_url: str, logs: Path, invitations: int, concurrency: int = 32
+async def _pending_invitations(redis_url: str, namespace: str, path: Path) -> int:
+    """Write 'invitation_id recipient' for every pending invitation (the accept run's input)."""
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    prefix = f"{namespace}rapport:invitation:"
+    ids = await redis.zrange(f"{prefix}pending", 0, -1)
+    lines = []
+    for start in range(0, len(ids), 1000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in ids[start : start + 1000]:
+                pipe.hget(f"{prefix}inv:{i}", "s")
+            for i, raw in zip(ids[start : start + 1000], await pipe.execute(), strict=True):
+                lines.append(f"{i} {json.loads(raw)['recipient']}")
+    random.Random(7).shuffle(lines)
+    await asyncio.to_thread(path.write_text, "\n".join(lines) + "\n")
+    await redis.aclose()
+    return len(lines)
+
+
+class HopClock:
+    """When each InvitationAccepted / ConnectionAccepted entered the log (record timestamps,
+    set by the relay's producer), keyed by invitation id."""
+
+    def __init__(self, bootstrap: str, topics: TopicNames) -> None:
+        self.consumer = AIOKafkaConsumer(
+            topics(INVITATIONS),
+            topics(CONNECTIONS),
+            bootstrap_servers=bootstrap,
+            fetch_max_wait_ms=5,
+            auto_offset_reset="latest",
+        )
+        self.seen: dict[tuple[str, str], float] = {}
+        self.events: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        await self.consumer.getmany(timeout_ms=500)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for record in self.consumer:
+            env = json.loads(record.value)
+            inv = env.get("payload", {}).get("invitation_id")
+            if inv and env["type"] in ("InvitationAccepted", "ConnectionAccepted"):
+                self.seen[(env["type"], inv)] = record.timestamp / 1000
+                self.events.setdefault(inv, asyncio.Event())
+                if ("ConnectionAccepted", inv) in self.seen:
+                    self.events[inv].set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.consumer.stop()
+
+
+async def _freshness(
+    http: httpx.AsyncClient,
+    urls: dict[str, str],
+    clock: HopClock,
+    samples: int,
+    rng: random.Random,
+) -> Freshness:
+    """Accept an invitation between two new members, then `?after=` degree 1, `samples` times."""
+    result = Freshness(hops_ms={"relay": [], "connection": [], "projection": []})
+    for _ in range(samples):
+        a, b = f"f{rng.getrandbits(40):x}", f"g{rng.getrandbits(40):x}"
+        await _register(http, urls["connection"], [a, b])
+        sent = await http.post(
+            f"{urls['invitation']}/invitations", json={"to": b}, headers=_headers(a)
+        )
+        inv = sent.json()["invitation_id"]
+        accepted = await http.post(
+            f"{urls['invitation']}/invitations/{inv}/accept", headers=_headers(b)
+        )
+        answered_at = time.time()
+        started = time.perf_counter()
+        degree = await http.get(
+            f"{urls['projection']}/members/{a}/degree/{b}",
+            params={"after": accepted.json()["event_id"], "wait_ms": 10_000},
+            headers=_headers(a),
+        )
+        visible_at = time.time()
+        if degree.status_code != 200 or degree.json()["degree"] != 1:
+            result.failures += 1
+            continue
+        result.total_ms.append((time.perf_counter() - started) * 1000)
+        event = clock.events.setdefault(inv, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout=5)
+        except TimeoutError:
+            continue
+        invitation_at = clock.seen[("InvitationAccepted", inv)]
+        connection_at = clock.seen[("ConnectionAccepted", inv)]
+        result.hops_ms["relay"].append((invitation_at - answered_at) * 1000)
+        result.hops_ms["connection"].append((connection_at - invitation_at) * 1000)
+        result.hops_ms["projection"].append((visible_at - connection_at) * 1000)
+    return result
+
+
+def run_writes(
+    bootstrap: str, redis_url: str, logs: Path, seconds: int = 10, connections: int = 32
 ) -> WriteResults:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: `make wrk` installs Debian's package")
     namespace = f"w{time.time_ns()}."
-    await ensure_topics(bootstrap, TopicNames(namespace).partitions())
-    env = service_env(bootstrap, redis_url, namespace, RAPPORT_INVITATION_WEEKLY_LIMIT="100000")
-    procs = [ServiceProcess(name, free_port(), env, logs) for name in SERVICES]
+    asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions()))
+    env = service_env(bootstrap, redis_url, namespace, RAPPORT_INVITATION_WEEKLY_LIMIT="1000000")
+    workers = {
+        name: int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1")) for name in SERVICES
+    }
+    procs = [ServiceProcess(n, free_port(), env, logs, workers=workers[n]) for n in SERVICES]
     supervisor = Supervisor(procs)
-    await asyncio.to_thread(supervisor.start_all)
-    url = {p.name: p.url for p in procs}
-    rng = random.Random(5)
-    members = [f"w{i:06d}" for i in range(max(200, invitations // 5))]
-    limits = httpx.Limits(max_connections=concurrency * 2)
+    supervisor.start_all(timeout_s=90)
+    urls = {p.name: p.url for p in procs}
+    bare_port = free_port()
+    bare = ChildProcess(
+        "bare",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bare:app",
+            "--port",
+            str(bare_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        logs / "bare.log",
+        env={**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    bare.start()
     try:
-        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
-            await _load(
-                [
-                    (
-                        lambda m=m: http.post(
-                            f"{url['connection']}/members",
-                            json={"name": m, "industry": "Technology"},
-                            headers=_headers(m),
-                        )
-                    )
-                    for m in members
-                ],
-                concurrency,
-            )
-            last = members[-1]
-            for _ in range(300):  # the invitation service learns members from the topic
-                r = await http.post(
-                    f"{url['invitation']}/invitations",
-                    json={"to": last},
-                    headers=_headers(members[0]),
-                )
-                if r.status_code != 404:
-                    break
-                await asyncio.sleep(0.05)
-            pairs: set[tuple[str, str]] = set()
-            while len(pairs) < invitations:
-                a, b = rng.sample(members, 2)
-                if (a, b) not in pairs and (b, a) not in pairs and {a, b} != {members[0], last}:
-                    pairs.add((a, b))
-            ordered = sorted(pairs)
-            took, invite_lat, sent = await _load(
-                [
-                    (
-                        lambda a=a, b=b: http.post(
-                            f"{url['invitation']}/invitations", json={"to": b}, headers=_headers(a)
-                        )
-                    )
-                    for a, b in ordered
-                ],
-                concurrency,
-            )
-            errors = sum(r.status_code != 201 for r in sent)
-            codes = Counter(r.status_code for r in sent if r.status_code != 201)
-            invite_rps = len(ordered) / took
-            accepts = [
-                (r.json()["invitation_id"], b, a)
-                for r, (a, b) in zip(sent, ordered, strict=True)
-                if r.status_code == 201
-            ]
-            fresh: list[float] = []
-            accept_lat: list[float] = []
-
-            async def accept_and_wait(
-                inv: str, recipient: str, sender: str, measure: bool
-            ) -> httpx.Response:
-                started = time.perf_counter()
-                r = await http.post(
-                    f"{url['invitation']}/invitations/{inv}/accept", headers=_headers(recipient)
-                )
-                accept_lat.append(time.perf_counter() - started)
-                if measure and r.status_code == 200:
-                    started = time.perf_counter()
-                    while time.perf_counter() - started < 30:
-                        d = await http.get(
-                            f"{url['projection']}/members/{sender}/degree/{recipient}",
-                            headers=_headers(sender),
-                        )
-                        if d.status_code == 200 and d.json()["degree"] == 1:
-                            fresh.append(time.perf_counter() - started)
-                            break
-                        await asyncio.sleep(0.002)  # polling the read side, as a client would
-                return r
-
-            measured = set(rng.sample(range(len(accepts)), min(200, len(accepts))))
-            took_a, _, answered = await _load(
-                [
-                    (
-                        lambda i=i, inv=inv, rcp=rcp, snd=snd: accept_and_wait(
-                            inv, rcp, snd, i in measured
-                        )
-                    )
-                    for i, (inv, rcp, snd) in enumerate(accepts)
-                ],
-                concurrency,
-            )
-            errors += sum(r.status_code != 200 for r in answered)
-            codes.update(r.status_code for r in answered if r.status_code != 200)
+        members = [f"{PREFIX}{i:06d}" for i in range(MEMBERS)]
+        asyncio.run(_seed(urls, members))
+        _wait_up(f"http://127.0.0.1:{bare_port}/docs")
+        load = {"WRK_MEMBERS": str(MEMBERS), "WRK_PREFIX": PREFIX}
+        # Idle freshness first, while no consumer has a backlog from the load runs.
+        idle = asyncio.run(_measure_freshness(bootstrap, namespace, urls, 0, connections, load))[0]
+        bare_run = wrk(f"http://127.0.0.1:{bare_port}", "invite", seconds, connections, **load)
+        register = wrk(
+            urls["connection"], "register", seconds, connections, WRK_PREFIX=f"r{namespace[1:8]}"
+        )
+        invite = wrk(urls["invitation"], "invite", seconds, connections, **load)
+        _, loaded, loaded_invite = asyncio.run(
+            _measure_freshness(bootstrap, namespace, urls, seconds, connections, load)
+        )
+        # Accept last: its acceptances keep the connection service busy for a while after.
+        accepts = logs / "accepts.txt"
+        asyncio.run(_pending_invitations(redis_url, namespace, accepts))
+        accept = wrk(urls["invitation"], "accept", seconds, connections, WRK_ACCEPTS=str(accepts))
     finally:
-        await asyncio.to_thread(supervisor.stop)
+        bare.stop()
+        supervisor.stop()
     return WriteResults(
-        invitations=len(ordered),
-        concurrency=concurrency,
-        invite_rps=invite_rps,
-        invite_ms=percentiles(invite_lat),
-        accept_rps=len(accepts) / took_a,
-        accept_ms=percentiles(accept_lat),
-        fresh_ms=percentiles(fresh) if fresh else (0.0, 0.0),
-        errors=errors,
-        error_codes=dict(codes),
+        seconds,
+        connections,
+        workers,
+        bare_run,
+        register,
+        invite,
+        accept,
+        idle,
+        loaded,
+        loaded_invite,
+    )
+
+
+async def _seed(urls: dict[str, str], members: list[str]) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        await _register(http, urls["connection"], members)
+
+
+def _wait_up(url: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)  # another process is starting; nothing to await
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def _measure_freshness(
+    bootstrap: str,
+    namespace: str,
+    urls: dict[str, str],
+    seconds: int,
+    connections: int,
+    load: dict[str, str],
+) -> tuple[Freshness, Freshness, WrkRun]:
+    """Idle freshness (100 samples) when `seconds` is 0, else freshness while wrk loads
+    `POST /invitations` for `seconds`."""
+    clock = HopClock(bootstrap, TopicNames(namespace))
+    await clock.start()
+    rng = random.Random(time.time_ns())
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            if not seconds:
+                idle = await _freshness(http, urls, clock, 100, rng)
+                return idle, Freshness(), WrkRun(0, 1, 0, 0, 0, {}, 0)
+            background = asyncio.create_task(
+                asyncio.to_thread(wrk, urls["invitation"], "invite", seconds, connections, **load)
+            )
+            await asyncio.sleep(1)  # let the load reach its steady state first
+            loaded = Freshness(hops_ms={"relay": [], "connection": [], "projection": []})
+            while not background.done():
+                one = await _freshness(http, urls, clock, 1, rng)
+                loaded.total_ms += one.total_ms
+                loaded.failures += one.failures
+                for hop, values in one.hops_ms.items():
+                    loaded.hops_ms[hop] += values
+            loaded_invite = await background
+    finally:
+        await clock.stop()
+    return Freshness(), loaded, loaded_invite
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (0.0, 0.0)
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def statuses(run: WrkRun) -> str:
+    codes = Counter(run.statuses)
+    return ", ".join(f"{code}: {n:,}" for code, n in sorted(codes.items())) + (
+        f", socket errors: {run.errors}" if run.errors else ""
     )

@@ -40,11 +40,18 @@ class Loaded:
 
 @dataclass(frozen=True)
 class AggregateWrite:
-    """New state for one aggregate, valid only if it is still at `expected_version`."""
+    """New state for one aggregate, valid only if it is still at `expected_version`: JSON
+    data, or `state_json` already encoded (the loop encodes models in one step)."""
 
     key: str
     expected_version: int
-    state: Any
+    state: Any = None
+    state_json: str | None = None
+
+    def encoded(self) -> str:
+        if self.state_json is not None:
+            return self.state_json
+        return json.dumps(self.state, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -297,7 +304,7 @@ class CommandLoop(Generic[S, C]):
         for name, state in self.model.aggregates(after).items():
             if name in loaded and state is not None:
                 (key, _), row = loaded[name]
-                writes.append(AggregateWrite(key, row.version, state.model_dump(mode="json")))
+                writes.append(AggregateWrite(key, row.version, state_json=state.model_dump_json()))
         return writes
 
 
@@ -347,8 +354,7 @@ class InMemoryStateStore:
             if any(self.aggregates.get(w.key, (0, ""))[0] != w.expected_version for w in writes):
                 return "conflict"
             for w in writes:
-                state = json.dumps(w.state, separators=(",", ":"))
-                self.aggregates[w.key] = (w.expected_version + 1, state)
+                self.aggregates[w.key] = (w.expected_version + 1, w.encoded())
             self.outbox.extend(envelopes)
             for op in index_ops:
                 self._index(op)

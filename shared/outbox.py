@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class RedisStateStore:
         keys += [op.key for op in index_ops]
         payload = [
             self.dedupe_ttl_s,
-            [[w.expected_version, json.dumps(w.state, separators=(",", ":"))] for w in writes],
+            [[w.expected_version, w.encoded()] for w in writes],
             [
                 [self.topics(e.topic), e.key, e.type, str(e.event_id), e.to_bytes().decode()]
                 for e in envelopes
@@ -137,11 +138,17 @@ class OutboxRelay:
         return f"{self.stream_key}:lease"
 
     async def run(self) -> None:
+        renewed_at = -1e9
         while not self._stopping.is_set():
             try:
-                if not await self._renew(keys=[self.lease_key], args=[self.owner, self.lease_ms]):
-                    await self._wait(self.lease_ms / 3000)
-                    continue
+                # Renew a third of the way through the lease, not once per batch.
+                if time.monotonic() - renewed_at > self.lease_ms / 3000:
+                    if not await self._renew(
+                        keys=[self.lease_key], args=[self.owner, self.lease_ms]
+                    ):
+                        await self._wait(self.lease_ms / 3000)
+                        continue
+                    renewed_at = time.monotonic()
                 published = await self.relay_once()
                 if not published:
                     await self._wait_for_entries()
@@ -152,7 +159,10 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish up to one batch; returns how many entries were confirmed and removed."""
         entries = await self.redis.xrange(self.stream_key, min="-", max="+", count=self.batch_size)
-        OUTBOX_BACKLOG.labels(self.service).set(await self.redis.xlen(self.stream_key))
+        if len(entries) < self.batch_size:  # the whole backlog: no XLEN needed
+            OUTBOX_BACKLOG.labels(self.service).set(len(entries))
+        else:
+            OUTBOX_BACKLOG.labels(self.service).set(await self.redis.xlen(self.stream_key))
         if not entries:
             return 0
         futures = []

@@ -63,7 +63,7 @@ class Invitation(BaseModel):
 class SenderState(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    recent: tuple[datetime, ...] = ()  # send times inside the rolling window
+    recent: tuple[float, ...] = ()  # send times (epoch seconds) inside the rolling window
     reports: int = 0
 
 
@@ -212,9 +212,10 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
             f"you withdrew an invitation to this member; you can invite again on {opens}",
             "reinvite_cooldown",
         )
-    recent = [t for t in state.sender.recent if t + rules.window > now]
+    opened = (now - rules.window).timestamp()
+    recent = [t for t in state.sender.recent if t > opened]
     if len(recent) >= rules.weekly_limit:
-        retry = min(recent) + rules.window - now
+        retry = datetime.fromtimestamp(min(recent), now.tzinfo) + rules.window - now
         raise RateLimited(
             f"at most {rules.weekly_limit} invitations per {rules.window.days} days",
             int(retry.total_seconds()) + 1,
@@ -294,8 +295,9 @@ def _(event: ev.InvitationSent, state: Slice, now: datetime) -> Slice:
         updated_at=now,
     )
     # Sends that left the rolling window no longer count, so they are not kept either.
-    recent = tuple(t for t in state.sender.recent if t + state.rules.window > now)
-    sender = state.sender.model_copy(update={"recent": (*recent, now)})
+    opened = (now - state.rules.window).timestamp()
+    recent = tuple(t for t in state.sender.recent if t > opened)
+    sender = state.sender.model_copy(update={"recent": (*recent, now.timestamp())})
     pair = state.pair.model_copy(update={"pending": event.invitation_id})
     return replace(state, invitation=inv, sender=sender, pair=pair)
 

@@ -1,0 +1,42 @@
+-- Shared by the bench's wrk scripts: status counts per thread, one JSON line at the end.
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+statuses = {}
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do
+    table.insert(parts, string.format('"%d": %d', status, n))
+  end
+  io.write(string.format(
+    'WRK_RESULT {"requests": %d, "seconds": %.3f, "p50_ms": %.3f, "p99_ms": %.3f, ' ..
+    '"errors": %d, "statuses": {%s}}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    table.concat(parts, ", ")))
+end
+
+token = os.getenv("WRK_TOKEN")
+
+function headers_for(member)
+  return {
+    ["Authorization"] = "Bearer " .. token,
+    ["X-Member-Id"] = member,
+    ["Content-Type"] = "application/json",
+  }
+end
