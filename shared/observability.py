@@ -39,6 +39,9 @@ DLQ_RECORDS = Counter(
     "Records sent to a dead-letter topic",
     ["consumer", "topic", "reason"],
 )
+VIEWER_CACHE = Counter(
+    "rapport_viewer_cache_lookups_total", "Viewer-network cache lookups by outcome", ["outcome"]
+)
 OUTBOX_BACKLOG = Gauge(
     "rapport_outbox_backlog", "Outbox entries not yet confirmed by the broker", ["service"]
 )

@@ -159,6 +159,7 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish up to one batch; returns how many entries were confirmed and removed."""
         entries = await self.redis.xrange(self.stream_key, min="-", max="+", count=self.batch_size)
+        entries = entries or []
         if len(entries) < self.batch_size:  # the whole backlog: no XLEN needed
             OUTBOX_BACKLOG.labels(self.service).set(len(entries))
         else:

@@ -124,6 +124,15 @@ class ProjectionSettings(ServiceSettings):
     redis_cluster: bool = False
     suggestions_cache_ttl_s: int = 600
     after_wait_max_ms: int = 10_000
+    # Active viewers' 2nd-degree networks, cached in Redis within this many bytes (LRU).
+    viewer_cache_bytes: int = 256 * 2**20
+    # People you may know from at most this many of a member's connections (the most engaged,
+    # then the most recent), so a member with a huge network costs a bounded amount.
+    suggestions_sample: int = 500
+    # How often the background refresh recomputes stale suggestions of active viewers.
+    suggestions_refresh_s: float = 5.0
+    # Paths considered before ranking the shortest ones by engagement.
+    paths_scan_cap: int = 2000
 
 
 SETTINGS_BY_SERVICE: dict[str, type[ServiceSettings]] = {

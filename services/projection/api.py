@@ -108,6 +108,20 @@ class Degree(BaseModel):
     mutual_sample: list[str]
 
 
+class Badges(BaseModel):
+    degrees: dict[str, int | None]
+
+
+class PathOut(BaseModel):
+    members: list[str] = Field(description="From you to the other member")
+    score: float = Field(description="Engagement along the path (stored scores, summed)")
+
+
+class Paths(BaseModel):
+    degree: int | None
+    paths: list[PathOut]
+
+
 class MutualPage(BaseModel):
     items: list[str]
     total: int
@@ -180,6 +194,9 @@ class Industries(BaseModel):
 
 class ProjectionStatus(BaseModel):
     version: int
+    viewer_cache: dict[str, int] = Field(
+        description="Viewer-network cache: hits, misses, builds, evictions, bytes"
+    )
     events_applied: int
     last_event_time: str | None = None
     positions: dict[str, int]
@@ -255,8 +272,68 @@ async def degree(
 ) -> Degree:
     """1, 2, 3 or null (further or unknown); 0 for yourself. With mutual connections."""
     me = _own(member_id, acting)
-    value, mutual = await queries.degree.degree(model, await model.current(), me, other)
-    return Degree(degree=value, mutual_connections=len(mutual), mutual_sample=mutual[:5])
+    answer = await queries.degree.degree(model, await model.current(), me, other)
+    return Degree(
+        degree=answer.degree,
+        mutual_connections=answer.mutual_connections,
+        mutual_sample=answer.mutual_sample,
+    )
+
+
+@members.get(
+    "/degrees",
+    response_model=Badges,
+    summary="Distance badges: your degree to each of up to 100 members",
+    responses=example_response({"degrees": {"grace": 1, "alan": 2, "linus": 3, "ken": None}}),
+)
+async def degrees(
+    member_id: MemberPath,
+    acting: ActingMember,
+    model: ReadModelDep,
+    _: Fresh,
+    ids: Annotated[
+        str,
+        Query(
+            max_length=100 * 65,
+            pattern=r"^[A-Za-z0-9_-]{1,64}(,[A-Za-z0-9_-]{1,64}){0,99}$",
+            description="Up to 100 member ids, comma-separated",
+            examples=["grace,alan,linus"],
+        ),
+    ],
+) -> Badges:
+    """For search results and "people also viewed": 1, 2, 3 or null for each id (null also
+    for a block either way, and for unknown members), from your cached network."""
+    me = _own(member_id, acting)
+    wanted = list(dict.fromkeys(ids.split(",")))
+    found = await queries.degree.badges(model, await model.current(), me, wanted)
+    return Badges(degrees=dict(zip(wanted, found, strict=True)))
+
+
+@members.get(
+    "/paths/{other}",
+    response_model=Paths,
+    summary="How you're connected: up to `limit` shortest paths",
+    responses=example_response(
+        {"degree": 3, "paths": [{"members": ["ada", "grace", "alan", "linus"], "score": 41.5}]}
+    ),
+)
+async def paths(
+    member_id: MemberPath,
+    other: MemberPath,
+    acting: ActingMember,
+    model: ReadModelDep,
+    _: Fresh,
+    limit: Annotated[int, Query(ge=1, le=10)] = 3,
+) -> Paths:
+    """Shortest paths you -> X -> Y -> them, those along your most engaged connections first;
+    never through a member who blocked or was blocked by either of you."""
+    me = _own(member_id, acting)
+    ks = await model.current()
+    found = await queries.paths.paths(model, ks, me, other, limit)
+    degree = len(found[0].members) - 1 if found else None
+    return Paths(
+        degree=degree, paths=[PathOut(members=p.members, score=round(p.score, 3)) for p in found]
+    )
 
 
 @members.get(

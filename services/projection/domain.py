@@ -66,8 +66,16 @@ def _ops(event: ev.Event, at: datetime, scoring: ScoringModel) -> list[tuple[Any
     return []  # no read-model effect; the event is still marked as applied
 
 
+# Grouping keys stored beside the profile, so search filters compare on the server.
+FILTER_KEYS = {"industry": "ki", "location": "kl", "employer": "ke", "title": "kt"}
+
+
 def _profile(event: ev.MemberRegistered | ev.MemberProfileUpdated) -> dict[str, str]:
-    return {f: getattr(event, f) for f in ev.PROFILE_FIELDS if getattr(event, f) is not None}
+    fields = {f: getattr(event, f) for f in ev.PROFILE_FIELDS if getattr(event, f) is not None}
+    for field, key in FILTER_KEYS.items():
+        if field in fields:
+            fields[key] = ev.grouping_key(fields[field])
+    return fields
 
 
 @_ops.register
@@ -205,6 +213,10 @@ class Filters:
     def active(self) -> bool:
         return any(vars(self).values())
 
+    def keys(self) -> list[str]:
+        """The filters as grouping keys, in FILTER_KEYS order ('' for none)."""
+        return [ev.grouping_key(getattr(self, f) or "") for f in FILTER_KEYS]
+
     def match(self, profile: dict[str, str | None]) -> bool:
         """Industry, location and employer match whole (case/spacing-insensitive); title by
         containment ('engineer' finds 'Staff Engineer')."""
@@ -213,6 +225,11 @@ class Filters:
             if wanted and normalise(wanted) != normalise(profile.get(field)):
                 return False
         return not (self.title and normalise(self.title) not in normalise(profile.get("title")))
+
+
+# People you may know: mutual connections, times a boost for each profile field shared.
+BOOSTS = {"industry": 1.25, "employer": 1.5, "location": 1.25}
+MAX_BOOST = BOOSTS["industry"] * BOOSTS["employer"] * BOOSTS["location"]
 
 
 def rank_suggestions(
@@ -227,16 +244,11 @@ def rank_suggestions(
     for candidate, mutual in mutual_counts.items():
         profile = profiles.get(candidate, {})
         reasons = [
-            f
-            for f in ("industry", "employer", "location")
-            if me.get(f) and normalise(me.get(f)) == normalise(profile.get(f))
+            f for f in BOOSTS if me.get(f) and normalise(me.get(f)) == normalise(profile.get(f))
         ]
-        boost = (
-            1.0
-            + 0.25 * ("industry" in reasons)
-            + 0.5 * ("employer" in reasons)
-            + 0.25 * ("location" in reasons)
-        )
+        boost = 1.0
+        for reason in reasons:
+            boost *= BOOSTS[reason]
         ranked.append((candidate, mutual, mutual * boost, reasons))
     ranked.sort(key=lambda r: (-r[2], -r[1], r[0]))
     return ranked[:limit]

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.projection import api, consumers, dashboard
 from services.projection.apply import BatchApplier
 from services.projection.deps import Projection
+from services.projection.queries import suggestions
 from services.projection.queries.status import Throughput
 from services.projection.rebuild import Rebuilder, TopicEnds
 from services.projection.store import ReadModelStore
@@ -25,6 +26,11 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
         ends = TopicEnds(settings.kafka_bootstrap_servers, settings.topics)
         runtime.closers.append(ends.close)
         consumers.subscribe(runtime.broker, applier, settings)
+        runtime.every(
+            settings.suggestions_refresh_s,
+            lambda: suggestions.refresh_active(store),
+            "projection-suggestions-refresh",
+        )
         return Projection(store, applier, Rebuilder(store, applier, ends), ends, Throughput())
 
     return create_service_app(

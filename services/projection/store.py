@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared import scripts
 from shared.events import PROFILE_FIELDS
+from shared.observability import VIEWER_CACHE
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 
@@ -63,6 +64,14 @@ class Keyspace:
     def inds(self) -> str:
         return f"{self.prefix}inds{{g}}"
 
+    @property
+    def active_viewers(self) -> str:
+        return f"{self.prefix}sgactive{{g}}"
+
+    @property
+    def viewer_cache_stats(self) -> str:
+        return f"{self.prefix}n2stats{{g}}"
+
 
 class ReadModelStore:
     def __init__(self, redis: Redis, settings: ProjectionSettings, scoring: ScoringModel) -> None:
@@ -72,6 +81,7 @@ class ReadModelStore:
         self._cluster: bool | None = None
         # Notified after each applied batch, so `?after=` waits wake up at once.
         self.changed = asyncio.Condition()
+        self._graph = self.script("graph")
 
     def script(self, name: str) -> Any:
         return scripts.register(self.redis, "services.projection", name)
@@ -104,6 +114,13 @@ class ReadModelStore:
             info = await self.redis.info("cluster")
             self._cluster = bool(int(info.get("cluster_enabled", 0)))
         return self._cluster
+
+    async def graph(self, ks: Keyspace, query: str, *args: Any) -> Any:
+        """One graph query of lua/graph.lua on the keyspace `ks` (single node)."""
+        return await self._graph(keys=[ks.pos], args=[ks.prefix, query, *args])
+
+    def count_viewer_cache(self, hit: bool) -> None:
+        VIEWER_CACHE.labels("hit" if hit else "miss").inc()
 
     # positions and read-your-writes --------------------------------------------------------
     async def positions(self, version: int) -> dict[str, int]:

@@ -26,11 +26,23 @@ from tests.integration.test_projection_property import deliveries, no_dead_lette
 pytestmark = pytest.mark.integration
 
 
+OTHERS = ("bob", "dan", "eve", "hal", "lee", "jon", "ann", "nobody")
+
+
 async def answers(model: ReadModelStore) -> dict:
+    """The same query list on either path: every graph query, every read model."""
     ks = await model.current()
-    degrees = [await queries.degree.degree(model, ks, "ann", x) for x in ("bob", "dan", "eve")]
     return {
-        "degrees": [*degrees, await queries.degree.degree(model, ks, "ann", "hal")],
+        "degrees": [await queries.degree.degree(model, ks, "ann", x) for x in OTHERS],
+        "badges": await queries.degree.badges(model, ks, "ann", list(OTHERS)),
+        "badges again": await queries.degree.badges(model, ks, "ann", list(OTHERS)),
+        "mutual": [await queries.degree.mutual(model, ks, "ann", x) for x in OTHERS],
+        "paths": [await queries.paths.paths(model, ks, "ann", x, 3) for x in OTHERS],
+        "network 2": await queries.network.network(model, "ann", 2, Filters(), None, 50),
+        "network 2 paged": await queries.network.network(model, "ann", 2, Filters(), "cat", 2),
+        "network 2 filtered": await queries.network.network(
+            model, "ann", 2, Filters(industry=" technology"), None, 50
+        ),
         "suggestions": (await queries.suggestions.suggestions(model, "ann", 10))["items"],
         "industries": await queries.industries.industries(model),
         "network": await queries.network.network(model, "ann", 3, Filters(), None, 50),
@@ -61,7 +73,8 @@ async def test_cluster_and_single_node_models_are_identical(
         await client.aclose()
     on_cluster, on_node = results
     assert on_cluster == on_node
-    assert [d[0] for d in on_cluster["degrees"]] == [1, 2, 3, None]
+    assert [d.degree for d in on_cluster["degrees"]] == [1, 2, 3, None, None, 2, 0, None]
+    assert on_cluster["badges"] == [1, 2, 3, None, None, 2, 0, None]
 
 
 async def test_projection_service_runs_on_the_cluster(

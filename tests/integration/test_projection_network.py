@@ -161,8 +161,15 @@ async def test_hand_checked_network(infra: Infra, namespace: str) -> None:
         "Media": (2, 1.0, 1.0),
     }
     assert industries["Health"]["distribution"] == {
-        "0": 1, "1-9": 2, "10-49": 0, "50-99": 0, "100-249": 0, "250-499": 0,
-        "500-999": 0, "1000-4999": 0, "5000+": 0,
+        "0": 1,
+        "1-9": 2,
+        "10-49": 0,
+        "50-99": 0,
+        "100-249": 0,
+        "250-499": 0,
+        "500-999": 0,
+        "1000-4999": 0,
+        "5000+": 0,
     }
     assert summary == {
         "connections": 3,
@@ -219,3 +226,73 @@ async def test_rebuild_equals_the_live_model_and_queries_keep_answering(
 async def _rebuild_done(client: httpx.AsyncClient) -> bool:
     status = (await client.get("/projection/status", headers=auth())).json()
     return status["rebuild"]["state"] == "done"
+
+
+async def _all_pages(client: httpx.AsyncClient, path: str, member: str, **params: object) -> list:
+    """Follow `next_cursor` with limit=3 to the end; every page's items, in order."""
+    items: list = []
+    cursor = None
+    for _ in range(50):
+        page = await get(
+            client, path, member, limit=3, **({"cursor": cursor} if cursor else {}), **params
+        )
+        items += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items
+    raise AssertionError(f"{path} did not end")
+
+
+async def test_badges_paths_and_paging(infra: Infra, namespace: str) -> None:
+    events = network_events()
+    # cat engages with ivy: of ann's three ways to ivy, the one through cat ranks first.
+    boost = Envelope.wrap(
+        ev.EngagementRecorded(actor="cat", target="ivy", kind="recommend"), producer="test"
+    )
+    events.append(boost)
+    async with running_app(create_app()) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await wait_until(lambda: _applied(client, len(events)), timeout=20)
+
+        badges = await get(
+            client, "/members/ann/degrees", ids="bob,dan,eve,hal,lee,jon,ann,nobody,bob"
+        )
+        again = await get(client, "/members/ann/degrees", ids="gus,kim")
+        to_eve = await get(client, "/members/ann/paths/eve")
+        to_ivy = await get(client, "/members/ann/paths/ivy", limit=2)
+        to_lee = await get(client, "/members/ann/paths/lee")
+        to_bob = await get(client, "/members/ann/paths/bob")
+        too_many = await client.get(
+            "/members/ann/degrees",
+            params={"ids": ",".join(f"m{i}" for i in range(101))},
+            headers=auth("ann"),
+        )
+        other_view = await client.get(
+            "/members/bob/degrees", params={"ids": "ann"}, headers=auth("ann")
+        )
+        network = await _all_pages(client, "/members/ann/network", "ann", degree=2)
+        connections = await _all_pages(client, "/members/bob/connections", "bob")
+        mutual = await _all_pages(client, "/members/fay/mutual/ivy", "fay")
+        status = await get(client, "/projection/status")
+
+    assert badges["degrees"] == {
+        "bob": 1, "dan": 2, "eve": 3, "hal": None, "lee": None, "jon": 2, "ann": 0, "nobody": None,
+    }  # fmt: skip
+    assert again["degrees"] == {"gus": 3, "kim": 2}
+    assert to_eve == {
+        "degree": 3,
+        "paths": [{"members": ["ann", "bob", "dan", "eve"], "score": 0.0}],
+    }
+    assert to_ivy["degree"] == 2
+    assert [p["members"] for p in to_ivy["paths"]] == [["ann", "cat", "ivy"], ["ann", "bob", "ivy"]]
+    assert to_ivy["paths"][0]["score"] > 0
+    assert to_lee == {"degree": None, "paths": []}  # lee blocked ann: no way, and no hint why
+    assert to_bob["paths"] == [{"members": ["ann", "bob"], "score": 0.0}]
+    assert too_many.status_code == 422
+    assert other_view.status_code == 403
+    # Paged by 3: exactly the reference, in member order, no duplicate and no gap.
+    assert [i["member_id"] for i in network] == ["dan", "ivy", "kim"]  # jon: pending; lee: block
+    assert [i["member_id"] for i in connections] == ["ann", "dan", "fay", "ivy", "kim"]
+    assert mutual == ["bob", "cat"]
+    cache = status["viewer_cache"]
+    assert cache["misses"] >= 1 and cache["hits"] >= 1 and cache["bytes"] > 0

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.integration
 
 MEMBERS = [f"m{i}" for i in range(8)]
 INDUSTRIES = ["Technology", "Finance", "Health"]
+ACTIONS = [
+    *("register", "connect", "connect", "remove", "industry", "deactivate", "block", "unblock"),
+]
 
 
 @dataclass
@@ -44,6 +47,41 @@ class Reference:
         self.industry: dict[str, str] = {}
         self.active: set[str] = set()
         self.connections: dict[str, set[str]] = {m: set() for m in MEMBERS}
+        self.blocks: set[tuple[str, str]] = set()  # (blocker, blocked)
+
+    def blocked_either(self, a: str, b: str) -> bool:
+        return (a, b) in self.blocks or (b, a) in self.blocks
+
+    def degree(self, a: str, b: str) -> int | None:
+        """Breadth-first, up to 3; a block either way reads as none."""
+        if a == b:
+            return 0
+        if self.blocked_either(a, b):
+            return None
+        seen, frontier = {a}, {a}
+        for depth in (1, 2, 3):
+            frontier = {y for x in frontier for y in self.connections[x]} - seen
+            if b in frontier:
+                return depth
+            seen |= frontier
+        return None
+
+    def paths(self, a: str, b: str, limit: int) -> list[list[str]]:
+        """Shortest paths (up to 3 steps) avoiding members blocked by or blocking either end;
+        with no engagement every score is 0, so they rank by their member lists."""
+        if a == b or self.blocked_either(a, b):
+            return []
+        if b in self.connections[a]:
+            return [[a, b]]
+        avoid = {x for pair in self.blocks for x in pair if {a, b} & set(pair)} - {a, b}
+        found = [[a, x, b] for x in self.connections[a] & self.connections[b] if x not in avoid]
+        if not found:
+            found = [
+                [a, x, y, b]
+                for x in self.connections[a] - avoid
+                for y in (self.connections[x] & self.connections[b]) - avoid - {a}
+            ]
+        return sorted(found, key=">".join)[:limit]
 
     def industries(self) -> dict[str, tuple[int, int, float]]:
         groups: dict[str, list[int]] = {}
@@ -57,9 +95,7 @@ def histories(draw: st.DrawFn) -> tuple[list[Envelope], Reference]:
     ref = Reference()
     out: list[ev.Event] = []
     for _ in range(draw(st.integers(5, 60))):
-        action = draw(
-            st.sampled_from(["register", "connect", "connect", "remove", "industry", "deactivate"])
-        )
+        action = draw(st.sampled_from(ACTIONS))
         m = draw(st.sampled_from(MEMBERS))
         other = draw(st.sampled_from(MEMBERS))
         registered = m in ref.industry
@@ -83,6 +119,24 @@ def histories(draw: st.DrawFn) -> tuple[list[Envelope], Reference]:
             ind = draw(st.sampled_from(INDUSTRIES))
             out.append(ev.MemberProfileUpdated(member_id=m, industry=ind))
             ref.industry[m] = ind
+        elif action == "block" and m != other and (m, other) not in ref.blocks:
+            # As the connection service does: a block ends the connection first.
+            if other in ref.connections[m]:
+                out.append(
+                    ev.ConnectionRemoved(
+                        member_a=min(m, other),
+                        member_b=max(m, other),
+                        removed_by=m,
+                        reason="blocked",
+                    )
+                )
+                ref.connections[m].discard(other)
+                ref.connections[other].discard(m)
+            out.append(ev.MemberBlocked(blocker=m, blocked=other))
+            ref.blocks.add((m, other))
+        elif action == "unblock" and (m, other) in ref.blocks:
+            out.append(ev.MemberUnblocked(blocker=m, blocked=other))
+            ref.blocks.discard((m, other))
         elif action == "deactivate" and m in ref.active:
             for o in sorted(ref.connections[m]):
                 out.append(
@@ -146,5 +200,13 @@ async def test_read_model_equals_reference(
             for i in await queries.industries.industries(model)
         }
         assert got == ref.industries()
+        for a in MEMBERS:
+            expected = [ref.degree(a, b) for b in MEMBERS]
+            assert await queries.degree.badges(model, ks, a, MEMBERS) == expected, a
+            for b in MEMBERS:
+                answer = await queries.degree.degree(model, ks, a, b)
+                assert answer.degree == ref.degree(a, b), (a, b)
+                paths = await queries.paths.paths(model, ks, a, b, 3)
+                assert [p.members for p in paths] == ref.paths(a, b, 3), (a, b)
     finally:
         await redis.aclose()

@@ -42,8 +42,9 @@ def test_an_invitation_is_pending_for_both_until_any_end() -> None:
 
 
 def test_a_profile_carries_only_the_fields_it_has() -> None:
-    event = ev.MemberRegistered(member_id="ann", name="Ann", industry="Tech", title="CTO")
-    assert ops_of(event) == [("ann", "reg", [{"name": "Ann", "industry": "Tech", "title": "CTO"}])]
+    event = ev.MemberRegistered(member_id="ann", name="Ann", industry="Tech ", title="CTO")
+    profile = {"name": "Ann", "industry": "Tech ", "title": "CTO", "ki": "tech", "kt": "cto"}
+    assert ops_of(event) == [("ann", "reg", [profile])]
 
 
 def test_engagement_scores_both_sides_and_marks_congratulations() -> None:
@@ -104,16 +105,17 @@ def test_filters_match_whole_values_and_titles_by_containment() -> None:
 def test_suggestions_rank_by_mutuals_boosted_by_shared_profile() -> None:
     me = {"industry": "Tech", "employer": "Acme", "location": "Oslo"}
     profiles = {
-        "x": {"industry": "Tech", "employer": "Acme"},  # 2 mutuals x 1.75
+        "x": {"industry": "Tech", "employer": "Acme"},  # 2 mutuals x 1.25 x 1.5
         "y": {"industry": "Media"},  # 3 mutuals x 1
         "z": {"industry": "tech"},  # 2 mutuals x 1.25
     }
     ranked = d.rank_suggestions(me, Counter({"x": 2, "y": 3, "z": 2}), profiles, 3)
     assert [(c, n, s, r) for c, n, s, r in ranked] == [
-        ("x", 2, 3.5, ["industry", "employer"]),
+        ("x", 2, 3.75, ["industry", "employer"]),
         ("y", 3, 3.0, []),
         ("z", 2, 2.5, ["industry"]),
     ]
+    assert d.MAX_BOOST == 1.25 * 1.5 * 1.25
 
 
 def test_classify_tells_engaged_stale_and_reach_out_apart() -> None:

@@ -22,16 +22,16 @@ for i, entry in ipairs(batch) do
 local m, ops = entry[1], entry[2]
 tag = ':{' .. m .. '}'
 
-local touched = false
+local touched, linked = false, false
 for _, op in ipairs(ops) do
   local eid, ts, kind = op[1], op[2], op[3]
   do
     if kind == 'c+' then
       if redis.call('SADD', k('c'), op[4]) == 1 then redis.call('HSET', k('ca'), op[4], ts) end
-      touched = true
+      touched, linked = true, true
     elseif kind == 'c-' then
       redis.call('SREM', k('c'), op[4]); redis.call('HDEL', k('ca'), op[4])
-      touched = true
+      touched, linked = true, true
     elseif kind == 'fg+' then redis.call('SADD', k('fg'), op[4])
     elseif kind == 'fg-' then redis.call('SREM', k('fg'), op[4])
     elseif kind == 'fw+' then redis.call('SADD', k('fw'), op[4])
@@ -71,6 +71,9 @@ for _, op in ipairs(ops) do
   end
 end
 if touched then redis.call('SET', k('lc'), clock) end
+-- Connections changed: viewer network caches built before this clock that include this
+-- member (their own, or as a 1st-degree connection) are no longer valid (see graph.lua).
+if linked then redis.call('SET', k('cc'), clock) end
 
 -- What the industry aggregates need: where the member is counted now, and where it belongs.
 local v = redis.call('HMGET', k('m'), 'industry', 'active', 'ci')

@@ -7,8 +7,18 @@ from services.projection.queries import (
     industries,
     members,
     network,
+    paths,
     status,
     suggestions,
 )
 
-__all__ = ["degree", "engagement", "industries", "members", "network", "status", "suggestions"]
+__all__ = [
+    "degree",
+    "engagement",
+    "industries",
+    "members",
+    "network",
+    "paths",
+    "status",
+    "suggestions",
+]

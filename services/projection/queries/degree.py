@@ -1,43 +1,78 @@
-"""Degrees: between two members (1st, 2nd, 3rd or none, with their mutual connections), and
-a member's 2nd and 3rd-degree neighbourhoods."""
+"""Degrees: between two members (1st, 2nd, 3rd or none, with their mutual connections), a
+page of badges, and a member's 2nd and 3rd-degree neighbourhoods.
+
+On one Redis node each answer is one call of `lua/graph.lua`, where the sets are. On Redis
+Cluster, where a script reaches only one member's keys, the same answers are computed here
+from per-member reads (`*_per_member`); a test compares the two paths on every query.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from services.projection.store import Keyspace, ReadModelStore
 
+MUTUAL_SAMPLE = 5
+
+
+@dataclass(frozen=True)
+class DegreeAnswer:
+    degree: int | None  # None: further than 3, unknown, or a block either way
+    mutual_connections: int
+    mutual_sample: list[str]
+
+
+async def degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> DegreeAnswer:
+    if await rm.cluster_mode():
+        return await degree_per_member(rm, ks, a, b)
+    value, count, sample = await rm.graph(ks, "degree", a, b, MUTUAL_SAMPLE)
+    return DegreeAnswer(None if value < 0 else int(value), int(count), [str(x) for x in sample])
+
 
 async def mutual(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> list[str]:
-    """Sorted common connections: the smaller set checked against the larger (O(min))."""
-    ca, cb = ks.member("c", a), ks.member("c", b)
+    """Sorted common connections (intersected on the server)."""
+    if await rm.cluster_mode():  # the two sets live in two slots
+        common = (await rm.connections(ks, a)) & (await rm.connections(ks, b))
+        return sorted(common)
+    return sorted(str(x) for x in await rm.redis.sinter([ks.member("c", a), ks.member("c", b)]))
+
+
+async def badges(rm: ReadModelStore, ks: Keyspace, viewer: str, ids: list[str]) -> list[int | None]:
+    """The degree of each of `ids` from `viewer`, from the viewer's cached network."""
+    if await rm.cluster_mode():
+        return [(await degree_per_member(rm, ks, viewer, x)).degree for x in ids]
+    hit, values = await rm.graph(ks, "badges", viewer, rm.settings.viewer_cache_bytes, *ids)
+    rm.count_viewer_cache(bool(hit))
+    return [None if v < 0 else int(v) for v in values]
+
+
+async def blocked_either(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> bool:
     async with rm.redis.pipeline(transaction=False) as pipe:
-        pipe.scard(ca)
-        pipe.scard(cb)
-        na, nb = await pipe.execute()
-    small, large = (ca, cb) if na <= nb else (cb, ca)
-    members = sorted(str(x) for x in await rm.redis.smembers(small))
-    if not members:
-        return []
-    flags = await rm.redis.smismember(large, members)
-    return [m for m, f in zip(members, flags, strict=True) if f]
+        pipe.sismember(ks.member("bl", a), b)
+        pipe.sismember(ks.member("blby", a), b)
+        return any(await pipe.execute())
 
 
-async def degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> tuple[int | None, list[str]]:
-    """0 for oneself, 1, 2 (with the mutual connections), 3, or None (further or unknown)."""
+async def degree_per_member(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> DegreeAnswer:
+    """The degree from per-member reads (Redis Cluster)."""
     if a == b:
-        return 0, []
-    if await rm.redis.sismember(ks.member("c", a), b):
-        return 1, await mutual(rm, ks, a, b)
+        return DegreeAnswer(0, 0, [])
+    if await blocked_either(rm, ks, a, b):
+        return DegreeAnswer(None, 0, [])
     common = await mutual(rm, ks, a, b)
+    sample = common[:MUTUAL_SAMPLE]
+    if await rm.redis.sismember(ks.member("c", a), b):
+        return DegreeAnswer(1, len(common), sample)
     if common:
-        return 2, common
-    return (3 if await is_third_degree(rm, ks, a, b) else None), []
+        return DegreeAnswer(2, len(common), sample)
+    third = await is_third_degree(rm, ks, a, b)
+    return DegreeAnswer(3 if third else None, 0, [])
 
 
 async def is_third_degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> bool:
-    """The degree-3 query, meet in the middle: does the smaller side's 2nd-degree
-    neighbourhood reach one of the other side's connections? Stops at the first hit."""
+    """Meet in the middle: does the smaller side's 2nd-degree neighbourhood reach one of the
+    other side's connections? Stops at the first hit."""
     na, nb = await rm.redis.scard(ks.member("c", a)), await rm.redis.scard(ks.member("c", b))
     near, far = (a, b) if na <= nb else (b, a)
     targets = await rm.connections(ks, far)

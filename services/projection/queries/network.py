@@ -15,7 +15,17 @@ NETWORK_SCAN_CAP = 50_000
 async def network(
     rm: ReadModelStore, m: str, degree: int, filters: Filters, cursor: str | None, limit: int
 ) -> dict[str, Any]:
+    """One page of `m`'s 2nd (or 3rd) degree, in member order after `cursor`, filtered; the
+    2nd degree from the viewer's cached network on the server (single node)."""
     ks = await rm.current()
+    if degree == 2 and not await rm.cluster_mode():
+        hit, ids, more = await rm.graph(
+            ks, "network", m, rm.settings.viewer_cache_bytes, cursor or "", limit, *filters.keys()
+        )
+        rm.count_viewer_cache(bool(hit))
+        profiles = await rm.profiles(ks, ids)
+        items = [{"member_id": x, **{f: profiles[x].get(f) for f in PROFILE_FIELDS}} for x in ids]
+        return {"items": items, "next_cursor": ids[-1] if more and ids else None, "capped": False}
     first = await rm.connections(ks, m)
     second, capped = await second_degree(rm, ks, m, NETWORK_SCAN_CAP)
     candidates = set(second)

@@ -63,7 +63,12 @@ async def status(rm: ReadModelStore) -> dict[str, Any]:
     rebuild = await rm.redis.hgetall(rm.rebuild_key)
     dlq = await rm.redis.hgetall(rm.dlq_key)
     last = _ts(stats.get("last_event_ts"))
+    cache = await rm.redis.hgetall(rm.keyspace(version).viewer_cache_stats)
     return {
+        "viewer_cache": {
+            name: int(cache.get(name, 0))
+            for name in ("hits", "misses", "builds", "evictions", "bytes")
+        },
         "version": version,
         "events_applied": int(stats.get("applied", 0)),
         "last_event_time": last.isoformat() if last else None,
@@ -77,7 +82,20 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
     """A hash of the read model's content (not its bookkeeping), to compare two versions."""
     version = version if version is not None else await rm.version()
     prefix = rm.keyspace(version).prefix
-    skip = ("seen{g}", "settled{g}", "sn:", "sg:", "clock{g}", "lc:", "pos{g}", "stats{g}")
+    # Bookkeeping and caches, which differ between a live model and a rebuilt one.
+    skip = (
+        *(
+            "seen{g}",
+            "settled{g}",
+            "clock{g}",
+            "pos{g}",
+            "stats{g}",
+            "n2lru{g}",
+            "n2stats{g}",
+            "sgactive{g}",
+        ),
+        *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "sgtmp:"),
+    )
     entries: list[tuple[str, Any]] = []
     async for key in rm.redis.scan_iter(match=prefix + "*", count=1000):
         name = str(key)[len(prefix) :]

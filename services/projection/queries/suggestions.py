@@ -1,8 +1,16 @@
-"""People you may know: the 2nd degree ranked by mutual connections and shared profile."""
+"""People you may know: the 2nd degree ranked by mutual connections and shared profile.
+
+A member's list is kept precomputed (`sg:{m}`): a request reads it while neither the member
+nor any of their connections changed since it was computed. Active viewers' stale lists are
+recomputed in the background (debounced, `refresh_active`), so a request is a read. A request
+that finds none computes it, bounded: from at most `suggestions_sample` of the member's
+connections (the most engaged, then the most recent).
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -10,27 +18,31 @@ from services.projection import domain
 from services.projection.queries.degree import second_degree
 from services.projection.store import Keyspace, ReadModelStore
 
-SUGGESTION_CANDIDATE_CAP = 200_000
+POOL = 200  # candidates ranked with profiles, besides any a boost could lift into the list
+ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 
 
 async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
     ks = await rm.current()
-    cache_key = ks.member("sg", m)
-    cached = await rm.redis.get(cache_key)
+    await rm.redis.zadd(ks.active_viewers, {m: time.time()})
+    cached = await rm.redis.get(ks.member("sg", m))
     if cached:
         entry = json.loads(cached)
         if entry["limit"] >= limit and await _unchanged_since(rm, ks, m, entry["clock"]):
             return {"items": entry["items"][:limit], "cached": True}
+    items = await compute(rm, ks, m, max(limit, 20))
+    return {"items": items[:limit], "cached": False}
+
+
+async def compute(
+    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, sample: int | None = None
+) -> list[dict[str, Any]]:
+    """Rank and store `m`'s list; `sample` bounds the connections it starts from."""
     clock = int(await rm.redis.get(ks.clock) or 0)
-    counts, _ = await second_degree(rm, ks, m, SUGGESTION_CANDIDATE_CAP)
-    for x in await rm.exclusions(ks, m):
-        counts.pop(x, None)
-    # Only the best few hundred by mutual count can make the list after boosts (<= 2x).
-    pool = [c for c, _ in counts.most_common(max(limit * 10, 200))]
-    profiles = await rm.profiles(ks, pool)
-    pool_counts = Counter({c: counts[c] for c in pool if profiles[c].get("active") == "1"})
+    counts = await candidates(rm, ks, m, limit, sample or rm.settings.suggestions_sample)
+    profiles = await rm.profiles(ks, list(counts))
+    pool = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
     me = await rm.profile(ks, m)
-    ranked = domain.rank_suggestions(me, pool_counts, profiles, limit)
     items = [
         {
             "member_id": c,
@@ -40,13 +52,43 @@ async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
             "name": profiles[c].get("name"),
             "headline": profiles[c].get("headline"),
         }
-        for c, n, score, reasons in ranked
+        for c, n, score, reasons in domain.rank_suggestions(me, pool, profiles, limit)
     ]
-    ttl = rm.settings.suggestions_cache_ttl_s
-    await rm.redis.set(
-        cache_key, json.dumps({"clock": clock, "limit": limit, "items": items}), ex=ttl
-    )
-    return {"items": items, "cached": False}
+    entry = json.dumps({"clock": clock, "limit": limit, "items": items})
+    await rm.redis.set(ks.member("sg", m), entry, ex=rm.settings.suggestions_cache_ttl_s)
+    return items
+
+
+async def candidates(
+    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, sample: int
+) -> Counter[str]:
+    """Mutual counts of the candidates that can make the top `limit` (on the server)."""
+    if await rm.cluster_mode():
+        counts, _ = await second_degree(rm, ks, m, 200_000)
+        for x in await rm.exclusions(ks, m):
+            counts.pop(x, None)
+        best = counts.most_common(POOL)
+        if len(best) == POOL and len(counts) > limit:
+            floor = counts.most_common(limit)[-1][1] / domain.MAX_BOOST
+            return Counter({c: n for c, n in counts.items() if n >= min(floor, best[-1][1])})
+        return Counter(dict(best))
+    flat = await rm.graph(ks, "suggest_pool", m, sample, POOL, limit, domain.MAX_BOOST)
+    return Counter({str(c): int(float(n)) for c, n in zip(flat[::2], flat[1::2], strict=True)})
+
+
+async def refresh_active(rm: ReadModelStore) -> int:
+    """Recompute the stale lists of viewers active within the last hour; returns how many."""
+    ks = await rm.current()
+    now = time.time()
+    await rm.redis.zremrangebyscore(ks.active_viewers, "-inf", now - ACTIVE_FOR_S)
+    refreshed = 0
+    for m in [str(x) for x in await rm.redis.zrange(ks.active_viewers, 0, -1)]:
+        cached = await rm.redis.get(ks.member("sg", m))
+        entry = json.loads(cached) if cached else None
+        if entry is None or not await _unchanged_since(rm, ks, m, entry["clock"]):
+            await compute(rm, ks, m, entry["limit"] if entry else 20)
+            refreshed += 1
+    return refreshed
 
 
 async def _unchanged_since(rm: ReadModelStore, ks: Keyspace, m: str, clock: int) -> bool:

@@ -1,0 +1,302 @@
+-- The projection's graph queries, computed where the sets are: one call per query, small
+-- arguments in, a small answer out; no connection set travels to the client.
+-- ARGV[1]: keyspace prefix; ARGV[2]: the query; then the query's arguments (see each below).
+-- Keys are computed here from the prefix and members (hash tag per member), so this script
+-- serves a single node; on Redis Cluster the projection answers client-side per member.
+--
+-- The viewer network cache: `n2:{v}` is a sorted set (all scores 0, so it reads in member
+-- order) of v's 2nd-degree members, built in one ZUNIONSTORE pass, valid while neither v's nor
+-- any 1st-degree connection's connection set changed since it was built (`cc:{m}`, set by
+-- member.lua, against the build's `clock{g}`). Entries live within a byte budget, evicted
+-- least recently used first (`n2lru{g}`); hits, misses, builds and bytes in `n2stats{g}`.
+local ns, query = ARGV[1], ARGV[2]
+local call = redis.call
+
+local function k(kind, m) return ns .. kind .. ':{' .. m .. '}' end
+local LRU, STATS, CLOCK = ns .. 'n2lru{g}', ns .. 'n2stats{g}', ns .. 'clock{g}'
+
+local function blocked_either(a, b)
+  return call('SISMEMBER', k('bl', a), b) == 1 or call('SISMEMBER', k('blby', a), b) == 1
+end
+
+local function now_ms()
+  local t = call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- viewer network cache ------------------------------------------------------------------
+local function cache_valid(v)
+  local built = call('HGET', k('n2m', v), 'clock')
+  if not built then return false end
+  built = tonumber(built)
+  if tonumber(call('GET', k('cc', v)) or '0') > built then return false end
+  for _, x in ipairs(call('SMEMBERS', k('c', v))) do
+    if tonumber(call('GET', k('cc', x)) or '0') > built then return false end
+  end
+  return true
+end
+
+local function evict(budget)
+  local total = tonumber(call('HGET', STATS, 'bytes') or '0')
+  while total > budget do
+    local oldest = call('ZRANGE', LRU, 0, 0)
+    if #oldest == 0 then break end
+    local v = oldest[1]
+    local bytes = tonumber(call('HGET', k('n2m', v), 'bytes') or '0')
+    call('DEL', k('n2', v), k('n2m', v))
+    call('ZREM', LRU, v)
+    total = call('HINCRBY', STATS, 'bytes', -bytes)
+    call('HINCRBY', STATS, 'evictions', 1)
+  end
+end
+
+local function build(v, budget)
+  local key, meta = k('n2', v), k('n2m', v)
+  local old = tonumber(call('HGET', meta, 'bytes') or '0')
+  call('DEL', key)
+  local clock = call('GET', CLOCK) or '0'
+  local conns = call('SMEMBERS', k('c', v))
+  -- Union the connections' sets 500 at a time (Lua spreads only a trailing unpack), every
+  -- score weighted 0 so the set reads in member order.
+  for start = 1, #conns, 500 do
+    local args = {'ZUNIONSTORE', key, 0, key}
+    local n = 1
+    for i = start, math.min(start + 499, #conns) do
+      args[#args + 1] = k('c', conns[i]); n = n + 1
+    end
+    args[3] = n
+    args[#args + 1] = 'WEIGHTS'
+    for _ = 1, n do args[#args + 1] = 0 end
+    call(unpack(args))
+  end
+  call('ZREM', key, v)
+  if call('EXISTS', key) == 1 then call('ZDIFFSTORE', key, 2, key, k('c', v)) end
+  local bytes = call('ZCARD', key) * 64 + 200  -- an estimate; MEMORY USAGE samples anyway
+  call('HSET', meta, 'clock', clock, 'bytes', bytes)
+  call('HINCRBY', STATS, 'bytes', bytes - old)
+  call('HINCRBY', STATS, 'builds', 1)
+  call('ZADD', LRU, now_ms(), v)
+  evict(budget)
+  return key
+end
+
+-- The 2nd-degree set of v, cached; returns its key and whether it was a hit.
+local function network_of(v, budget)
+  if cache_valid(v) then
+    call('HINCRBY', STATS, 'hits', 1)
+    call('ZADD', LRU, now_ms(), v)
+    return k('n2', v), 1
+  end
+  call('HINCRBY', STATS, 'misses', 1)
+  return build(v, budget), 0
+end
+
+local function smallest(list, n)
+  table.sort(list)
+  local out = {}
+  for i = 1, math.min(n, #list) do out[i] = list[i] end
+  return out
+end
+
+-- degree a b sample: {degree (-1: none or blocked), mutual count, mutual sample} -----------
+local function degree(a, b, sample)
+  if a == b then return {0, 0, {}} end
+  if blocked_either(a, b) then return {-1, 0, {}} end
+  local ca, cb = k('c', a), k('c', b)
+  local mutual = call('SINTER', ca, cb)
+  if call('SISMEMBER', ca, b) == 1 then return {1, #mutual, smallest(mutual, sample)} end
+  if #mutual > 0 then return {2, #mutual, smallest(mutual, sample)} end
+  if cache_valid(a) then
+    if call('ZINTERCARD', 2, k('n2', a), cb, 'LIMIT', 1) > 0 then return {3, 0, {}} end
+    return {-1, 0, {}}
+  end
+  -- Meet in the middle from the smaller side: a neighbour of it that shares a connection
+  -- with the other side makes the two three steps apart.
+  local near, far = ca, cb
+  if call('SCARD', ca) > call('SCARD', cb) then near, far = cb, ca end
+  if call('SCARD', far) == 0 then return {-1, 0, {}} end
+  for _, x in ipairs(call('SMEMBERS', near)) do
+    if call('SINTERCARD', 2, k('c', x), far, 'LIMIT', 1) > 0 then return {3, 0, {}} end
+  end
+  return {-1, 0, {}}
+end
+
+-- badges v budget id...: {hit, degree per id (-1: none, blocked or unknown)} ----------------
+local function badges(v, budget, ids)
+  local n2, hit = network_of(v, budget)
+  local cv = k('c', v)
+  local out = {}
+  for i, x in ipairs(ids) do
+    local d = -1
+    if x == v then d = 0
+    elseif blocked_either(v, x) then d = -1
+    elseif call('SISMEMBER', cv, x) == 1 then d = 1
+    elseif call('ZSCORE', n2, x) then d = 2
+    elseif call('ZINTERCARD', 2, n2, k('c', x), 'LIMIT', 1) > 0 then d = 3
+    end
+    out[i] = d
+  end
+  return {hit, out}
+end
+
+-- paths a b limit cap: up to `limit` shortest paths (member lists), best engagement first --
+local function pair_score(x, y)
+  return tonumber(call('HGET', k('es', x), y) or '0')
+end
+
+local function paths(a, b, limit, cap)
+  if a == b or blocked_either(a, b) then return {} end
+  local ca, cb = k('c', a), k('c', b)
+  if call('SISMEMBER', ca, b) == 1 then return {cjson.encode({{a, b}, pair_score(a, b)})} end
+  local avoid = {}
+  for _, s in ipairs({'bl', 'blby'}) do
+    for _, m in ipairs({a, b}) do
+      for _, x in ipairs(call('SMEMBERS', k(s, m))) do avoid[x] = true end
+    end
+  end
+  local found = {}
+  for _, x in ipairs(call('SINTER', ca, cb)) do
+    if not avoid[x] and #found < cap then
+      found[#found + 1] = {{a, x, b}, pair_score(a, x) + pair_score(x, b)}
+    end
+  end
+  if #found == 0 then
+    -- Three steps: walk out from the smaller side, meet the other side's connections.
+    local from, to, flip = a, b, false
+    if call('SCARD', ca) > call('SCARD', cb) then from, to, flip = b, a, true end
+    local cto = k('c', to)
+    for _, x in ipairs(call('SMEMBERS', k('c', from))) do
+      if #found >= cap then break end
+      if not avoid[x] then
+        for _, y in ipairs(call('SINTER', k('c', x), cto)) do
+          if not avoid[y] and y ~= from then
+            local score = pair_score(from, x) + pair_score(x, y) + pair_score(y, to)
+            local path = {from, x, y, to}
+            if flip then path = {to, y, x, from} end
+            found[#found + 1] = {path, score}
+            if #found >= cap then break end
+          end
+        end
+      end
+    end
+  end
+  table.sort(found, function(p, q)
+    if p[2] ~= q[2] then return p[2] > q[2] end
+    return table.concat(p[1], '>') < table.concat(q[1], '>')
+  end)
+  local out = {}
+  for i = 1, math.min(limit, #found) do out[i] = cjson.encode(found[i]) end
+  return out
+end
+
+-- network v budget cursor limit industry location employer title: one page of v's 2nd
+-- degree in member order, filtered (profile keys `ki kl ke kt` are grouping keys), skipping
+-- blocks and pending invitations either way and inactive members; {hit, ids, more} ----------
+local function network(v, budget, cursor, limit, want)
+  local n2, hit = network_of(v, budget)
+  local skip = {}
+  for _, s in ipairs({'bl', 'blby'}) do
+    for _, x in ipairs(call('SMEMBERS', k(s, v))) do skip[x] = true end
+  end
+  for _, s in ipairs({'ir', 'is'}) do
+    for _, val in ipairs(call('HVALS', k(s, v))) do skip[string.match(val, '^([^|]*)')] = true end
+  end
+  local start = '-'
+  if cursor ~= '' then start = '(' .. cursor end
+  local page, more = {}, 0
+  while true do
+    local chunk = call('ZRANGEBYLEX', n2, start, '+', 'LIMIT', 0, 500)
+    if #chunk == 0 then break end
+    for _, x in ipairs(chunk) do
+      if #page == limit then more = 1; break end
+      if not skip[x] then
+        local p = call('HMGET', k('m', x), 'active', 'ki', 'kl', 'ke', 'kt')
+        local ok = p[1] == '1'
+          and (want[1] == '' or p[2] == want[1])
+          and (want[2] == '' or p[3] == want[2])
+          and (want[3] == '' or p[4] == want[3])
+          and (want[4] == '' or (p[5] and string.find(p[5], want[4], 1, true) ~= nil))
+        if ok then page[#page + 1] = x end
+      end
+    end
+    if more == 1 or #chunk < 500 then break end
+    start = '(' .. chunk[#chunk]
+  end
+  return {hit, page, more}
+end
+
+-- suggestion pool v sample pool limit boost: candidates two steps away with their mutual
+-- counts, from at most `sample` of v's connections (most engaged, then most recent), without
+-- v, v's connections, blocks and pending invitations either way: the best `pool` by count,
+-- plus any that a boost of up to `boost` could lift into the top `limit` ---------------------
+local function suggest_pool(v, sample, pool, limit, boost)
+  local conns = call('SMEMBERS', k('c', v))
+  if #conns > sample then
+    local scores = {}
+    local es, ca = call('HGETALL', k('es', v)), call('HGETALL', k('ca', v))
+    for i = 1, #es, 2 do scores[es[i]] = tonumber(es[i + 1]) end
+    local since = {}
+    for i = 1, #ca, 2 do since[ca[i]] = tonumber(ca[i + 1]) end
+    table.sort(conns, function(p, q)
+      local sp, sq = scores[p] or 0, scores[q] or 0
+      if sp ~= sq then return sp > sq end
+      local tp, tq = since[p] or 0, since[q] or 0
+      if tp ~= tq then return tp > tq end
+      return p < q
+    end)
+    local kept = {}
+    for i = 1, sample do kept[i] = conns[i] end
+    conns = kept
+  end
+  local tmp = k('sgtmp', v)
+  call('DEL', tmp)
+  for start = 1, #conns, 500 do  -- summed scores: each candidate's mutual count
+    local args = {'ZUNIONSTORE', tmp, 0, tmp}
+    for i = start, math.min(start + 499, #conns) do args[#args + 1] = k('c', conns[i]) end
+    args[3] = #args - 3
+    call(unpack(args))
+  end
+  call('ZREM', tmp, v)
+  if call('EXISTS', tmp) == 1 then call('ZDIFFSTORE', tmp, 2, tmp, k('c', v)) end
+  for _, s in ipairs({'bl', 'blby'}) do
+    local xs = call('SMEMBERS', k(s, v))
+    if #xs > 0 then call('ZREM', tmp, unpack(xs)) end
+  end
+  for _, s in ipairs({'ir', 'is'}) do
+    for _, val in ipairs(call('HVALS', k(s, v))) do call('ZREM', tmp, string.match(val, '^([^|]*)')) end
+  end
+  local best = call('ZREVRANGE', tmp, 0, pool - 1, 'WITHSCORES')
+  local out = {}
+  for i = 1, #best, 2 do out[#out + 1] = best[i]; out[#out + 1] = best[i + 1] end
+  -- The limit-th best count, lifted by the largest boost, is the bar a candidate must reach.
+  local kth = call('ZREVRANGE', tmp, limit - 1, limit - 1, 'WITHSCORES')
+  if #kth == 2 and #best == 2 * pool then
+    local floor = tonumber(kth[2]) / boost
+    local last = tonumber(best[#best])
+    if last >= floor then
+      local extra = call('ZREVRANGEBYSCORE', tmp, '(' .. last, floor, 'WITHSCORES', 'LIMIT', 0, 10 * pool)
+      for i = 1, #extra, 2 do out[#out + 1] = extra[i]; out[#out + 1] = extra[i + 1] end
+      local ties = call('ZRANGEBYSCORE', tmp, last, last, 'WITHSCORES', 'LIMIT', 0, 10 * pool)
+      for i = 1, #ties, 2 do out[#out + 1] = ties[i]; out[#out + 1] = ties[i + 1] end
+    end
+  end
+  call('DEL', tmp)
+  return out
+end
+
+if query == 'degree' then
+  return degree(ARGV[3], ARGV[4], tonumber(ARGV[5]))
+elseif query == 'badges' then
+  local ids = {}
+  for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+  return badges(ARGV[3], tonumber(ARGV[4]), ids)
+elseif query == 'paths' then
+  return paths(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+elseif query == 'network' then
+  return network(ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]),
+                 {ARGV[7], ARGV[8], ARGV[9], ARGV[10]})
+elseif query == 'suggest_pool' then
+  return suggest_pool(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                      tonumber(ARGV[7]))
+end
+return redis.error_reply('unknown graph query ' .. tostring(query))
