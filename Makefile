@@ -66,8 +66,8 @@ test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check shared services tests bench
-	$(BIN)/mypy shared services
+	$(BIN)/ruff check shared services rapport tests bench
+	$(BIN)/mypy shared services rapport
 
 bench: install redis-server wrk
 	$(BIN)/python -m bench --size $(SIZE) $(if $(ONLY),--only $(ONLY))

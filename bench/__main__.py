@@ -202,7 +202,17 @@ def _query_rows(size: Size, rows: Rows, infra: Any, tmp: Path) -> None:
         )
     rows.append(
         f"| Redis memory of the graph's read models | {res.redis_bytes / res.edges:.0f} B/edge, "
-        f"{res.redis_bytes / res.members:,.0f} B/member | - | - |"
+        f"{res.redis_bytes / res.members:,.0f} B/member | viewer caches apart: "
+        f"{res.cache_bytes / 2**20:,.1f} MiB | bar <= 100 B/edge |"
+    )
+    recall = (
+        "n/a (no member above the bound)"
+        if res.recall_at_10 is None
+        else (f"{res.recall_at_10:.2f}")
+    )
+    rows.append(
+        f"| suggestions, bounded vs exact for the 20 largest networks | recall@10 {recall} "
+        f"| - | bar >= 0.9 |"
     )
 
 

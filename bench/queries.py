@@ -5,6 +5,7 @@ process, all answering the same query list on the same graph."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import statistics
 import time
@@ -25,6 +26,7 @@ from rapport.supervisor import ServiceProcess
 from services.projection import queries
 from services.projection.domain import Filters
 from services.projection.store import ReadModelStore
+from shared.events import grouping_key
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 
@@ -42,9 +44,13 @@ class Graph:
         return sum(len(a) for a in self.adjacency) // 2
 
 
+CONNECTION_CAP = 30_000  # no member has more connections (the connection service's cap)
+
+
 def power_law_graph(n: int, mean_degree: float, max_degree: int, seed: int = 7) -> Graph:
     """Chung-Lu style: expected degree of member i ~ (i + i0)^(-1/(gamma-1)), scaled so the
-    mean is `mean_degree` and member 0 reaches about `max_degree`."""
+    mean is `mean_degree` and member 0 reaches about `max_degree`; the head is clipped to the
+    30,000-connection cap, as the connection service enforces it."""
     rng = np.random.default_rng(seed)
     gamma = 2.5
     ranks = np.arange(n, dtype=float)
@@ -53,6 +59,7 @@ def power_law_graph(n: int, mean_degree: float, max_degree: int, seed: int = 7) 
     weights *= mean_degree * n / weights.sum()
     # Lift the head so the largest member reaches max_degree (real networks have such hubs).
     weights[0] = max(weights[0], max_degree)
+    weights = np.minimum(weights, CONNECTION_CAP)
     probabilities = weights / weights.sum()
     m = int(n * mean_degree / 2)
     adjacency: list[set[int]] = [set() for _ in range(n)]
@@ -62,7 +69,8 @@ def power_law_graph(n: int, mean_degree: float, max_degree: int, seed: int = 7) 
         a = rng.choice(n, size=size, p=probabilities)
         b = rng.choice(n, size=size, p=probabilities)
         for x, y in zip(a.tolist(), b.tolist(), strict=True):
-            if x != y and y not in adjacency[x]:
+            full = len(adjacency[x]) >= CONNECTION_CAP or len(adjacency[y]) >= CONNECTION_CAP
+            if x != y and y not in adjacency[x] and not full:
                 adjacency[x].add(y)
                 adjacency[y].add(x)
                 added += 1
@@ -82,6 +90,9 @@ class QueryList:
     mutual: list[tuple[str, str]] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     network: list[tuple[str, str]] = field(default_factory=list)
+    badges: list[tuple[str, list[str]]] = field(default_factory=list)
+    paths: list[tuple[str, str]] = field(default_factory=list)
+    hubs: list[str] = field(default_factory=list)
 
 
 def query_list(g: Graph, count: int, seed: int = 11) -> QueryList:
@@ -109,6 +120,16 @@ def query_list(g: Graph, count: int, seed: int = 11) -> QueryList:
         (g.members[rng.choice(with_friends)], rng.choice(INDUSTRIES))
         for _ in range(max(count // 8, 10))
     ]
+    # A search-results page: 100 ids, a few of them near the viewer, most anywhere.
+    for _ in range(max(count // 8, 10)):
+        x = rng.choice(with_friends)
+        friends = rng.sample(sorted(g.adjacency[x]), min(3, len(g.adjacency[x])))
+        near = [*friends, *(rng.choice(sorted(g.adjacency[f])) for f in friends)]
+        ids = [*near, *(rng.randrange(n) for _ in range(100 - len(near)))]
+        q.badges.append((g.members[x], list(dict.fromkeys(g.members[i] for i in ids))))
+    q.paths = [pair for i, pair in enumerate(q.degree) if i % 4 in (1, 2)]
+    # The members with the most connections: where the bounded suggestions sample.
+    q.hubs = [g.members[i] for i in sorted(range(n), key=lambda i: -len(g.adjacency[i]))[:20]]
     return q
 
 
@@ -121,9 +142,9 @@ async def load_redis(redis: Redis, g: Graph, namespace: str) -> ReadModelStore:
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(start, min(start + 2000, len(g.members))):
                 m = g.members[i]
-                pipe.hset(
-                    ks.member("m", m), mapping={"name": m, "industry": g.industry[i], "active": "1"}
-                )
+                profile = {"name": m, "industry": g.industry[i], "active": "1"}
+                profile["ki"] = grouping_key(g.industry[i])
+                pipe.hset(ks.member("m", m), mapping=profile)
                 friends = [g.members[j] for j in g.adjacency[i]]
                 for chunk in range(0, len(friends), 5000):
                     pipe.sadd(ks.member("c", m), *friends[chunk : chunk + 5000])
@@ -203,6 +224,20 @@ class PostgresPeer:
         ).fetchall()
         return [(r[0], int(r[1])) for r in rows]
 
+    def badges(self, x: str, ids: list[str]) -> list[int | None]:
+        """The same page of badges as one query."""
+        t = self.t
+        rows = self.conn.execute(
+            f"WITH f AS (SELECT b FROM {t} WHERE a = %(x)s), "
+            f"s AS (SELECT DISTINCT e.b FROM {t} e JOIN f ON e.a = f.b WHERE e.b <> %(x)s) "
+            f"SELECT i.id, CASE WHEN i.id = %(x)s THEN 0 "
+            f"WHEN i.id IN (SELECT b FROM f) THEN 1 WHEN i.id IN (SELECT b FROM s) THEN 2 "
+            f"WHEN EXISTS (SELECT 1 FROM {t} e WHERE e.b = i.id AND e.a IN (SELECT b FROM s)) "
+            f"THEN 3 END FROM unnest(%(ids)s::text[]) WITH ORDINALITY AS i(id, n) ORDER BY i.n",
+            {"x": x, "ids": ids},
+        ).fetchall()
+        return [r[1] for r in rows]
+
 
 class NetworkXPeer:
     def __init__(self, g: Graph) -> None:
@@ -224,6 +259,9 @@ class NetworkXPeer:
 
     def mutual(self, x: str, y: str) -> int:
         return len(set(self.g[x]) & set(self.g[y]))
+
+    def badges(self, x: str, ids: list[str]) -> list[int | None]:
+        return [0 if y == x else self.degree(x, y) for y in ids]
 
     def network(self, x: str, industry: str) -> list[str]:
         first = set(self.g[x])
@@ -272,6 +310,23 @@ class QueryResults:
     rows: dict[str, dict[str, tuple[float, float]]]
     redis_bytes: int
     checks: int
+    recall_at_10: float | None  # bounded suggestions of the hubs vs the exact lists
+    cache_bytes: int  # the viewer-network caches the run built (apart from the read models)
+
+
+async def suggestion_recall(model: ReadModelStore, ks: Any, hubs: list[str]) -> float | None:
+    """Recall@10 of the bounded people-you-may-know lists of members with more connections
+    than the bound, against the exact lists; None when no member has that many."""
+    bound = model.settings.suggestions_sample
+    recalls = []
+    for x in hubs:
+        if await model.redis.scard(ks.member("c", x)) <= bound:
+            continue
+        bounded = await queries.suggestions.compute(model, ks, x, 10)
+        exact = await queries.suggestions.compute(model, ks, x, 10, sample=CONNECTION_CAP)
+        ids = {i["member_id"] for i in exact}
+        recalls.append(len(ids & {i["member_id"] for i in bounded}) / max(1, len(ids)))
+    return statistics.mean(recalls) if recalls else None
 
 
 async def run_queries(
@@ -292,8 +347,19 @@ async def run_queries(
     # Same answers from every peer on the degree list (the bench checks it measures truth).
     checks = 0
     for x, y in q.degree[:50]:
-        ours = (await queries.degree.degree(model, ks, x, y))[0]
+        ours = (await queries.degree.degree(model, ks, x, y)).degree
         assert ours == pg.degree(x, y) == nxp.degree(x, y), (x, y)
+        checks += 1
+    for x, ids in q.badges[:5]:
+        ours_b = await queries.degree.badges(model, ks, x, ids)
+        assert ours_b == pg.badges(x, ids) == nxp.badges(x, ids), x
+        checks += 1
+    for x, y in q.paths[:20]:
+        found = await queries.paths.paths(model, ks, x, y, 3)
+        length = nxp.degree(x, y)
+        assert all(len(p.members) - 1 == length for p in found), (x, y)
+        assert all(nxp.g.has_edge(u, v) for p in found for u, v in itertools.pairwise(p.members))
+        assert bool(found) == (length is not None), (x, y)
         checks += 1
     for x, industry in q.network[:10]:
         page = await queries.network.network(model, x, 2, Filters(industry=industry), None, 20)
@@ -342,6 +408,16 @@ async def run_queries(
                     )
                 ).json()
 
+            async def http_badges(x: str, ids: list[str]) -> Any:
+                return (
+                    await http.get(
+                        f"/members/{x}/degrees", params={"ids": ",".join(ids)}, headers=headers(x)
+                    )
+                ).json()
+
+            async def http_paths(x: str, y: str) -> Any:
+                return (await http.get(f"/members/{x}/paths/{y}", headers=headers(x))).json()
+
             async def clear_cache(x: str) -> None:
                 await redis.delete(ks.member("sg", x))
 
@@ -365,7 +441,7 @@ async def run_queries(
             rows["mutual"] = {
                 "http": await time_async(http_mutual, q.mutual),
                 "redis": await time_async(
-                    lambda x, y: queries.degree.mutual(model, ks, x, y), q.mutual
+                    lambda x, y: queries.degree.mutual_page(model, ks, x, y, None, 50), q.mutual
                 ),
                 "postgres": time_sync(pg.mutual, q.mutual),
                 "networkx": time_sync(nxp.mutual, q.mutual),
@@ -376,10 +452,23 @@ async def run_queries(
                 "postgres": time_sync(pg.suggestions, q.suggestions),
                 "networkx": time_sync(nxp.suggestions, q.suggestions),
             }
-            rows["suggestions (cached)"] = {
+            rows["suggestions (precomputed)"] = {
                 "http": await time_async(http_suggest, q.suggestions),
                 "redis": await time_async(
                     lambda x: queries.suggestions.suggestions(model, x, 20), q.suggestions
+                ),
+            }
+            rows["badges, 100 ids"] = {
+                "http": await time_async(http_badges, q.badges),
+                "redis": await time_async(
+                    lambda x, ids: queries.degree.badges(model, ks, x, ids), q.badges
+                ),
+                "postgres": time_sync(pg.badges, q.badges),
+            }
+            rows["paths (degree 2 and 3)"] = {
+                "http": await time_async(http_paths, q.paths),
+                "redis": await time_async(
+                    lambda x, y: queries.paths.paths(model, ks, x, y, 3), q.paths
                 ),
             }
             rows["network degree=2 & industry"] = {
@@ -393,6 +482,9 @@ async def run_queries(
                 "postgres": time_sync(pg.network, q.network),
                 "networkx": time_sync(nxp.network, q.network),
             }
+            recall = await suggestion_recall(model, ks, q.hubs)
+            stats = await redis.hgetall(ks.viewer_cache_stats)
+            cache_bytes = int(stats.get("bytes", 0))
     finally:
         if proc.child:
             proc.child.stop()
@@ -400,5 +492,12 @@ async def run_queries(
         pg.conn.close()
         await redis.aclose()
     return QueryResults(
-        len(g.members), g.edges, max(len(a) for a in g.adjacency), rows, redis_bytes, checks
+        len(g.members),
+        g.edges,
+        max(len(a) for a in g.adjacency),
+        rows,
+        redis_bytes,
+        checks,
+        recall,
+        cache_bytes,
     )

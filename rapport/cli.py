@@ -59,6 +59,11 @@ def api_token(state_dir: Path) -> str:
     return token
 
 
+def _workers(name: str) -> int:
+    """Worker processes of a service (`RAPPORT_<SERVICE>_WORKERS`, default 1)."""
+    return int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1"))
+
+
 def _service_port(name: str) -> int:
     return int(os.environ.get(f"RAPPORT_{name.upper()}_PORT", DEFAULT_PORTS[name]))
 
@@ -84,7 +89,9 @@ def run(
                 **EMBEDDED_BROKER_TUNING,
             }
             services = [
-                ServiceProcess(name, _service_port(name), env, state_dir / "logs", workers=int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1")))
+                ServiceProcess(
+                    name, _service_port(name), env, state_dir / "logs", workers=_workers(name)
+                )
                 for name in SERVICES
             ]
             supervisor = Supervisor(services)
@@ -328,21 +335,50 @@ def accept(
     )
 
 
+DEGREE_LABELS = {0: "yourself", 1: "1st", 2: "2nd", 3: "3rd"}
+
+
 @app.command()
 def degree(
     member: Annotated[str, typer.Argument(help="You (acts as them)")],
-    other: Annotated[str, typer.Argument(help="The other member")],
+    others: Annotated[list[str], typer.Argument(help="One or more other members")],
     state_dir: StateDir = STATE_DIR,
 ) -> None:
-    """Degree between MEMBER and OTHER (1st, 2nd, 3rd or further) and mutual connections."""
-    data = _call("projection", "GET", f"/members/{member}/degree/{other}", member, state_dir)
-    value = data["degree"]
-    label = {0: "yourself", 1: "1st", 2: "2nd", 3: "3rd"}.get(value, "beyond 3rd / unknown")
-    console.print(
-        f"{member} → {other}: [bold]{label}[/bold]"
-        f"  mutual connections: {data['mutual_connections']}"
-        + (f" ({', '.join(data['mutual_sample'])})" if data["mutual_sample"] else "")
+    """Degree between MEMBER and each of OTHERS (1st, 2nd, 3rd or further); with one other,
+    the mutual connections too."""
+    if len(others) == 1:
+        other = others[0]
+        data = _call("projection", "GET", f"/members/{member}/degree/{other}", member, state_dir)
+        label = DEGREE_LABELS.get(data["degree"], "beyond 3rd / unknown")
+        console.print(
+            f"{member} → {other}: [bold]{label}[/bold]"
+            f"  mutual connections: {data['mutual_connections']}"
+            + (f" ({', '.join(data['mutual_sample'])})" if data["mutual_sample"] else "")
+        )
+        return
+    ids = ",".join(others)
+    data = _call("projection", "GET", f"/members/{member}/degrees?ids={ids}", member, state_dir)
+    for other, value in data["degrees"].items():
+        label = DEGREE_LABELS.get(value, "beyond 3rd / unknown")
+        console.print(f"{member} → {other}: [bold]{label}[/bold]")
+
+
+@app.command()
+def path(
+    member: Annotated[str, typer.Argument(help="You (acts as them)")],
+    other: Annotated[str, typer.Argument(help="The other member")],
+    limit: Annotated[int, typer.Option(min=1, max=10)] = 3,
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """How MEMBER and OTHER are connected: up to LIMIT shortest paths, most engaged first."""
+    data = _call(
+        "projection", "GET", f"/members/{member}/paths/{other}?limit={limit}", member, state_dir
     )
+    if not data["paths"]:
+        console.print(f"no path from {member} to {other} within 3 steps")
+        return
+    for p in data["paths"]:
+        console.print(" → ".join(p["members"]) + f"  (engagement {p['score']:.2f})")
 
 
 @app.command()

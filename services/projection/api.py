@@ -352,12 +352,9 @@ async def mutual(
     limit: Limit = 50,
 ) -> MutualPage:
     me = _own(member_id, acting)
-    common = await queries.degree.mutual(model, await model.current(), me, other)
-    if cursor:
-        common = [m for m in common if m > cursor]
-    page = common[:limit]
-    next_cursor = page[-1] if len(common) > limit else None
-    return MutualPage(items=page, total=len(common), next_cursor=next_cursor)
+    ks = await model.current()
+    total, page, more = await queries.degree.mutual_page(model, ks, me, other, cursor, limit)
+    return MutualPage(items=page, total=total, next_cursor=page[-1] if more and page else None)
 
 
 @members.get(

@@ -71,6 +71,12 @@ def test_invite_accept_degree_summary_suggest_and_tail(stack: Stack, tmp_path: P
         what="ada and alan 2nd-degree",
     )
     assert f"mutual connections: 1 ({grace})" in second
+    several = rapport(stack, tmp_path, "degree", ada, grace, alan, f"nobody-{random_id(6)}")
+    assert several.returncode == 0, several.stderr
+    assert f"{ada} → {grace}: 1st" in several.stdout and f"{ada} → {alan}: 2nd" in several.stdout
+    assert "beyond 3rd / unknown" in several.stdout
+    path = rapport(stack, tmp_path, "path", ada, alan)
+    assert path.returncode == 0 and f"{ada} → {grace} → {alan}" in path.stdout
 
     summary = rapport(stack, tmp_path, "summary", grace)
     assert summary.returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from services.projection import queries
+from services.projection import domain, queries
 from services.projection.apply import BatchApplier
 from services.projection.store import ReadModelStore
 from shared import events as ev
@@ -65,6 +66,16 @@ class Reference:
                 return depth
             seen |= frontier
         return None
+
+    def suggestions(self, a: str, limit: int) -> list[tuple[str, int, float, list[str]]]:
+        """People `a` may know, ranked by the domain's rule over every candidate."""
+        counts = Counter(y for x in self.connections[a] for y in self.connections[x])
+        for x in (a, *self.connections[a], *(m for m in MEMBERS if self.blocked_either(a, m))):
+            counts.pop(x, None)
+        pool = Counter({c: n for c, n in counts.items() if c in self.active})
+        profiles = {m: {"industry": self.industry.get(m)} for m in pool}
+        me = {"industry": self.industry.get(a)}
+        return domain.rank_suggestions(me, pool, profiles, limit)
 
     def paths(self, a: str, b: str, limit: int) -> list[list[str]]:
         """Shortest paths (up to 3 steps) avoiding members blocked by or blocking either end;
@@ -208,5 +219,7 @@ async def test_read_model_equals_reference(
                 assert answer.degree == ref.degree(a, b), (a, b)
                 paths = await queries.paths.paths(model, ks, a, b, 3)
                 assert [p.members for p in paths] == ref.paths(a, b, 3), (a, b)
+            ranked = await queries.suggestions.rank(model, ks, a, 5, sample=100)
+            assert ranked == ref.suggestions(a, 5), a
     finally:
         await redis.aclose()

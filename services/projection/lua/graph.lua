@@ -225,11 +225,15 @@ local function network(v, budget, cursor, limit, want)
   return {hit, page, more}
 end
 
--- suggestion pool v sample pool limit boost: candidates two steps away with their mutual
--- counts, from at most `sample` of v's connections (most engaged, then most recent), without
--- v, v's connections, blocks and pending invitations either way: the best `pool` by count,
--- plus any that a boost of up to `boost` could lift into the top `limit` ---------------------
-local function suggest_pool(v, sample, pool, limit, boost)
+-- suggest v sample limit boost_industry boost_employer boost_location: people v may know,
+-- ranked as domain.rank_suggestions does (mutual connections times a boost for each shared
+-- industry, employer, location; ties by mutual count, then id), from at most `sample` of
+-- v's connections (the most engaged, then the most recent), without v, v's connections,
+-- blocks and pending invitations either way, inactive members. Candidates are read by
+-- falling mutual count and the scan stops once no later one can reach the list.
+-- Returns {member, mutual count, score, shared-field flags (industry 1, employer 2,
+-- location 4)} per entry, best first ----------------------------------------------------------
+local function suggest(v, sample, limit, boosts)
   local conns = call('SMEMBERS', k('c', v))
   if #conns > sample then
     local scores = {}
@@ -265,23 +269,65 @@ local function suggest_pool(v, sample, pool, limit, boost)
   for _, s in ipairs({'ir', 'is'}) do
     for _, val in ipairs(call('HVALS', k(s, v))) do call('ZREM', tmp, string.match(val, '^([^|]*)')) end
   end
-  local best = call('ZREVRANGE', tmp, 0, pool - 1, 'WITHSCORES')
-  local out = {}
-  for i = 1, #best, 2 do out[#out + 1] = best[i]; out[#out + 1] = best[i + 1] end
-  -- The limit-th best count, lifted by the largest boost, is the bar a candidate must reach.
-  local kth = call('ZREVRANGE', tmp, limit - 1, limit - 1, 'WITHSCORES')
-  if #kth == 2 and #best == 2 * pool then
-    local floor = tonumber(kth[2]) / boost
-    local last = tonumber(best[#best])
-    if last >= floor then
-      local extra = call('ZREVRANGEBYSCORE', tmp, '(' .. last, floor, 'WITHSCORES', 'LIMIT', 0, 10 * pool)
-      for i = 1, #extra, 2 do out[#out + 1] = extra[i]; out[#out + 1] = extra[i + 1] end
-      local ties = call('ZRANGEBYSCORE', tmp, last, last, 'WITHSCORES', 'LIMIT', 0, 10 * pool)
-      for i = 1, #ties, 2 do out[#out + 1] = ties[i]; out[#out + 1] = ties[i + 1] end
+  local me = call('HMGET', k('m', v), 'ki', 'ke', 'kl')
+  local max_boost = boosts[1] * boosts[2] * boosts[3]
+  local best = {}  -- {member, count, score, flags}, kept sorted best first, at most `limit`
+  local function better(p, q)
+    if p[3] ~= q[3] then return p[3] > q[3] end
+    if p[2] ~= q[2] then return p[2] > q[2] end
+    return p[1] < q[1]
+  end
+  local offset, done = 0, false
+  while not done do
+    local chunk = call('ZREVRANGE', tmp, offset, offset + 499, 'WITHSCORES')
+    if #chunk == 0 then break end
+    offset = offset + 500
+    for i = 1, #chunk, 2 do
+      local x, n = chunk[i], tonumber(chunk[i + 1])
+      if #best == limit and n * max_boost < best[limit][3] then done = true; break end
+      local p = call('HMGET', k('m', x), 'active', 'ki', 'ke', 'kl')
+      if p[1] == '1' then
+        local boost, flags = 1, 0
+        for f = 1, 3 do
+          if me[f] and me[f] ~= '' and p[f + 1] == me[f] then
+            boost = boost * boosts[f]; flags = flags + 2 ^ (f - 1)
+          end
+        end
+        local entry = {x, n, n * boost, flags}
+        if #best < limit or better(entry, best[#best]) then
+          best[#best + 1] = entry
+          table.sort(best, better)
+          if #best > limit then best[#best] = nil end
+        end
+      end
     end
   end
   call('DEL', tmp)
+  local out = {}
+  for i, e in ipairs(best) do out[i] = {e[1], e[2], tostring(e[3]), e[4]} end
   return out
+end
+
+-- fresh v clock: neither v nor any of v's connections changed after `clock` (lc:{m}) ------
+local function fresh(v, clock)
+  if tonumber(call('GET', k('lc', v)) or '0') > clock then return 0 end
+  for _, x in ipairs(call('SMEMBERS', k('c', v))) do
+    if tonumber(call('GET', k('lc', x)) or '0') > clock then return 0 end
+  end
+  return 1
+end
+
+-- mutual a b cursor limit: {count, the first `limit` common connections after `cursor`} ----
+local function mutual(a, b, cursor, limit)
+  local common = call('SINTER', k('c', a), k('c', b))
+  local after = {}
+  for _, x in ipairs(common) do
+    if cursor == '' or x > cursor then after[#after + 1] = x end
+  end
+  table.sort(after)
+  local page = {}
+  for i = 1, math.min(limit, #after) do page[i] = after[i] end
+  return {#common, page, (#after > limit) and 1 or 0}
 end
 
 if query == 'degree' then
@@ -295,8 +341,12 @@ elseif query == 'paths' then
 elseif query == 'network' then
   return network(ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]),
                  {ARGV[7], ARGV[8], ARGV[9], ARGV[10]})
-elseif query == 'suggest_pool' then
-  return suggest_pool(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-                      tonumber(ARGV[7]))
+elseif query == 'suggest' then
+  return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]),
+                 {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])})
+elseif query == 'fresh' then
+  return fresh(ARGV[3], tonumber(ARGV[4]))
+elseif query == 'mutual' then
+  return mutual(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
 end
 return redis.error_reply('unknown graph query ' .. tostring(query))

@@ -38,6 +38,19 @@ async def mutual(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> list[str]:
     return sorted(str(x) for x in await rm.redis.sinter([ks.member("c", a), ks.member("c", b)]))
 
 
+async def mutual_page(
+    rm: ReadModelStore, ks: Keyspace, a: str, b: str, cursor: str | None, limit: int
+) -> tuple[int, list[str], bool]:
+    """How many connections `a` and `b` share, the first `limit` of them after `cursor` in
+    member order, and whether more follow."""
+    if await rm.cluster_mode():
+        common = await mutual(rm, ks, a, b)
+        after = [m for m in common if not cursor or m > cursor]
+        return len(common), after[:limit], len(after) > limit
+    total, page, more = await rm.graph(ks, "mutual", a, b, cursor or "", limit)
+    return int(total), [str(x) for x in page], bool(more)
+
+
 async def badges(rm: ReadModelStore, ks: Keyspace, viewer: str, ids: list[str]) -> list[int | None]:
     """The degree of each of `ids` from `viewer`, from the viewer's cached network."""
     if await rm.cluster_mode():

@@ -18,7 +18,6 @@ from services.projection import domain
 from services.projection.queries.degree import second_degree
 from services.projection.store import Keyspace, ReadModelStore
 
-POOL = 200  # candidates ranked with profiles, besides any a boost could lift into the list
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 
 
@@ -39,10 +38,8 @@ async def compute(
 ) -> list[dict[str, Any]]:
     """Rank and store `m`'s list; `sample` bounds the connections it starts from."""
     clock = int(await rm.redis.get(ks.clock) or 0)
-    counts = await candidates(rm, ks, m, limit, sample or rm.settings.suggestions_sample)
-    profiles = await rm.profiles(ks, list(counts))
-    pool = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
-    me = await rm.profile(ks, m)
+    ranked = await rank(rm, ks, m, limit, sample or rm.settings.suggestions_sample)
+    profiles = await rm.profiles(ks, [c for c, *_ in ranked])
     items = [
         {
             "member_id": c,
@@ -52,28 +49,32 @@ async def compute(
             "name": profiles[c].get("name"),
             "headline": profiles[c].get("headline"),
         }
-        for c, n, score, reasons in domain.rank_suggestions(me, pool, profiles, limit)
+        for c, n, score, reasons in ranked
     ]
     entry = json.dumps({"clock": clock, "limit": limit, "items": items})
     await rm.redis.set(ks.member("sg", m), entry, ex=rm.settings.suggestions_cache_ttl_s)
     return items
 
 
-async def candidates(
+async def rank(
     rm: ReadModelStore, ks: Keyspace, m: str, limit: int, sample: int
-) -> Counter[str]:
-    """Mutual counts of the candidates that can make the top `limit` (on the server)."""
+) -> list[tuple[str, int, float, list[str]]]:
+    """The best `limit` (member, mutual count, score, shared fields), ranked on the server;
+    on Redis Cluster from per-member reads (every candidate, so exact)."""
     if await rm.cluster_mode():
         counts, _ = await second_degree(rm, ks, m, 200_000)
         for x in await rm.exclusions(ks, m):
             counts.pop(x, None)
-        best = counts.most_common(POOL)
-        if len(best) == POOL and len(counts) > limit:
-            floor = counts.most_common(limit)[-1][1] / domain.MAX_BOOST
-            return Counter({c: n for c, n in counts.items() if n >= min(floor, best[-1][1])})
-        return Counter(dict(best))
-    flat = await rm.graph(ks, "suggest_pool", m, sample, POOL, limit, domain.MAX_BOOST)
-    return Counter({str(c): int(float(n)) for c, n in zip(flat[::2], flat[1::2], strict=True)})
+        profiles = await rm.profiles(ks, list(counts))
+        pool = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
+        return domain.rank_suggestions(await rm.profile(ks, m), pool, profiles, limit)
+    boosts = list(domain.BOOSTS.values())
+    found = await rm.graph(ks, "suggest", m, sample, limit, *boosts)
+    fields = list(domain.BOOSTS)
+    return [
+        (str(c), int(n), float(score), [f for i, f in enumerate(fields) if int(flags) >> i & 1])
+        for c, n, score, flags in found
+    ]
 
 
 async def refresh_active(rm: ReadModelStore) -> int:
@@ -93,6 +94,8 @@ async def refresh_active(rm: ReadModelStore) -> int:
 
 async def _unchanged_since(rm: ReadModelStore, ks: Keyspace, m: str, clock: int) -> bool:
     """Neither the member nor any of their connections changed after `clock`."""
+    if not await rm.cluster_mode():
+        return bool(await rm.graph(ks, "fresh", m, clock))
     members = [m, *await rm.connections(ks, m)]
     for start in range(0, len(members), 1000):
         async with rm.redis.pipeline(transaction=False) as pipe:
