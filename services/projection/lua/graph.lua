@@ -260,47 +260,56 @@ local function suggest(v, sample, limit, boosts)
     args[3] = #args - 3
     call(unpack(args))
   end
-  call('ZREM', tmp, v)
-  if call('EXISTS', tmp) == 1 then call('ZDIFFSTORE', tmp, 2, tmp, k('c', v)) end
+  -- Not v, not v's connections (removed in place: cheaper than a ZDIFFSTORE copy), no block.
+  local drop = call('SMEMBERS', k('c', v))
+  drop[#drop + 1] = v
   for _, s in ipairs({'bl', 'blby'}) do
-    local xs = call('SMEMBERS', k(s, v))
-    if #xs > 0 then call('ZREM', tmp, unpack(xs)) end
+    for _, x in ipairs(call('SMEMBERS', k(s, v))) do drop[#drop + 1] = x end
+  end
+  for start = 1, #drop, 5000 do
+    call('ZREM', tmp, unpack(drop, start, math.min(start + 4999, #drop)))
   end
   for _, s in ipairs({'ir', 'is'}) do
     for _, val in ipairs(call('HVALS', k(s, v))) do call('ZREM', tmp, string.match(val, '^([^|]*)')) end
   end
   local me = call('HMGET', k('m', v), 'ki', 'ke', 'kl')
+  for f = 1, 3 do if me[f] == '' then me[f] = false end end
   local max_boost = boosts[1] * boosts[2] * boosts[3]
-  local best = {}  -- {member, count, score, flags}, kept sorted best first, at most `limit`
+  -- best: entries {member, count, score, flags}, best first, at most `limit`
+  local best, worst = {}, nil
   local function better(p, q)
     if p[3] ~= q[3] then return p[3] > q[3] end
     if p[2] ~= q[2] then return p[2] > q[2] end
     return p[1] < q[1]
   end
-  local offset, done = 0, false
-  while not done do
+  local offset = 0
+  while true do
     local chunk = call('ZREVRANGE', tmp, offset, offset + 499, 'WITHSCORES')
     if #chunk == 0 then break end
     offset = offset + 500
+    local stop = false
     for i = 1, #chunk, 2 do
-      local x, n = chunk[i], tonumber(chunk[i + 1])
-      if #best == limit and n * max_boost < best[limit][3] then done = true; break end
+      local n = tonumber(chunk[i + 1])
+      if worst and n * max_boost < worst[3] then stop = true; break end
+      local x = chunk[i]
       local p = call('HMGET', k('m', x), 'active', 'ki', 'ke', 'kl')
       if p[1] == '1' then
         local boost, flags = 1, 0
-        for f = 1, 3 do
-          if me[f] and me[f] ~= '' and p[f + 1] == me[f] then
-            boost = boost * boosts[f]; flags = flags + 2 ^ (f - 1)
-          end
-        end
+        if me[1] and p[2] == me[1] then boost = boost * boosts[1]; flags = flags + 1 end
+        if me[2] and p[3] == me[2] then boost = boost * boosts[2]; flags = flags + 2 end
+        if me[3] and p[4] == me[3] then boost = boost * boosts[3]; flags = flags + 4 end
         local entry = {x, n, n * boost, flags}
-        if #best < limit or better(entry, best[#best]) then
-          best[#best + 1] = entry
-          table.sort(best, better)
+        if not worst or better(entry, worst) then
+          -- insert in place (the list is short), dropping the last when it overflows
+          local at = #best + 1
+          while at > 1 and better(entry, best[at - 1]) do best[at] = best[at - 1]; at = at - 1 end
+          best[at] = entry
           if #best > limit then best[#best] = nil end
+          if #best == limit then worst = best[limit] end
         end
       end
     end
+    if stop then break end
   end
   call('DEL', tmp)
   local out = {}
