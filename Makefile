@@ -18,43 +18,31 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# The system's redis-server backs the embedded stack; install Debian's package when we can.
-redis-server:
-	@command -v redis-server >/dev/null && exit 0; \
+# Debian packages the stack, the tests and the bench need, installed when missing and we can.
+define apt_install
+	@command -v $(1) >/dev/null && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing redis-server (Debian package)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  echo "installing $(2) (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	else \
-	  echo "redis-server is missing: install it (apt-get install redis-server) or set REDIS_URL" >&2; \
-	  test -n "$$REDIS_URL"; \
+	  echo "$(1) is missing: $(3)" >&2; $(4); \
 	fi
+endef
 
-# The write benchmark drives HTTP load with a compiled generator (Debian's wrk).
+# The system's redis-server backs the embedded stack.
+redis-server:
+	$(call apt_install,redis-server,redis-server,install it (apt-get install redis-server) or set REDIS_URL,test -n "$$REDIS_URL")
+
+# The write benchmark drives HTTP load with a compiled generator.
 wrk:
-	@command -v wrk >/dev/null && exit 0; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing wrk (Debian package)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
-	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
-	else \
-	  echo "wrk is missing (apt-get install wrk): the write benchmark needs it" >&2; exit 1; \
-	fi
+	$(call apt_install,wrk,wrk,the write benchmark needs it (apt-get install wrk),exit 1)
 
 # The dashboard's browser test drives Debian's Chromium (Playwright's own browser download is
-# not used); install it when we can.
+# not used).
 chromium:
-	@command -v chromium >/dev/null && exit 0; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing chromium (Debian package)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else \
-	  echo "chromium is missing (apt-get install chromium): the browser test will be skipped" >&2; \
-	fi
+	$(call apt_install,chromium,chromium,the browser test will be skipped (apt-get install chromium),true)
 
 run: install redis-server
 	$(BIN)/rapport run $(if $(filter 1 yes true,$(DEMO)),--demo)

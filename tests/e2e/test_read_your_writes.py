@@ -12,19 +12,24 @@ from tests.helpers import auth, random_id
 pytestmark = pytest.mark.e2e
 
 
+async def two_members(http: httpx.AsyncClient, url: dict[str, str]) -> tuple[str, str]:
+    a, b = f"a{random_id(8)}", f"b{random_id(8)}"
+    for m in (a, b):
+        r = await http.post(
+            f"{url['connection']}/members",
+            json={"name": m, "industry": "Technology"},
+            headers=auth(m),
+        )
+        assert r.status_code == 201, r.text
+    return a, b
+
+
 @pytest.mark.timeout(180)
 async def test_register_invite_accept_then_degree_one_fifty_times_in_a_row(stack: Stack) -> None:
     url = stack.urls
     async with httpx.AsyncClient(timeout=15) as http:
         for _ in range(50):
-            a, b = f"a{random_id(8)}", f"b{random_id(8)}"
-            for m in (a, b):
-                r = await http.post(
-                    f"{url['connection']}/members",
-                    json={"name": m, "industry": "Technology"},
-                    headers=auth(m),
-                )
-                assert r.status_code == 201, r.text
+            a, b = await two_members(http, url)
             # At once: the invitation service must know both members already.
             invited = await http.post(
                 f"{url['invitation']}/invitations", json={"to": b}, headers=auth(a)
@@ -50,14 +55,7 @@ async def test_a_block_answered_2xx_refuses_the_next_invitation_at_once(stack: S
     url = stack.urls
     async with httpx.AsyncClient(timeout=15) as http:
         for _ in range(10):
-            a, b = f"a{random_id(8)}", f"b{random_id(8)}"
-            for m in (a, b):
-                r = await http.post(
-                    f"{url['connection']}/members",
-                    json={"name": m, "industry": "Technology"},
-                    headers=auth(m),
-                )
-                assert r.status_code == 201, r.text
+            a, b = await two_members(http, url)
             blocked = await http.post(f"{url['connection']}/blocks/{a}", headers=auth(b))
             assert blocked.status_code == 200, blocked.text
             refused = await http.post(

@@ -98,7 +98,13 @@ async def test_projection_service_runs_on_the_cluster(
             )
             assert r.status_code == 200
         degree = (await client.get("/members/ann/degree/eve", headers=auth("ann"))).json()
+        badges = await client.get(
+            "/members/ann/degrees", params={"ids": "bob,dan,eve,lee"}, headers=auth("ann")
+        )
+        paths = (await client.get("/members/ann/paths/eve", headers=auth("ann"))).json()
         industries = (await client.get("/industries", headers=auth())).json()["industries"]
     assert ready.status_code == 200
     assert degree["degree"] == 3
+    assert badges.json()["degrees"] == {"bob": 1, "dan": 2, "eve": 3, "lee": None}
+    assert paths["paths"][0]["members"] == ["ann", "bob", "dan", "eve"]
     assert {i["industry"]: i["average_connections"] for i in industries}["Technology"] == 3.0

@@ -7,6 +7,7 @@ import random
 import statistics
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,10 +26,14 @@ from tests.helpers import Infra, random_id
 pytestmark = pytest.mark.integration
 
 MEMBERS = [f"m{i}" for i in range(8)]
-INDUSTRIES = ["Technology", "Finance", "Health"]
+# Not canonical: the projection groups industries by the name events carry, and compares
+# them case- and spacing-insensitively only where a rule says so (suggestion boosts).
+INDUSTRIES = ["Technology", "Finance", "Health", "technology", "Finance "]
 ACTIONS = [
     *("register", "connect", "connect", "remove", "industry", "deactivate", "block", "unblock"),
+    *("follow", "unfollow", "engage"),
 ]
+SCORING = ScoringModel()
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Reference:
         self.active: set[str] = set()
         self.connections: dict[str, set[str]] = {m: set() for m in MEMBERS}
         self.blocks: set[tuple[str, str]] = set()  # (blocker, blocked)
+        self.follows: set[tuple[str, str]] = set()  # (follower, followee)
+        self.scores: Counter[tuple[str, str]] = Counter()  # stored engagement per ordered pair
 
     def blocked_either(self, a: str, b: str) -> bool:
         return (a, b) in self.blocks or (b, a) in self.blocks
@@ -105,6 +112,7 @@ class Reference:
 def histories(draw: st.DrawFn) -> tuple[list[Envelope], Reference]:
     ref = Reference()
     out: list[ev.Event] = []
+    pending_scores: list[tuple[str, str, str, int]] = []
     for _ in range(draw(st.integers(5, 60))):
         action = draw(st.sampled_from(ACTIONS))
         m = draw(st.sampled_from(MEMBERS))
@@ -145,6 +153,17 @@ def histories(draw: st.DrawFn) -> tuple[list[Envelope], Reference]:
                 ref.connections[other].discard(m)
             out.append(ev.MemberBlocked(blocker=m, blocked=other))
             ref.blocks.add((m, other))
+        elif action == "follow" and m != other and (m, other) not in ref.follows:
+            out.append(ev.FollowStarted(follower=m, followee=other))
+            ref.follows.add((m, other))
+        elif action == "unfollow" and (m, other) in ref.follows:
+            out.append(ev.FollowStopped(follower=m, followee=other))
+            ref.follows.discard((m, other))
+        elif action == "engage" and m != other:
+            kind = draw(st.sampled_from(["like", "comment", "recommend"]))
+            event = ev.EngagementRecorded(actor=m, target=other, kind=kind)
+            out.append(event)
+            pending_scores.append((m, other, kind, len(out) - 1))
         elif action == "unblock" and (m, other) in ref.blocks:
             out.append(ev.MemberUnblocked(blocker=m, blocked=other))
             ref.blocks.discard((m, other))
@@ -159,7 +178,12 @@ def histories(draw: st.DrawFn) -> tuple[list[Envelope], Reference]:
             ref.connections[m].clear()
             out.append(ev.MemberDeactivated(member_id=m))
             ref.active.discard(m)
-    return [Envelope.wrap(e, producer="test") for e in out], ref
+    envelopes = [Envelope.wrap(e, producer="test") for e in out]
+    for actor, target, kind, index in pending_scores:
+        value = SCORING.contribution(kind, envelopes[index].occurred_at)
+        ref.scores[(actor, target)] += value
+        ref.scores[(target, actor)] += value
+    return envelopes, ref
 
 
 def deliveries(envelopes: list[Envelope], rng: random.Random) -> list[Record]:
@@ -221,5 +245,14 @@ async def test_read_model_equals_reference(
                 assert [p.members for p in paths] == ref.paths(a, b, 3), (a, b)
             ranked = await queries.suggestions.rank(model, ks, a, 5, sample=100)
             assert ranked == ref.suggestions(a, 5), a
+            summary = await queries.members.summary(model, a, datetime.now(UTC))
+            followers = sum(1 for f, e in ref.follows if e == a)
+            following = sum(1 for f, e in ref.follows if f == a)
+            assert (summary["followers"], summary["following"]) == (followers, following), a
+            stored = await model.redis.hgetall(ks.member("es", a))
+            expected = {b: v for (x, b), v in ref.scores.items() if x == a}
+            assert stored.keys() == expected.keys(), a
+            for b, v in expected.items():
+                assert float(stored[b]) == pytest.approx(v, rel=1e-9), (a, b)
     finally:
         await redis.aclose()
