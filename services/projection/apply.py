@@ -83,14 +83,20 @@ class BatchApplier:
             for record in recs:
                 if record.offset < expected:
                     continue  # applied before (a re-delivery after a crash or a rebalance)
+                reason = None
                 try:
                     envelope, event = decode(record.value or b"")
+                    applied = domain.to_ops(envelope, event, self.store.scoring)
                 except InvalidEvent as exc:
-                    if dead_letter:  # a rebuild meets poison again; it was dead-lettered live
-                        await self.send_to_dlq(record, exc.reason)
-                else:
-                    ops.append(domain.to_ops(envelope, event, self.store.scoring))
+                    reason = exc.reason
+                except Exception as exc:  # e.g. a time so far out that its score overflows
+                    reason = f"apply_failed: {exc!r}"
+                if reason is None:
+                    ops.append(applied)
                     EVENTS_CONSUMED.labels("projection", envelope.type).inc()
+                elif dead_letter:  # a rebuild meets poison again; it was dead-lettered live
+                    # One bad record never stops the partition: it goes aside with its reason.
+                    await self.send_to_dlq(record, reason)
                 positions[f"{tp.topic}:{tp.partition}"] = record.offset + 1
                 if len(ops) >= APPLY_CHUNK:
                     in_flight = await flush()

@@ -96,6 +96,35 @@ async def test_invalid_external_engagement_goes_to_the_dlq_and_the_next_is_appli
     assert status["dlq"] == {topic: 1}
 
 
+async def test_an_event_that_cannot_be_applied_goes_to_the_dlq_and_the_next_is_applied(
+    infra: Infra, namespace: str
+) -> None:
+    topic = TopicNames(namespace)(ENGAGEMENTS)
+    # Valid by the schema, but its score overflows: far past the scoring model's range.
+    poison = Envelope.wrap(
+        ev.EngagementRecorded(actor="ann", target="bob", kind="like"),
+        producer="test",
+        occurred_at=datetime(2400, 1, 1, tzinfo=UTC),
+    )
+    good = at(0, ev.EngagementRecorded(actor="ann", target="bob", kind="comment"))
+    async with running_app(create_app()) as client:
+        await publish_envelopes(
+            infra.kafka_bootstrap, namespace, [connect("ann", "bob", 1), poison, good]
+        )
+        applied = await client.get(
+            "/members/ann/engagement",
+            params={"after": str(good.event_id), "wait_ms": 15000},
+            headers=auth("ann"),
+        )
+        dead = await read_topic(infra.kafka_bootstrap, dlq(topic), expect=1)
+
+    assert applied.status_code == 200
+    assert [i["member_id"] for i in applied.json()["engaged"]] == ["bob"]
+    headers = dict(dead[0].headers)
+    assert headers["dlq_reason"].decode().startswith("apply_failed: OverflowError")
+    assert headers["type"] == b"EngagementRecorded"
+
+
 async def test_after_times_out_with_409_for_an_unknown_event() -> None:
     async with running_app(create_app()) as client:
         response = await client.get(
@@ -118,6 +147,8 @@ async def test_after_times_out_with_409_for_an_unknown_event() -> None:
         "/members/bob/network",
         "/members/bob/invitations",
         "/members/bob/engagement",
+        "/members/bob/degrees?ids=cat",
+        "/members/bob/paths/cat",
     ],
 )
 async def test_member_views_are_private(path: str) -> None:
