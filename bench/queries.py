@@ -9,6 +9,7 @@ import itertools
 import random
 import statistics
 import time
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -148,8 +149,27 @@ async def load_redis(redis: Redis, g: Graph, namespace: str) -> ReadModelStore:
                 friends = [g.members[j] for j in g.adjacency[i]]
                 for chunk in range(0, len(friends), 5000):
                     pipe.sadd(ks.member("c", m), *friends[chunk : chunk + 5000])
+            pipe.zadd(ks.members, dict.fromkeys(g.members[start : start + 2000], 0))
             await pipe.execute()
     return model
+
+
+async def load_connection_times(redis: Redis, model: ReadModelStore, g: Graph) -> None:
+    """When each connection was made (`ca`, what "most recent" samples by), the same on both
+    sides; loaded apart so the memory row can show the graph with and without it."""
+    ks = model.keyspace(1)
+    for start in range(0, len(g.members), 2000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(start, min(start + 2000, len(g.members))):
+                m = g.members[i]
+                since = {
+                    g.members[j]: 1.6e9 + zlib.crc32(f"{min(i, j)}-{max(i, j)}".encode()) % 10**8
+                    for j in g.adjacency[i]
+                }
+                items = list(since.items())
+                for chunk in range(0, len(items), 5000):
+                    pipe.hset(ks.member("ca", m), mapping=dict(items[chunk : chunk + 5000]))
+            await pipe.execute()
 
 
 def load_postgres(dsn: str, g: Graph, table: str) -> None:
@@ -311,6 +331,7 @@ class QueryResults:
     redis_bytes: int
     checks: int
     recall_at_10: float | None  # bounded suggestions of the hubs vs the exact lists
+    times_bytes: int  # the read models with each connection's time (`ca`) too
     cache_bytes: int  # the viewer-network caches the run built (apart from the read models)
 
 
@@ -333,10 +354,13 @@ async def run_queries(
     g: Graph, q: QueryList, redis_url: str, bootstrap: str, pg_dsn: str, logs: Path
 ) -> QueryResults:
     namespace = f"q{time.time_ns()}."
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    # Generous timeout: the exact suggestion lists of the largest networks (recall) take long.
+    redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=300)
     before = int((await redis.info("memory"))["used_memory"])
     model = await load_redis(redis, g, namespace)
     redis_bytes = int((await redis.info("memory"))["used_memory"]) - before
+    await load_connection_times(redis, model, g)
+    times_bytes = int((await redis.info("memory"))["used_memory"]) - before
     ks = model.keyspace(1)
 
     table = f"bench_edges_{namespace.strip('.')}"
@@ -371,7 +395,11 @@ async def run_queries(
         checks += 1
 
     token = TOKEN
-    env = service_env(bootstrap, redis_url, namespace)
+    # The background refresh would build every viewer's network while the loops time the
+    # request paths; the warm rows build them explicitly instead.
+    env = service_env(
+        bootstrap, redis_url, namespace, RAPPORT_PROJECTION_SUGGESTIONS_REFRESH_S="86400"
+    )
     from rapport.localstack import free_port
 
     proc = ServiceProcess("projection", free_port(), env, logs)
@@ -458,20 +486,15 @@ async def run_queries(
                     lambda x: queries.suggestions.suggestions(model, x, 20), q.suggestions
                 ),
             }
-            rows["badges, 100 ids"] = {
+            pg_badges, pg_network = time_sync(pg.badges, q.badges), time_sync(pg.network, q.network)
+            rows["badges, 100 ids, cold (meet in the middle)"] = {
                 "http": await time_async(http_badges, q.badges),
                 "redis": await time_async(
                     lambda x, ids: queries.degree.badges(model, ks, x, ids), q.badges
                 ),
-                "postgres": time_sync(pg.badges, q.badges),
+                "postgres": pg_badges,
             }
-            rows["paths (degree 2 and 3)"] = {
-                "http": await time_async(http_paths, q.paths),
-                "redis": await time_async(
-                    lambda x, y: queries.paths.paths(model, ks, x, y, 3), q.paths
-                ),
-            }
-            rows["network degree=2 & industry"] = {
+            rows["network degree=2 & industry, cold (member scan)"] = {
                 "http": await time_async(http_network, q.network),
                 "redis": await time_async(
                     lambda x, i: queries.network.network(
@@ -479,8 +502,36 @@ async def run_queries(
                     ),
                     q.network,
                 ),
-                "postgres": time_sync(pg.network, q.network),
+                "postgres": pg_network,
                 "networkx": time_sync(nxp.network, q.network),
+            }
+            viewers = sorted({x for x, _ in q.badges} | {x for x, _ in q.network})
+            budget = model.settings.viewer_cache_bytes
+            rows["viewer network build (background)"] = {
+                "redis": await time_async(lambda x: model.graph(ks, "warm", x, budget), viewers),
+            }
+            rows["badges, 100 ids, warm (cached network)"] = {
+                "http": await time_async(http_badges, q.badges),
+                "redis": await time_async(
+                    lambda x, ids: queries.degree.badges(model, ks, x, ids), q.badges
+                ),
+                "postgres": pg_badges,
+            }
+            rows["network degree=2 & industry, warm (cached network)"] = {
+                "http": await time_async(http_network, q.network),
+                "redis": await time_async(
+                    lambda x, i: queries.network.network(
+                        model, x, 2, Filters(industry=i), None, 20
+                    ),
+                    q.network,
+                ),
+                "postgres": pg_network,
+            }
+            rows["paths (degree 2 and 3)"] = {
+                "http": await time_async(http_paths, q.paths),
+                "redis": await time_async(
+                    lambda x, y: queries.paths.paths(model, ks, x, y, 3), q.paths
+                ),
             }
             recall = await suggestion_recall(model, ks, q.hubs)
             stats = await redis.hgetall(ks.viewer_cache_stats)
@@ -499,5 +550,6 @@ async def run_queries(
         redis_bytes,
         checks,
         recall,
+        times_bytes,
         cache_bytes,
     )

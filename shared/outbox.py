@@ -102,8 +102,11 @@ class RedisStateStore:
         return [_s(i) for i in ids]
 
     async def claim(self, key: str, field: str, value: str) -> str:
-        await self.redis.hsetnx(key, field, value)
-        return _s(await self.redis.hget(key, field))
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.hsetnx(key, field, value)
+            pipe.hget(key, field)
+            _, stored = await pipe.execute()
+        return _s(stored)
 
     async def backlog(self) -> int:
         return int(await self.redis.xlen(self.stream_key))

@@ -128,7 +128,7 @@ class ProjectionSettings(ServiceSettings):
     viewer_cache_bytes: int = 256 * 2**20
     # People you may know from at most this many of a member's connections (the most engaged,
     # then the most recent), so a member with a huge network costs a bounded amount.
-    suggestions_sample: int = 500
+    suggestions_sample: int = 200
     # How often the background refresh recomputes stale suggestions of active viewers.
     suggestions_refresh_s: float = 5.0
     # Paths considered before ranking the shortest ones by engagement.

@@ -168,6 +168,13 @@ class BatchApplier:
             async with redis.pipeline(transaction=False) as pipe:
                 if moves:
                     pipe.sadd(ks.inds, *moves)
+                # Active members in member order, for searches that scan in that order.
+                active = [m for m, (_, now, _) in results.items() if now]
+                gone = [m for m, (_, now, _) in results.items() if not now]
+                if active:
+                    pipe.zadd(ks.members, dict.fromkeys(active, 0))
+                if gone:
+                    pipe.zrem(ks.members, *gone)
                 for m, now in recount.items():
                     if now:
                         pipe.hset(ks.member("m", m), "ci", now)

@@ -69,6 +69,11 @@ class Keyspace:
         return f"{self.prefix}sgactive{{g}}"
 
     @property
+    def members(self) -> str:
+        """Active members in member order (score 0), for scans in that order."""
+        return f"{self.prefix}members{{g}}"
+
+    @property
     def viewer_cache_stats(self) -> str:
         return f"{self.prefix}n2stats{{g}}"
 
@@ -118,6 +123,10 @@ class ReadModelStore:
     async def graph(self, ks: Keyspace, query: str, *args: Any) -> Any:
         """One graph query of lua/graph.lua on the keyspace `ks` (single node)."""
         return await self._graph(keys=[ks.pos], args=[ks.prefix, query, *args])
+
+    async def mark_active(self, ks: Keyspace, viewer: str) -> None:
+        """The viewer asked: the background refresh keeps their network and suggestions."""
+        await self.redis.zadd(ks.active_viewers, {viewer: time.time()})
 
     def count_viewer_cache(self, hit: bool) -> None:
         VIEWER_CACHE.labels("hit" if hit else "miss").inc()

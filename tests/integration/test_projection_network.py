@@ -243,7 +243,10 @@ async def _all_pages(client: httpx.AsyncClient, path: str, member: str, **params
     raise AssertionError(f"{path} did not end")
 
 
-async def test_badges_paths_and_paging(infra: Infra, namespace: str) -> None:
+async def test_badges_paths_and_paging(
+    infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAPPORT_PROJECTION_SUGGESTIONS_REFRESH_S", "0.1")
     events = network_events()
     # cat engages with ivy: of ann's three ways to ivy, the one through cat ranks first.
     boost = Envelope.wrap(
@@ -273,6 +276,12 @@ async def test_badges_paths_and_paging(infra: Infra, namespace: str) -> None:
         network = await _all_pages(client, "/members/ann/network", "ann", degree=2)
         connections = await _all_pages(client, "/members/bob/connections", "bob")
         mutual = await _all_pages(client, "/members/fay/mutual/ivy", "fay")
+        # ann asked, so the background refresh builds her network; the next asks read it.
+        await wait_until(lambda: _cache_built(client), timeout=10)
+        cached_badges = await get(
+            client, "/members/ann/degrees", ids="bob,dan,eve,hal,lee,jon,ann,nobody"
+        )
+        cached_network = await _all_pages(client, "/members/ann/network", "ann", degree=2)
         status = await get(client, "/projection/status")
 
     assert badges["degrees"] == {
@@ -294,5 +303,11 @@ async def test_badges_paths_and_paging(infra: Infra, namespace: str) -> None:
     assert [i["member_id"] for i in network] == ["dan", "ivy", "kim"]  # jon: pending; lee: block
     assert [i["member_id"] for i in connections] == ["ann", "dan", "fay", "ivy", "kim"]
     assert mutual == ["bob", "cat"]
+    assert cached_badges["degrees"] == {k: v for k, v in badges["degrees"].items()}
+    assert cached_network == network
     cache = status["viewer_cache"]
-    assert cache["misses"] >= 1 and cache["hits"] >= 1 and cache["bytes"] > 0
+    assert cache["misses"] >= 1 and cache["hits"] >= 2 and cache["bytes"] > 0
+
+
+async def _cache_built(client: httpx.AsyncClient) -> bool:
+    return (await get(client, "/projection/status"))["viewer_cache"]["builds"] >= 1

@@ -3,6 +3,7 @@ read model as a reference built in plain Python (real redis-server, the projecti
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 from collections import Counter
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 
 from services.projection import domain, queries
 from services.projection.apply import BatchApplier
+from services.projection.queries.paths import rounded
 from services.projection.store import ReadModelStore
 from shared import events as ev
 from shared.events import Envelope
@@ -85,8 +87,8 @@ class Reference:
         return domain.rank_suggestions(me, pool, profiles, limit)
 
     def paths(self, a: str, b: str, limit: int) -> list[list[str]]:
-        """Shortest paths (up to 3 steps) avoiding members blocked by or blocking either end;
-        with no engagement every score is 0, so they rank by their member lists."""
+        """Shortest paths (up to 3 steps) avoiding members blocked by or blocking either end,
+        the most engaged first (stored scores summed along the path), then by members."""
         if a == b or self.blocked_either(a, b):
             return []
         if b in self.connections[a]:
@@ -99,7 +101,10 @@ class Reference:
                 for x in self.connections[a] - avoid
                 for y in (self.connections[x] & self.connections[b]) - avoid - {a}
             ]
-        return sorted(found, key=">".join)[:limit]
+        def score(path: list[str]) -> float:
+            return rounded(sum(self.scores[(x, y)] for x, y in itertools.pairwise(path)))
+
+        return sorted(found, key=lambda p: (-score(p), ">".join(p)))[:limit]
 
     def industries(self) -> dict[str, tuple[int, int, float]]:
         groups: dict[str, list[int]] = {}

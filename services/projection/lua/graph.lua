@@ -5,10 +5,12 @@
 -- serves a single node; on Redis Cluster the projection answers client-side per member.
 --
 -- The viewer network cache: `n2:{v}` is a sorted set (all scores 0, so it reads in member
--- order) of v's 2nd-degree members, built in one ZUNIONSTORE pass, valid while neither v's nor
+-- order) of v's 2nd-degree members, built in one ZUNIONSTORE pass (`warm`, by the background
+-- refresh for active viewers; a request never waits for a build), valid while neither v's nor
 -- any 1st-degree connection's connection set changed since it was built (`cc:{m}`, set by
 -- member.lua, against the build's `clock{g}`). Entries live within a byte budget, evicted
 -- least recently used first (`n2lru{g}`); hits, misses, builds and bytes in `n2stats{g}`.
+-- Without a valid entry, badges meet in the middle per id and search scans members in order.
 local ns, query = ARGV[1], ARGV[2]
 local call = redis.call
 
@@ -80,17 +82,6 @@ local function build(v, budget)
   return key
 end
 
--- The 2nd-degree set of v, cached; returns its key and whether it was a hit.
-local function network_of(v, budget)
-  if cache_valid(v) then
-    call('HINCRBY', STATS, 'hits', 1)
-    call('ZADD', LRU, now_ms(), v)
-    return k('n2', v), 1
-  end
-  call('HINCRBY', STATS, 'misses', 1)
-  return build(v, budget), 0
-end
-
 local function smallest(list, n)
   table.sort(list)
   local out = {}
@@ -121,22 +112,38 @@ local function degree(a, b, sample)
   return {-1, 0, {}}
 end
 
--- badges v budget id...: {hit, degree per id (-1: none, blocked or unknown)} ----------------
-local function badges(v, budget, ids)
-  local n2, hit = network_of(v, budget)
-  local cv = k('c', v)
+-- badges v id...: {hit, degree per id (-1: none, blocked or unknown)}: from the cached
+-- network when it is valid, else meet in the middle per id from the smaller side ----------
+local function third_by_meeting(x, y)
+  local cx, cy = k('c', x), k('c', y)
+  local near, far = cx, cy
+  if call('SCARD', cx) > call('SCARD', cy) then near, far = cy, cx end
+  for _, z in ipairs(call('SMEMBERS', near)) do
+    if call('SINTERCARD', 2, k('c', z), far, 'LIMIT', 1) > 0 then return true end
+  end
+  return false
+end
+
+local function badges(v, ids)
+  local cached = cache_valid(v)
+  local n2, cv = k('n2', v), k('c', v)
   local out = {}
   for i, x in ipairs(ids) do
     local d = -1
     if x == v then d = 0
     elseif blocked_either(v, x) then d = -1
     elseif call('SISMEMBER', cv, x) == 1 then d = 1
-    elseif call('ZSCORE', n2, x) then d = 2
-    elseif call('ZINTERCARD', 2, n2, k('c', x), 'LIMIT', 1) > 0 then d = 3
+    elseif cached then
+      if call('ZSCORE', n2, x) then d = 2
+      elseif call('ZINTERCARD', 2, n2, k('c', x), 'LIMIT', 1) > 0 then d = 3 end
+    elseif call('SINTERCARD', 2, cv, k('c', x), 'LIMIT', 1) > 0 then d = 2
+    elseif third_by_meeting(v, x) then d = 3
     end
     out[i] = d
   end
-  return {hit, out}
+  if cached then call('ZADD', LRU, now_ms(), v) end
+  call('HINCRBY', STATS, cached and 'hits' or 'misses', 1)
+  return {cached and 1 or 0, out}
 end
 
 -- paths a b limit cap: up to `limit` shortest paths (member lists), best engagement first --
@@ -144,10 +151,15 @@ local function pair_score(x, y)
   return tonumber(call('HGET', k('es', x), y) or '0')
 end
 
+-- Paths rank by their score to 1e-6, so sums taken in another order tie the same way.
+local function rounded(score) return math.floor(score * 1e6 + 0.5) / 1e6 end
+
 local function paths(a, b, limit, cap)
   if a == b or blocked_either(a, b) then return {} end
   local ca, cb = k('c', a), k('c', b)
-  if call('SISMEMBER', ca, b) == 1 then return {cjson.encode({{a, b}, pair_score(a, b)})} end
+  if call('SISMEMBER', ca, b) == 1 then
+    return {cjson.encode({{a, b}, rounded(pair_score(a, b))})}
+  end
   local avoid = {}
   for _, s in ipairs({'bl', 'blby'}) do
     for _, m in ipairs({a, b}) do
@@ -157,7 +169,7 @@ local function paths(a, b, limit, cap)
   local found = {}
   for _, x in ipairs(call('SINTER', ca, cb)) do
     if not avoid[x] and #found < cap then
-      found[#found + 1] = {{a, x, b}, pair_score(a, x) + pair_score(x, b)}
+      found[#found + 1] = {{a, x, b}, rounded(pair_score(a, x) + pair_score(x, b))}
     end
   end
   if #found == 0 then
@@ -170,7 +182,7 @@ local function paths(a, b, limit, cap)
       if not avoid[x] then
         for _, y in ipairs(call('SINTER', k('c', x), cto)) do
           if not avoid[y] and y ~= from then
-            local score = pair_score(from, x) + pair_score(x, y) + pair_score(y, to)
+            local score = rounded(pair_score(from, x) + pair_score(x, y) + pair_score(y, to))
             local path = {from, x, y, to}
             if flip then path = {to, y, x, from} end
             found[#found + 1] = {path, score}
@@ -189,12 +201,17 @@ local function paths(a, b, limit, cap)
   return out
 end
 
--- network v budget cursor limit industry location employer title: one page of v's 2nd
--- degree in member order, filtered (profile keys `ki kl ke kt` are grouping keys), skipping
--- blocks and pending invitations either way and inactive members; {hit, ids, more} ----------
-local function network(v, budget, cursor, limit, want)
-  local n2, hit = network_of(v, budget)
-  local skip = {}
+-- network v cursor limit cap industry location employer title: one page of v's 2nd degree
+-- in member order after `cursor`, filtered (profile keys `ki kl ke kt` are grouping keys),
+-- skipping blocks and pending invitations either way and inactive members. From the cached
+-- network when it is valid; else the active members (`members{g}`, in member order) are
+-- scanned, each checked two steps away by one SINTERCARD, at most `cap` of them.
+-- Returns {hit, ids, more, capped} ------------------------------------------------------------
+local function network(v, cursor, limit, cap, want)
+  local cached = cache_valid(v)
+  local source = cached and k('n2', v) or (ns .. 'members{g}')
+  local cv = k('c', v)
+  local skip = {[v] = true}
   for _, s in ipairs({'bl', 'blby'}) do
     for _, x in ipairs(call('SMEMBERS', k(s, v))) do skip[x] = true end
   end
@@ -203,12 +220,14 @@ local function network(v, budget, cursor, limit, want)
   end
   local start = '-'
   if cursor ~= '' then start = '(' .. cursor end
-  local page, more = {}, 0
-  while true do
-    local chunk = call('ZRANGEBYLEX', n2, start, '+', 'LIMIT', 0, 500)
+  local page, more, scanned, capped = {}, 0, 0, 0
+  while more == 0 and capped == 0 do
+    local chunk = call('ZRANGEBYLEX', source, start, '+', 'LIMIT', 0, 500)
     if #chunk == 0 then break end
     for _, x in ipairs(chunk) do
       if #page == limit then more = 1; break end
+      if not cached and scanned >= cap then capped = 1; break end
+      scanned = scanned + 1
       if not skip[x] then
         local p = call('HMGET', k('m', x), 'active', 'ki', 'kl', 'ke', 'kt')
         local ok = p[1] == '1'
@@ -216,26 +235,34 @@ local function network(v, budget, cursor, limit, want)
           and (want[2] == '' or p[3] == want[2])
           and (want[3] == '' or p[4] == want[3])
           and (want[4] == '' or (p[5] and string.find(p[5], want[4], 1, true) ~= nil))
+        if ok and not cached then
+          ok = call('SISMEMBER', cv, x) == 0
+            and call('SINTERCARD', 2, k('c', x), cv, 'LIMIT', 1) > 0
+        end
         if ok then page[#page + 1] = x end
       end
+      start = '(' .. x
     end
-    if more == 1 or #chunk < 500 then break end
-    start = '(' .. chunk[#chunk]
+    if #chunk < 500 then break end
   end
-  return {hit, page, more}
+  if cached then call('ZADD', LRU, now_ms(), v) end
+  call('HINCRBY', STATS, cached and 'hits' or 'misses', 1)
+  return {cached and 1 or 0, page, more, capped}
 end
 
--- suggest v sample limit boost_industry boost_employer boost_location: people v may know,
+-- suggest v sample pool limit boost_industry boost_employer boost_location: people v may know,
 -- ranked as domain.rank_suggestions does (mutual connections times a boost for each shared
 -- industry, employer, location; ties by mutual count, then id), from at most `sample` of
--- v's connections (the most engaged, then the most recent), without v, v's connections,
+-- v's connections (the most engaged, then the most recent; then the best `pool` by that
+-- estimate are counted exactly), without v, v's connections,
 -- blocks and pending invitations either way, inactive members. Candidates are read by
 -- falling mutual count and the scan stops once no later one can reach the list.
 -- Returns {member, mutual count, score, shared-field flags (industry 1, employer 2,
 -- location 4)} per entry, best first ----------------------------------------------------------
-local function suggest(v, sample, limit, boosts)
+local function suggest(v, sample, pool, limit, boosts)
   local conns = call('SMEMBERS', k('c', v))
-  if #conns > sample then
+  local sampled = #conns > sample
+  if sampled then
     local scores = {}
     local es, ca = call('HGETALL', k('es', v)), call('HGETALL', k('ca', v))
     for i = 1, #es, 2 do scores[es[i]] = tonumber(es[i + 1]) end
@@ -271,6 +298,16 @@ local function suggest(v, sample, limit, boosts)
   end
   for _, s in ipairs({'ir', 'is'}) do
     for _, val in ipairs(call('HVALS', k(s, v))) do call('ZREM', tmp, string.match(val, '^([^|]*)')) end
+  end
+  if sampled then
+    -- Counts from a sample only estimate: take the best `pool` by estimate and count their
+    -- mutual connections exactly (one SINTERCARD each), so the ranking below is exact
+    -- within that pool.
+    local best = call('ZREVRANGE', tmp, 0, pool - 1)
+    call('DEL', tmp)
+    for _, x in ipairs(best) do
+      call('ZADD', tmp, call('SINTERCARD', 2, k('c', x), k('c', v)), x)
+    end
   end
   local me = call('HMGET', k('m', v), 'ki', 'ke', 'kl')
   for f = 1, 3 do if me[f] == '' then me[f] = false end end
@@ -317,6 +354,33 @@ local function suggest(v, sample, limit, boosts)
   return out
 end
 
+-- warm v budget: build v's network cache unless it is valid; 1 when it built one ----------
+local function warm(v, budget)
+  if cache_valid(v) then return 0 end
+  build(v, budget)
+  return 1
+end
+
+-- suggestions_read v: {v's precomputed list (JSON, as stored), the members of it that are now
+-- connected, blocked either way or in a pending invitation either way}; false when none -----
+local function suggestions_read(v)
+  local raw = call('GET', k('sg', v))
+  if not raw then return false end
+  local skip = {}
+  for _, s in ipairs({'bl', 'blby'}) do
+    for _, x in ipairs(call('SMEMBERS', k(s, v))) do skip[x] = true end
+  end
+  for _, s in ipairs({'ir', 'is'}) do
+    for _, val in ipairs(call('HVALS', k(s, v))) do skip[string.match(val, '^([^|]*)')] = true end
+  end
+  local gone = {}
+  for _, item in ipairs(cjson.decode(raw)['items']) do
+    local x = item['member_id']
+    if skip[x] or call('SISMEMBER', k('c', v), x) == 1 then gone[#gone + 1] = x end
+  end
+  return {raw, gone}
+end
+
 -- fresh v clock: neither v nor any of v's connections changed after `clock` (lc:{m}) ------
 local function fresh(v, clock)
   if tonumber(call('GET', k('lc', v)) or '0') > clock then return 0 end
@@ -343,16 +407,20 @@ if query == 'degree' then
   return degree(ARGV[3], ARGV[4], tonumber(ARGV[5]))
 elseif query == 'badges' then
   local ids = {}
-  for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
-  return badges(ARGV[3], tonumber(ARGV[4]), ids)
+  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+  return badges(ARGV[3], ids)
 elseif query == 'paths' then
   return paths(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
 elseif query == 'network' then
-  return network(ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]),
+  return network(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
                  {ARGV[7], ARGV[8], ARGV[9], ARGV[10]})
+elseif query == 'warm' then
+  return warm(ARGV[3], tonumber(ARGV[4]))
+elseif query == 'suggestions_read' then
+  return suggestions_read(ARGV[3])
 elseif query == 'suggest' then
-  return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]),
-                 {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])})
+  return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                 {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])})
 elseif query == 'fresh' then
   return fresh(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'mutual' then

@@ -52,10 +52,13 @@ async def mutual_page(
 
 
 async def badges(rm: ReadModelStore, ks: Keyspace, viewer: str, ids: list[str]) -> list[int | None]:
-    """The degree of each of `ids` from `viewer`, from the viewer's cached network."""
+    """The degree of each of `ids` from `viewer`: from the viewer's cached network when it is
+    valid, else meeting in the middle per id (the viewer becomes active, so the background
+    refresh builds their network)."""
     if await rm.cluster_mode():
         return [(await degree_per_member(rm, ks, viewer, x)).degree for x in ids]
-    hit, values = await rm.graph(ks, "badges", viewer, rm.settings.viewer_cache_bytes, *ids)
+    await rm.mark_active(ks, viewer)
+    hit, values = await rm.graph(ks, "badges", viewer, *ids)
     rm.count_viewer_cache(bool(hit))
     return [None if v < 0 else int(v) for v in values]
 

@@ -19,13 +19,15 @@ async def network(
     2nd degree from the viewer's cached network on the server (single node)."""
     ks = await rm.current()
     if degree == 2 and not await rm.cluster_mode():
-        hit, ids, more = await rm.graph(
-            ks, "network", m, rm.settings.viewer_cache_bytes, cursor or "", limit, *filters.keys()
+        await rm.mark_active(ks, m)
+        hit, ids, more, capped = await rm.graph(
+            ks, "network", m, cursor or "", limit, NETWORK_SCAN_CAP, *filters.keys()
         )
         rm.count_viewer_cache(bool(hit))
         profiles = await rm.profiles(ks, ids)
         items = [{"member_id": x, **{f: profiles[x].get(f) for f in PROFILE_FIELDS}} for x in ids]
-        return {"items": items, "next_cursor": ids[-1] if more and ids else None, "capped": False}
+        next_cursor = ids[-1] if (more or capped) and ids else None
+        return {"items": items, "next_cursor": next_cursor, "capped": bool(capped)}
     first = await rm.connections(ks, m)
     second, capped = await second_degree(rm, ks, m, NETWORK_SCAN_CAP)
     candidates = set(second)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 
 from services.projection.queries.degree import blocked_either
@@ -32,7 +33,13 @@ async def _score(rm: ReadModelStore, ks: Keyspace, path: list[str]) -> float:
     async with rm.redis.pipeline(transaction=False) as pipe:
         for x, y in itertools.pairwise(path):
             pipe.hget(ks.member("es", x), y)
-        return sum(float(v or 0) for v in await pipe.execute())
+        total = sum(float(v or 0) for v in await pipe.execute())
+    return rounded(total)
+
+
+def rounded(score: float) -> float:
+    """Paths rank by their score to 1e-6, so sums taken in another order tie the same way."""
+    return math.floor(score * 1e6 + 0.5) / 1e6
 
 
 async def paths_per_member(

@@ -22,12 +22,22 @@ ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed lis
 
 
 async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
+    """A read of the precomputed list (without anyone connected, blocked or invited since);
+    computed, bounded, when there is none yet."""
     ks = await rm.current()
-    await rm.redis.zadd(ks.active_viewers, {m: time.time()})
-    cached = await rm.redis.get(ks.member("sg", m))
-    if cached:
-        entry = json.loads(cached)
-        if entry["limit"] >= limit and await _unchanged_since(rm, ks, m, entry["clock"]):
+    await rm.mark_active(ks, m)
+    if not await rm.cluster_mode():
+        found = await rm.graph(ks, "suggestions_read", m)
+        if found:
+            raw, gone = found
+            entry = json.loads(raw)
+            if entry["limit"] >= limit:
+                items = [i for i in entry["items"] if i["member_id"] not in set(gone)]
+                return {"items": items[:limit], "cached": True}
+    else:
+        cached = await rm.redis.get(ks.member("sg", m))
+        entry = json.loads(cached) if cached else None
+        if entry and entry["limit"] >= limit and await _unchanged_since(rm, ks, m, entry["clock"]):
             return {"items": entry["items"][:limit], "cached": True}
     items = await compute(rm, ks, m, max(limit, 20))
     return {"items": items[:limit], "cached": False}
@@ -69,7 +79,7 @@ async def rank(
         pool = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
         return domain.rank_suggestions(await rm.profile(ks, m), pool, profiles, limit)
     boosts = list(domain.BOOSTS.values())
-    found = await rm.graph(ks, "suggest", m, sample, limit, *boosts)
+    found = await rm.graph(ks, "suggest", m, sample, max(10 * limit, 200), limit, *boosts)
     fields = list(domain.BOOSTS)
     return [
         (str(c), int(n), float(score), [f for i, f in enumerate(fields) if int(flags) >> i & 1])
@@ -78,17 +88,22 @@ async def rank(
 
 
 async def refresh_active(rm: ReadModelStore) -> int:
-    """Recompute the stale lists of viewers active within the last hour; returns how many."""
+    """For each viewer active within the last hour: recompute a stale people-you-may-know
+    list, and build their network cache when it is stale (debounced: this runs every
+    `suggestions_refresh_s`). Returns how many lists it recomputed."""
     ks = await rm.current()
     now = time.time()
     await rm.redis.zremrangebyscore(ks.active_viewers, "-inf", now - ACTIVE_FOR_S)
     refreshed = 0
+    cluster = await rm.cluster_mode()
     for m in [str(x) for x in await rm.redis.zrange(ks.active_viewers, 0, -1)]:
         cached = await rm.redis.get(ks.member("sg", m))
         entry = json.loads(cached) if cached else None
-        if entry is None or not await _unchanged_since(rm, ks, m, entry["clock"]):
-            await compute(rm, ks, m, entry["limit"] if entry else 20)
+        if entry is not None and not await _unchanged_since(rm, ks, m, entry["clock"]):
+            await compute(rm, ks, m, entry["limit"])
             refreshed += 1
+        if not cluster:
+            await rm.graph(ks, "warm", m, rm.settings.viewer_cache_bytes)
     return refreshed
 
 
