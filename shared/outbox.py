@@ -159,6 +159,12 @@ class OutboxRelay:
                 log.warning("outbox relay %s: %r; retrying", self.stream_key, exc)
                 await self._wait(self.retry_backoff_s)
 
+    async def drain(self) -> None:
+        """Publish what the outbox holds, if this relay holds the lease (at shutdown)."""
+        if await self.redis.get(self.lease_key) == self.owner:
+            while await self.relay_once():
+                pass
+
     async def relay_once(self) -> int:
         """Publish up to one batch; returns how many entries were confirmed and removed."""
         entries = await self.redis.xrange(self.stream_key, min="-", max="+", count=self.batch_size)

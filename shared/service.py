@@ -121,6 +121,9 @@ class Runtime:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # What requests committed just before shutdown goes out now, not at the next start.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.relay.drain(), timeout=5.0)
         for close in self.closers:
             with contextlib.suppress(Exception):
                 await close()
