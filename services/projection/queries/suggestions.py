@@ -19,6 +19,7 @@ from services.projection.queries.degree import second_degree
 from services.projection.store import Keyspace, ReadModelStore
 
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
+REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (bounded work)
 
 
 async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
@@ -96,7 +97,8 @@ async def refresh_active(rm: ReadModelStore) -> int:
     await rm.redis.zremrangebyscore(ks.active_viewers, "-inf", now - ACTIVE_FOR_S)
     refreshed = 0
     cluster = await rm.cluster_mode()
-    for m in [str(x) for x in await rm.redis.zrange(ks.active_viewers, 0, -1)]:
+    recent = await rm.redis.zrevrange(ks.active_viewers, 0, REFRESH_PER_TICK - 1)
+    for m in [str(x) for x in recent]:
         cached = await rm.redis.get(ks.member("sg", m))
         entry = json.loads(cached) if cached else None
         if entry is not None and not await _unchanged_since(rm, ks, m, entry["clock"]):
