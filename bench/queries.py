@@ -487,46 +487,33 @@ async def run_queries(
                 ),
             }
             pg_badges, pg_network = time_sync(pg.badges, q.badges), time_sync(pg.network, q.network)
-            rows["badges, 100 ids, cold (meet in the middle)"] = {
-                "http": await time_async(http_badges, q.badges),
-                "redis": await time_async(
-                    lambda x, ids: queries.degree.badges(model, ks, x, ids), q.badges
-                ),
-                "postgres": pg_badges,
-            }
-            rows["network degree=2 & industry, cold (member scan)"] = {
-                "http": await time_async(http_network, q.network),
-                "redis": await time_async(
-                    lambda x, i: queries.network.network(
-                        model, x, 2, Filters(industry=i), None, 20
+
+            async def badges_and_search(badges_label: str, search_label: str) -> None:
+                rows[f"badges, 100 ids, {badges_label}"] = {
+                    "http": await time_async(http_badges, q.badges),
+                    "redis": await time_async(
+                        lambda x, ids: queries.degree.badges(model, ks, x, ids), q.badges
                     ),
-                    q.network,
-                ),
-                "postgres": pg_network,
-                "networkx": time_sync(nxp.network, q.network),
-            }
+                    "postgres": pg_badges,
+                }
+                rows[f"network degree=2 & industry, {search_label}"] = {
+                    "http": await time_async(http_network, q.network),
+                    "redis": await time_async(
+                        lambda x, i: queries.network.network(
+                            model, x, 2, Filters(industry=i), None, 20
+                        ),
+                        q.network,
+                    ),
+                    "postgres": pg_network,
+                }
+
+            await badges_and_search("cold (meet in the middle)", "cold (member scan)")
             viewers = sorted({x for x, _ in q.badges} | {x for x, _ in q.network})
             budget = model.settings.viewer_cache_bytes
             rows["viewer network build (background)"] = {
                 "redis": await time_async(lambda x: model.graph(ks, "warm", x, budget), viewers),
             }
-            rows["badges, 100 ids, warm (cached network)"] = {
-                "http": await time_async(http_badges, q.badges),
-                "redis": await time_async(
-                    lambda x, ids: queries.degree.badges(model, ks, x, ids), q.badges
-                ),
-                "postgres": pg_badges,
-            }
-            rows["network degree=2 & industry, warm (cached network)"] = {
-                "http": await time_async(http_network, q.network),
-                "redis": await time_async(
-                    lambda x, i: queries.network.network(
-                        model, x, 2, Filters(industry=i), None, 20
-                    ),
-                    q.network,
-                ),
-                "postgres": pg_network,
-            }
+            await badges_and_search("warm (cached network)", "warm (cached network)")
             rows["paths (degree 2 and 3)"] = {
                 "http": await time_async(http_paths, q.paths),
                 "redis": await time_async(

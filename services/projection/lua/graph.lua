@@ -21,6 +21,18 @@ local function blocked_either(a, b)
   return call('SISMEMBER', k('bl', a), b) == 1 or call('SISMEMBER', k('blby', a), b) == 1
 end
 
+-- Members v must not be offered: blocked either way, or in a pending invitation either way.
+local function excluded(v)
+  local out = {}
+  for _, s in ipairs({'bl', 'blby'}) do
+    for _, x in ipairs(call('SMEMBERS', k(s, v))) do out[x] = true end
+  end
+  for _, s in ipairs({'ir', 'is'}) do
+    for _, val in ipairs(call('HVALS', k(s, v))) do out[string.match(val, '^([^|]*)')] = true end
+  end
+  return out
+end
+
 local function now_ms()
   local t = call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -211,13 +223,8 @@ local function network(v, cursor, limit, cap, want)
   local cached = cache_valid(v)
   local source = cached and k('n2', v) or (ns .. 'members{g}')
   local cv = k('c', v)
-  local skip = {[v] = true}
-  for _, s in ipairs({'bl', 'blby'}) do
-    for _, x in ipairs(call('SMEMBERS', k(s, v))) do skip[x] = true end
-  end
-  for _, s in ipairs({'ir', 'is'}) do
-    for _, val in ipairs(call('HVALS', k(s, v))) do skip[string.match(val, '^([^|]*)')] = true end
-  end
+  local skip = excluded(v)
+  skip[v] = true
   local start = '-'
   if cursor ~= '' then start = '(' .. cursor end
   local page, more, scanned, capped = {}, 0, 0, 0
@@ -287,17 +294,13 @@ local function suggest(v, sample, pool, limit, boosts)
     args[3] = #args - 3
     call(unpack(args))
   end
-  -- Not v, not v's connections (removed in place: cheaper than a ZDIFFSTORE copy), no block.
+  -- Not v, not v's connections (removed in place: cheaper than a ZDIFFSTORE copy), no block,
+  -- no pending invitation.
   local drop = call('SMEMBERS', k('c', v))
   drop[#drop + 1] = v
-  for _, s in ipairs({'bl', 'blby'}) do
-    for _, x in ipairs(call('SMEMBERS', k(s, v))) do drop[#drop + 1] = x end
-  end
+  for x in pairs(excluded(v)) do drop[#drop + 1] = x end
   for start = 1, #drop, 5000 do
     call('ZREM', tmp, unpack(drop, start, math.min(start + 4999, #drop)))
-  end
-  for _, s in ipairs({'ir', 'is'}) do
-    for _, val in ipairs(call('HVALS', k(s, v))) do call('ZREM', tmp, string.match(val, '^([^|]*)')) end
   end
   if sampled then
     -- Counts from a sample only estimate: take the best `pool` by estimate and count their
@@ -366,13 +369,7 @@ end
 local function suggestions_read(v)
   local raw = call('GET', k('sg', v))
   if not raw then return false end
-  local skip = {}
-  for _, s in ipairs({'bl', 'blby'}) do
-    for _, x in ipairs(call('SMEMBERS', k(s, v))) do skip[x] = true end
-  end
-  for _, s in ipairs({'ir', 'is'}) do
-    for _, val in ipairs(call('HVALS', k(s, v))) do skip[string.match(val, '^([^|]*)')] = true end
-  end
+  local skip = excluded(v)
   local gone = {}
   for _, item in ipairs(cjson.decode(raw)['items']) do
     local x = item['member_id']
