@@ -88,7 +88,8 @@ class Runtime:
     def every(
         self, interval_s: float, job: Callable[[], Awaitable[Any]], name: str
     ) -> None:
-        """Run `job` every `interval_s` in the background; an outage only delays it."""
+        """Run `job` every `interval_s` in the background; an outage only delays it, and an
+        unexpected error is logged without ending the loop."""
 
         async def loop() -> None:
             while True:
@@ -96,6 +97,8 @@ class Runtime:
                     await job()
                 except TRANSIENT_ERRORS as exc:
                     log.warning("%s: %r", name, exc)
+                except Exception:
+                    log.exception("%s failed; running again in %.1fs", name, interval_s)
                 # Periodic by nature: there is no event to wait on for "time passed".
                 await asyncio.sleep(interval_s)
 

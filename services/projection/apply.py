@@ -168,17 +168,15 @@ class BatchApplier:
             async with redis.pipeline(transaction=False) as pipe:
                 if moves:
                     pipe.sadd(ks.inds, *moves)
-                # Active members in member order, for searches that scan in that order.
-                active = [m for m, (_, now, _) in results.items() if now]
-                gone = [m for m, (_, now, _) in results.items() if not now]
-                if active:
-                    pipe.zadd(ks.members, dict.fromkeys(active, 0))
-                if gone:
-                    pipe.zrem(ks.members, *gone)
+                # Where a member is counted changes exactly when they join, leave or move:
+                # also the moment to keep `members{g}` (active members, in member order).
+                # It goes first, so a member marked counted (`ci`) is always in it.
                 for m, now in recount.items():
                     if now:
+                        pipe.zadd(ks.members, {m: 0})
                         pipe.hset(ks.member("m", m), "ci", now)
                     else:
+                        pipe.zrem(ks.members, m)
                         pipe.hdel(ks.member("m", m), "ci")
                 await pipe.execute()
         events = json.dumps(

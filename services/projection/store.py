@@ -125,7 +125,8 @@ class ReadModelStore:
         return await self._graph(keys=[ks.pos], args=[ks.prefix, query, *args])
 
     async def mark_active(self, ks: Keyspace, viewer: str) -> None:
-        """The viewer asked: the background refresh keeps their network and suggestions."""
+        """The viewer asked: the background refresh keeps their network and suggestions
+        (on one node graph.lua marks them in the same call as the query)."""
         await self.redis.zadd(ks.active_viewers, {viewer: time.time()})
 
     def count_viewer_cache(self, hit: bool) -> None:
@@ -194,9 +195,6 @@ class ReadModelStore:
                     pipe.smembers(ks.member(kind, m))
                 for m, found in zip(chunk, await pipe.execute(), strict=True):
                     yield m, found
-
-    async def exists(self, ks: Keyspace, m: str) -> bool:
-        return await self.redis.hget(ks.member("m", m), "active") == "1"
 
     async def exclusions(self, ks: Keyspace, m: str) -> set[str]:
         """Blocked either way, and pending invitations either way."""

@@ -38,6 +38,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The viewer asked: the background refresh keeps their network and suggestions (seconds,
+-- as queries/suggestions.py reads them).
+local function mark_active(v)
+  call('ZADD', ns .. 'sgactive{g}', now_ms() / 1000, v)
+end
+
 -- viewer network cache ------------------------------------------------------------------
 local function cache_valid(v)
   local built = call('HGET', k('n2m', v), 'clock')
@@ -403,17 +409,20 @@ end
 if query == 'degree' then
   return degree(ARGV[3], ARGV[4], tonumber(ARGV[5]))
 elseif query == 'badges' then
+  mark_active(ARGV[3])
   local ids = {}
   for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
   return badges(ARGV[3], ids)
 elseif query == 'paths' then
   return paths(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
 elseif query == 'network' then
+  mark_active(ARGV[3])
   return network(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
                  {ARGV[7], ARGV[8], ARGV[9], ARGV[10]})
 elseif query == 'warm' then
   return warm(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'suggestions_read' then
+  mark_active(ARGV[3])
   return suggestions_read(ARGV[3])
 elseif query == 'suggest' then
   return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),

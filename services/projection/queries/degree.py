@@ -57,7 +57,6 @@ async def badges(rm: ReadModelStore, ks: Keyspace, viewer: str, ids: list[str]) 
     refresh builds their network)."""
     if await rm.cluster_mode():
         return [(await degree_per_member(rm, ks, viewer, x)).degree for x in ids]
-    await rm.mark_active(ks, viewer)
     hit, values = await rm.graph(ks, "badges", viewer, *ids)
     rm.count_viewer_cache(bool(hit))
     return [None if v < 0 else int(v) for v in values]

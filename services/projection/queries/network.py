@@ -19,7 +19,6 @@ async def network(
     2nd degree from the viewer's cached network on the server (single node)."""
     ks = await rm.current()
     if degree == 2 and not await rm.cluster_mode():
-        await rm.mark_active(ks, m)
         hit, ids, more, capped = await rm.graph(
             ks, "network", m, cursor or "", limit, NETWORK_SCAN_CAP, *filters.keys()
         )

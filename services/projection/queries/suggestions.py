@@ -26,7 +26,6 @@ async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
     """A read of the precomputed list (without anyone connected, blocked or invited since);
     computed, bounded, when there is none yet."""
     ks = await rm.current()
-    await rm.mark_active(ks, m)
     if not await rm.cluster_mode():
         found = await rm.graph(ks, "suggestions_read", m)
         if found:
@@ -36,6 +35,7 @@ async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
                 items = [i for i in entry["items"] if i["member_id"] not in set(gone)]
                 return {"items": items[:limit], "cached": True}
     else:
+        await rm.mark_active(ks, m)
         cached = await rm.redis.get(ks.member("sg", m))
         entry = json.loads(cached) if cached else None
         if entry and entry["limit"] >= limit and await _unchanged_since(rm, ks, m, entry["clock"]):
