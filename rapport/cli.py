@@ -44,12 +44,21 @@ def main() -> None:
     """Rapport: run the local stack and talk to its services."""
 
 
-def api_token(state_dir: Path) -> str:
-    """RAPPORT_API_TOKENS' first token, or one generated once into .rapport/token."""
-    configured = os.environ.get("RAPPORT_API_TOKENS", "").split(",")[0].strip()
+# Each role's token (shared.auth): its setting, and the file `rapport run` generates it into.
+TOKEN_SOURCES = {
+    "service": ("RAPPORT_API_TOKENS", "token"),
+    "ops": ("RAPPORT_OPS_TOKENS", "ops-token"),
+    "admin": ("RAPPORT_ADMIN_TOKENS", "admin-token"),
+}
+
+
+def role_token(state_dir: Path, role: str) -> str:
+    """The role's setting's first token, or one generated once into .rapport/<file>."""
+    variable, filename = TOKEN_SOURCES[role]
+    configured = os.environ.get(variable, "").split(",")[0].strip()
     if configured:
         return configured
-    path = state_dir / "token"
+    path = state_dir / filename
     if path.exists() and path.read_text().strip():
         return path.read_text().strip()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +66,11 @@ def api_token(state_dir: Path) -> str:
     path.write_text(token + "\n")
     path.chmod(0o600)
     return token
+
+
+def api_token(state_dir: Path) -> str:
+    """The gateway's (service) token: member calls."""
+    return role_token(state_dir, "service")
 
 
 def _workers(name: str) -> int:
@@ -78,6 +92,7 @@ def run(
     """Start the embedded broker and Redis (unless configured), then the four services."""
     started = time.monotonic()
     token = api_token(state_dir)
+    ops_token, admin_token = role_token(state_dir, "ops"), role_token(state_dir, "admin")
     try:
         with embedded_infra(
             state_dir, kafka_port=pick_port(kafka_port), redis_port=pick_port(redis_port)
@@ -86,6 +101,8 @@ def run(
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
                 "REDIS_URL": infra.redis_url,
                 "RAPPORT_API_TOKENS": os.environ.get("RAPPORT_API_TOKENS") or token,
+                "RAPPORT_OPS_TOKENS": os.environ.get("RAPPORT_OPS_TOKENS") or ops_token,
+                "RAPPORT_ADMIN_TOKENS": os.environ.get("RAPPORT_ADMIN_TOKENS") or admin_token,
                 **EMBEDDED_BROKER_TUNING,
             }
             services = [
@@ -101,7 +118,7 @@ def run(
             try:
                 supervisor.start_all()
                 write_stack_file(state_dir, infra.kafka_bootstrap, infra.redis_url, services)
-                _print_ready(infra.kafka_bootstrap, infra.redis_url, services, token, started)
+                _print_ready(infra.kafka_bootstrap, infra.redis_url, services, state_dir, started)
                 if demo:
                     try:
                         _run_demo(state_dir, DEFAULT_SCALE, DEFAULT_MEMBERS, 7, None, 16, 100)
@@ -109,7 +126,7 @@ def run(
                         # The stack stays up: the demo said what went wrong above.
                         console.print("[yellow]demo incomplete; the stack keeps running[/yellow]")
                     console.print(
-                        f"dashboard: [bold]{services[-1].url}/dashboard#token={token}[/bold]",
+                        f"dashboard: [bold]{services[-1].url}/dashboard#token={ops_token}[/bold]",
                         soft_wrap=True,
                     )
                 supervisor.watch()
@@ -124,8 +141,10 @@ def run(
 
 
 def _print_ready(
-    kafka: str, redis_url: str, services: list[ServiceProcess], token: str, started: float
+    kafka: str, redis_url: str, services: list[ServiceProcess], state_dir: Path, started: float
 ) -> None:
+    token, ops_token = api_token(state_dir), role_token(state_dir, "ops")
+    admin_token = role_token(state_dir, "admin")
     table = Table(title=f"Rapport is up ({time.monotonic() - started:.1f}s)")
     table.add_column("service")
     table.add_column("URL")
@@ -134,12 +153,15 @@ def _print_ready(
         table.add_row(svc.name, svc.url, f"{svc.url}/docs")
     console.print(table)
     projection_url = next(s.url for s in services if s.name == "projection")
-    console.print(f"dashboard: {projection_url}/dashboard#token={token}", soft_wrap=True)
+    console.print(f"dashboard: {projection_url}/dashboard#token={ops_token}", soft_wrap=True)
     console.print(f"kafka:     {kafka}")
     console.print(f"redis:     {redis_url}")
     console.print(
-        f"API token: [bold]{token}[/bold]  (Authorization: Bearer <token>)", soft_wrap=True
+        f"API token: [bold]{token}[/bold]  (Authorization: Bearer <token>, with X-Member-Id)",
+        soft_wrap=True,
     )
+    console.print(f"ops token:   {ops_token}  (read-only: status, dashboard)", soft_wrap=True)
+    console.print(f"admin token: {admin_token}  (rebuild)", soft_wrap=True)
     console.print("Ctrl-C stops everything.")
 
 
@@ -177,8 +199,10 @@ def bootstrap_servers(state_dir: Path) -> str:
     )
 
 
-def _client(url: str | None, state_dir: Path, service: str = "projection") -> httpx.Client:
-    headers = {"Authorization": f"Bearer {api_token(state_dir)}"}
+def _client(
+    url: str | None, state_dir: Path, service: str = "projection", role: str = "service"
+) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {role_token(state_dir, role)}"}
     return httpx.Client(
         base_url=url or service_url(service, state_dir), headers=headers, timeout=10
     )
@@ -264,7 +288,10 @@ def projection_rebuild(
     timeout_s: Annotated[float, typer.Option(help="Give up waiting after this long")] = 3600,
 ) -> None:
     """Replay every topic into a new keyspace version; readers flip when it caught up."""
-    with _client(url, state_dir) as client, _unreachable_is_an_error("projection"):
+    with (
+        _client(url, state_dir, role="admin") as client,
+        _unreachable_is_an_error("projection"),
+    ):
         started = client.post("/projection/rebuild")
         if started.status_code != 202:
             console.print(f"[red]rebuild refused:[/red] {started.text}")
@@ -286,7 +313,7 @@ def projection_rebuild(
                     completed=int(rebuild.get("applied", 0)),
                     total=int(rebuild.get("total", 0)) or None,
                 )
-                if rebuild.get("state") in ("done", "failed"):
+                if rebuild.get("state") in ("done", "failed", "superseded"):
                     break
                 time.sleep(0.5)  # progress display refresh
     if rebuild.get("state") != "done":
@@ -326,9 +353,7 @@ def accept(
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Accept an invitation, acting as its recipient."""
-    data = _call(
-        "invitation", "POST", f"/invitations/{invitation_id}/accept", member, state_dir
-    )
+    data = _call("invitation", "POST", f"/invitations/{invitation_id}/accept", member, state_dir)
     console.print(
         f"invitation {invitation_id}: [bold]{data['status']}[/bold] "
         f"({data['sender']} and {data['recipient']} connect once the connection service agrees)"

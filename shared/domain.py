@@ -43,3 +43,18 @@ class RateLimited(DomainError):
     def __init__(self, message: str, retry_after_s: int, code: str | None = None) -> None:
         super().__init__(message, code)
         self.retry_after_s = max(1, retry_after_s)
+
+
+REFUSED_MESSAGE = "you cannot do this"
+
+
+def refused() -> Forbidden:
+    """The one refusal, whatever the reason (an acting member who is not active, the wrong
+    party, another member's view): its code and body say nothing about why."""
+    return Forbidden(REFUSED_MESSAGE, "not_allowed")
+
+
+def unknown_member(member_id: str) -> NotFound:
+    """What a member that does not exist looks like. A block either way looks the same, so
+    the blocked member cannot tell a block from an account that is not there."""
+    return NotFound(f"member {member_id} not found", "member_not_found")

@@ -13,9 +13,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from shared.text import fold
 from shared.topics import CONNECTIONS, ENGAGEMENTS, INVITATIONS, MEMBERS, pair_key
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# The longest invitation message an event carries (`message_max_chars` may not exceed it).
+MESSAGE_MAX_CHARS = 2000
 MemberId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 EntityId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 ShortText = Annotated[str, StringConstraints(max_length=200)]
@@ -72,8 +75,8 @@ PROFILE_FIELDS = ("name", "industry", "headline", "location", "employer", "title
 
 def grouping_key(text: str) -> str:
     """Grouping key of free profile text (an industry, a filter): case and spacing do not
-    make a new value."""
-    return " ".join(text.split()).casefold()
+    make a new value, nor do look-alike Unicode forms or invisible characters."""
+    return fold(text)
 
 
 class MemberRegistered(MemberEvent):
@@ -114,9 +117,15 @@ class InvitationEvent(PairEvent):
     def _pair(self) -> tuple[str, str]:
         return (self.sender, self.recipient)
 
+    @property
+    def hidden_from_sender(self) -> bool:
+        """This outcome is kept from the sender: they go on seeing the invitation pending
+        until it expires or they withdraw it (a decline, or the recipient's block)."""
+        return False
+
 
 class InvitationSent(InvitationEvent):
-    message: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    message: Annotated[str, StringConstraints(max_length=MESSAGE_MAX_CHARS)] | None = None
 
 
 class InvitationAccepted(InvitationEvent):
@@ -126,12 +135,22 @@ class InvitationAccepted(InvitationEvent):
 class InvitationDeclined(InvitationEvent):
     reported: bool = False
 
+    @property
+    def hidden_from_sender(self) -> bool:
+        return True
+
 
 class InvitationWithdrawn(InvitationEvent):
     """Withdrawn by the sender, or cancelled by the system (`reason`) when a block or a
     deactivation makes the invitation moot."""
 
     reason: Literal["blocked", "deactivated"] | None = None
+    # Who blocked (with reason "blocked"): it decides who is shown what (never "cancelled").
+    blocker: MemberId | None = None
+
+    @property
+    def hidden_from_sender(self) -> bool:
+        return self.reason == "blocked" and self.blocker == self.recipient
 
 
 class InvitationExpired(InvitationEvent):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.events import MESSAGE_MAX_CHARS
 from shared.topics import TopicNames
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
@@ -23,24 +24,33 @@ class ServiceSettings(BaseSettings):
     service: ClassVar[str] = "rapport"
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     kafka_bootstrap_servers: str = Field(
         DEFAULT_KAFKA, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
     )
     redis_url: str = Field(DEFAULT_REDIS, validation_alias=AliasChoices("REDIS_URL"))
+    # Bearer tokens by role (shared.auth): the gateway's, read-only operations, admin.
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=AliasChoices("RAPPORT_API_TOKENS")
+    )
+    ops_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("RAPPORT_OPS_TOKENS")
+    )
+    admin_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("RAPPORT_ADMIN_TOKENS")
     )
     # Prefix of every topic and Redis key; lets tests and parallel stacks share infrastructure.
     namespace: str = Field("", validation_alias=AliasChoices("RAPPORT_NAMESPACE"))
     # Retries of a consumer handler before the event goes to the DLQ.
     consumer_max_attempts: int = Field(
-        5, validation_alias=AliasChoices("RAPPORT_CONSUMER_MAX_ATTEMPTS")
+        5, ge=1, validation_alias=AliasChoices("RAPPORT_CONSUMER_MAX_ATTEMPTS")
     )
     consumer_backoff_s: float = Field(
-        0.2, validation_alias=AliasChoices("RAPPORT_CONSUMER_BACKOFF_S")
+        0.2, ge=0, validation_alias=AliasChoices("RAPPORT_CONSUMER_BACKOFF_S")
     )
-    dedupe_ttl_s: int = Field(30 * 24 * 3600, validation_alias=AliasChoices("RAPPORT_DEDUPE_TTL_S"))
+    dedupe_ttl_s: int = Field(
+        30 * 24 * 3600, ge=1, validation_alias=AliasChoices("RAPPORT_DEDUPE_TTL_S")
+    )
     # Consumer-group liveness. Rebalances on the embedded broker take about one session
     # timeout, so `make run` and the tests lower it; production keeps Kafka's usual 10 s.
     kafka_session_timeout_ms: int = Field(
@@ -71,12 +81,19 @@ class ServiceSettings(BaseSettings):
             "batch_timeout_ms": self.consumer_batch_timeout_ms,
         }
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "ops_tokens", "admin_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _one_role_per_token(self) -> ServiceSettings:
+        lists = (self.api_tokens, self.ops_tokens, self.admin_tokens)
+        if sum(len(t) for t in lists) != len({token for t in lists for token in t}):
+            raise ValueError("a token is listed twice or under two roles")
+        return self
 
     @property
     def topics(self) -> TopicNames:
@@ -91,48 +108,49 @@ class InvitationSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_INVITATION_", extra="ignore")
     service: ClassVar[str] = "invitation"
     port: int = 8001
-    message_max_chars: int = 300
-    weekly_limit: int = 100
-    reinvite_cooldown_days: int = 21
-    expiry_days: int = 180
-    report_threshold: int = 3
-    expiry_sweep_interval_s: float = 60.0
+    # Bounded by what an InvitationSent may carry, so no setting can make a valid send fail.
+    message_max_chars: int = Field(300, ge=1, le=MESSAGE_MAX_CHARS)
+    weekly_limit: int = Field(100, ge=1)
+    reinvite_cooldown_days: int = Field(21, ge=0, le=3650)
+    expiry_days: int = Field(180, ge=1, le=3650)
+    report_threshold: int = Field(3, ge=1)
+    expiry_sweep_interval_s: float = Field(60.0, gt=0)
 
 
 class ConnectionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_CONNECTION_", extra="ignore")
     service: ClassVar[str] = "connection"
     port: int = 8002
-    connection_cap: int = 30_000
+    connection_cap: int = Field(30_000, ge=1)
 
 
 class EngagementSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_ENGAGEMENT_", extra="ignore")
     service: ClassVar[str] = "engagement"
     port: int = 8003
-    per_actor_per_minute: int = 30
-    per_target_per_day: int = 20
+    per_actor_per_minute: int = Field(30, ge=1)
+    per_target_per_day: int = Field(20, ge=1)
 
 
 class ProjectionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_PROJECTION_", extra="ignore")
     service: ClassVar[str] = "projection"
     port: int = 8004
-    batch_max_records: int = 2000
+    batch_max_records: int = Field(2000, ge=1)
     # The read models' keys are laid out for Redis Cluster (hash tag per member); set this
     # to talk to one (REDIS_URL then names any node).
     redis_cluster: bool = False
-    suggestions_cache_ttl_s: int = 600
-    after_wait_max_ms: int = 10_000
+    suggestions_cache_ttl_s: int = Field(600, ge=1)
+    after_wait_max_ms: int = Field(10_000, ge=0, le=60_000)
     # Active viewers' 2nd-degree networks, cached in Redis within this many bytes (LRU).
-    viewer_cache_bytes: int = 256 * 2**20
+    viewer_cache_bytes: int = Field(256 * 2**20, ge=0)
     # People you may know from at most this many of a member's connections (the most engaged,
     # then the most recent), so a member with a huge network costs a bounded amount.
-    suggestions_sample: int = 200
+    suggestions_sample: int = Field(200, ge=1, le=100_000)
     # How often the background refresh recomputes stale suggestions of active viewers.
-    suggestions_refresh_s: float = 5.0
+    suggestions_refresh_s: float = Field(5.0, gt=0)
     # Paths considered before ranking the shortest ones by engagement.
-    paths_scan_cap: int = 2000
+    paths_scan_cap: int = Field(2000, ge=1, le=1_000_000)
 
 
 SETTINGS_BY_SERVICE: dict[str, type[ServiceSettings]] = {

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from rapport.localstack import EMBEDDED_BROKER_TUNING, EmbeddedRedisCluster, embedded_infra
 from shared.kafka import ensure_topics
 from shared.topics import TopicNames
-from tests.helpers import Infra, random_id
+from tests.helpers import TOKEN_ENV, Infra, random_id
 
 
 def _container_infra() -> Iterator[Infra]:
@@ -73,7 +73,7 @@ def service_env(infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch) -
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
         "REDIS_URL": infra.redis_url,
-        "RAPPORT_API_TOKENS": "test-token,other-token",
+        **TOKEN_ENV,
         "RAPPORT_NAMESPACE": namespace,
         "RAPPORT_CONSUMER_BACKOFF_S": "0.05",
         **EMBEDDED_BROKER_TUNING,

@@ -17,6 +17,14 @@ from fastapi import FastAPI
 T = TypeVar("T")
 
 TOKEN = "test-token"
+OPS_TOKEN = "ops-token"
+ADMIN_TOKEN = "admin-token"
+# The token settings every test stack runs with (a role each: shared.auth).
+TOKEN_ENV = {
+    "RAPPORT_API_TOKENS": f"{TOKEN},other-token",
+    "RAPPORT_OPS_TOKENS": OPS_TOKEN,
+    "RAPPORT_ADMIN_TOKENS": ADMIN_TOKEN,
+}
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,18 @@ from services.connection.deps import ConnectionStoreDep as StoreDep
 from shared.api import IdPath, MemberPath, WriteResult
 from shared.api import Request as Body
 from shared.auth import ActingMember, Authenticated, require_self
-from shared.domain import NotFound
-from shared.errors import ApiError, ErrorResponse
+from shared.domain import refused, unknown_member
+from shared.errors import ErrorResponse
 from shared.events import ID_PATTERN
+from shared.text import CleanLine
 
 router = APIRouter()
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Industry = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+# Profile text is cleaned (NFKC, invisible characters stripped, control characters refused),
+# so two industries that look alike are one.
+Name = Annotated[str, StringConstraints(max_length=200), CleanLine(200, required=True)]
+Industry = Annotated[str, StringConstraints(max_length=100), CleanLine(100, required=True)]
+Text = Annotated[str, StringConstraints(max_length=200), CleanLine(200)]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -74,7 +77,7 @@ async def register_member(
     """The new member is `member_id`, else the acting member (`X-Member-Id`), else a new id."""
     member_id = body.member_id or x_member_id or uuid.uuid4().hex
     if x_member_id is not None and member_id != x_member_id:
-        raise ApiError(403, "forbidden", "a member can only register themselves")
+        raise refused()
     fields = body.model_dump(exclude={"member_id"})
     fields["industry"] = await store.canonical_industry(body.industry)
     outcome = await store.run(domain.RegisterMember(member_id=member_id, **fields))
@@ -82,10 +85,19 @@ async def register_member(
 
 
 @members.get("/{member_id}", response_model=MemberPublic, summary="A member's profile")
-async def get_member(member_id: MemberPath, store: StoreDep, _: Authenticated) -> MemberPublic:
-    member = await store.member(member_id)
-    if member is None or not member.active:
-        raise NotFound(f"member {member_id} not found", "member_not_found")
+async def get_member(
+    member_id: MemberPath,
+    store: StoreDep,
+    _: Authenticated,
+    x_member_id: Annotated[
+        str | None, Header(pattern=ID_PATTERN, description="The viewing member, if any")
+    ] = None,
+) -> MemberPublic:
+    """404 for a member that does not exist, is deactivated, or (to the viewer named in
+    `X-Member-Id`) blocked them or was blocked by them: all three look the same."""
+    member = await store.profile(member_id, x_member_id)
+    if member is None:
+        raise unknown_member(member_id)
     return MemberPublic(**member.model_dump(include=set(MemberPublic.model_fields)))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from shared import events as ev
-from shared.domain import Conflict, Forbidden, Invalid, NotFound
+from shared.domain import Conflict, Invalid, NotFound, refused, unknown_member
 from shared.topics import pair_key
 
 # --- state -----------------------------------------------------------------------------------
@@ -62,6 +62,7 @@ class Lists(BaseModel):
 @dataclass(frozen=True)
 class Slice:
     now: datetime
+    actor_known: bool = True  # the acting member is registered and active (member directory)
     members: dict[str, Member | None] = field(default_factory=dict)
     pairs: dict[str, Pair] = field(default_factory=dict)
     lists: dict[str, Lists] = field(default_factory=dict)
@@ -174,8 +175,20 @@ Command = (
 def _active(state: Slice, member_id: str) -> Member:
     member = state.member(member_id)
     if member is None or not member.active:
-        raise NotFound(f"member {member_id} not found", "member_not_found")
+        raise unknown_member(member_id)
     return member
+
+
+def actor_of(command: Command) -> str | None:
+    """The member acting, for commands a member sends (they must be active)."""
+    match command:
+        case UpdateProfile(member_id=m) | DeactivateMember(member_id=m):
+            return m
+        case RemoveConnection(actor=m) | Block(actor=m) | Unblock(actor=m) | Follow(actor=m):
+            return m
+        case Unfollow(actor=m) | ListConnection(owner=m) | UnlistConnection(owner=m):
+            return m
+    return None
 
 
 def _not_self(actor: str, other: str) -> None:
@@ -200,6 +213,8 @@ def _teardown(state: Slice, a: str, b: str, by: str, reason: ev.RemovalReason) -
 
 
 def decide(state: Slice, command: Command) -> list[ev.Event]:
+    if not state.actor_known and actor_of(command) is not None:
+        raise refused()
     match command:
         case RegisterMember():
             if state.member(command.member_id) is not None:
@@ -258,8 +273,8 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
             _active(state, other)
             pair = state.pair(actor, other)
             if pair.blockers:
-                # Same answer whoever blocked whom: the block itself stays invisible.
-                raise Forbidden("you cannot follow this member", "cannot_follow")
+                # Either way, a block answers as a member that does not exist.
+                raise unknown_member(other)
             if actor in pair.followers:
                 return []
             return [ev.FollowStarted(follower=actor, followee=other)]

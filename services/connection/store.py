@@ -29,6 +29,19 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         [row] = (await self.store.load([self.key("member", member_id)])).rows
         return Member.model_validate(row.state) if row.state else None
 
+    async def profile(self, member_id: str, viewer: str | None) -> Member | None:
+        """The member as `viewer` may see them: None when not active or blocked either way."""
+        d = self.directory
+        checks = (
+            [d.blocks_from(member_id, viewer), d.blocks_from(viewer, member_id)] if viewer else []
+        )
+        snapshot = await self.store.load([self.key("member", member_id)], checks)
+        [row] = snapshot.rows
+        member = Member.model_validate(row.state) if row.state else None
+        if member is None or not member.active or any(snapshot.checks):
+            return None
+        return member
+
     async def connections(self, member_id: str) -> list[str]:
         return sorted(await self.store.set_members(self.key("connections", member_id)))
 
@@ -40,10 +53,12 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
     # the loop's WriteModel -----------------------------------------------------------------
     async def plan(self, command: domain.Command | None, observed: ev.Event | None) -> Plan:
         members, pairs, lists = slice_of(command)
+        actor = domain.actor_of(command) if command is not None else None
         return Plan(
             {f"member:{m}": (self.key("member", m), Member) for m in members}
             | {f"pair:{pair_key(a, b)}": (self.key("pair", pair_key(a, b)), Pair) for a, b in pairs}
-            | {f"lists:{o}": (self.key("lists", o), Lists) for o in lists}
+            | {f"lists:{o}": (self.key("lists", o), Lists) for o in lists},
+            {"actor_known": self.directory.is_active(actor)} if actor else {},
         )
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
@@ -53,6 +68,7 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
             by_kind[kind][ident] = value
         return Slice(
             now=now,
+            actor_known=rows.checks.get("actor_known", True),
             members=by_kind["member"],  # type: ignore[arg-type]
             pairs={k: v or Pair() for k, v in by_kind["pair"].items()},  # type: ignore[misc]
             lists={k: v or Lists() for k, v in by_kind["lists"].items()},  # type: ignore[misc]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from services.engagement import domain
 from services.engagement.deps import EngagementStoreDep as StoreDep
@@ -15,6 +15,7 @@ from shared.api import WriteResult
 from shared.auth import ActingMember
 from shared.errors import ErrorResponse
 from shared.events import ID_PATTERN
+from shared.text import CleanLine
 
 router = APIRouter(tags=["engagement"])
 
@@ -29,14 +30,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class EngagementCreate(Body):
     target: str = Field(pattern=ID_PATTERN, examples=["grace"])
     kind: ev.EngagementKind = Field(examples=["comment"])
-    ref: str | None = Field(
-        None, max_length=200, description="What was engaged with, e.g. a post id"
+    ref: Annotated[str, StringConstraints(max_length=200), CleanLine(200)] | None = Field(
+        None, description="What was engaged with, e.g. a post id"
     )
 
 
 class MilestoneCreate(Body):
     kind: ev.MilestoneKind = Field(examples=["promotion"])
-    detail: str | None = Field(None, max_length=200, examples=["VP Engineering"])
+    detail: Annotated[str, StringConstraints(max_length=200), CleanLine(200)] | None = Field(
+        None, examples=["VP Engineering"]
+    )
 
 
 @router.post(

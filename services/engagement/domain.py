@@ -1,7 +1,7 @@
 """Pure decisions of the engagement service: who may engage with whom, and how often.
 
 Engaging with non-connections is allowed (that is how people meet). A block in either
-direction refuses it with the same answer as any other refusal, so the block stays private.
+direction answers as a member that does not exist, so the block stays private.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from shared import events as ev
-from shared.domain import Forbidden, Invalid, NotFound, RateLimited
+from shared.domain import Invalid, RateLimited, refused, unknown_member
 
 
 class ActorState(BaseModel):
@@ -74,7 +74,7 @@ MINUTE = timedelta(minutes=1)
 def decide(state: Slice, command: Command) -> list[ev.Event]:
     limits, now = state.limits, state.now
     if not state.actor_known:
-        raise NotFound("the acting member is not registered", "member_not_found")
+        raise refused()
     if isinstance(command, AnnounceMilestone):
         return [
             ev.MilestoneAnnounced(
@@ -83,10 +83,9 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
         ]
     if command.actor == command.target:
         raise Invalid("a member cannot engage with themselves", "self_engagement")
-    if not state.target_known:
-        raise NotFound(f"member {command.target} not found", "member_not_found")
-    if state.blocked:
-        raise Forbidden("you cannot engage with this member", "cannot_engage")
+    if not state.target_known or state.blocked:
+        # A block either way answers as a member that does not exist.
+        raise unknown_member(command.target)
     recent = [t for t in state.actor.recent if t + MINUTE > now]
     if len(recent) >= limits.per_actor_per_minute:
         retry = min(recent) + MINUTE - now

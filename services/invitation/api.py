@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from services.invitation import domain
 from services.invitation.deps import InvitationStoreDep
@@ -19,6 +19,7 @@ from shared.commands import Outcome
 from shared.domain import NotFound
 from shared.errors import ErrorResponse
 from shared.events import ID_PATTERN
+from shared.text import CleanLines
 
 router = APIRouter(prefix="/invitations", tags=["invitations"])
 
@@ -42,7 +43,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 class InvitationCreate(Body):
     to: str = Field(pattern=ID_PATTERN, examples=["grace"], description="The member to invite")
     # The configured limit (default 300) is checked by the domain; this bound stops abuse early.
-    message: str | None = Field(None, max_length=5000, examples=["We met at PyCon"])
+    message: Annotated[str, StringConstraints(max_length=5000), CleanLines(5000)] | None = Field(
+        None, examples=["We met at PyCon"]
+    )
 
 
 class InvitationPublic(WriteResult):
@@ -73,15 +76,16 @@ class InvitationPublic(WriteResult):
     updated_at: datetime
 
     @classmethod
-    def from_outcome(cls, outcome: Outcome[Slice]) -> InvitationPublic:
+    def from_outcome(cls, outcome: Outcome[Slice], viewer: str) -> InvitationPublic:
         assert outcome.state is not None and outcome.state.invitation is not None
-        return cls.from_invitation(outcome.state.invitation, outcome)
+        return cls.from_invitation(outcome.state.invitation, viewer, outcome)
 
     @classmethod
     def from_invitation(
-        cls, inv: Invitation, outcome: Outcome[Slice] | None = None
+        cls, inv: Invitation, viewer: str, outcome: Outcome[Slice] | None = None
     ) -> InvitationPublic:
-        # System cancellations show as "cancelled" without saying why (a block stays private).
+        """As `viewer` may see it: a decline or a block is never shown (`Invitation.shown`)."""
+        inv = inv.seen_by(viewer)
         return cls(
             invitation_id=inv.invitation_id,
             status=inv.status,
@@ -106,7 +110,7 @@ async def send_invitation(
 ) -> InvitationPublic:
     """If the recipient already invited you, this accepts their invitation (status `accepted`)."""
     command = domain.SendInvitation(uuid.uuid4().hex, acting, body.to, body.message)
-    return InvitationPublic.from_outcome(await store.run(command))
+    return InvitationPublic.from_outcome(await store.run(command), acting)
 
 
 @router.get(
@@ -121,11 +125,14 @@ async def get_invitation(
     inv = await store.invitation(invitation_id)
     if inv is None or not inv.involves(acting):
         raise NotFound("invitation not found", "invitation_not_found")
-    return InvitationPublic.from_invitation(inv)
+    return InvitationPublic.from_invitation(inv, acting)
 
 
-async def _answer(store: InvitationStoreDep, command: domain.Command) -> InvitationPublic:
-    return InvitationPublic.from_outcome(await store.run(command))
+async def _answer(
+    store: InvitationStoreDep,
+    command: domain.Accept | domain.Decline | domain.Withdraw | domain.Report,
+) -> InvitationPublic:
+    return InvitationPublic.from_outcome(await store.run(command), command.actor)
 
 
 @router.post(

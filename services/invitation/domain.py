@@ -19,7 +19,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, computed_field
 
 from shared import events as ev
-from shared.domain import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from shared.domain import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RateLimited,
+    refused,
+    unknown_member,
+)
 from shared.topics import pair_key
 
 # The weekly invitation limit counts sends over this rolling window.
@@ -36,6 +44,18 @@ class PairState(BaseModel):
     blockers: frozenset[str] = frozenset()
     pending: str | None = None
     withdrawn_at: dict[str, datetime] = {}  # sender -> time of their last withdrawal
+    # sender -> when their declined (or block-cancelled) invitation would have expired: until
+    # then it looks pending to them, so inviting again answers as for a pending one.
+    unanswered_until: dict[str, datetime] = {}
+
+
+class Appearance(BaseModel):
+    """What one party is shown instead of an invitation's real outcome."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    updated_at: datetime
 
 
 class Invitation(BaseModel):
@@ -49,9 +69,28 @@ class Invitation(BaseModel):
     sent_at: datetime
     updated_at: datetime
     reason: str | None = None
+    # Outcomes kept private from one party: a declined (or reported) invitation, or one
+    # cancelled because the recipient blocked the sender, stays "pending" to its sender until
+    # it expires; one cancelled because the sender blocked the recipient looks "withdrawn"
+    # to the recipient. Nobody is ever shown "cancelled" because of a block.
+    shown: dict[str, Appearance] = {}
 
     def involves(self, member: str) -> bool:
         return member in (self.sender, self.recipient)
+
+    def seen_by(self, member: str) -> Invitation:
+        """This invitation as `member` may see it."""
+        shown = self.shown.get(member)
+        if shown is None:
+            return self
+        update = {"status": shown.status, "updated_at": shown.updated_at, "reason": None}
+        return self.model_copy(update=update)
+
+    @property
+    def awaits_sender_view(self) -> bool:
+        """Finished, but its sender still sees it pending."""
+        shown = self.shown.get(self.sender)
+        return self.status != "pending" and shown is not None and shown.status == "pending"
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -86,7 +125,7 @@ class Slice:
     pair: PairState = field(default_factory=PairState)
     invitation: Invitation | None = None
     sender: SenderState = field(default_factory=SenderState)
-    sender_known: bool = True  # the sender is a registered, active member
+    actor_known: bool = True  # the acting member is a registered, active member
     recipient_known: bool = True
     blocked: bool = False  # a block either way, from the member directory
 
@@ -135,6 +174,7 @@ class Expire:
 class Cancel:
     invitation_id: str
     reason: Literal["blocked", "deactivated"]
+    blocker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,20 +193,26 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
         case SendInvitation():
             return _decide_send(state, command)
         case Accept() | Decline() | Withdraw() | Report():
+            if not state.actor_known:
+                raise refused()
             return _decide_answer(state, command)
         case Expire():
             inv = state.invitation
-            if inv is None or inv.status != "pending" or inv.sent_at + rules.expiry > now:
+            if inv is None or inv.sent_at + rules.expiry > now:
+                return []
+            if inv.status != "pending" and not inv.awaits_sender_view:
                 return []
             return [ev.InvitationExpired(**_ids(inv))]
-        case Cancel(reason=reason):
+        case Cancel(reason=reason, blocker=blocker):
             inv = state.invitation
-            if inv is None or inv.status != "pending":
+            if inv is None or (inv.status != "pending" and not inv.awaits_sender_view):
                 return []
+            if reason == "blocked":
+                return [ev.InvitationWithdrawn(**_ids(inv), reason=reason, blocker=blocker)]
             return [ev.InvitationWithdrawn(**_ids(inv), reason=reason)]
-        case React(event=ev.MemberBlocked()) if state.pair.pending is not None:
+        case React(event=ev.MemberBlocked(blocker=blocker)) if state.pair.pending is not None:
             # A block cancels the pair's pending invitation, whichever way it went.
-            return decide(state, Cancel(state.pair.pending, "blocked"))
+            return decide(state, Cancel(state.pair.pending, "blocked", blocker))
         case React():
             return []
     raise TypeError(f"unknown command {command!r}")
@@ -185,18 +231,16 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
         )
     if sender == recipient:
         raise Invalid("you cannot invite yourself", "self_invite")
-    if not state.sender_known:
-        raise Forbidden("the acting member is not an active member", "not_a_member")
-    if not state.recipient_known:
-        raise NotFound(f"member {recipient} not found", "member_not_found")
+    if not state.actor_known:
+        raise refused()
+    pair = state.pair
+    if not state.recipient_known or pair.blockers or state.blocked:
+        # A block either way answers exactly as a member that does not exist.
+        raise unknown_member(recipient)
     if state.sender.reports >= rules.report_threshold:
         raise Forbidden(
             "your invitations are restricted after reports from recipients", "sender_restricted"
         )
-    pair = state.pair
-    if pair.blockers or state.blocked:
-        # One answer for either direction, and nothing that names a block.
-        raise Forbidden("you cannot invite this member", "cannot_invite")
     if pair.connected:
         raise Conflict("you are already connected", "already_connected")
     pending = state.invitation
@@ -204,7 +248,10 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
         if pending.sender == recipient:
             # They invited you first: inviting back accepts their invitation.
             return [ev.InvitationAccepted(**_ids(pending))]
-        raise Conflict("an invitation to this member is already pending", "already_pending")
+        raise already_pending()
+    unanswered = pair.unanswered_until.get(sender)
+    if unanswered is not None and unanswered > now:
+        raise already_pending()  # declined, but the sender is not told
     withdrawn = pair.withdrawn_at.get(sender)
     if withdrawn is not None and withdrawn + rules.reinvite_cooldown > now:
         opens = (withdrawn + rules.reinvite_cooldown).date().isoformat()
@@ -230,6 +277,10 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
     ]
 
 
+def already_pending() -> Conflict:
+    return Conflict("an invitation to this member is already pending", "already_pending")
+
+
 def _decide_answer(state: Slice, command: Accept | Decline | Withdraw | Report) -> list[ev.Event]:
     inv = state.invitation
     if inv is None or not inv.involves(command.actor):
@@ -237,10 +288,11 @@ def _decide_answer(state: Slice, command: Accept | Decline | Withdraw | Report) 
         raise NotFound("invitation not found", "invitation_not_found")
     allowed = inv.sender if isinstance(command, Withdraw) else inv.recipient
     if command.actor != allowed:
-        who = "sender" if isinstance(command, Withdraw) else "recipient"
-        raise Forbidden(f"only the {who} can do this", "not_allowed")
-    if inv.status != "pending":
-        raise Conflict(f"the invitation is already {inv.status}", "invitation_finished")
+        raise refused()
+    seen = inv.seen_by(command.actor).status
+    if seen != "pending":
+        # What the actor sees, never the private outcome behind it.
+        raise Conflict(f"the invitation is already {seen}", "invitation_finished")
     match command:
         case Accept():
             return [ev.InvitationAccepted(**_ids(inv))]
@@ -308,9 +360,43 @@ def _(event: ev.InvitationAccepted, state: Slice, now: datetime) -> Slice:
     return replace(state, pair=state.pair.model_copy(update={"connected": True}))
 
 
+def _show(state: Slice, member: str, status: Status, at: datetime) -> Slice:
+    inv = state.invitation
+    assert inv is not None
+    shown = {**inv.shown, member: Appearance(status=status, updated_at=at)}
+    return replace(state, invitation=inv.model_copy(update={"shown": shown}))
+
+
+def _keep_pending_for_sender(state: Slice) -> Slice:
+    """The sender goes on seeing the invitation pending, and inviting again answers as for a
+    pending one, until it would have expired."""
+    inv = state.invitation
+    assert inv is not None
+    state = _show(state, inv.sender, "pending", inv.sent_at)
+    until = {**state.pair.unanswered_until, inv.sender: inv.sent_at + state.rules.expiry}
+    return replace(state, pair=state.pair.model_copy(update={"unanswered_until": until}))
+
+
+def _settle_for_sender(state: Slice, status: Status, now: datetime) -> Slice:
+    """The sender's pending view of a privately finished invitation ends (withdrawn by them,
+    expired, or cancelled by a deactivation)."""
+    inv = state.invitation
+    assert inv is not None
+    until = {k: v for k, v in state.pair.unanswered_until.items() if k != inv.sender}
+    state = replace(state, pair=state.pair.model_copy(update={"unanswered_until": until}))
+    return _show(state, inv.sender, status, now)
+
+
+def _withdrawn_by_sender(state: Slice, sender: str, now: datetime) -> Slice:
+    withdrawn = {**state.pair.withdrawn_at, sender: now}
+    return replace(state, pair=state.pair.model_copy(update={"withdrawn_at": withdrawn}))
+
+
 @_evolve.register
 def _(event: ev.InvitationDeclined, state: Slice, now: datetime) -> Slice:
-    state = _finish(state, "declined", now, "reported" if event.reported else None)
+    state = _keep_pending_for_sender(
+        _finish(state, "declined", now, "reported" if event.reported else None)
+    )
     if event.reported:
         state = replace(
             state, sender=state.sender.model_copy(update={"reports": state.sender.reports + 1})
@@ -320,15 +406,28 @@ def _(event: ev.InvitationDeclined, state: Slice, now: datetime) -> Slice:
 
 @_evolve.register
 def _(event: ev.InvitationWithdrawn, state: Slice, now: datetime) -> Slice:
-    if event.reason is not None:
-        return _finish(state, "cancelled", now, event.reason)
-    state = _finish(state, "withdrawn", now)
-    withdrawn = {**state.pair.withdrawn_at, event.sender: now}
-    return replace(state, pair=state.pair.model_copy(update={"withdrawn_at": withdrawn}))
+    inv = state.invitation
+    if inv is not None and inv.awaits_sender_view:
+        if event.reason is None:
+            return _withdrawn_by_sender(
+                _settle_for_sender(state, "withdrawn", now), event.sender, now
+            )
+        return _settle_for_sender(state, "cancelled", now)
+    if event.reason is None:
+        return _withdrawn_by_sender(_finish(state, "withdrawn", now), event.sender, now)
+    state = _finish(state, "cancelled", now, event.reason)
+    if event.hidden_from_sender:  # the recipient blocked the sender
+        return _keep_pending_for_sender(state)
+    if event.reason == "blocked":  # the sender blocked the recipient: it looks withdrawn
+        return _show(state, event.recipient, "withdrawn", now)
+    return state
 
 
 @_evolve.register
 def _(event: ev.InvitationExpired, state: Slice, now: datetime) -> Slice:
+    inv = state.invitation
+    if inv is not None and inv.awaits_sender_view:
+        return _settle_for_sender(state, "expired", now)
     return _finish(state, "expired", now)
 
 

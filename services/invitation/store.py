@@ -58,7 +58,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                 sender = {"sender": (self.key("sender", s), SenderState)}
                 d = self.directory
                 checks = {
-                    "sender_known": d.is_active(s),
+                    "actor_known": d.is_active(s),
                     "recipient_known": d.is_active(r),
                     "blocks": d.blocks_from(s, r),
                     "blocked_by": d.blocks_from(r, s),
@@ -76,7 +76,9 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                     Follow(name, "pair", "pair", self.key("pair", ""), PairState),
                     Follow(name, "sender", "sender", self.key("sender", ""), SenderState),
                 ]
-                return Plan(self._inv(command.invitation_id), follows=through)
+                actor = getattr(command, "actor", None)
+                checks = {"actor_known": self.directory.is_active(actor)} if actor else {}
+                return Plan(self._inv(command.invitation_id), checks, follows=through)
         raise TypeError(f"unknown command {command!r}")
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
@@ -87,7 +89,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             pair=rows.get("pair") or PairState(),
             invitation=next(invitations, None),
             sender=rows.get("sender") or SenderState(),
-            sender_known=rows.checks.get("sender_known", True),
+            actor_known=rows.checks.get("actor_known", True),
             recipient_known=rows.checks.get("recipient_known", True),
             blocked=rows.checks.get("blocks", False) or rows.checks.get("blocked_by", False),
         )
@@ -104,8 +106,9 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
     def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
         ops: list[IndexOp] = []
         for e in events:
-            if isinstance(e, ev.InvitationEvent):
-                # Sent joins the pending indexes; every other invitation event leaves them.
+            if isinstance(e, ev.InvitationEvent) and not e.hidden_from_sender:
+                # Sent joins the pending indexes; every other invitation event leaves them,
+                # except one its sender still sees pending (it stays due for expiry).
                 sent = isinstance(e, ev.InvitationSent)
                 zop: IndexOpName = "ZADD" if sent else "ZREM"
                 sop: IndexOpName = "SADD" if sent else "SREM"

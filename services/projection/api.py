@@ -17,7 +17,7 @@ from services.projection.deps import ProjectionDep, ReadModelDep
 from services.projection.domain import Filters
 from services.projection.rebuild import RebuildRunning
 from shared.api import MemberPath, example_response
-from shared.auth import ActingMember, Authenticated, require_self
+from shared.auth import ActingMember, Admin, Reader, require_self
 from shared.errors import ApiError, ErrorResponse
 from shared.events import ID_PATTERN
 
@@ -466,7 +466,7 @@ ops = APIRouter(tags=["ops"], responses=ERRORS)
         }
     ),
 )
-async def industries(model: ReadModelDep, _auth: Authenticated, _: Fresh) -> Industries:
+async def industries(model: ReadModelDep, _auth: Reader, _: Fresh) -> Industries:
     return Industries.model_validate({"industries": await queries.industries.industries(model)})
 
 
@@ -487,7 +487,7 @@ async def industries(model: ReadModelDep, _auth: Authenticated, _: Fresh) -> Ind
         }
     ),
 )
-async def status(projection: ProjectionDep, _auth: Authenticated) -> ProjectionStatus:
+async def status(projection: ProjectionDep, _auth: Reader) -> ProjectionStatus:
     state = await queries.status.status(projection.store)
     lag = queries.status.lag(await projection.ends(), state["positions"])
     return ProjectionStatus.model_validate({**state, "lag": lag, "total_lag": sum(lag.values())})
@@ -499,8 +499,9 @@ async def status(projection: ProjectionDep, _auth: Authenticated) -> ProjectionS
     response_model=RebuildStarted,
     summary="Rebuild the read model from offset 0",
 )
-async def rebuild(projection: ProjectionDep, _auth: Authenticated) -> RebuildStarted:
-    """Replays every topic into a new keyspace version; readers flip when it caught up."""
+async def rebuild(projection: ProjectionDep, _auth: Admin) -> RebuildStarted:
+    """Replays every topic into a new keyspace version; readers flip when it caught up.
+    Admin token only; one rebuild at a time across replicas (409 otherwise)."""
     try:
         return RebuildStarted.model_validate(await projection.rebuilder.start())
     except RebuildRunning:

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from services.projection import queries
 from services.projection.deps import ProjectionDep
 from services.projection.domain import SIZE_BUCKETS, average
-from shared.auth import Authenticated
+from shared.auth import Reader
 from shared.errors import ApiError
 from shared.topics import ALL_TOPICS, dlq
 
@@ -62,7 +62,7 @@ async def dashboard_asset(name: str) -> Response:
 
 
 @router.get("/dashboard/data", summary="Everything the dashboard shows, in one snapshot")
-async def dashboard_data(projection: ProjectionDep, _auth: Authenticated) -> dict[str, Any]:
+async def dashboard_data(projection: ProjectionDep, _auth: Reader) -> dict[str, Any]:
     industries = await queries.industries.industries(projection.store)
     status = await queries.status.status(projection.store)
     ends = await projection.ends()

@@ -148,6 +148,8 @@ def _finished(
     event: ev.InvitationEvent, at: datetime, scoring: ScoringModel
 ) -> list[tuple[Any, ...]]:
     inv = event.invitation_id
+    if event.hidden_from_sender:  # still pending among what the sender sent
+        return [(event.recipient, "ir-", inv)]
     return [(event.recipient, "ir-", inv), (event.sender, "is-", inv)]
 
 

@@ -5,7 +5,9 @@ which the rebuild, the status and the dashboard read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,13 +16,21 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.projection.apply import BatchApplier, retrying
 from services.projection.store import ReadModelStore
+from shared import scripts
 from shared.topics import ALL_TOPICS
 
 log = logging.getLogger("rapport.projection")
 
+# A rebuild renews its lock every batch; a replica that died frees it after this long.
+LOCK_LEASE_MS = 30_000
+
 
 class RebuildRunning(Exception):
-    """A rebuild is already running in this process."""
+    """A rebuild is already running (in this process or another replica)."""
+
+
+class RebuildLost(Exception):
+    """Another rebuild took the lock over (this one stalled past its lease)."""
 
 
 class TopicEnds:
@@ -69,9 +79,21 @@ class Rebuilder:
         self.ends = ends
         self.settings = store.settings
         self._task: asyncio.Task[None] | None = None
+        self._lease = scripts.register(store.redis, "shared", "lease_renew")
+        self._release = scripts.register(store.redis, "shared", "lease_release")
+        self._flip = store.script("flip")
+        self._owner = ""
+
+    async def _hold(self) -> bool:
+        """Take or renew the rebuild lock (a lease, so a crashed holder frees it)."""
+        lock = self.store.rebuild_lock_key
+        return bool(await self._lease(keys=[lock], args=[self._owner, LOCK_LEASE_MS]))
 
     async def start(self) -> dict[str, Any]:
         if self._task is not None and not self._task.done():
+            raise RebuildRunning()
+        self._owner = uuid.uuid4().hex
+        if not await self._hold():
             raise RebuildRunning()
         redis, versions = self.store.redis, self.settings.key("p", "versions")
         version = int(await redis.incr(versions)) + 1
@@ -106,6 +128,8 @@ class Rebuilder:
             consumer.assign(partitions)
             await retrying(lambda: consumer.seek_to_beginning(*partitions))
             while True:
+                if not await retrying(self._hold):
+                    raise RebuildLost()
                 ends = await retrying(self.ends)
                 # Tansu's ListOffsets answers the last batch's first offset + 1; the high
                 # watermark of our own fetches is exact, so the larger of the two is the end.
@@ -131,13 +155,25 @@ class Rebuilder:
                 if records:
                     await self.applier.process(records, version=version, dead_letter=False)
             previous = await self.store.version()
-            await redis.set(self.store.current_key, version)
+            keys = [self.store.current_key, self.store.rebuild_lock_key]
+            flipped = await self._flip(keys=keys, args=[version, self._owner])
+            if flipped == -1:
+                raise RebuildLost()
+            if flipped == 0:
+                # A newer version is current already: this one is never read; drop it.
+                log.warning("rebuild v%d finished behind a newer version; dropped", version)
+                await redis.hset(self.store.rebuild_key, mapping={"state": "superseded"})
+                await self._drop(version)
+                return
             await redis.hset(
                 self.store.rebuild_key,
                 mapping={"state": "done", "finished_at": datetime.now(UTC).isoformat()},
             )
             log.info("projection rebuilt into version %d; readers flipped", version)
             await self._drop(previous)
+        except RebuildLost:
+            log.warning("rebuild v%d lost its lock to another rebuild; abandoned", version)
+            await self._drop(version)
         except Exception as exc:
             log.exception("rebuild failed")
             await redis.hset(
@@ -146,6 +182,8 @@ class Rebuilder:
             raise
         finally:
             await consumer.stop()
+            with contextlib.suppress(Exception):  # else the lease frees it
+                await self._release(keys=[self.store.rebuild_lock_key], args=[self._owner])
 
     async def _drop(self, version: int) -> None:
         redis, prefix = self.store.redis, self.store.keyspace(version).prefix

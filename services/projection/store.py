@@ -101,6 +101,12 @@ class ReadModelStore:
         return self.settings.key("p", "rebuild")
 
     @property
+    def rebuild_lock_key(self) -> str:
+        """One rebuild at a time across replicas; in the current key's slot (hash tag), so
+        the flip can check the lock and the version in one script."""
+        return "{" + self.current_key + "}:rebuild-lock"
+
+    @property
     def dlq_key(self) -> str:
         return self.settings.key("p", "dlq")
 

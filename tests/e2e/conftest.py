@@ -13,7 +13,7 @@ from rapport.localstack import EMBEDDED_BROKER_TUNING, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.kafka import ensure_topics
 from shared.topics import TopicNames
-from tests.helpers import TOKEN, Infra, random_id
+from tests.helpers import TOKEN_ENV, Infra, random_id
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
         "REDIS_URL": infra.redis_url,
-        "RAPPORT_API_TOKENS": f"{TOKEN},other-token",
+        **TOKEN_ENV,
         "RAPPORT_NAMESPACE": namespace,
         **EMBEDDED_BROKER_TUNING,
     }

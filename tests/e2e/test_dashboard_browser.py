@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.helpers import TOKEN, auth, poll_until, random_id
+from tests.helpers import OPS_TOKEN, auth, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -93,7 +93,7 @@ def test_dashboard_shows_live_industry_averages_and_follows_a_new_connection(
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(f"{stack.urls['projection']}/dashboard#token={TOKEN}")
+    page.goto(f"{stack.urls['projection']}/dashboard#token={OPS_TOKEN}")
     page.wait_for_selector(f'#industries tr[data-industry="{aero}"]', timeout=15_000)
     assert "token" not in page.url  # taken out of the address bar once read
     assert _row(page, aero) == [aero, "2", "1.5", "1.5"]
@@ -143,7 +143,7 @@ def test_dashboard_without_or_with_a_wrong_token_asks_for_one(stack: Stack, brow
     page.click("#login button")
     page.wait_for_function("document.getElementById('login-error').textContent.length > 0")
     assert "not accepted" in page.locator("#login-error").inner_text()
-    page.fill("#token", TOKEN)
+    page.fill("#token", OPS_TOKEN)
     page.click("#login button")
     page.wait_for_selector("#board:not([hidden])")
     assert page.locator("#login").is_hidden()

@@ -15,7 +15,7 @@ from rapport.localstack import EMBEDDED_BROKER_TUNING, free_port
 from rapport.supervisor import ServiceProcess, Supervisor
 from shared.kafka import ensure_topics
 from shared.topics import TopicNames
-from tests.helpers import TOKEN, Infra, auth, random_id
+from tests.helpers import TOKEN_ENV, Infra, auth, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def services(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
         "REDIS_URL": infra.redis_url,
-        "RAPPORT_API_TOKENS": TOKEN,
+        **TOKEN_ENV,
         "RAPPORT_NAMESPACE": namespace,
         "RAPPORT_LOG_LEVEL": "warning",
         **EMBEDDED_BROKER_TUNING,

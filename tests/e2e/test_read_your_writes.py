@@ -61,11 +61,11 @@ async def test_a_block_answered_2xx_refuses_the_next_invitation_at_once(stack: S
             refused = await http.post(
                 f"{url['invitation']}/invitations", json={"to": b}, headers=auth(a)
             )
-            assert refused.status_code == 403, refused.text
-            assert refused.json()["error"]["code"] == "cannot_invite"
+            assert refused.status_code == 404, refused.text
+            assert refused.json()["error"]["code"] == "member_not_found"
             engaged = await http.post(
                 f"{url['engagement']}/engagements",
                 json={"target": b, "kind": "like"},
                 headers=auth(a),
             )
-            assert engaged.status_code == 403, engaged.text
+            assert engaged.status_code == 404, engaged.text

@@ -145,7 +145,7 @@ async def test_rejection_when_blocked_reaches_the_topic(infra: Infra, namespace:
         records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=2)
 
     assert blocked.status_code == 200
-    assert follow.status_code == 403 and "block" not in follow.text.lower()
+    assert follow.status_code == 404 and follow.json()["error"]["code"] == "member_not_found"
     assert events_of(records) == [
         ev.MemberBlocked(blocker="bob", blocked="ann"),
         ev.ConnectionRejected(invitation_id="i7", sender="ann", recipient="bob", reason="blocked"),

@@ -69,6 +69,7 @@ async def test_scripted_scenario_emits_exactly_the_expected_events(
         cooldown = await s.invite("cat", "ann")
         declined_id = (await s.invite("bob", "cat")).json()["invitation_id"]
         declined = await s.answer("decline", declined_id, "cat")
+        seen_by_sender = await s.status(declined_id, "bob")
         records = await read_topic(
             infra.kafka_bootstrap, TopicNames(namespace)(INVITATIONS), expect=6
         )
@@ -79,6 +80,7 @@ async def test_scripted_scenario_emits_exactly_the_expected_events(
     assert withdrawn.status_code == 200
     assert cooldown.status_code == 409 and cooldown.json()["error"]["code"] == "reinvite_cooldown"
     assert declined.json()["status"] == "declined"
+    assert seen_by_sender == "pending"  # the sender of a declined invitation is not told
 
     by_pair: dict[str, list[str]] = {}
     for record in records:
@@ -172,14 +174,21 @@ async def test_block_cancels_pending_and_never_says_so() -> None:
     async with stack() as s:
         await s.members("ann", "bob")
         pending = (await s.invite("ann", "bob")).json()["invitation_id"]
+        before = (await s.inv.get(f"/invitations/{pending}", headers=auth("ann"))).json()
         assert (await s.conn.post("/blocks/ann", headers=auth("bob"))).status_code == 200
-        await wait_until(lambda: _status(s, pending, "ann", "cancelled"))
-        seen_by_ann = await s.inv.get(f"/invitations/{pending}", headers=auth("ann"))
+        await wait_until(lambda: _status(s, pending, "bob", "cancelled"))  # the blocker knows
+        seen_by_ann = (await s.inv.get(f"/invitations/{pending}", headers=auth("ann"))).json()
         blocked_invite = await s.invite("ann", "bob")
         blocker_invite = await s.invite("bob", "ann")
-    assert "block" not in seen_by_ann.text
-    assert blocked_invite.status_code == blocker_invite.status_code == 403
-    assert blocked_invite.json() == blocker_invite.json()
+        nobody = await s.invite("ann", "zed")
+    # The blocked sender sees exactly what they saw before: an unanswered invitation.
+    assert seen_by_ann == before and seen_by_ann["status"] == "pending"
+    # Either way, inviting answers as for a member that does not exist.
+    answers = {
+        (r.status_code, r.text.replace(name, "X"))
+        for r, name in ((blocked_invite, "bob"), (blocker_invite, "ann"), (nobody, "zed"))
+    }
+    assert answers == {(404, nobody.text.replace("zed", "X"))}
 
 
 async def test_visibility_rate_limit_and_report_restriction(

@@ -26,7 +26,7 @@ from services.projection import queries
 from services.projection.main import create_app
 from shared import events as ev
 from shared.events import Envelope
-from tests.helpers import Infra, auth, publish_envelopes, running_app, wait_until
+from tests.helpers import ADMIN_TOKEN, Infra, auth, publish_envelopes, running_app, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
 
@@ -204,7 +204,7 @@ async def test_rebuild_equals_the_live_model_and_queries_keep_answering(
         live_digest = await queries.status.digest(model)
         live_version = await model.version()
 
-        started = await client.post("/projection/rebuild", headers=auth())
+        started = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
         during = await client.get("/members/ann/degree/dan", headers=auth("ann"))
         await wait_until(lambda: _rebuild_done(client), timeout=30)
         rebuilt_version = await model.version()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from services.connection import domain as d
 from shared import events as ev
-from shared.domain import Conflict, Forbidden, Invalid, NotFound
+from shared.domain import REFUSED_MESSAGE, Conflict, Forbidden, Invalid, NotFound
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 
@@ -134,11 +135,32 @@ def test_block_tears_down_then_blocks_and_hides_itself_on_follow() -> None:
         member_a="ann", member_b="bob", removed_by="ann", reason="blocked"
     )
     assert d.decide(state, d.Block("ann", "bob")) == []  # already blocked
-    with pytest.raises(Forbidden) as blocked_side:
+    with pytest.raises(NotFound) as blocked_side:
         d.decide(state, d.Follow("bob", "ann"))
-    with pytest.raises(Forbidden) as blocker_side:
+    with pytest.raises(NotFound) as blocker_side:
         d.decide(state, d.Follow("ann", "bob"))
-    assert blocked_side.value.message == blocker_side.value.message
+    with pytest.raises(NotFound) as nobody:
+        d.decide(state, d.Follow("ann", "zed"))
+    # A block answers, either way, exactly as a member that does not exist.
+    answers = {
+        (e.value.code, e.value.message.replace(m, "X"))
+        for e, m in ((blocked_side, "ann"), (blocker_side, "bob"), (nobody, "zed"))
+    }
+    assert answers == {("member_not_found", "member X not found")}
+
+
+def test_an_actor_who_is_not_an_active_member_is_refused_like_any_refusal() -> None:
+    state = replace(connected(), actor_known=False)
+    for command in (
+        d.Follow("ann", "bob"),
+        d.RemoveConnection("ann", "bob"),
+        d.Block("ann", "bob"),
+        d.UpdateProfile("ann", {"name": "A"}),
+        d.ListConnection("ann", "friends", "bob"),
+    ):
+        with pytest.raises(Forbidden) as info:
+            d.decide(state, command)
+        assert (info.value.code, info.value.message) == ("not_allowed", REFUSED_MESSAGE)
 
 
 def test_unblock_only_what_you_blocked() -> None:

@@ -11,7 +11,7 @@ import pytest
 from services.engagement import domain as d
 from services.engagement.domain import Limits
 from shared import events as ev
-from shared.domain import Forbidden, Invalid, NotFound, RateLimited
+from shared.domain import REFUSED_MESSAGE, Forbidden, Invalid, NotFound, RateLimited
 
 NOW = datetime(2026, 11, 27, 23, 59, 30, tzinfo=UTC)
 LIMITS = Limits(per_actor_per_minute=3, per_target_per_day=2)
@@ -43,11 +43,18 @@ def test_refusals() -> None:
         decide(Slice(), d.RecordEngagement("ann", "ann", "like"), LIMITS, NOW)
     with pytest.raises(NotFound):
         decide(Slice(target_known=False), d.RecordEngagement("ann", "zed", "like"), LIMITS, NOW)
-    with pytest.raises(NotFound):
-        decide(Slice(actor_known=False), d.AnnounceMilestone("ann", "promotion"), LIMITS, NOW)
     with pytest.raises(Forbidden) as info:
-        decide(Slice(blocked=True), d.RecordEngagement("ann", "bob", "like"), LIMITS, NOW)
-    assert "block" not in info.value.message
+        decide(Slice(actor_known=False), d.AnnounceMilestone("ann", "promotion"), LIMITS, NOW)
+    assert (info.value.code, info.value.message) == ("not_allowed", REFUSED_MESSAGE)
+    with pytest.raises(NotFound) as blocked:
+        decide(Slice(blocked=True), d.RecordEngagement("ann", "zed", "like"), LIMITS, NOW)
+    with pytest.raises(NotFound) as unknown:
+        decide(Slice(target_known=False), d.RecordEngagement("ann", "zed", "like"), LIMITS, NOW)
+    # A block answers exactly as a member that does not exist.
+    assert (blocked.value.code, blocked.value.message) == (
+        unknown.value.code,
+        unknown.value.message,
+    )
 
 
 def test_per_actor_per_minute_limit_with_retry_after() -> None:

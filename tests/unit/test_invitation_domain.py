@@ -12,7 +12,7 @@ from services.invitation import domain as d
 from services.invitation.domain import Rules
 from services.invitation.main import rules_from
 from shared import events as ev
-from shared.domain import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from shared.domain import REFUSED_MESSAGE, Conflict, Forbidden, Invalid, NotFound, RateLimited
 from shared.settings import InvitationSettings
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -146,10 +146,12 @@ def test_blocked_either_way_gives_the_same_answer() -> None:
             ev.MemberBlocked(blocker=blocker, blocked="bob" if blocker == "ann" else "ann"),
             NOW,
         )
-        with pytest.raises(Forbidden) as info:
+        with pytest.raises(NotFound) as info:
             decide(state, d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
-        assert info.value.code == "cannot_invite"
-        assert "block" not in info.value.message
+        with pytest.raises(NotFound) as unknown:
+            decide(Slice(recipient_known=False), d.SendInvitation("i1", "ann", "bob"), RULES, NOW)
+        # A block answers exactly as a member that does not exist.
+        assert (info.value.code, info.value.message) == (unknown.value.code, unknown.value.message)
 
 
 @pytest.mark.parametrize(
@@ -238,7 +240,82 @@ def test_block_cancels_the_pending_invitation() -> None:
     state = evolve(sent(), blocked, NOW)
     state, events = run(state, d.React(blocked))
     assert events == [
-        ev.InvitationWithdrawn(invitation_id="i1", sender="ann", recipient="bob", reason="blocked")
+        ev.InvitationWithdrawn(
+            invitation_id="i1", sender="ann", recipient="bob", reason="blocked", blocker="bob"
+        )
     ]
     assert state.invitation.status == "cancelled"  # type: ignore[union-attr]
     assert "ann" not in state.pair.withdrawn_at  # a cancellation is not a withdrawal
+
+
+def _seen(state: d.Slice, member: str) -> tuple[str, datetime]:
+    assert state.invitation is not None
+    inv = state.invitation.seen_by(member)
+    return inv.status, inv.updated_at
+
+
+LATER = NOW + timedelta(days=3)
+
+
+def test_a_decline_looks_pending_to_the_sender_until_it_expires() -> None:
+    state, _ = run(sent(), d.Decline("i1", "bob"), LATER)
+    assert _seen(state, "bob") == ("declined", LATER)
+    assert _seen(state, "ann") == ("pending", NOW)  # not even the time of the decline shows
+    # Inviting again answers as it would for a pending invitation...
+    with pytest.raises(Conflict) as info:
+        decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, LATER)
+    assert info.value.code == "already_pending"
+    # ...and at its expiry the sender sees it expire, like any unanswered invitation.
+    expiry = NOW + RULES.expiry
+    assert decide(state, d.Expire("i1"), RULES, expiry - timedelta(seconds=1)) == []
+    state, events = run(state, d.Expire("i1"), expiry)
+    assert [type(e) for e in events] == [ev.InvitationExpired]
+    assert _seen(state, "ann") == ("expired", expiry)
+    assert _seen(state, "bob") == ("declined", LATER)
+    decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, expiry)
+
+
+def test_the_sender_may_withdraw_a_privately_declined_invitation() -> None:
+    state, _ = run(sent(), d.Report("i1", "bob"), LATER)
+    state, events = run(state, d.Withdraw("i1", "ann"), LATER)
+    assert [type(e) for e in events] == [ev.InvitationWithdrawn]
+    assert _seen(state, "ann") == ("withdrawn", LATER)
+    with pytest.raises(Conflict) as info:  # the cooldown of a withdrawal applies
+        decide(state, d.SendInvitation("i2", "ann", "bob"), RULES, LATER)
+    assert info.value.code == "reinvite_cooldown"
+    with pytest.raises(Conflict) as finished:
+        decide(state, d.Withdraw("i1", "ann"), RULES, LATER)
+    assert finished.value.message == "the invitation is already withdrawn"
+
+
+def test_the_recipient_may_still_invite_back_after_declining() -> None:
+    state, _ = run(sent(), d.Decline("i1", "bob"), LATER)
+    state, events = run(state, d.SendInvitation("i2", "bob", "ann"), LATER)
+    assert [type(e) for e in events] == [ev.InvitationSent]
+    # The first sender inviting back accepts it, as with any pending invitation to them.
+    _, events = run(state, d.SendInvitation("i3", "ann", "bob"), LATER)
+    assert [type(e) for e in events] == [ev.InvitationAccepted]
+
+
+def test_a_block_shows_each_blocked_party_a_plain_outcome() -> None:
+    by_recipient = ev.MemberBlocked(blocker="bob", blocked="ann")
+    state, _ = run(evolve(sent(), by_recipient, LATER), d.React(by_recipient), LATER)
+    assert _seen(state, "ann") == ("pending", NOW)  # as if bob had ignored it
+    by_sender = ev.MemberBlocked(blocker="ann", blocked="bob")
+    state, _ = run(evolve(sent(), by_sender, LATER), d.React(by_sender), LATER)
+    assert _seen(state, "bob") == ("withdrawn", LATER)  # as if ann had withdrawn it
+    with pytest.raises(Conflict) as info:
+        decide(state, d.Accept("i1", "bob"), RULES, LATER)
+    assert info.value.message == "the invitation is already withdrawn"
+
+
+def test_an_acting_member_who_is_not_active_is_refused_like_any_refusal() -> None:
+    refusals = []
+    for command in (d.Accept("i1", "bob"), d.Decline("i1", "bob"), d.Withdraw("i1", "ann")):
+        with pytest.raises(Forbidden) as info:
+            decide(replace(sent(), actor_known=False), command, RULES, NOW)
+        refusals.append((info.value.code, info.value.message))
+    with pytest.raises(Forbidden) as wrong_party:
+        decide(sent(), d.Accept("i1", "ann"), RULES, NOW)
+    refusals.append((wrong_party.value.code, wrong_party.value.message))
+    assert set(refusals) == {("not_allowed", REFUSED_MESSAGE)}

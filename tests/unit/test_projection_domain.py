@@ -37,8 +37,15 @@ def test_an_invitation_is_pending_for_both_until_any_end() -> None:
         ("bob", "ir+", ["i1", "ann"]),
         ("ann", "is+", ["i1", "bob"]),
     ]
-    for end in (ev.InvitationAccepted, ev.InvitationDeclined, ev.InvitationExpired):
+    for end in (ev.InvitationAccepted, ev.InvitationExpired, ev.InvitationWithdrawn):
         assert ops_of(end(**ids)) == [("bob", "ir-", ["i1"]), ("ann", "is-", ["i1"])]
+    # A decline, or the recipient's block, stays among what the sender sent (they are not
+    # told) until it expires or they withdraw it.
+    blocked = ev.InvitationWithdrawn(**ids, reason="blocked", blocker="bob")
+    for private in (ev.InvitationDeclined(**ids), blocked):
+        assert ops_of(private) == [("bob", "ir-", ["i1"])]
+    by_sender = ev.InvitationWithdrawn(**ids, reason="blocked", blocker="ann")
+    assert ops_of(by_sender) == [("bob", "ir-", ["i1"]), ("ann", "is-", ["i1"])]
 
 
 def test_a_profile_carries_only_the_fields_it_has() -> None:

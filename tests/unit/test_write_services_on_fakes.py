@@ -82,10 +82,13 @@ async def test_a_block_observed_from_the_connection_service_cancels_the_pending_
     assert again.duplicate
     inv = await store.invitation("i1")
     assert inv is not None and (inv.status, inv.reason) == ("cancelled", "blocked")
+    assert inv.seen_by("ann").status == "pending"  # the blocked sender is not told
     assert types(state) == ["InvitationSent", "InvitationWithdrawn"]
     assert state.outbox[-1].causation_id == str(cause.event_id)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await store.run(idom.SendInvitation("i2", "ann", "bob"))
+    # It stays due for expiry, so the sender sees it expire like an unanswered one.
+    assert await store.pending_of("ann") == ["i1"]
 
 
 async def test_expiry_sweep_expires_only_what_is_due() -> None:
@@ -102,13 +105,13 @@ async def test_a_sender_who_is_no_member_and_a_block_in_the_directory_refuse() -
     store, _ = await invitations("bob", "cy")
     with pytest.raises(Forbidden) as info:
         await store.run(idom.SendInvitation("i1", "ghost", "bob"))
-    assert info.value.code == "not_a_member"
+    assert info.value.code == "not_allowed"
     state = store.store
     assert isinstance(state, InMemoryStateStore)
     await directory(state, "ann", blocks="bob>ann")
-    with pytest.raises(Forbidden) as info:
+    with pytest.raises(NotFound) as missing:
         await store.run(idom.SendInvitation("i2", "ann", "bob"))
-    assert info.value.code == "cannot_invite"
+    assert missing.value.code == "member_not_found"
 
 
 async def test_connection_register_connect_and_block() -> None:
@@ -133,7 +136,7 @@ async def test_connection_register_connect_and_block() -> None:
 async def test_engagement_limits_and_known_members() -> None:
     state = InMemoryStateStore()
     store = EngagementStore(state, EngagementSettings(per_actor_per_minute=2))
-    with pytest.raises(NotFound):
+    with pytest.raises(Forbidden):  # ann is no member yet
         await store.run(ed.RecordEngagement("ann", "bob", "like"))
     await directory(state, "ann", "bob")
     for _ in range(2):
@@ -141,6 +144,6 @@ async def test_engagement_limits_and_known_members() -> None:
     with pytest.raises(RateLimited):
         await store.run(ed.RecordEngagement("ann", "bob", "like"))
     await directory(state, blocks="bob>ann")
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await store.run(ed.RecordEngagement("ann", "bob", "comment"))
     assert types(state) == ["EngagementRecorded", "EngagementRecorded"]
