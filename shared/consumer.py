@@ -39,6 +39,7 @@ from shared.observability import (
     EVENTS_DUPLICATE,
     EVENTS_FAILED,
 )
+from shared.redis import is_transient
 from shared.topics import dlq
 
 log = logging.getLogger("rapport.consumer")
@@ -52,6 +53,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def transient(exc: BaseException) -> bool:
+    """An outage (Redis or the broker unreachable, or Redis answering "not now"): no event is
+    at fault, so it is retried for as long as it lasts, never dead-lettered."""
+    return isinstance(exc, TRANSIENT_ERRORS) or is_transient(exc)
+
+
 async def retry_transient(
     call: Callable[[], Awaitable[Any]], who: str, backoff_s: float = 0.1, max_backoff_s: float = 5.0
 ) -> Any:
@@ -60,7 +67,9 @@ async def retry_transient(
     while True:
         try:
             return await call()
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
+            if not transient(exc):
+                raise
             log.warning("%s: infrastructure unavailable (%r); retrying", who, exc)
             # Backoff between reconnect attempts; nothing to wait on but time itself.
             await asyncio.sleep(delay)

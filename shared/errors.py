@@ -15,11 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.commands import ContendedWrite
 from shared.domain import Conflict, DomainError, Forbidden, Invalid, NotFound, RateLimited
+from shared.redis import is_transient
 
 log = logging.getLogger("rapport.errors")
 
@@ -152,6 +154,13 @@ def install_error_handlers(app: FastAPI) -> None:
             "a dependency is unavailable, retry shortly",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
+
+    @app.exception_handler(ResponseError)
+    async def _redis_reply(request: Request, exc: ResponseError) -> JSONResponse:
+        # BUSY, LOADING, READONLY, OOM, TRYAGAIN...: Redis says "not now", retry shortly.
+        if is_transient(exc):
+            return await _unavailable(request, exc)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

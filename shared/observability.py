@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,11 @@ DLQ_RECORDS = Counter(
     "rapport_dlq_records_total",
     "Records sent to a dead-letter topic",
     ["consumer", "topic", "reason"],
+)
+READ_QUOTA_REFUSED = Counter(
+    "rapport_read_quota_refused_total",
+    "Reads refused (429) by the per-member quota on network search and badges",
+    ["endpoint"],
 )
 VIEWER_CACHE = Counter(
     "rapport_viewer_cache_lookups_total", "Viewer-network cache lookups by outcome", ["outcome"]
@@ -88,6 +94,7 @@ def install_request_metrics(app: FastAPI, service: str) -> None:
 
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+READY_CHECK_TIMEOUT_S = 1.0
 
 
 def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
@@ -104,12 +111,18 @@ def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
         responses={503: {"description": "A dependency is unreachable"}},
     )
     async def readyz() -> JSONResponse:
-        failed: dict[str, str] = {}
-        for name, check in checks.items():
+        async def run(check: ReadinessCheck) -> str | None:
             try:
-                await check()
+                await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_S)
+            except TimeoutError:
+                return "Timeout"
             except Exception as exc:  # any failure of a dependency means not ready
-                failed[name] = type(exc).__name__
+                return type(exc).__name__
+            return None
+
+        # Concurrently and each within a deadline: a paused dependency answers 503 fast.
+        results = await asyncio.gather(*(run(check) for check in checks.values()))
+        failed = {name: err for name, err in zip(checks, results, strict=True) if err}
         if failed:
             return JSONResponse(
                 {"status": "unavailable", "failed": failed},

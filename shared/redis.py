@@ -7,33 +7,63 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# How long one Redis call of a request may take before it counts as an outage (a paused or
+# wedged server): short, so a request answers 503 within about a second instead of hanging.
+SOCKET_TIMEOUT_S = 1.0
+# The same for background work (batches, rebuilds, refreshes), whose calls may be long.
+BACKGROUND_SOCKET_TIMEOUT_S = 30.0
+POOL_WAIT_S = 0.5
 
-def connect(url: str, max_connections: int = 64, cluster: bool = False) -> Redis:
+# Redis answers that mean "not now" (a script running, loading, a failover, out of memory),
+# not "this request is wrong": retried by consumers, 503 with Retry-After at the HTTP edge.
+TRANSIENT_REPLIES = frozenset(
+    {"BUSY", "LOADING", "READONLY", "OOM", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS"}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An outage of Redis (connection, timeout, or a transient error reply)."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return True
+    if isinstance(exc, ResponseError):
+        return str(exc).split(" ", 1)[0].upper() in TRANSIENT_REPLIES
+    return False
+
+
+def connect(
+    url: str,
+    max_connections: int = 64,
+    cluster: bool = False,
+    socket_timeout_s: float = SOCKET_TIMEOUT_S,
+) -> Redis:
     """A pooled client with short timeouts, so an outage turns into a fast 503, not a hang.
 
-    The pool blocks (up to 5 s) when all connections are busy, so a burst of requests queues
-    for a connection instead of failing. With `cluster`, a Redis Cluster client (only the
-    projection's read models are laid out for a cluster).
+    The pool blocks (up to POOL_WAIT_S) when all connections are busy, so a burst of requests
+    queues for a connection instead of failing. Background work whose single calls may be
+    long (a projection batch, a rebuild) passes a longer `socket_timeout_s`. With `cluster`,
+    a Redis Cluster client (only the projection's read models are laid out for a cluster).
     """
     if cluster:
         return RedisCluster.from_url(  # type: ignore[return-value]
             url,
             decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            socket_timeout=socket_timeout_s,
             max_connections=max_connections,
         )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=5,
+        timeout=POOL_WAIT_S,
         decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        socket_timeout=socket_timeout_s,
+        # A dropped connection (a Redis restart) is retried once on a fresh one; a timeout
+        # is not retried, so a paused server costs one timeout, not three.
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
+        retry_on_error=[RedisConnectionError],
     )
     return Redis.from_pool(pool)

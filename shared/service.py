@@ -17,27 +17,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.consumer import (
-    TRANSIENT_ERRORS,
     EventConsumer,
     Subscription,
     broker_dead_letter_sink,
     subscribe,
+    transient,
 )
 from shared.errors import ERROR_RESPONSES, error_response, install_error_handlers
 from shared.kafka import make_broker
 from shared.observability import configure_logging, health_router, install_request_metrics
 from shared.outbox import OutboxRelay, RedisStateStore
-from shared.redis import connect
+from shared.redis import BACKGROUND_SOCKET_TIMEOUT_S, connect
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("rapport.service")
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
 
 
 @dataclass
@@ -60,6 +63,18 @@ class Runtime:
         state = RedisStateStore(redis, stream, settings.topics, settings.dedupe_ttl_s)
         relay = OutboxRelay(redis, broker, stream, settings.service)
         return cls(settings, redis, broker, state, relay)
+
+    def background_redis(self) -> Redis:
+        """A client for background work whose single calls may take long (batches, rebuilds):
+        the request client's short timeout would call those an outage."""
+        s = self.settings
+        client = connect(
+            s.redis_url,
+            cluster=getattr(s, "redis_cluster", False),
+            socket_timeout_s=BACKGROUND_SOCKET_TIMEOUT_S,
+        )
+        self.closers.append(client.aclose)
+        return client
 
     def subscribe(self, *subscriptions: Subscription) -> None:
         """Declare each subscription as an idempotent batch consumer group of this service."""
@@ -85,9 +100,7 @@ class Runtime:
     def spawn(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         self.tasks.append(asyncio.create_task(loop(), name=name))
 
-    def every(
-        self, interval_s: float, job: Callable[[], Awaitable[Any]], name: str
-    ) -> None:
+    def every(self, interval_s: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
         """Run `job` every `interval_s` in the background; an outage only delays it, and an
         unexpected error is logged without ending the loop."""
 
@@ -95,10 +108,11 @@ class Runtime:
             while True:
                 try:
                     await job()
-                except TRANSIENT_ERRORS as exc:
-                    log.warning("%s: %r", name, exc)
-                except Exception:
-                    log.exception("%s failed; running again in %.1fs", name, interval_s)
+                except Exception as exc:
+                    if transient(exc):
+                        log.warning("%s: %r", name, exc)
+                    else:
+                        log.exception("%s failed; running again in %.1fs", name, interval_s)
                 # Periodic by nature: there is no event to wait on for "time passed".
                 await asyncio.sleep(interval_s)
 
@@ -194,18 +208,84 @@ def create_service_app(
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a declared body over MAX_BODY_BYTES, before reading it."""
+    """Pure ASGI middleware bounding request bodies: 413 for a declared length over
+    MAX_BODY_BYTES before reading, and while streaming for any body (chunked included);
+    400 for JSON nested deeper than MAX_JSON_DEPTH."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                response = error_response(
-                    413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes"
-                )
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _too_large()(scope, receive, send)
+            return
+        body = _BoundedBody()
+
+        async def bounded_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                # Raised inside the app's body read; FastAPI re-raises an HTTPException as
+                # is, and the error handlers answer it in the JSON error model.
+                body.take(message.get("body", b""))
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+
+def _too_large() -> JSONResponse:
+    return error_response(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
+
+
+class _BoundedBody:
+    """Counts a body's bytes as they arrive and tracks its JSON nesting (outside strings)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.openers = 0  # brackets seen: the depth cannot exceed it (cheap to count)
+        self.chunks: list[bytes] = []
+        self.scanner: _DepthScanner | None = None
+
+    def take(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > MAX_BODY_BYTES:
+            raise HTTPException(413, f"body exceeds {MAX_BODY_BYTES} bytes")
+        if self.scanner is None:
+            self.chunks.append(chunk)
+            self.openers += chunk.count(b"[") + chunk.count(b"{")
+            if self.openers <= MAX_JSON_DEPTH:
                 return
-        await self.app(scope, receive, send)
+            # Deep enough to matter: scan what came so far, then every further chunk.
+            self.scanner = _DepthScanner()
+            chunk, self.chunks = b"".join(self.chunks), []
+        if self.scanner.feed(chunk) > MAX_JSON_DEPTH:
+            raise HTTPException(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+class _DepthScanner:
+    def __init__(self) -> None:
+        self.depth = 0
+        self.deepest = 0
+        self.in_string = False
+        self.escaped = False
+
+    def feed(self, chunk: bytes) -> int:
+        for byte in chunk:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif byte == 0x5C:  # backslash
+                    self.escaped = True
+                elif byte == 0x22:  # quote
+                    self.in_string = False
+            elif byte == 0x22:
+                self.in_string = True
+            elif byte in (0x5B, 0x7B):  # [ {
+                self.depth += 1
+                self.deepest = max(self.deepest, self.depth)
+            elif byte in (0x5D, 0x7D):  # ] }
+                self.depth -= 1
+        return self.deepest

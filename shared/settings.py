@@ -149,6 +149,9 @@ class ProjectionSettings(ServiceSettings):
     suggestions_sample: int = Field(200, ge=1, le=100_000)
     # How often the background refresh recomputes stale suggestions of active viewers.
     suggestions_refresh_s: float = Field(5.0, gt=0)
+    # Scraping guard: members a member may look up per minute through network search,
+    # badges, degree, mutual and paths (a badge call counts its ids, a search its limit).
+    read_quota_per_minute: int = Field(3000, ge=1)
     # Paths considered before ranking the shortest ones by engagement.
     paths_scan_cap: int = Field(2000, ge=1, le=1_000_000)
 

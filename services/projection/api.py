@@ -27,6 +27,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "Another member's view"},
     404: {"model": ErrorResponse, "description": "Unknown member"},
     409: {"model": ErrorResponse, "description": "`after` event not applied in time (retry)"},
+    429: {"model": ErrorResponse, "description": "Member lookup quota used up (see Retry-After)"},
 }
 
 
@@ -58,6 +59,9 @@ async def read_after(
 
 
 Fresh = Annotated[None, Depends(read_after)]
+
+# Status views read the broker's end offsets within this long, else answer the last known.
+ENDS_DEADLINE_S = 1.0
 
 members = APIRouter(prefix="/members/{member_id}", tags=["network"], responses=ERRORS)
 
@@ -204,6 +208,11 @@ class ProjectionStatus(BaseModel):
     rebuild: dict[str, Any]
     lag: dict[str, int]
     total_lag: int
+    ends_as_of: str | None = Field(
+        None,
+        description="When the topics' end offsets behind `lag` were read: earlier than now "
+        "when the broker did not answer in time (null: never read)",
+    )
 
 
 class RebuildStarted(BaseModel):
@@ -272,6 +281,7 @@ async def degree(
 ) -> Degree:
     """1, 2, 3 or null (further or unknown); 0 for yourself. With mutual connections."""
     me = _own(member_id, acting)
+    await model.spend_read_quota(me, 1, "degree")
     answer = await queries.degree.degree(model, await model.current(), me, other)
     return Degree(
         degree=answer.degree,
@@ -305,6 +315,7 @@ async def degrees(
     for a block either way, and for unknown members), from your cached network."""
     me = _own(member_id, acting)
     wanted = list(dict.fromkeys(ids.split(",")))
+    await model.spend_read_quota(me, len(wanted), "badges")
     found = await queries.degree.badges(model, await model.current(), me, wanted)
     return Badges(degrees=dict(zip(wanted, found, strict=True)))
 
@@ -328,6 +339,7 @@ async def paths(
     """Shortest paths you -> X -> Y -> them, those along your most engaged connections first;
     never through a member who blocked or was blocked by either of you."""
     me = _own(member_id, acting)
+    await model.spend_read_quota(me, 1, "paths")
     ks = await model.current()
     found = await queries.paths.paths(model, ks, me, other, limit)
     degree = len(found[0].members) - 1 if found else None
@@ -352,6 +364,7 @@ async def mutual(
     limit: Limit = 50,
 ) -> MutualPage:
     me = _own(member_id, acting)
+    await model.spend_read_quota(me, 1, "mutual")
     ks = await model.current()
     total, page, more = await queries.degree.mutual_page(model, ks, me, other, cursor, limit)
     return MutualPage(items=page, total=total, next_cursor=page[-1] if more and page else None)
@@ -408,6 +421,7 @@ async def network(
 ) -> NetworkPage:
     """Bounded in cost: past a scan cap the result is partial and says `capped: true`."""
     me = _own(member_id, acting)
+    await model.spend_read_quota(me, limit, "network")
     filters = Filters(industry, location, employer, title)
     page = await queries.network.network(model, me, degree, filters, cursor, limit)
     return NetworkPage.model_validate(page)
@@ -489,8 +503,12 @@ async def industries(model: ReadModelDep, _auth: Reader, _: Fresh) -> Industries
 )
 async def status(projection: ProjectionDep, _auth: Reader) -> ProjectionStatus:
     state = await queries.status.status(projection.store)
-    lag = queries.status.lag(await projection.ends(), state["positions"])
-    return ProjectionStatus.model_validate({**state, "lag": lag, "total_lag": sum(lag.values())})
+    ends, read_at = await projection.ends.within(ENDS_DEADLINE_S)
+    lag = queries.status.lag(ends, state["positions"])
+    as_of = datetime.fromtimestamp(read_at, UTC).isoformat() if read_at else None
+    return ProjectionStatus.model_validate(
+        {**state, "lag": lag, "total_lag": sum(lag.values()), "ends_as_of": as_of}
+    )
 
 
 @ops.post(

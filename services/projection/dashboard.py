@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from services.projection import queries
+from services.projection.api import ENDS_DEADLINE_S
 from services.projection.deps import ProjectionDep
 from services.projection.domain import SIZE_BUCKETS, average
 from shared.auth import Reader
@@ -65,9 +66,9 @@ async def dashboard_asset(name: str) -> Response:
 async def dashboard_data(projection: ProjectionDep, _auth: Reader) -> dict[str, Any]:
     industries = await queries.industries.industries(projection.store)
     status = await queries.status.status(projection.store)
-    ends = await projection.ends()
+    ends, ends_read_at = await projection.ends.within(ENDS_DEADLINE_S)
     # Every consumer's dead letters, not only the projection's: what the DLQ topics hold.
-    dead = await projection.ends([dlq(t) for t in ALL_TOPICS])
+    dead, _ = await projection.ends.within(ENDS_DEADLINE_S, [dlq(t) for t in ALL_TOPICS])
     dlq_records: dict[str, int] = {}
     for tp, end in dead.items():
         topic = tp.rsplit(":", 1)[0]
@@ -92,6 +93,10 @@ async def dashboard_data(projection: ProjectionDep, _auth: Reader) -> dict[str, 
     connections = sum(i["connections"] for i in industries)
     return {
         "generated_at": datetime.now(UTC).isoformat(),
+        # Older than generated_at while the broker does not answer (lag is then as of it).
+        "ends_as_of": datetime.fromtimestamp(ends_read_at, UTC).isoformat()
+        if ends_read_at
+        else None,
         "totals": {
             "members": members,
             # Each connection counts once per side in the industry sums.
@@ -108,6 +113,7 @@ async def dashboard_data(projection: ProjectionDep, _auth: Reader) -> dict[str, 
         "total_lag": sum(p["lag"] for p in lag),
         "dlq": [{"topic": t, "records": n} for t, n in sorted(dlq_records.items())],
         "dlq_total": sum(dlq_records.values()),
+        "quota_refused": await projection.store.quota_refused(),
         "projection": {
             "version": status["version"],
             "events_applied": status["events_applied"],

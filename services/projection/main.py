@@ -22,16 +22,20 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
 
     def wire(runtime: Runtime) -> Projection:
         store = ReadModelStore(runtime.redis, settings, ScoringModel())
-        applier = BatchApplier(store, broker_dead_letter_sink(runtime.broker))
+        # Batches, rebuilds and refreshes go through a client with a long timeout; queries
+        # keep the short one, so a stalled Redis answers them 503 fast.
+        background = store.through(runtime.background_redis())
+        applier = BatchApplier(background, broker_dead_letter_sink(runtime.broker))
         ends = TopicEnds(settings.kafka_bootstrap_servers, settings.topics)
         runtime.closers.append(ends.close)
         consumers.subscribe(runtime.broker, applier, settings)
         runtime.every(
             settings.suggestions_refresh_s,
-            lambda: suggestions.refresh_active(store),
+            lambda: suggestions.refresh_active(background),
             "projection-suggestions-refresh",
         )
-        return Projection(store, applier, Rebuilder(store, applier, ends), ends, Throughput())
+        rebuilder = Rebuilder(background, applier, ends)
+        return Projection(store, applier, rebuilder, ends, Throughput())
 
     return create_service_app(
         settings,

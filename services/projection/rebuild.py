@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from services.projection.apply import BatchApplier, retrying
 from services.projection.store import ReadModelStore
@@ -44,6 +46,8 @@ class TopicEnds:
         # dashboard polls call this concurrently, and overlapping refreshes failed with
         # "Unable to get cluster metadata" on Tansu.
         self._lock = asyncio.Lock()
+        # The last answer per topic list, for status views while the broker is down.
+        self._last: dict[tuple[str, ...], tuple[dict[str, int], float]] = {}
 
     def partitions(
         self, consumer: AIOKafkaConsumer, topics: Iterable[str] = ALL_TOPICS
@@ -54,8 +58,23 @@ class TopicEnds:
             for p in sorted(consumer.partitions_for_topic(topic) or ())
         ]
 
+    async def within(
+        self, deadline_s: float, topics: Iterable[str] = ALL_TOPICS
+    ) -> tuple[dict[str, int], float | None]:
+        """The end offsets, or when the broker does not answer within `deadline_s` the last
+        ones read (empty if none), with the wall time they were read at (None: never)."""
+        wanted = tuple(topics)
+        try:
+            ends = await asyncio.wait_for(self(wanted), deadline_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("topic end offsets unavailable (%r); answering the last known", exc)
+            cached = self._last.get(wanted)
+            return (dict(cached[0]), cached[1]) if cached else ({}, None)
+        return ends, self._last[wanted][1]
+
     async def __call__(self, topics: Iterable[str] = ALL_TOPICS) -> dict[str, int]:
         """`topic:partition` -> end offset of the catalog `topics`."""
+        wanted = tuple(topics)
         async with self._lock:
             if self._client is None:
                 client = AIOKafkaConsumer(
@@ -64,8 +83,10 @@ class TopicEnds:
                 await client.start()
                 self._client = client
             await self._client.topics()  # refreshes metadata, so new partitions are seen
-            ends = await self._client.end_offsets(self.partitions(self._client, topics))
-        return {f"{tp.topic}:{tp.partition}": offset for tp, offset in ends.items()}
+            ends = await self._client.end_offsets(self.partitions(self._client, wanted))
+        found = {f"{tp.topic}:{tp.partition}": offset for tp, offset in ends.items()}
+        self._last[wanted] = (found, time.time())
+        return found
 
     async def close(self) -> None:
         if self._client is not None:

@@ -17,8 +17,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import scripts
+from shared.domain import RateLimited
 from shared.events import PROFILE_FIELDS
-from shared.observability import VIEWER_CACHE
+from shared.observability import READ_QUOTA_REFUSED, VIEWER_CACHE
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 
@@ -91,6 +92,13 @@ class ReadModelStore:
     def script(self, name: str) -> Any:
         return scripts.register(self.redis, "services.projection", name)
 
+    def through(self, redis: Redis) -> ReadModelStore:
+        """The same read models through another client (background work's longer timeout),
+        sharing the applied-batch notifications that `?after=` waits on."""
+        twin = ReadModelStore(redis, self.settings, self.scoring)
+        twin.changed = self.changed
+        return twin
+
     # versions ------------------------------------------------------------------------------
     @property
     def current_key(self) -> str:
@@ -137,6 +145,31 @@ class ReadModelStore:
 
     def count_viewer_cache(self, hit: bool) -> None:
         VIEWER_CACHE.labels("hit" if hit else "miss").inc()
+
+    # scraping guard -------------------------------------------------------------------------
+    @property
+    def quota_refused_key(self) -> str:
+        return self.settings.key("p", "quota-refused")
+
+    async def spend_read_quota(self, member: str, cost: int, endpoint: str) -> None:
+        """Count `cost` members looked up by `member` this minute (shared by every replica);
+        429 with Retry-After past `read_quota_per_minute`."""
+        now = time.time()
+        key = self.settings.key("p", "quota", member, str(int(now // 60)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incrby(key, cost)
+            pipe.expire(key, 120)
+            used, _ = await pipe.execute()
+        limit = self.settings.read_quota_per_minute
+        if int(used) > limit:
+            READ_QUOTA_REFUSED.labels(endpoint).inc()
+            await self.redis.hincrby(self.quota_refused_key, endpoint, 1)
+            raise RateLimited(f"at most {limit} member lookups per minute", int(60 - now % 60) + 1)
+
+    async def quota_refused(self) -> dict[str, int]:
+        return {
+            str(k): int(v) for k, v in (await self.redis.hgetall(self.quota_refused_key)).items()
+        }
 
     # positions and read-your-writes --------------------------------------------------------
     async def positions(self, version: int) -> dict[str, int]:

@@ -122,6 +122,11 @@ function render(data) {
   $("kpi-lag").classList.toggle("bad", data.total_lag > 1000);
   $("kpi-dlq").textContent = fmt.format(data.dlq_total);
   $("kpi-dlq").classList.toggle("bad", data.dlq_total > 0);
+  const refused = Object.values(data.quota_refused || {}).reduce((a, b) => a + b, 0);
+  $("kpi-quota").textContent = fmt.format(refused);
+  $("kpi-quota").title = Object.entries(data.quota_refused || {})
+    .map(([endpoint, n]) => `${endpoint}: ${n}`).join(", ") || "none refused";
+  $("kpi-quota").classList.toggle("bad", refused > 0);
   renderIndustries(data);
   renderDistribution(data);
   renderPipeline(data);
