@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from fastapi import FastAPI
 
+from rapport.authorization import render_markdown
 from shared import events as ev
 from shared.topics import (
     ALL_TOPICS,
@@ -311,6 +312,9 @@ def write_docs(out: Path) -> list[Path]:
     written.append(path)
     path = out / "events.md"
     path.write_text(build_catalog_markdown())
+    written.append(path)
+    path = out / "authorization.md"
+    path.write_text(render_markdown())
     written.append(path)
     (out / "openapi").mkdir(exist_ok=True)
     for name, spec in build_openapi().items():

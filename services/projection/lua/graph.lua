@@ -393,8 +393,10 @@ local function fresh(v, clock)
   return 1
 end
 
--- mutual a b cursor limit: {count, the first `limit` common connections after `cursor`} ----
+-- mutual a b cursor limit: {count, the first `limit` common connections after `cursor`}
+-- (none across a block either way) -----------------------------------------------------
 local function mutual(a, b, cursor, limit)
+  if blocked_either(a, b) then return {0, {}, 0} end  -- as for a member that does not exist
   local common = call('SINTER', k('c', a), k('c', b))
   local after = {}
   for _, x in ipairs(common) do

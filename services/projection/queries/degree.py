@@ -42,8 +42,10 @@ async def mutual_page(
     rm: ReadModelStore, ks: Keyspace, a: str, b: str, cursor: str | None, limit: int
 ) -> tuple[int, list[str], bool]:
     """How many connections `a` and `b` share, the first `limit` of them after `cursor` in
-    member order, and whether more follow."""
+    member order, and whether more follow. None across a block either way."""
     if await rm.cluster_mode():
+        if await blocked_either(rm, ks, a, b):  # as for a member that does not exist
+            return 0, [], False
         common = await mutual(rm, ks, a, b)
         after = [m for m in common if not cursor or m > cursor]
         return len(common), after[:limit], len(after) > limit

@@ -1,0 +1,247 @@
+"""The authorization matrix (rapport/authorization.py), checked cell by cell against the four
+running services, and complete: every operation of every OpenAPI document has its row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from rapport.authorization import CALLERS, ROWS, Row
+from tests.e2e.conftest import Stack
+from tests.helpers import ADMIN_TOKEN, OPS_TOKEN, TOKEN, poll_until, random_id
+
+pytestmark = pytest.mark.e2e
+
+TOKENS = {"none": None, "wrong": "not-a-token", "other": TOKEN, "self": TOKEN}
+TOKENS |= {"ops": OPS_TOKEN, "admin": ADMIN_TOKEN}
+
+
+@dataclass
+class World:
+    me: str
+    peer: str
+    other: str
+    invitation_id: str = ""
+
+
+class Driver:
+    def __init__(self, http: httpx.Client, urls: dict[str, str]) -> None:
+        self.http = http
+        self.urls = urls
+
+    def call(
+        self, service: str, method: str, path: str, member: str, body: object = None
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {TOKEN}", "X-Member-Id": member}
+        return self.http.request(method, self.urls[service] + path, json=body, headers=headers)
+
+    def ok(self, *args: object, **kwargs: object) -> httpx.Response:
+        response = self.call(*args, **kwargs)  # type: ignore[arg-type]
+        assert response.status_code < 300, response.text
+        return response
+
+    def register(self, member: str) -> None:
+        body = {"member_id": member, "name": member, "industry": "Technology"}
+        self.ok("connection", "POST", "/members", member, body)
+
+    def invite(self, sender: str, recipient: str) -> str:
+        sent = self.ok("invitation", "POST", "/invitations", sender, {"to": recipient})
+        return str(sent.json()["invitation_id"])
+
+    def world(self, row: Row) -> World:
+        w = World(f"me{random_id(8)}", f"peer{random_id(8)}", f"other{random_id(8)}")
+        for m in ([w.me] if row.setup.register_me else []) + [w.peer, w.other]:
+            self.register(m)
+        if not row.setup.register_me:
+            return w
+        setup = row.setup
+        if setup.connected:
+            invitation = self.invite(w.me, w.peer)
+            self.ok("invitation", "POST", f"/invitations/{invitation}/accept", w.peer)
+            # Connected once the connection service agreed (the list routes need it).
+            poll_until(lambda: self._connected(w), timeout=15)
+        if setup.listed:
+            self.ok("connection", "PUT", f"/lists/friends/members/{w.peer}", w.me)
+        if setup.blocked:
+            self.ok("connection", "POST", f"/blocks/{w.peer}", w.me)
+        if setup.following:
+            self.ok("connection", "PUT", f"/follows/{w.peer}", w.me)
+        if "{invitation_id}" in row.path:
+            sender, recipient = (w.peer, w.me) if setup.invitation == "received" else (w.me, w.peer)
+            w.invitation_id = self.invite(sender, recipient)
+        return w
+
+    def _connected(self, w: World) -> bool:
+        # The projection shows what the connection service decided, so degree 1 there means
+        # the connection service has it.
+        seen = self.call("projection", "GET", f"/members/{w.me}/degree/{w.peer}", w.me)
+        return seen.status_code == 200 and seen.json()["degree"] == 1
+
+
+def _fill(text: str, w: World) -> str:
+    values = {
+        "{member_id}": w.me,
+        "{me}": w.me,
+        "{other}": w.peer,  # the other member a route is about
+        "{peer}": w.peer,
+        "{invitation_id}": w.invitation_id,
+        "{name}": "friends",
+    }
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+def _request(driver: Driver, row: Row, w: World, caller: str) -> httpx.Response:
+    headers = {"X-Member-Id": w.other if caller == "other" else w.me}
+    if TOKENS[caller] is not None:
+        headers["Authorization"] = f"Bearer {TOKENS[caller]}"
+    url = driver.urls[row.service] + _fill(row.path, w)
+    if row.query:
+        url += "?" + _fill(row.query, w)
+    body = {k: _fill(v, w) if isinstance(v, str) else v for k, v in (row.body or {}).items()}
+    return driver.http.request(row.method, url, json=body if row.body else None, headers=headers)
+
+
+def test_every_route_of_every_service_has_a_row(stack: Stack) -> None:
+    documented = set()
+    for service, url in stack.urls.items():
+        spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
+        for path, operations in spec["paths"].items():
+            documented |= {(service, method.upper(), path) for method in operations}
+    rows = [row.route for row in ROWS]
+    assert len(rows) == len(set(rows)), "a route has two rows"
+    assert documented - set(rows) == set(), "routes without a row in rapport/authorization.py"
+    assert set(rows) - documented == set(), "rows for routes that do not exist"
+
+
+@pytest.mark.timeout(300)
+def test_every_cell_of_the_matrix(stack: Stack) -> None:
+    wrong: list[str] = []
+    with httpx.Client(timeout=15) as http:
+        driver = Driver(http, stack.urls)
+        for row in ROWS:
+            w = driver.world(row)
+            # `self` last: the refused callers must not have changed anything it relies on.
+            for caller in sorted(CALLERS, key=lambda c: c == "self"):
+                response = _request(driver, row, w, caller)
+                expected = row.expect[caller]
+                if response.status_code != expected:
+                    wrong.append(
+                        f"{row.method} {row.path} as {caller}: {response.status_code} "
+                        f"(expected {expected}) {response.text[:200]}"
+                    )
+                elif response.status_code in (401, 403):
+                    error = response.json()["error"]
+                    if response.status_code == 403:  # one refusal body, whatever the reason
+                        assert error == {"code": "not_allowed", "message": "you cannot do this"}
+                    else:
+                        assert error["code"] == "unauthorized"
+    assert not wrong, "\n".join(wrong)
+
+
+# --- a block reveals nothing --------------------------------------------------------------
+
+
+def _connect(driver: Driver, a: str, b: str) -> str:
+    """Connect a and b; the accepted invitation's event, to read after."""
+    invitation = driver.invite(a, b)
+    accepted = driver.ok("invitation", "POST", f"/invitations/{invitation}/accept", b)
+    return str(accepted.json()["event_id"])
+
+
+def _views(driver: Driver, viewer: str, target: str, after: str) -> dict[str, tuple[int, str]]:
+    """What `viewer` gets on every route that names `target`, with `target`'s id masked."""
+    fresh = f"after={after}&wait_ms=10000"
+    calls = {
+        "invite": ("invitation", "POST", "/invitations", {"to": target}),
+        "follow": ("connection", "PUT", f"/follows/{target}", None),
+        "engage": ("engagement", "POST", "/engagements", {"target": target, "kind": "like"}),
+        "profile": ("connection", "GET", f"/members/{target}", None),
+        "degree": ("projection", "GET", f"/members/{viewer}/degree/{target}?{fresh}", None),
+        "badges": ("projection", "GET", f"/members/{viewer}/degrees?ids={target}&{fresh}", None),
+        "paths": ("projection", "GET", f"/members/{viewer}/paths/{target}?{fresh}", None),
+        "mutual": ("projection", "GET", f"/members/{viewer}/mutual/{target}?{fresh}", None),
+    }
+    seen = {}
+    # Reads that list members first (an invitation would take them out of suggestions).
+    for name, path in (
+        ("suggestions", f"/members/{viewer}/suggestions?limit=100&{fresh}"),
+        ("search", f"/members/{viewer}/network?degree=3&limit=500&{fresh}"),
+    ):
+        response = driver.call("projection", "GET", path, viewer)
+        seen[name] = (response.status_code, str(target in response.text))
+    for name, (service, method, path, body) in calls.items():
+        response = driver.call(service, method, path, viewer, body)
+        seen[name] = (response.status_code, response.text.replace(target, "<them>"))
+    return seen
+
+
+@pytest.mark.timeout(120)
+def test_a_block_looks_like_a_member_that_does_not_exist_on_every_route(stack: Stack) -> None:
+    with httpx.Client(timeout=15) as http:
+        driver = Driver(http, stack.urls)
+        blocker, blocked, mutual = (f"{r}{random_id(8)}" for r in ("bk", "bd", "mu"))
+        nobody = f"zz{random_id(8)}"  # never registered
+        for m in (blocker, blocked, mutual):
+            driver.register(m)
+        _connect(driver, blocked, mutual)
+        last = _connect(driver, mutual, blocker)
+        before = _views(driver, blocked, blocker, last)
+        assert '"degree":2' in before["degree"][1]
+        assert before["suggestions"] == (200, "True")  # without the block, they would meet
+        block = driver.ok("connection", "POST", f"/blocks/{blocked}", blocker).json()["event_id"]
+        plain = _views(driver, blocked, nobody, block)
+        # Both sides of the block, compared with a member that does not exist.
+        assert _views(driver, blocked, blocker, block) == plain
+        assert _views(driver, blocker, blocked, block) == _views(driver, blocker, nobody, block)
+    assert plain["invite"][0] == plain["follow"][0] == plain["engage"][0] == 404
+    assert plain["profile"][0] == 404
+    assert plain["suggestions"] == plain["search"] == (200, "False")
+
+
+@pytest.mark.timeout(120)
+def test_an_invitation_ended_by_a_decline_or_a_block_looks_unanswered_to_its_sender(
+    stack: Stack,
+) -> None:
+    with httpx.Client(timeout=15) as http:
+        driver = Driver(http, stack.urls)
+        sender, decliner, blocker, withdrawn_to = (
+            f"{r}{random_id(8)}" for r in ("sd", "dc", "bk", "wd")
+        )
+        for m in (sender, decliner, blocker, withdrawn_to):
+            driver.register(m)
+
+        def seen(invitation: str, member: str) -> dict[str, object]:
+            body = driver.ok("invitation", "GET", f"/invitations/{invitation}", member).json()
+            return {k: body[k] for k in ("status", "updated_at", "message")}
+
+        to_decliner = driver.invite(sender, decliner)
+        to_blocker = driver.invite(sender, blocker)
+        shown = {i: seen(i, sender) for i in (to_decliner, to_blocker)}
+        driver.ok("invitation", "POST", f"/invitations/{to_decliner}/decline", decliner)
+        block = driver.ok("connection", "POST", f"/blocks/{sender}", blocker).json()["event_id"]
+        # The recipient's block cancels the invitation (the blocker sees it cancelled)...
+        poll_until(lambda: seen(to_blocker, blocker)["status"] == "cancelled", timeout=15)
+        # ...and its sender, like the sender of the declined one, sees no change at all.
+        assert {i: seen(i, sender) for i in shown} == shown
+        assert shown[to_decliner]["status"] == "pending"
+        sent = driver.ok(
+            "projection",
+            "GET",
+            f"/members/{sender}/invitations?direction=sent&after={block}&wait_ms=10000",
+            sender,
+        ).json()
+        assert {i["invitation_id"] for i in sent["items"]} == {to_decliner, to_blocker}
+        again = driver.call("invitation", "POST", "/invitations", sender, {"to": decliner})
+        assert again.json()["error"]["code"] == "already_pending"  # as if still pending
+
+        # The other way round: the sender blocks the recipient, who sees a plain withdrawal.
+        by_sender = driver.invite(sender, withdrawn_to)
+        plain = driver.invite(withdrawn_to, decliner)
+        driver.ok("invitation", "POST", f"/invitations/{plain}/withdraw", withdrawn_to)
+        driver.ok("connection", "POST", f"/blocks/{withdrawn_to}", sender)
+        poll_until(lambda: seen(by_sender, withdrawn_to)["status"] != "pending", timeout=15)
+        assert seen(by_sender, withdrawn_to)["status"] == seen(plain, decliner)["status"]
