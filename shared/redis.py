@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -24,12 +26,19 @@ TRANSIENT_REPLIES = frozenset(
 )
 
 
+# The reply's code opens its message, or follows "caused error:" when a pipeline wraps it.
+_REPLY_CODE = re.compile(r"^(\w+)|caused error: \(?['\"]?(\w+)")
+
+
 def is_transient(exc: BaseException) -> bool:
     """An outage of Redis (connection, timeout, or a transient error reply)."""
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return True
     if isinstance(exc, ResponseError):
-        return str(exc).split(" ", 1)[0].upper() in TRANSIENT_REPLIES
+        return any(
+            (m.group(1) or m.group(2)) in TRANSIENT_REPLIES
+            for m in _REPLY_CODE.finditer(str(exc))
+        )
     return False
 
 
@@ -63,7 +72,10 @@ def connect(
         socket_timeout=socket_timeout_s,
         # A dropped connection (a Redis restart) is retried once on a fresh one; a timeout
         # is not retried, so a paused server costs one timeout, not three.
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
-        retry_on_error=[RedisConnectionError],
+        retry=Retry(
+            ExponentialBackoff(cap=0.1, base=0.01),
+            retries=1,
+            supported_errors=(RedisConnectionError,),
+        ),
     )
     return Redis.from_pool(pool)

@@ -25,6 +25,7 @@ log = logging.getLogger("rapport.projection")
 
 # A rebuild renews its lock every batch; a replica that died frees it after this long.
 LOCK_LEASE_MS = 30_000
+START_TIMEOUT_S = 1.5
 
 
 class RebuildRunning(Exception):
@@ -114,6 +115,11 @@ class Rebuilder:
         if self._task is not None and not self._task.done():
             raise RebuildRunning()
         self._owner = uuid.uuid4().hex
+        # A request: answer within the request budget even though this client's is long.
+        async with asyncio.timeout(START_TIMEOUT_S):
+            return await self._start()
+
+    async def _start(self) -> dict[str, Any]:
         if not await self._hold():
             raise RebuildRunning()
         redis, versions = self.store.redis, self.settings.key("p", "versions")

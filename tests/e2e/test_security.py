@@ -3,106 +3,15 @@ running services, and complete: every operation of every OpenAPI document has it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import httpx
 import pytest
 
-from rapport.authorization import CALLERS, ROWS, Row
+from rapport.authorization import CALLERS, ROWS
 from tests.e2e.conftest import Stack
-from tests.helpers import ADMIN_TOKEN, OPS_TOKEN, TOKEN, poll_until, random_id
+from tests.e2e.driver import Driver, request_row
+from tests.helpers import poll_until, random_id
 
 pytestmark = pytest.mark.e2e
-
-TOKENS = {"none": None, "wrong": "not-a-token", "other": TOKEN, "self": TOKEN}
-TOKENS |= {"ops": OPS_TOKEN, "admin": ADMIN_TOKEN}
-
-
-@dataclass
-class World:
-    me: str
-    peer: str
-    other: str
-    invitation_id: str = ""
-
-
-class Driver:
-    def __init__(self, http: httpx.Client, urls: dict[str, str]) -> None:
-        self.http = http
-        self.urls = urls
-
-    def call(
-        self, service: str, method: str, path: str, member: str, body: object = None
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}", "X-Member-Id": member}
-        return self.http.request(method, self.urls[service] + path, json=body, headers=headers)
-
-    def ok(self, *args: object, **kwargs: object) -> httpx.Response:
-        response = self.call(*args, **kwargs)  # type: ignore[arg-type]
-        assert response.status_code < 300, response.text
-        return response
-
-    def register(self, member: str) -> None:
-        body = {"member_id": member, "name": member, "industry": "Technology"}
-        self.ok("connection", "POST", "/members", member, body)
-
-    def invite(self, sender: str, recipient: str) -> str:
-        sent = self.ok("invitation", "POST", "/invitations", sender, {"to": recipient})
-        return str(sent.json()["invitation_id"])
-
-    def world(self, row: Row) -> World:
-        w = World(f"me{random_id(8)}", f"peer{random_id(8)}", f"other{random_id(8)}")
-        for m in ([w.me] if row.setup.register_me else []) + [w.peer, w.other]:
-            self.register(m)
-        if not row.setup.register_me:
-            return w
-        setup = row.setup
-        if setup.connected:
-            invitation = self.invite(w.me, w.peer)
-            self.ok("invitation", "POST", f"/invitations/{invitation}/accept", w.peer)
-            # Connected once the connection service agreed (the list routes need it).
-            poll_until(lambda: self._connected(w), timeout=15)
-        if setup.listed:
-            self.ok("connection", "PUT", f"/lists/friends/members/{w.peer}", w.me)
-        if setup.blocked:
-            self.ok("connection", "POST", f"/blocks/{w.peer}", w.me)
-        if setup.following:
-            self.ok("connection", "PUT", f"/follows/{w.peer}", w.me)
-        if "{invitation_id}" in row.path:
-            sender, recipient = (w.peer, w.me) if setup.invitation == "received" else (w.me, w.peer)
-            w.invitation_id = self.invite(sender, recipient)
-        return w
-
-    def _connected(self, w: World) -> bool:
-        # The projection shows what the connection service decided, so degree 1 there means
-        # the connection service has it.
-        seen = self.call("projection", "GET", f"/members/{w.me}/degree/{w.peer}", w.me)
-        return seen.status_code == 200 and seen.json()["degree"] == 1
-
-
-def _fill(text: str, w: World) -> str:
-    values = {
-        "{member_id}": w.me,
-        "{me}": w.me,
-        "{other}": w.peer,  # the other member a route is about
-        "{peer}": w.peer,
-        "{invitation_id}": w.invitation_id,
-        "{name}": "friends",
-    }
-    for placeholder, value in values.items():
-        text = text.replace(placeholder, value)
-    return text
-
-
-def _request(driver: Driver, row: Row, w: World, caller: str) -> httpx.Response:
-    headers = {"X-Member-Id": w.other if caller == "other" else w.me}
-    if TOKENS[caller] is not None:
-        headers["Authorization"] = f"Bearer {TOKENS[caller]}"
-    url = driver.urls[row.service] + _fill(row.path, w)
-    if row.query:
-        url += "?" + _fill(row.query, w)
-    body = {k: _fill(v, w) if isinstance(v, str) else v for k, v in (row.body or {}).items()}
-    return driver.http.request(row.method, url, json=body if row.body else None, headers=headers)
 
 
 def test_every_route_of_every_service_has_a_row(stack: Stack) -> None:
@@ -126,7 +35,7 @@ def test_every_cell_of_the_matrix(stack: Stack) -> None:
             w = driver.world(row)
             # `self` last: the refused callers must not have changed anything it relies on.
             for caller in sorted(CALLERS, key=lambda c: c == "self"):
-                response = _request(driver, row, w, caller)
+                response = request_row(driver, row, w, caller)
                 expected = row.expect[caller]
                 if response.status_code != expected:
                     wrong.append(

@@ -1,0 +1,221 @@
+"""Outages of the real dependencies, on a stack of its own: redis-server paused (SIGSTOP) or
+answering BUSY, the broker paused. Every route answers within 2 s, never 500 (503 with
+Retry-After, or what it can answer without the dependency), and everything recovers without
+a restart once the dependency is back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from rapport.authorization import ROWS, Row
+from rapport.localstack import EMBEDDED_BROKER_TUNING, Infra, embedded_infra, free_port
+from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
+from tests.e2e.driver import TOKENS, Driver, World, request_row
+from tests.helpers import TOKEN_ENV, poll_until, random_id
+
+pytestmark = pytest.mark.e2e
+
+DEADLINE_S = 2.0
+
+
+class OutageStack:
+    def __init__(self, infra: Infra, urls: dict[str, str]) -> None:
+        self.infra = infra
+        self.urls = urls
+
+    @contextmanager
+    def paused(self, which: str) -> Iterator[None]:
+        part = self.infra.redis if which == "redis" else self.infra.kafka
+        assert part is not None and part.child.proc is not None
+        pid = part.child.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageStack]:
+    state = Path(tmp_path_factory.mktemp("outages"))
+    with embedded_infra(state, use_env=False) as infra:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+            "REDIS_URL": infra.redis_url,
+            **TOKEN_ENV,
+            **EMBEDDED_BROKER_TUNING,
+            "RAPPORT_LOG_LEVEL": "warning",
+        }
+        services = [ServiceProcess(name, free_port(), env, state / "logs") for name in SERVICES]
+        supervisor = Supervisor(services)
+        try:
+            supervisor.start_all(timeout_s=90)
+            yield OutageStack(infra, {s.name: s.url for s in services})
+        finally:
+            supervisor.stop()
+
+
+def _caller(row: Row) -> str:
+    """The caller for whom the row normally succeeds."""
+    return next(c for c in ("self", "admin") if row.expect[c] < 300)
+
+
+Worlds = dict[tuple[str, str, str], World]
+Result = tuple[Row, int, float, str]
+
+
+def _every_route(stack: OutageStack, world: Worlds) -> list[Result]:
+    """Each route once, as its usual caller: (row, status, seconds, Retry-After)."""
+
+    def one(row: Row) -> Result:
+        with httpx.Client(timeout=10) as http:
+            started = time.monotonic()
+            try:
+                response = request_row(
+                    Driver(http, stack.urls), row, world[row.route], _caller(row)
+                )
+            except httpx.TimeoutException:
+                return row, 0, time.monotonic() - started, ""
+            took = time.monotonic() - started
+            return row, response.status_code, took, response.headers.get("retry-after", "")
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, ROWS))
+
+
+def _worlds(stack: OutageStack) -> Worlds:
+    """A world per route, made while everything is up."""
+    with httpx.Client(timeout=15) as http:
+        driver = Driver(http, stack.urls)
+        return {row.route: driver.world(row) for row in ROWS}
+
+
+def _recovered(stack: OutageStack) -> None:
+    """Every service ready, and a write reaches the read model, without any restart."""
+    with httpx.Client(timeout=15) as http:
+        for url in stack.urls.values():
+            poll_until(lambda u=url: http.get(f"{u}/readyz").status_code == 200, timeout=30)
+        driver = Driver(http, stack.urls)
+        a, b = f"ra{random_id(8)}", f"rb{random_id(8)}"
+        driver.register(a)
+        driver.register(b)
+        invitation = driver.invite(a, b)
+        event = driver.ok("invitation", "POST", f"/invitations/{invitation}/accept", b)
+        after = event.json()["event_id"]
+        degree = driver.ok(
+            "projection", "GET", f"/members/{a}/degree/{b}?after={after}&wait_ms=20000", a
+        )
+        assert degree.json()["degree"] == 1
+
+
+def _assert_fast_and_no_500(results: list[Result]) -> None:
+    bad = [
+        f"{row.method} {row.path}: {status} in {took:.2f}s (Retry-After {retry or '-'})"
+        for row, status, took, retry in results
+        if status in (0, 500) or took > DEADLINE_S or (status == 503 and not retry)
+    ]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.timeout(240)
+def test_redis_paused_every_route_answers_503_fast_then_recovers(outage_stack: OutageStack) -> None:
+    worlds = _worlds(outage_stack)
+    with outage_stack.paused("redis"):
+        results = _every_route(outage_stack, worlds)
+        with httpx.Client(timeout=10) as http:
+            started = time.monotonic()
+            ready = http.get(f"{outage_stack.urls['invitation']}/readyz")
+            assert ready.status_code == 503 and time.monotonic() - started < DEADLINE_S
+    _assert_fast_and_no_500(results)
+    answered = {row.path: status for row, status, _, _ in results}
+    # What needs Redis said so; what does not (liveness, metrics, the page) still answered.
+    assert answered["/members/{member_id}/summary"] == 503
+    assert answered["/invitations"] == 503
+    assert answered["/healthz"] == answered["/dashboard"] == 200
+    _recovered(outage_stack)
+
+
+@pytest.mark.timeout(240)
+def test_broker_paused_writes_and_reads_go_on_then_events_flow_again(
+    outage_stack: OutageStack,
+) -> None:
+    worlds = _worlds(outage_stack)
+    projection = outage_stack.urls["projection"]
+    headers = {"Authorization": f"Bearer {TOKENS['ops']}"}
+    before = httpx.get(f"{projection}/projection/status", headers=headers, timeout=10).json()
+    with outage_stack.paused("kafka"):
+        results = _every_route(outage_stack, worlds)
+        with httpx.Client(timeout=10) as http:
+            status = http.get(f"{projection}/projection/status", headers=headers)
+            ready = http.get(f"{projection}/readyz")
+    _assert_fast_and_no_500(results)
+    answered = {row.path: status for row, status, _, _ in results}
+    # Writes only need Redis (the outbox relays later); reads only need Redis.
+    assert answered["/invitations"] == 201
+    assert answered["/members/{member_id}/summary"] == 200
+    # Status answers with the end offsets last read, and says when they were read.
+    assert status.status_code == 200 and status.json()["ends_as_of"] == before["ends_as_of"]
+    assert status.json()["lag"].keys() == before["lag"].keys()
+    assert ready.status_code == 503
+    _recovered(outage_stack)
+
+
+@pytest.mark.timeout(240)
+def test_redis_busy_with_a_script_answers_503_then_recovers(outage_stack: OutageStack) -> None:
+    worlds = _worlds(outage_stack)
+    admin = redis.Redis.from_url(outage_stack.infra.redis_url)
+    admin.config_set("busy-reply-threshold", 100)
+    runner = threading.Thread(
+        target=lambda: _swallow(
+            lambda: redis.Redis.from_url(outage_stack.infra.redis_url).eval("while true do end", 0)
+        ),
+        daemon=True,
+    )
+    runner.start()
+    try:
+        poll_until(lambda: _busy(admin), timeout=10, what="Redis answering BUSY")
+        results = _every_route(outage_stack, worlds)
+    finally:
+        poll_until(lambda: _kill_script(admin), timeout=10, what="script killed")
+        runner.join(timeout=10)
+    _assert_fast_and_no_500(results)
+    answered = {row.path: status for row, status, _, _ in results}
+    assert answered["/invitations"] == 503
+    assert answered["/members/{member_id}/summary"] == 503
+    _recovered(outage_stack)
+
+
+def _swallow(call: object) -> None:
+    try:
+        call()  # type: ignore[operator]
+    except redis.RedisError:
+        pass  # killed on purpose
+
+
+def _busy(client: redis.Redis) -> bool:
+    try:
+        client.ping()
+    except redis.exceptions.BusyLoadingError:
+        return False
+    except redis.ResponseError as exc:
+        return str(exc).startswith("BUSY")
+    return False
+
+
+def _kill_script(client: redis.Redis) -> bool:
+    try:
+        client.script_kill()
+    except redis.ResponseError as exc:
+        return "NOTBUSY" in str(exc)
+    return True
