@@ -107,7 +107,7 @@ class ServiceSettings(BaseSettings):
 class InvitationSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_INVITATION_", extra="ignore")
     service: ClassVar[str] = "invitation"
-    port: int = 8001
+    port: int = Field(8001, ge=1, le=65535)
     # Bounded by what an InvitationSent may carry, so no setting can make a valid send fail.
     message_max_chars: int = Field(300, ge=1, le=MESSAGE_MAX_CHARS)
     weekly_limit: int = Field(100, ge=1)
@@ -120,14 +120,14 @@ class InvitationSettings(ServiceSettings):
 class ConnectionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_CONNECTION_", extra="ignore")
     service: ClassVar[str] = "connection"
-    port: int = 8002
+    port: int = Field(8002, ge=1, le=65535)
     connection_cap: int = Field(30_000, ge=1)
 
 
 class EngagementSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_ENGAGEMENT_", extra="ignore")
     service: ClassVar[str] = "engagement"
-    port: int = 8003
+    port: int = Field(8003, ge=1, le=65535)
     per_actor_per_minute: int = Field(30, ge=1)
     per_target_per_day: int = Field(20, ge=1)
 
@@ -135,7 +135,7 @@ class EngagementSettings(ServiceSettings):
 class ProjectionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_PROJECTION_", extra="ignore")
     service: ClassVar[str] = "projection"
-    port: int = 8004
+    port: int = Field(8004, ge=1, le=65535)
     batch_max_records: int = Field(2000, ge=1)
     # The read models' keys are laid out for Redis Cluster (hash tag per member); set this
     # to talk to one (REDIS_URL then names any node).

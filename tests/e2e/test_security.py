@@ -3,13 +3,15 @@ running services, and complete: every operation of every OpenAPI document has it
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
 from rapport.authorization import CALLERS, ROWS
 from tests.e2e.conftest import Stack
 from tests.e2e.driver import Driver, request_row
-from tests.helpers import poll_until, random_id
+from tests.helpers import auth, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -154,3 +156,89 @@ def test_an_invitation_ended_by_a_decline_or_a_block_looks_unanswered_to_its_sen
         driver.ok("connection", "POST", f"/blocks/{withdrawn_to}", sender)
         poll_until(lambda: seen(by_sender, withdrawn_to)["status"] != "pending", timeout=15)
         assert seen(by_sender, withdrawn_to)["status"] == seen(plain, decliner)["status"]
+
+
+# --- bounded input ------------------------------------------------------------------------
+
+
+def _chunks(total: int, size: int = 8192) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        yield b" " * min(size, total - sent)
+        sent += size
+
+
+def test_bodies_are_bounded_while_streaming_and_json_depth_is_bounded(stack: Stack) -> None:
+    with httpx.Client(timeout=15) as http:
+        driver = Driver(http, stack.urls)
+        me = f"bb{random_id(8)}"
+        driver.register(me)
+        headers = {**auth(me), "Content-Type": "application/json"}
+        url = f"{stack.urls['invitation']}/invitations"
+        # Chunked (no Content-Length): refused once past the limit, not read whole.
+        chunked = http.post(url, content=_chunks(10 * 2**20), headers=headers)
+        declared = http.post(url, content=b" " * (65 * 1024), headers=headers)
+        deep = http.post(url, content=b'{"to":' + b"[" * 40 + b"]" * 40 + b"}", headers=headers)
+        in_string = http.post(url, content=b'{"to":"' + b"[" * 40 + b'"}', headers=headers)
+    assert chunked.status_code == declared.status_code == 413
+    assert chunked.json()["error"]["code"] == "payload_too_large"
+    assert deep.status_code == 400 and "nested deeper" in deep.json()["error"]["message"]
+    assert in_string.status_code == 422  # brackets inside a string are not nesting
+
+
+def test_ids_limits_and_cursors_are_validated_with_clear_errors(stack: Stack) -> None:
+    long_id = "a" * 5000
+    with httpx.Client(timeout=15) as http:
+        driver = Driver(http, stack.urls)
+        me = f"bv{random_id(8)}"
+        driver.register(me)
+        projection = f"{stack.urls['projection']}/members/{me}"
+        answers = {
+            "path id": http.get(f"{projection}/degree/{long_id}", headers=auth(me)),
+            "header id": http.get(f"{projection}/summary", headers=auth(long_id)),
+            "body id": http.post(
+                f"{stack.urls['invitation']}/invitations", json={"to": long_id}, headers=auth(me)
+            ),
+            "control id": http.get(f"{projection}/degree/a%00b", headers=auth(me)),
+            "limit": http.get(f"{projection}/network?limit={10**9}", headers=auth(me)),
+            "cursor": http.get(f"{projection}/connections?cursor=x%20y", headers=auth(me)),
+            "badges": http.get(
+                f"{projection}/degrees?ids={','.join(['a'] * 101)}", headers=auth(me)
+            ),
+        }
+    for what, response in answers.items():
+        assert 400 <= response.status_code < 500, (what, response.text)
+        error = response.json()["error"]
+        assert error["code"] and error["message"], what
+    assert answers["header id"].json()["error"]["code"] == "invalid_member_id"
+
+
+def test_text_is_normalised_so_look_alikes_are_one_and_control_characters_are_refused(
+    stack: Stack,
+) -> None:
+    industry = f"Fin{random_id(6)}"
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in industry)
+    with httpx.Client(timeout=15) as http:
+        url = f"{stack.urls['connection']}/members"
+        plain, lookalike, nul, rtl = (f"tx{random_id(8)}" for _ in range(4))
+        first = http.post(url, json={"name": "Plain", "industry": industry}, headers=auth(plain))
+        second = http.post(
+            url,
+            json={"name": "Look\u200balike", "industry": f" {fullwidth}\u200b "},
+            headers=auth(lookalike),
+        )
+        refused = http.post(
+            url, json={"name": "Nul", "industry": f"Fin\x00{industry}"}, headers=auth(nul)
+        )
+        bidi = http.post(url, json={"name": "\u202eevil", "industry": industry}, headers=auth(rtl))
+        shown = http.get(f"{url}/{lookalike}", headers=auth()).json()
+        after = bidi.json()["event_id"]  # registered last
+        figures = http.get(
+            f"{stack.urls['projection']}/industries?after={after}&wait_ms=10000",
+            headers=auth(),
+        ).json()["industries"]
+    assert first.status_code == second.status_code == bidi.status_code == 201
+    assert refused.status_code == 422 and "not allowed" in refused.json()["error"]["message"]
+    assert shown["industry"] == industry and shown["name"] == "Lookalike"
+    matching = [i for i in figures if i["industry"].casefold() == industry.casefold()]
+    assert [i["members"] for i in matching] == [3]  # one industry, not two look-alikes

@@ -26,7 +26,15 @@ from services.projection import queries
 from services.projection.main import create_app
 from shared import events as ev
 from shared.events import Envelope
-from tests.helpers import ADMIN_TOKEN, Infra, auth, publish_envelopes, running_app, wait_until
+from tests.helpers import (
+    ADMIN_TOKEN,
+    OPS_TOKEN,
+    Infra,
+    auth,
+    publish_envelopes,
+    running_app,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
 
@@ -311,3 +319,62 @@ async def test_badges_paths_and_paging(
 
 async def _cache_built(client: httpx.AsyncClient) -> bool:
     return (await get(client, "/projection/status"))["viewer_cache"]["builds"] >= 1
+
+
+async def test_one_rebuild_at_a_time_across_replicas_and_readers_never_flip_back(
+    infra: Infra, namespace: str
+) -> None:
+    events = network_events()
+    first, second = create_app(), create_app()  # two replicas on one Redis
+    async with running_app(first) as a, running_app(second) as b:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await wait_until(lambda: _applied(a, len(events)), timeout=20)
+        admin = auth(token=ADMIN_TOKEN)
+        member_token = await a.post("/projection/rebuild", headers=auth("ann"))
+        started = await a.post("/projection/rebuild", headers=admin)
+        refused = await b.post("/projection/rebuild", headers=admin)
+        await wait_until(lambda: _rebuild_done(a), timeout=30)
+        store = first.state.wired.store
+        version = await store.version()
+        # An older rebuild that stalled past its lease and took the lock back cannot flip
+        # readers to its older version.
+        lock = store.rebuild_lock_key
+        await store.redis.set(lock, "stalled-owner")
+        flip = store.script("flip")
+        flipped = await flip(keys=[store.current_key, lock], args=[version - 1, "stalled-owner"])
+        lost = await flip(keys=[store.current_key, lock], args=[version + 5, "someone-else"])
+        await store.redis.delete(lock)
+        still = await store.version()
+
+    assert member_token.status_code == 403
+    assert started.status_code == 202
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "rebuild_running"
+    assert (flipped, lost, still) == (0, -1, version)
+
+
+async def test_a_member_looking_up_too_many_members_gets_429_counted_and_shown(
+    infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAPPORT_PROJECTION_READ_QUOTA_PER_MINUTE", "5")
+    events = network_events()
+    async with running_app(create_app()) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await wait_until(lambda: _applied(client, len(events)), timeout=20)
+        # 3 lookups a call against 5 a minute: of three calls, two share a minute window
+        # whenever it turns, so one of them is over.
+        badges = "/members/ann/degrees?ids=bob,cat,dan"
+        calls = [await client.get(badges, headers=auth("ann")) for _ in range(3)]
+        over = next(r for r in calls if r.status_code != 200)
+        search = await client.get("/members/ann/network?limit=50", headers=auth("ann"))
+        other_member = await client.get("/members/bob/degrees?ids=ann", headers=auth("bob"))
+        shown = (await client.get("/dashboard/data", headers=auth(token=OPS_TOKEN))).json()
+        metrics = (await client.get("/metrics")).text
+
+    assert calls[0].status_code == 200
+    assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+    assert over.json()["error"]["code"] == "rate_limited"
+    assert search.status_code == 429  # a search counts its limit
+    assert other_member.status_code == 200  # per member
+    refused = sum(r.status_code == 429 for r in calls)
+    assert shown["quota_refused"] == {"badges": refused, "network": 1}
+    assert 'rapport_read_quota_refused_total{endpoint="badges"}' in metrics

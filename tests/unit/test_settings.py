@@ -1,0 +1,45 @@
+"""Settings are checked when a service starts, so none can make a valid request fail later."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from shared import events as ev
+from shared.settings import EngagementSettings, InvitationSettings, ProjectionSettings
+
+
+def test_a_message_limit_above_what_an_event_carries_is_refused_at_start() -> None:
+    assert InvitationSettings(message_max_chars=ev.MESSAGE_MAX_CHARS).message_max_chars == 2000
+    with pytest.raises(ValidationError, match="message_max_chars"):
+        InvitationSettings(message_max_chars=ev.MESSAGE_MAX_CHARS + 1)
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "value"),
+    [
+        (InvitationSettings, "expiry_days", 10**9),  # would overflow a date
+        (InvitationSettings, "weekly_limit", 0),
+        (EngagementSettings, "per_actor_per_minute", -1),
+        (ProjectionSettings, "read_quota_per_minute", 0),
+        (ProjectionSettings, "after_wait_max_ms", 10**9),
+        (ProjectionSettings, "port", 70_000),
+    ],
+)
+def test_out_of_range_settings_are_refused(settings: type, field: str, value: int) -> None:
+    with pytest.raises(ValidationError, match=field):
+        settings(**{field: value})
+
+
+def test_one_token_cannot_hold_two_roles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAPPORT_API_TOKENS", "a,b")
+    monkeypatch.setenv("RAPPORT_ADMIN_TOKENS", "b")
+    with pytest.raises(ValidationError, match="two roles"):
+        ProjectionSettings()
+    monkeypatch.setenv("RAPPORT_ADMIN_TOKENS", "c")
+    settings = ProjectionSettings()
+    assert (settings.api_tokens, settings.admin_tokens, settings.ops_tokens) == (
+        ["a", "b"],
+        ["c"],
+        [],
+    )
