@@ -10,7 +10,7 @@ import pytest
 
 from rapport.authorization import CALLERS, ROWS
 from tests.e2e.conftest import Stack
-from tests.e2e.driver import Driver, request_row
+from tests.e2e.driver import Driver, World, request_row
 from tests.helpers import auth, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
@@ -242,3 +242,28 @@ def test_text_is_normalised_so_look_alikes_are_one_and_control_characters_are_re
     assert shown["industry"] == industry and shown["name"] == "Lookalike"
     matching = [i for i in figures if i["industry"].casefold() == industry.casefold()]
     assert [i["members"] for i in matching] == [3]  # one industry, not two look-alikes
+
+
+@pytest.mark.timeout(180)
+def test_every_write_refuses_an_acting_member_who_is_not_an_active_member(stack: Stack) -> None:
+    writes = [
+        row
+        for row in ROWS
+        if row.method != "GET"
+        and row.service != "projection"
+        and row.route != ("connection", "POST", "/members")  # registering is how one joins
+    ]
+    answers: dict[str, set[tuple[int, str]]] = {"deactivated": set(), "unregistered": set()}
+    with httpx.Client(timeout=15) as http:
+        driver = Driver(http, stack.urls)
+        for row in writes:
+            w = driver.world(row)
+            ghost = World(f"gh{random_id(8)}", w.peer, w.other, w.invitation_id)
+            refused = request_row(driver, row, ghost, "self")
+            answers["unregistered"].add((refused.status_code, refused.text))
+            driver.ok("connection", "DELETE", f"/members/{w.me}", w.me)
+            refused = request_row(driver, row, w, "self")
+            answers["deactivated"].add((refused.status_code, refused.text))
+    # One answer for every route and both kinds: the plain refusal.
+    plain = (403, '{"error":{"code":"not_allowed","message":"you cannot do this"}}')
+    assert answers == {"deactivated": {plain}, "unregistered": {plain}}
