@@ -51,7 +51,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "member_a": "ada",
     "blocker": "ada",
     "follower": "ada",
-    "owner": "ada",
+    "owner": "grace",
     "removed_by": "ada",
     "recipient": "grace",
     "target": "grace",

@@ -2,8 +2,9 @@
 
 `EventConsumer.process(records)` is what a FastStream batch subscriber calls with the records
 of one `getmany`. Its contract:
-- an undecodable record, an unknown `type`, or a payload that fails validation goes to
-  `<topic>.dlq` with the reason in headers, and the batch goes on;
+- an undecodable record, an unknown `type`, a payload that fails validation, an event on a
+  topic it does not belong to, a Kafka key other than the envelope's, an implausible time or
+  size (`admit`) goes to `<topic>.dlq` with the reason in headers, and the batch goes on;
 - events whose `event_id` this consumer already applied are skipped (pre-filter); the handler
   still receives each event's dedupe key and must set it in the same atomic step as its
   effects, so a crash between effect and mark can never apply an event twice;
@@ -20,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -74,6 +76,34 @@ async def retry_transient(
             # Backoff between reconnect attempts; nothing to wait on but time itself.
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
+
+
+# Far more than any valid event (bounded fields); a record above it is refused unread.
+MAX_EVENT_BYTES = 64 * 1024
+# Times an event may carry: none before this, none more than a day ahead (clock skew).
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EVENT_AHEAD = timedelta(days=1)
+
+
+def admit(record: ConsumerRecord[Any, Any]) -> tuple[Envelope, Event]:
+    """Decode a consumed record and check that it belongs where it came from: an event type
+    of this topic, the Kafka key equal to the envelope key (else per-key order could break),
+    a plausible time, a plausible size. `InvalidEvent` (reason for the DLQ) otherwise."""
+    value = record.value or b""
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"too_large: {len(value)} bytes (at most {MAX_EVENT_BYTES})")
+    envelope, event = decode(value)
+    if not record.topic.endswith(event.topic):
+        raise InvalidEvent(f"wrong_topic: {envelope.type} belongs on {event.topic}")
+    key = record.key.decode(errors="replace") if isinstance(record.key, bytes) else record.key
+    if key != envelope.key:
+        raise InvalidEvent(f"key_mismatch: record key {key!r} is not {envelope.key!r}")
+    at = envelope.occurred_at
+    if at.tzinfo is None or not (
+        EARLIEST_EVENT_TIME <= at <= datetime.now(UTC) + LATEST_EVENT_AHEAD
+    ):
+        raise InvalidEvent(f"implausible_time: occurred_at {at.isoformat()}")
+    return envelope, event
 
 
 @dataclass(frozen=True)
@@ -151,7 +181,7 @@ class EventConsumer:
         decoded: list[ConsumedEvent] = []
         for record in records:
             try:
-                envelope, event = decode(record.value or b"")
+                envelope, event = admit(record)
             except InvalidEvent as exc:
                 await self.send_to_dlq(record, exc.reason)
                 continue

@@ -2,6 +2,8 @@
 
 Evolution rule: add optional fields only. A breaking change bumps the class's `schema_version`
 and registers an upcaster from the previous version, so old records on the topics still load.
+Forward compatible: a consumer that does not know a field yet ignores it (a newer producer may
+add one during a rolling deploy), and the envelope keeps unknown fields when it is re-sent.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from shared.text import fold
 from shared.topics import CONNECTIONS, ENGAGEMENTS, INVITATIONS, MEMBERS, pair_key
@@ -33,9 +42,10 @@ RemovalReason = Literal["removed", "blocked", "deactivated"]
 
 
 class Event(BaseModel):
-    """Base of every domain event: frozen, strict about unknown fields, keyed for partitioning."""
+    """Base of every domain event: frozen, keyed for partitioning. A field this code does not
+    know is ignored (added by a newer producer), never a reason to refuse the event."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     topic: ClassVar[str]
     schema_version: ClassVar[int] = 1
@@ -60,6 +70,13 @@ class PairEvent(Event):
     @property
     def _pair(self) -> tuple[str, str]:
         raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _two_members(self) -> PairEvent:
+        a, b = self._pair
+        if a == b:
+            raise ValueError(f"a pair needs two different members, not {a!r} twice")
+        return self
 
     @property
     def partition_key(self) -> str:
@@ -329,7 +346,7 @@ def _utcnow() -> datetime:
 class Envelope(BaseModel):
     """The one wire format of every event (JSON); `type` is also copied into a Kafka header."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="allow")  # unknown fields kept
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str

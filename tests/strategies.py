@@ -7,7 +7,7 @@ import typing
 from typing import Any, Literal, get_args, get_origin
 
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from shared.events import EVENT_TYPES, ID_PATTERN, Event
 
@@ -48,7 +48,18 @@ def event_strategy(cls: type[Event]) -> st.SearchStrategy[Event]:
         name: _field_strategy(name, info.annotation, list(info.metadata))
         for name, info in cls.model_fields.items()
     }
-    return st.builds(cls, **fields)
+    # Field by field, then only what the model accepts (a pair event needs two members).
+    return st.fixed_dictionaries(fields).map(_validated(cls)).filter(lambda e: e is not None)
+
+
+def _validated(cls: type[Event]) -> Any:
+    def build(values: dict[str, Any]) -> Event | None:
+        try:
+            return cls(**values)
+        except ValidationError:
+            return None
+
+    return build
 
 
 any_event: st.SearchStrategy[BaseModel] = st.one_of(

@@ -22,9 +22,9 @@ from redis.exceptions import ResponseError
 
 from services.projection import domain
 from services.projection.store import Keyspace, ReadModelStore
-from shared.consumer import DeadLetter, DeadLetterSink, dead_letter, retry_transient
-from shared.events import InvalidEvent, decode
-from shared.observability import DLQ_RECORDS, EVENTS_CONSUMED
+from shared.consumer import DeadLetter, DeadLetterSink, admit, dead_letter, retry_transient
+from shared.events import InvalidEvent
+from shared.observability import EVENTS_CONSUMED
 
 log = logging.getLogger("rapport.projection")
 
@@ -62,6 +62,8 @@ class BatchApplier:
             by_partition[TopicPartition(record.topic, record.partition)].append(record)
         rewind: dict[TopicPartition, int] = {}
         ops: list[domain.Applied] = []
+        # Where each event came from, to dead-letter it should its apply fail.
+        sources: dict[str, ConsumerRecord[Any, Any]] = {}
         positions: dict[str, int] = {}
         # Chunks are applied in order, each atomically with its positions; while Redis runs
         # one chunk's script, this process decodes the next (the two use different cores).
@@ -70,7 +72,11 @@ class BatchApplier:
         async def flush() -> asyncio.Task[None]:
             if in_flight is not None:
                 await in_flight
-            task = asyncio.create_task(self._apply_chunk(version, list(ops), dict(positions)))
+            chunk = list(ops)
+            origin = {a.event_id: sources.pop(a.event_id) for a in chunk if a.event_id in sources}
+            task = asyncio.create_task(
+                self._apply_chunk(version, chunk, dict(positions), origin, dead_letter)
+            )
             ops.clear()
             await asyncio.sleep(0)  # let the task send its script before we decode on
             return task
@@ -85,7 +91,7 @@ class BatchApplier:
                     continue  # applied before (a re-delivery after a crash or a rebalance)
                 reason = None
                 try:
-                    envelope, event = decode(record.value or b"")
+                    envelope, event = admit(record)
                     applied = domain.to_ops(envelope, event, self.store.scoring)
                 except InvalidEvent as exc:
                     reason = exc.reason
@@ -93,6 +99,7 @@ class BatchApplier:
                     reason = f"apply_failed: {exc!r}"
                 if reason is None:
                     ops.append(applied)
+                    sources[applied.event_id] = record
                     EVENTS_CONSUMED.labels("projection", envelope.type).inc()
                 elif dead_letter:  # a rebuild meets poison again; it was dead-lettered live
                     # One bad record never stops the partition: it goes aside with its reason.
@@ -109,19 +116,26 @@ class BatchApplier:
         return rewind
 
     async def _apply_chunk(
-        self, version: int, ops: list[domain.Applied], positions: dict[str, int]
+        self,
+        version: int,
+        ops: list[domain.Applied],
+        positions: dict[str, int],
+        sources: dict[str, ConsumerRecord[Any, Any]],
+        dead_letter: bool,
     ) -> None:
         try:
             await retrying(lambda: self.apply(version, ops, positions))
         except ResponseError as exc:
-            # Ops come from validated events, so this is a bug; keep going without losing any.
+            # Not an outage (those are retried): Redis refused one of the events. Apply one by
+            # one so the others go in, and set the refused one aside with its reason.
             log.error("batch apply failed (%r); applying one by one", exc)
             for op in ops:
                 try:
                     await retrying(lambda op=op: self.apply(version, [op], {}))
                 except ResponseError as single:
-                    log.error("event %s failed: %r", op.event_id, single)
-                    DLQ_RECORDS.labels("projection", "apply", "handler_failed").inc()
+                    source = sources.get(op.event_id)
+                    if dead_letter and source is not None:
+                        await self.send_to_dlq(source, f"apply_failed: {single!r}"[:500])
             await retrying(lambda: self.apply(version, [], positions))
 
     async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:

@@ -1,0 +1,229 @@
+"""One bad record never stops a partition: every poison kind, in the projection and in every
+write-service consumer, goes to the DLQ with its reason while the good record behind it (same
+partition) is applied. The projection's digest then equals a clean rebuild from the log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.connection.main import create_app as connection_app
+from services.invitation.main import create_app as invitation_app
+from services.projection import queries
+from services.projection.main import create_app as projection_app
+from shared import events as ev
+from shared.events import Envelope
+from shared.topics import CONNECTIONS, INVITATIONS, TopicNames, dlq, pair_key
+from tests.helpers import (
+    ADMIN_TOKEN,
+    Infra,
+    auth,
+    publish_envelopes,
+    read_topic,
+    running_app,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("service_env")]
+
+Raw = tuple[bytes, bytes, list[tuple[str, bytes]]]  # key, value, headers
+
+
+def _raw(envelope: Envelope, **changes: object) -> bytes:
+    body = json.loads(envelope.to_bytes())
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+def poison_records(
+    good: Envelope, wrong_topic_event: ev.Event, self_pair: ev.Event, other_key_event: ev.Event
+) -> dict:
+    """Each poison kind as it would arrive on `good`'s topic and partition (its key), with
+    the reason the DLQ must give. `other_key_event` is of `good`'s topic with another key."""
+    key = good.key.encode()
+    other_key = Envelope.wrap(other_key_event, producer="x")
+    headers = [("type", good.type.encode())]
+    return {
+        "not_json": ((key, b"{not json", headers), "invalid"),
+        "unknown_type": ((key, _raw(good, type="MemberTeleported"), headers), "unknown_type"),
+        "future_version": ((key, _raw(good, schema_version=99), headers), "unsupported_version"),
+        "far_future": (
+            (key, _raw(good, occurred_at="2400-01-01T00:00:00Z"), headers),
+            "implausible_time",
+        ),
+        "far_past": (
+            (key, _raw(good, occurred_at="1900-01-01T00:00:00Z"), headers),
+            "implausible_time",
+        ),
+        "near_1mb": ((key, _raw(good, filler="x" * 900_000), headers), "too_large"),
+        "wrong_topic": (
+            (key, Envelope.wrap(wrong_topic_event, producer="x").to_bytes(), headers),
+            "wrong_topic",
+        ),
+        "key_mismatch": ((key, other_key.to_bytes(), headers), "key_mismatch"),
+        "domain": ((key, _self_pair_bytes(self_pair), headers), "invalid"),
+    }
+
+
+def _self_pair_bytes(event: ev.Event) -> bytes:
+    """A pair event naming one member twice: schema-valid fields, refused by the rules."""
+    envelope = json.loads(Envelope.wrap(event, producer="x").to_bytes())
+    for a, b in (("member_a", "member_b"), ("sender", "recipient")):
+        if a in envelope["payload"]:
+            envelope["payload"][b] = envelope["payload"][a]
+            envelope["key"] = pair_key(envelope["payload"][a], envelope["payload"][a])
+    return json.dumps(envelope).encode()
+
+
+async def publish_raw(bootstrap: str, topic: str, records: list[Raw]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2**20 + 2**16)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await (await producer.send(topic, value, key=key, headers=headers))
+    finally:
+        await producer.stop()
+
+
+async def _dead_letters(infra: Infra, topic: str, expect: int) -> dict[str, str]:
+    """DLQ records of `topic` by their first kind of reason."""
+    records = await read_topic(infra.kafka_bootstrap, dlq(topic), expect=expect, timeout=30)
+    return {
+        dict(r.headers)["dlq_reason"].decode(): dict(r.headers)["dlq_consumer"].decode()
+        for r in records
+    }
+
+
+def _assert_reasons(dead: dict[str, str], expected: dict[str, str]) -> None:
+    reasons = sorted(dead)
+    for kind, start in expected.items():
+        assert any(r.startswith(start) for r in reasons), (kind, start, reasons)
+    assert len(reasons) == len(expected), reasons
+
+
+async def test_the_projection_sets_each_poison_aside_and_applies_what_follows(
+    infra: Infra, namespace: str
+) -> None:
+    topics = TopicNames(namespace)
+    good = Envelope.wrap(ev.ConnectionAccepted(member_a="ann", member_b="bob"), producer="t")
+    poison = poison_records(
+        good,
+        wrong_topic_event=ev.MemberRegistered(member_id="ann", name="A", industry="X"),
+        self_pair=ev.ConnectionAccepted(member_a="ann", member_b="bob"),
+        other_key_event=ev.ConnectionAccepted(member_a="ann", member_b="cy"),
+    )
+    # The wrong-topic record is a members event arriving on the connections topic.
+    register = [
+        Envelope.wrap(ev.MemberRegistered(member_id=m, name=m, industry="Tech"), producer="t")
+        for m in ("ann", "bob")
+    ]
+    app = projection_app()
+    async with running_app(app) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, register)
+        await publish_raw(
+            infra.kafka_bootstrap,
+            topics(CONNECTIONS),
+            [record for record, _ in poison.values()]
+            + [(good.key.encode(), good.to_bytes(), [("type", b"ConnectionAccepted")])],
+        )
+        degree = await client.get(
+            "/members/ann/degree/bob",
+            params={"after": str(good.event_id), "wait_ms": 20000},
+            headers=auth("ann"),
+        )
+        dead = await _dead_letters(infra, topics(CONNECTIONS), expect=len(poison))
+        status = (await client.get("/projection/status", headers=auth())).json()
+        store = app.state.wired.store
+        live = await queries.status.digest(store)
+        rebuilt = await _rebuild(client, store)
+
+    assert degree.status_code == 200 and degree.json()["degree"] == 1
+    _assert_reasons(dead, {kind: start for kind, (_, start) in poison.items()})
+    assert set(dead.values()) == {"projection"}
+    assert status["dlq"] == {topics(CONNECTIONS): len(poison)}
+    assert rebuilt == live  # nothing lost, nothing double-counted
+
+
+async def _rebuild(client, store) -> str:  # type: ignore[no-untyped-def]
+    started = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
+    assert started.status_code == 202, started.text
+
+    async def done() -> bool:
+        status = (await client.get("/projection/status", headers=auth())).json()
+        return status["rebuild"]["state"] == "done"
+
+    await wait_until(done, timeout=30)
+    return await queries.status.digest(store, await store.version())
+
+
+async def test_the_connection_service_sets_each_poison_aside_and_connects_what_follows(
+    infra: Infra, namespace: str
+) -> None:
+    topics = TopicNames(namespace)
+    async with running_app(connection_app()) as conn:
+        for m in ("ann", "bob"):
+            registered = await conn.post(
+                "/members", json={"name": m, "industry": "Tech"}, headers=auth(m)
+            )
+            assert registered.status_code == 201
+        good = Envelope.wrap(
+            ev.InvitationAccepted(invitation_id="i1", sender="ann", recipient="bob"),
+            producer="invitation",
+        )
+        poison = poison_records(
+            good,
+            wrong_topic_event=ev.ConnectionAccepted(member_a="ann", member_b="bob"),
+            self_pair=ev.InvitationAccepted(invitation_id="i2", sender="ann", recipient="bob"),
+            other_key_event=ev.InvitationAccepted(invitation_id="i3", sender="ann", recipient="cy"),
+        )
+        await publish_raw(
+            infra.kafka_bootstrap,
+            topics(INVITATIONS),
+            [record for record, _ in poison.values()]
+            + [(good.key.encode(), good.to_bytes(), [("type", b"InvitationAccepted")])],
+        )
+        decided = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=1)
+        dead = await _dead_letters(infra, topics(INVITATIONS), expect=len(poison))
+
+    assert "ConnectionAccepted" in {dict(r.headers)["type"].decode() for r in decided}
+    _assert_reasons(dead, {kind: start for kind, (_, start) in poison.items()})
+    assert set(dead.values()) == {"connection.invitations"}
+
+
+async def test_the_invitation_service_sets_each_poison_aside_and_folds_what_follows(
+    infra: Infra, namespace: str
+) -> None:
+    topics = TopicNames(namespace)
+    async with running_app(connection_app()) as conn, running_app(invitation_app()) as inv:
+        for m in ("ann", "bob"):
+            registered = await conn.post(
+                "/members", json={"name": m, "industry": "Tech"}, headers=auth(m)
+            )
+            assert registered.status_code == 201
+        good = Envelope.wrap(ev.ConnectionAccepted(member_a="ann", member_b="bob"), producer="x")
+        poison = poison_records(
+            good,
+            wrong_topic_event=ev.MemberDeactivated(member_id="ann"),
+            self_pair=ev.ConnectionAccepted(member_a="ann", member_b="bob"),
+            other_key_event=ev.ConnectionAccepted(member_a="ann", member_b="cy"),
+        )
+        await publish_raw(
+            infra.kafka_bootstrap,
+            topics(CONNECTIONS),
+            [record for record, _ in poison.values()]
+            + [(good.key.encode(), good.to_bytes(), [("type", b"ConnectionAccepted")])],
+        )
+
+        async def connected() -> bool:
+            again = await inv.post("/invitations", json={"to": "bob"}, headers=auth("ann"))
+            return again.status_code == 409 and again.json()["error"]["code"] == (
+                "already_connected"
+            )
+
+        await wait_until(connected, timeout=20)
+        dead = await _dead_letters(infra, topics(CONNECTIONS), expect=len(poison))
+
+    _assert_reasons(dead, {kind: start for kind, (_, start) in poison.items()})
+    assert set(dead.values()) == {"invitation.decisions"}
