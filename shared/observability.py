@@ -51,6 +51,11 @@ VIEWER_CACHE = Counter(
 OUTBOX_BACKLOG = Gauge(
     "rapport_outbox_backlog", "Outbox entries not yet confirmed by the broker", ["service"]
 )
+LOOP_FAILURES = Counter(
+    "rapport_background_loop_failures_total",
+    "Unexpected errors of a background loop (each is logged, counted and the loop restarted)",
+    ["service", "loop"],
+)
 CONSUMER_LAG = Gauge(
     "rapport_consumer_lag", "Records behind the partition end", ["consumer", "topic", "partition"]
 )
@@ -94,6 +99,11 @@ def install_request_metrics(app: FastAPI, service: str) -> None:
 
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+class LoopFailing(RuntimeError):
+    """A background loop keeps failing (its name and last error are the message)."""
+
 READY_CHECK_TIMEOUT_S = 1.0
 
 
@@ -116,6 +126,8 @@ def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
                 await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_S)
             except TimeoutError:
                 return "Timeout"
+            except LoopFailing as exc:
+                return str(exc)
             except Exception as exc:  # any failure of a dependency means not ready
                 return type(exc).__name__
             return None
@@ -138,8 +150,39 @@ def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
     return router
 
 
+class RepeatFilter(logging.Filter):
+    """Logs a warning or error repeated within `window_s` once: an outage retried many times
+    a second writes one line per window, and the next line says how many were held back.
+    Repeats are told apart by logger, level and message template (not its arguments)."""
+
+    def __init__(self, window_s: float = 10.0, max_keys: int = 1000) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.max_keys = max_keys
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        first, held = self._seen.get(key, (-self.window_s, 0))
+        if now - first < self.window_s:
+            self._seen[key] = (first, held + 1)
+            return False
+        if len(self._seen) >= self.max_keys:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} [{held} more like this in the last {self.window_s:.0f}s]"
+        return True
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+            handler.addFilter(RepeatFilter())

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
@@ -32,7 +32,13 @@ from shared.consumer import (
 )
 from shared.errors import ERROR_RESPONSES, error_response, install_error_handlers
 from shared.kafka import make_broker
-from shared.observability import configure_logging, health_router, install_request_metrics
+from shared.observability import (
+    LOOP_FAILURES,
+    LoopFailing,
+    configure_logging,
+    health_router,
+    install_request_metrics,
+)
 from shared.outbox import OutboxRelay, RedisStateStore
 from shared.redis import BACKGROUND_SOCKET_TIMEOUT_S, connect
 from shared.settings import ServiceSettings
@@ -41,6 +47,36 @@ log = logging.getLogger("rapport.service")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
+
+
+@dataclass
+class LoopHealth:
+    """How a background loop is doing: consecutive unexpected failures, the last error."""
+
+    failures: int = 0
+    last_error: str = ""
+    last_failure_at: float = 0.0
+    # Failing: this many failures in a row, the last one within the window.
+    FAILING_AFTER: ClassVar[int] = 3
+    WINDOW_S: ClassVar[float] = 120.0
+
+    @property
+    def failing(self) -> bool:
+        recent = time.monotonic() - self.last_failure_at < self.WINDOW_S
+        return self.failures >= self.FAILING_AFTER and recent
+
+    def failed(self, exc: BaseException, service: str, name: str) -> float:
+        """Count a failure; the backoff before trying again (grows, capped at 30 s)."""
+        if time.monotonic() - self.last_failure_at > self.WINDOW_S:
+            self.failures = 0  # the last run went well for a while: a new streak
+        self.failures += 1
+        self.last_error = repr(exc)[:200]
+        self.last_failure_at = time.monotonic()
+        LOOP_FAILURES.labels(service, name).inc()
+        return float(min(0.5 * 2 ** (self.failures - 1), 30.0))
+
+    def succeeded(self) -> None:
+        self.failures = 0
 
 
 @dataclass
@@ -54,6 +90,8 @@ class Runtime:
     relay: OutboxRelay
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Background loops by name: their consecutive unexpected failures and the last error.
+    loops: dict[str, LoopHealth] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: ServiceSettings) -> Runtime:
@@ -98,25 +136,48 @@ class Runtime:
             )
 
     def spawn(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
-        self.tasks.append(asyncio.create_task(loop(), name=name))
+        """Run `loop` in the background, supervised: an unexpected error is logged, counted
+        and the loop restarted after a backoff; `/readyz` reports a loop that keeps failing."""
+        health = self.loops.setdefault(name, LoopHealth())
+
+        async def supervised() -> None:
+            while True:
+                try:
+                    await loop()
+                    return  # ended on purpose (a stop)
+                except Exception as exc:
+                    delay = health.failed(exc, self.settings.service, name)
+                    log.exception("%s stopped on %r; restarting in %.1fs", name, exc, delay)
+                    await asyncio.sleep(delay)  # backoff before the restart
+
+        self.tasks.append(asyncio.create_task(supervised(), name=name))
 
     def every(self, interval_s: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
         """Run `job` every `interval_s` in the background; an outage only delays it, and an
-        unexpected error is logged without ending the loop."""
+        unexpected error is logged and counted without ending the loop."""
+        health = self.loops.setdefault(name, LoopHealth())
 
         async def loop() -> None:
             while True:
                 try:
                     await job()
+                    health.succeeded()
                 except Exception as exc:
                     if transient(exc):
                         log.warning("%s: %r", name, exc)
                     else:
+                        health.failed(exc, self.settings.service, name)
                         log.exception("%s failed; running again in %.1fs", name, interval_s)
                 # Periodic by nature: there is no event to wait on for "time passed".
                 await asyncio.sleep(interval_s)
 
         self.spawn(loop, name)
+
+    async def check_loops(self) -> None:
+        """Readiness: no background loop failing again and again."""
+        failing = [f"{n}: {h.last_error}" for n, h in self.loops.items() if h.failing]
+        if failing:
+            raise LoopFailing("; ".join(failing))
 
     async def start(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -201,7 +262,12 @@ def create_service_app(
     async def check_broker() -> None:
         await app.state.runtime.check_broker()
 
-    app.include_router(health_router({"redis": check_redis, "kafka": check_broker}))
+    async def check_loops() -> None:
+        await app.state.runtime.check_loops()
+
+    app.include_router(
+        health_router({"redis": check_redis, "kafka": check_broker, "loops": check_loops})
+    )
     for router in routers:
         app.include_router(router)
     return app

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from rapport.localstack import free_port
 from shared.auth import ActingMember
-from shared.service import create_service_app
+from shared.outbox import OutboxRelay
+from shared.service import Runtime, create_service_app
 from shared.settings import ConnectionSettings
-from tests.helpers import auth, running_app
+from tests.helpers import auth, running_app, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +109,52 @@ async def test_readiness_fails_with_retry_after_when_redis_is_gone() -> None:
     assert ready.status_code == 503
     assert ready.json()["failed"] == {"redis": "ConnectionError"}
     assert ready.headers["retry-after"] == "2"
+
+
+@pytest.mark.usefixtures("service_env")
+async def test_a_background_loop_that_dies_is_restarted_and_readyz_reports_one_that_keeps_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = {"job": 0}
+    dying = asyncio.Event()
+
+    async def flaky_job() -> None:
+        runs["job"] += 1
+        raise RuntimeError("job broke")
+
+    def wire(runtime: Runtime) -> None:
+        runtime.every(0.01, flaky_job, "flaky-job")
+
+    app = create_service_app(
+        ConnectionSettings(), title="kit", description="kit", routers=[router], wire=wire
+    )
+    # The relay dies once on an unexpected error; the supervisor restarts it.
+    original = OutboxRelay.relay_once
+    calls = {"n": 0}
+
+    async def relay_once_dying_first(self: OutboxRelay) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            dying.set()
+            raise RuntimeError("relay broke")
+        return await original(self)
+
+    monkeypatch.setattr(OutboxRelay, "relay_once", relay_once_dying_first)
+    async with running_app(app) as client:
+        await wait_until(lambda: _ready_says(client, "flaky-job: RuntimeError('job broke')"))
+        await asyncio.wait_for(dying.wait(), timeout=5)
+        await wait_until(lambda: _relay_ran_again(calls))
+        metrics = (await client.get("/metrics")).text
+    assert 'rapport_background_loop_failures_total{loop="flaky-job",service="connection"}' in (
+        metrics
+    )
+    assert 'loop="connection-outbox-relay"' in metrics
+
+
+async def _ready_says(client: httpx.AsyncClient, text: str) -> bool:
+    ready = await client.get("/readyz")
+    return ready.status_code == 503 and text in ready.json()["failed"].get("loops", "")
+
+
+async def _relay_ran_again(calls: dict[str, int]) -> bool:
+    return calls["n"] >= 2
