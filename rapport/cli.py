@@ -27,6 +27,7 @@ from rapport.demo import (
     build_network,
     wait_for_projection,
 )
+from rapport.dlq import DeadLetters
 from rapport.localstack import EMBEDDED_BROKER_TUNING, StackError, embedded_infra, pick_port
 from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
 from shared.events import InvalidEvent, decode
@@ -324,9 +325,73 @@ def projection_rebuild(
     console.print(f"rebuilt into version {version}; readers switched.")
 
 
-# --- quick manual use ------------------------------------------------------------------------
+# --- dead letters ---------------------------------------------------------------------------
 
 StateDir = Annotated[Path, typer.Option(help="Where `rapport run` keeps the token and stack")]
+
+dlq_app = typer.Typer(help="Dead-letter topics: list, show, replay.")
+app.add_typer(dlq_app, name="dlq")
+DlqTopic = Annotated[str, typer.Argument(help="A catalog topic, e.g. rapport.engagements")]
+
+
+def _dead_letters(state_dir: Path) -> DeadLetters:
+    return DeadLetters(bootstrap_servers(state_dir), os.environ.get("RAPPORT_NAMESPACE", ""))
+
+
+@dlq_app.command("list")
+def dlq_list(state_dir: StateDir = STATE_DIR) -> None:
+    """Records in each topic's DLQ, and how many were replayed already."""
+    counts = asyncio.run(_dead_letters(state_dir).counts())
+    table = Table(title="dead letters")
+    for column in ("topic", "records", "replayed"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for c in counts:
+        table.add_row(c.topic, str(c.records), str(c.replayed))
+    console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    topic: DlqTopic,
+    limit: Annotated[int, typer.Option(help="At most this many records")] = 50,
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """The DLQ's records: type, reason, which consumer, where they came from."""
+    try:
+        records = asyncio.run(_dead_letters(state_dir).show(topic, limit))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    table = Table(title=f"{topic}.dlq")
+    for column in ("offset", "type", "reason", "consumer", "from", "event id"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(str(r.offset), r.type, r.reason, r.consumer, r.source, r.event_id)
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    topic: DlqTopic,
+    reason: Annotated[
+        str | None, typer.Option(help="Only records whose reason starts with this")
+    ] = None,
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Put the DLQ's records not replayed yet back on their topic (each applied once)."""
+    try:
+        replayed, skipped = asyncio.run(
+            _dead_letters(state_dir).replay(topic, reason_prefix=reason)
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"replayed {replayed} record(s) to {topic}" + (f"; skipped {skipped}" if skipped else "")
+    )
+
+
+# --- quick manual use ------------------------------------------------------------------------
 
 
 @app.command()

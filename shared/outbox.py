@@ -125,7 +125,9 @@ class OutboxRelay:
     service: str
     batch_size: int = 500
     lease_ms: int = 5000
-    idle_block_ms: int = 1000
+    # Under the request client's socket timeout (shared.redis.SOCKET_TIMEOUT_S), so an idle
+    # wait is never taken for an outage.
+    idle_block_ms: int = 500
     retry_backoff_s: float = 0.5
     # Test hook: runs after the broker confirmed a batch and before the entries are deleted.
     after_publish: Callable[[list[str]], Awaitable[None]] | None = None

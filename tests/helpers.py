@@ -119,3 +119,34 @@ async def publish_envelopes(bootstrap: str, namespace: str, envelopes: list[Any]
     from shared.topics import TopicNames
 
     await publish(bootstrap, envelopes, TopicNames(namespace))
+
+
+async def rebuild_digest(client: httpx.AsyncClient, store: Any) -> str:
+    """Rebuild the projection behind `client` from the log (admin token) and return the new
+    version's digest: what a clean replay makes of the topics."""
+    from services.projection import queries
+
+    started = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
+    assert started.status_code == 202, started.text
+
+    async def done() -> bool:
+        status = (await client.get("/projection/status", headers=auth())).json()
+        return bool(status["rebuild"]["state"] == "done")
+
+    await wait_until(done, timeout=30)
+    return str(await queries.status.digest(store, await store.version()))
+
+
+async def publish_raw(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Publish records as they are (key, value, headers): poison, or what an old producer sent."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2**20 + 2**16)
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await (await producer.send(topic, value, key=key, headers=headers))
+    finally:
+        await producer.stop()

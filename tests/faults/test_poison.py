@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from services.connection.main import create_app as connection_app
 from services.invitation.main import create_app as invitation_app
@@ -17,11 +16,12 @@ from shared import events as ev
 from shared.events import Envelope
 from shared.topics import CONNECTIONS, INVITATIONS, TopicNames, dlq, pair_key
 from tests.helpers import (
-    ADMIN_TOKEN,
     Infra,
     auth,
     publish_envelopes,
+    publish_raw,
     read_topic,
+    rebuild_digest,
     running_app,
     wait_until,
 )
@@ -77,16 +77,6 @@ def _self_pair_bytes(event: ev.Event) -> bytes:
     return json.dumps(envelope).encode()
 
 
-async def publish_raw(bootstrap: str, topic: str, records: list[Raw]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=2**20 + 2**16)
-    await producer.start()
-    try:
-        for key, value, headers in records:
-            await (await producer.send(topic, value, key=key, headers=headers))
-    finally:
-        await producer.stop()
-
-
 async def _dead_letters(infra: Infra, topic: str, expect: int) -> dict[str, str]:
     """DLQ records of `topic` by their first kind of reason."""
     records = await read_topic(infra.kafka_bootstrap, dlq(topic), expect=expect, timeout=30)
@@ -137,25 +127,13 @@ async def test_the_projection_sets_each_poison_aside_and_applies_what_follows(
         status = (await client.get("/projection/status", headers=auth())).json()
         store = app.state.wired.store
         live = await queries.status.digest(store)
-        rebuilt = await _rebuild(client, store)
+        rebuilt = await rebuild_digest(client, store)
 
     assert degree.status_code == 200 and degree.json()["degree"] == 1
     _assert_reasons(dead, {kind: start for kind, (_, start) in poison.items()})
     assert set(dead.values()) == {"projection"}
     assert status["dlq"] == {topics(CONNECTIONS): len(poison)}
     assert rebuilt == live  # nothing lost, nothing double-counted
-
-
-async def _rebuild(client, store) -> str:  # type: ignore[no-untyped-def]
-    started = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
-    assert started.status_code == 202, started.text
-
-    async def done() -> bool:
-        status = (await client.get("/projection/status", headers=auth())).json()
-        return status["rebuild"]["state"] == "done"
-
-    await wait_until(done, timeout=30)
-    return await queries.status.digest(store, await store.version())
 
 
 async def test_the_connection_service_sets_each_poison_aside_and_connects_what_follows(
