@@ -16,6 +16,9 @@ from shared.scoring import ScoringModel
 from shared.service import Runtime, create_service_app
 from shared.settings import ProjectionSettings
 
+# How often every replica looks for a rebuild whose process stopped.
+REAP_EVERY_S = 10.0
+
 
 def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
     settings = settings or ProjectionSettings()
@@ -35,6 +38,7 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
             "projection-suggestions-refresh",
         )
         rebuilder = Rebuilder(background, applier, ends)
+        runtime.every(REAP_EVERY_S, rebuilder.reap, "projection-rebuild-reaper")
         return Projection(store, applier, rebuilder, ends, Throughput())
 
     return create_service_app(

@@ -26,6 +26,8 @@ log = logging.getLogger("rapport.projection")
 # A rebuild renews its lock every batch; a replica that died frees it after this long.
 LOCK_LEASE_MS = 30_000
 START_TIMEOUT_S = 1.5
+# Longer than any query takes (its Redis calls time out after a second or so).
+DROP_GRACE_S = 5.0
 
 
 class RebuildRunning(Exception):
@@ -197,6 +199,10 @@ class Rebuilder:
                 mapping={"state": "done", "finished_at": datetime.now(UTC).isoformat()},
             )
             log.info("projection rebuilt into version %d; readers flipped", version)
+            await self._release(keys=[self.store.rebuild_lock_key], args=[self._owner])
+            # A query that read the old version number just before the flip may still be
+            # reading it: drop the old keys once such queries are done.
+            await asyncio.sleep(DROP_GRACE_S)
             await self._drop(previous)
         except RebuildLost:
             log.warning("rebuild v%d lost its lock to another rebuild; abandoned", version)
@@ -211,6 +217,28 @@ class Rebuilder:
             await consumer.stop()
             with contextlib.suppress(Exception):  # else the lease frees it
                 await self._release(keys=[self.store.rebuild_lock_key], args=[self._owner])
+
+    async def reap(self) -> None:
+        """A rebuild whose process stopped (its lock lapsed) is abandoned and reported, and
+        its partial version dropped; start it again. Run periodically by every replica."""
+        redis = self.store.redis
+        state = await redis.hgetall(self.store.rebuild_key)
+        if state.get("state") != "running" or await redis.exists(self.store.rebuild_lock_key):
+            return
+        if self._task is not None and not self._task.done():
+            return  # ours, between two renewals
+        version = int(state.get("version", 0))
+        log.warning("rebuild v%d was abandoned (its process stopped); dropping it", version)
+        await redis.hset(
+            self.store.rebuild_key,
+            mapping={
+                "state": "abandoned",
+                "error": "the process running it stopped; start the rebuild again",
+                "finished_at": datetime.now(UTC).isoformat(),
+            },
+        )
+        if version and version != await self.store.version():
+            await self._drop(version)
 
     async def _drop(self, version: int) -> None:
         redis, prefix = self.store.redis, self.store.keyspace(version).prefix

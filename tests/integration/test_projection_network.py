@@ -17,6 +17,7 @@ fay-ivy bob-kim cat-jon fay-lee.
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import httpx
@@ -378,3 +379,70 @@ async def test_a_member_looking_up_too_many_members_gets_429_counted_and_shown(
     refused = sum(r.status_code == 429 for r in calls)
     assert shown["quota_refused"] == {"badges": refused, "network": 1}
     assert 'rapport_read_quota_refused_total{endpoint="badges"}' in metrics
+
+
+async def test_every_read_during_a_rebuild_is_right_through_the_flip_and_the_drop(
+    infra: Infra, namespace: str
+) -> None:
+    events = network_events()
+    app = create_app()
+    async with running_app(app) as client:
+        store = app.state.wired.store
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await wait_until(lambda: _applied(client, len(events)), timeout=20)
+        expected_connections = await _all_pages(client, "/members/ann/connections", "ann")
+        old = await store.version()
+        answers: list[tuple[int | None, list]] = []
+        stop = asyncio.Event()
+
+        async def reader() -> None:
+            while not stop.is_set():
+                degree = await get(client, "/members/ann/degree/dan")
+                page = await get(client, "/members/ann/connections", "ann", limit=50)
+                answers.append((degree["degree"], page["items"]))
+
+        reading = asyncio.create_task(reader())
+        started = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
+        await wait_until(lambda: _rebuild_done(client), timeout=30)
+        # Keep reading until the old version's keys are gone too.
+        await wait_until(lambda: _version_dropped(store, old), timeout=30)
+        stop.set()
+        await reading
+
+    assert started.status_code == 202
+    assert len(answers) > 10
+    wrong = [a for a in answers if a != (2, expected_connections)]
+    assert not wrong, wrong[:3]
+
+
+async def _version_dropped(store, version: int) -> bool:  # type: ignore[no-untyped-def]
+    prefix = store.keyspace(version).prefix
+    async for _ in store.redis.scan_iter(match=prefix + "*", count=1000):
+        return False
+    return True
+
+
+async def test_a_rebuild_whose_process_stopped_is_reported_abandoned_and_dropped(
+    infra: Infra, namespace: str
+) -> None:
+    app = create_app()
+    async with running_app(app) as client:
+        store = app.state.wired.store
+        rebuilder = app.state.wired.rebuilder
+        # What a replica that died mid-rebuild leaves behind: state running, no lock holder
+        # (its lease lapsed), a partial version.
+        version = await store.version() + 7
+        await store.redis.hset(
+            store.rebuild_key, mapping={"state": "running", "version": version, "applied": 3}
+        )
+        await store.redis.set(store.keyspace(version).prefix + "stats{g}", "partial")
+        await rebuilder.reap()
+        status = (await client.get("/projection/status", headers=auth())).json()
+        dropped = await _version_dropped(store, version)
+        again = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
+        await wait_until(lambda: _rebuild_done(client), timeout=30)
+
+    assert status["rebuild"]["state"] == "abandoned"
+    assert "start the rebuild again" in status["rebuild"]["error"]
+    assert dropped
+    assert again.status_code == 202
