@@ -51,6 +51,16 @@ VIEWER_CACHE = Counter(
 OUTBOX_BACKLOG = Gauge(
     "rapport_outbox_backlog", "Outbox entries not yet confirmed by the broker", ["service"]
 )
+OFFSETS_SKIPPED = Counter(
+    "rapport_projection_offsets_skipped_total",
+    "Offsets the projection found missing from the log (retention, markers, compaction)",
+    ["topic"],
+)
+LOG_RESETS = Counter(
+    "rapport_projection_log_resets_total",
+    "Partitions found ending before the stored position: the log was lost and began again",
+    ["topic"],
+)
 LOOP_FAILURES = Counter(
     "rapport_background_loop_failures_total",
     "Unexpected errors of a background loop (each is logged, counted and the loop restarted)",

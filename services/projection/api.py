@@ -204,6 +204,14 @@ class ProjectionStatus(BaseModel):
     events_applied: int
     last_event_time: str | None = None
     positions: dict[str, int]
+    gaps: dict[str, int] = Field(
+        description="Offsets found missing from the log per partition (retention moved its "
+        "start, transaction markers, compaction): skipped, not waited for"
+    )
+    log_resets: dict[str, int] = Field(
+        description="Partitions found ending before their stored position (the broker lost "
+        "its log and began again); their records were applied as new events"
+    )
     dlq: dict[str, int]
     rebuild: dict[str, Any]
     lag: dict[str, int]

@@ -24,7 +24,7 @@ from services.projection import domain
 from services.projection.store import Keyspace, ReadModelStore
 from shared.consumer import DeadLetter, DeadLetterSink, admit, dead_letter, retry_transient
 from shared.events import InvalidEvent
-from shared.observability import EVENTS_CONSUMED
+from shared.observability import EVENTS_CONSUMED, LOG_RESETS, OFFSETS_SKIPPED
 
 log = logging.getLogger("rapport.projection")
 
@@ -45,15 +45,31 @@ class BatchApplier:
         self._industry_script = store.script("industry")
         self._marks_script = store.script("marks")
         self._seen_script = store.script("seen")
+        # Partitions this consumer rewound, and where to: if the records resume past that
+        # offset again, the ones in between do not exist (a gap), not a lost position.
+        self._rewound: dict[TopicPartition, int] = {}
 
     async def process(
         self,
         records: Sequence[ConsumerRecord[Any, Any]],
         version: int | None = None,
         dead_letter: bool = True,
+        contiguous: bool = False,
+        highwaters: dict[TopicPartition, int] | None = None,
     ) -> dict[TopicPartition, int]:
         """Apply what is new in `records` to `version` (default: the current one); returns
-        the partitions to rewind, with the offset to rewind to."""
+        the partitions to rewind, with the offset to rewind to.
+
+        Records that start past a partition's stored position mean the consumer ran ahead of
+        the read model (a flip, a committed offset ahead): rewind there, once. If they start
+        past it again, or the reader is `contiguous` (a rebuild reading from the log start),
+        the offsets in between do not exist (retention moved the log start, a transaction
+        marker, compaction): the gap is counted and reported, and the partition goes on.
+
+        A partition whose end (`highwaters`, from the fetch) lies before its stored position
+        is a log that was lost and began again (a broker that kept nothing): its records are
+        new events, so they are applied (still deduplicated by event id) from where the new
+        log is, and the reset is reported loudly, never skipped as "applied before"."""
         if version is None:
             version = await retrying(self.store.version)
         stored = await retrying(lambda: self.store.positions(version))
@@ -83,9 +99,17 @@ class BatchApplier:
 
         for tp, recs in by_partition.items():
             expected = stored.get(f"{tp.topic}:{tp.partition}", 0)
+            highwater = (highwaters or {}).get(tp)
+            if highwater is not None and highwater < expected:
+                await self.note_reset(version, tp, expected, highwater)
+                expected = recs[0].offset
             if recs[0].offset > expected:
-                rewind[tp] = expected
-                continue
+                if not contiguous and self._rewound.get(tp) != expected:
+                    self._rewound[tp] = expected
+                    rewind[tp] = expected
+                    continue
+                await self.note_gap(version, tp, expected, recs[0].offset)
+            self._rewound.pop(tp, None)
             for record in recs:
                 if record.offset < expected:
                     continue  # applied before (a re-delivery after a crash or a rebalance)
@@ -137,6 +161,37 @@ class BatchApplier:
                     if dead_letter and source is not None:
                         await self.send_to_dlq(source, f"apply_failed: {single!r}"[:500])
             await retrying(lambda: self.apply(version, [], positions))
+
+    async def note_gap(self, version: int, tp: TopicPartition, expected: int, found: int) -> None:
+        missing = found - expected
+        log.warning(
+            "%s[%d]: offsets %d..%d do not exist (log start moved, a marker or compaction); "
+            "going on from %d",
+            tp.topic,
+            tp.partition,
+            expected,
+            found - 1,
+            found,
+        )
+        OFFSETS_SKIPPED.labels(tp.topic).inc(missing)
+        gaps = self.store.keyspace(version).gaps
+        await retrying(
+            lambda: self.store.redis.hincrby(gaps, f"{tp.topic}:{tp.partition}", missing)
+        )
+
+    async def note_reset(self, version: int, tp: TopicPartition, position: int, end: int) -> None:
+        log.error(
+            "%s[%d] ends at %d, before the stored position %d: the log was lost and began "
+            "again (a broker that kept nothing?). Applying its records as new; events the old "
+            "log held and this projection had not applied are gone with it.",
+            tp.topic,
+            tp.partition,
+            end,
+            position,
+        )
+        LOG_RESETS.labels(tp.topic).inc()
+        resets = self.store.keyspace(version).resets
+        await retrying(lambda: self.store.redis.hincrby(resets, f"{tp.topic}:{tp.partition}", 1))
 
     async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
         letter = DeadLetter.of(record)

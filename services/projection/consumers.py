@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka import TopicPartition
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 
@@ -22,8 +23,15 @@ from shared.topics import ALL_TOPICS
 def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSettings) -> None:
     async def apply_events_to_read_model(msg: KafkaMessage) -> None:
         records = records_of(msg)
-        rewind = await applier.process(records)
         consumer: Any = msg.consumer
+        # Each partition's end as this fetch saw it (exact), to tell a lost log from a
+        # re-delivery.
+        highwaters = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if (end := consumer.highwater(tp)) is not None:
+                highwaters[tp] = end
+        rewind = await applier.process(records, highwaters=highwaters)
         for tp, offset in rewind.items():
             consumer.seek(tp, offset)
         if not rewind:

@@ -168,6 +168,11 @@ class Rebuilder:
                     if highwater is not None and key in ends:
                         ends[key] = max(ends[key], highwater)
                 done = await self.store.positions(version)
+                # Read past by this consumer counts as done too: offsets at the end that hold
+                # no record (a transaction marker) never become a stored position.
+                for tp in partitions:
+                    key = f"{tp.topic}:{tp.partition}"
+                    done[key] = max(done.get(key, 0), await consumer.position(tp))
                 behind = {tp: end - done.get(tp, 0) for tp, end in ends.items()}
                 await redis.hset(
                     self.store.rebuild_key,
@@ -182,7 +187,9 @@ class Rebuilder:
                 )
                 records = [r for recs in batch.values() for r in recs]
                 if records:
-                    await self.applier.process(records, version=version, dead_letter=False)
+                    await self.applier.process(
+                        records, version=version, dead_letter=False, contiguous=True
+                    )
             previous = await self.store.version()
             keys = [self.store.current_key, self.store.rebuild_lock_key]
             flipped = await self._flip(keys=keys, args=[version, self._owner])

@@ -75,6 +75,16 @@ class Keyspace:
         return f"{self.prefix}members{{g}}"
 
     @property
+    def gaps(self) -> str:
+        """Offsets found missing per partition (`topic:partition` -> how many)."""
+        return f"{self.prefix}gaps{{g}}"
+
+    @property
+    def resets(self) -> str:
+        """Times a partition's log was found to have begun again (`topic:partition` -> n)."""
+        return f"{self.prefix}resets{{g}}"
+
+    @property
     def viewer_cache_stats(self) -> str:
         return f"{self.prefix}n2stats{{g}}"
 

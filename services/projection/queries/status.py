@@ -73,6 +73,12 @@ async def status(rm: ReadModelStore) -> dict[str, Any]:
         "events_applied": int(stats.get("applied", 0)),
         "last_event_time": last.isoformat() if last else None,
         "positions": await rm.positions(version),
+        "gaps": {
+            k: int(v) for k, v in (await rm.redis.hgetall(rm.keyspace(version).gaps)).items()
+        },
+        "log_resets": {
+            k: int(v) for k, v in (await rm.redis.hgetall(rm.keyspace(version).resets)).items()
+        },
         "dlq": {k: int(v) for k, v in dlq.items()},
         "rebuild": rebuild or {"state": "idle"},
     }
@@ -89,6 +95,8 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
             "settled{g}",
             "clock{g}",
             "pos{g}",
+            "gaps{g}",
+            "resets{g}",
             "stats{g}",
             "n2lru{g}",
             "n2stats{g}",
