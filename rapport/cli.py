@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,14 @@ from rapport.demo import (
     wait_for_projection,
 )
 from rapport.dlq import DeadLetters
-from rapport.localstack import EMBEDDED_BROKER_TUNING, StackError, embedded_infra, pick_port
+from rapport.localstack import (
+    EMBEDDED_BROKER_TUNING,
+    ChildProcess,
+    Infra,
+    StackError,
+    embedded_infra,
+    pick_port,
+)
 from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
 from shared.events import InvalidEvent, decode
 from shared.topics import TopicNames
@@ -96,7 +104,10 @@ def run(
     ops_token, admin_token = role_token(state_dir, "ops"), role_token(state_dir, "admin")
     try:
         with embedded_infra(
-            state_dir, kafka_port=pick_port(kafka_port), redis_port=pick_port(redis_port)
+            state_dir,
+            kafka_port=pick_port(kafka_port),
+            redis_port=pick_port(redis_port),
+            archive=True,
         ) as infra:
             env = {
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
@@ -106,13 +117,16 @@ def run(
                 "RAPPORT_ADMIN_TOKENS": os.environ.get("RAPPORT_ADMIN_TOKENS") or admin_token,
                 **EMBEDDED_BROKER_TUNING,
             }
+            if infra.archived:
+                env["RAPPORT_LOG_ARCHIVE"] = "1"
             services = [
                 ServiceProcess(
                     name, _service_port(name), env, state_dir / "logs", workers=_workers(name)
                 )
                 for name in SERVICES
             ]
-            supervisor = Supervisor(services)
+            helpers = [archiver(infra, state_dir / "logs")] if infra.archived else []
+            supervisor = Supervisor(services, helpers=helpers, infra=infra)
             # Explicit handlers: a shell starting us in the background ignores SIGINT otherwise.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: supervisor.request_stop())
@@ -139,6 +153,12 @@ def run(
         console.print(f"[red]rapport run failed:[/red] {exc}")
         raise typer.Exit(1) from exc
     console.print("stopped.")
+
+
+def archiver(infra: Infra, log_dir: Path) -> ChildProcess:
+    """The process copying the log into Redis (rapport.archive), as a supervised helper."""
+    argv = [sys.executable, "-m", "rapport.archive", infra.kafka_bootstrap, infra.redis_url]
+    return ChildProcess("archiver", argv, log_dir / "archiver.log")
 
 
 def _print_ready(

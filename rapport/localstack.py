@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.asyncio import Redis
 
+from rapport.archive import restore
+from shared.archive import LogArchive
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.topics import TopicNames
 
@@ -283,6 +286,21 @@ class Infra:
     redis_url: str
     kafka: EmbeddedKafka | None = None
     redis: EmbeddedRedis | None = None
+    archived: bool = False  # the log is copied to Redis and restored into a new broker
+
+    def broker_died(self) -> bool:
+        return self.kafka is not None and not self.kafka.child.alive()
+
+    def recover_broker(self) -> int:
+        """Start the embedded broker again (empty) and refill it from the archive; relays hold
+        back from before it starts until it is refilled. Returns the records restored."""
+        assert self.kafka is not None
+        if not self.archived:
+            self.kafka.start()
+            return 0
+        asyncio.run(_hold_relays(self.redis_url))
+        self.kafka.start()
+        return asyncio.run(restore(self.kafka_bootstrap, self.redis_url))
 
     def stop(self) -> None:
         for part in (self.kafka, self.redis):
@@ -298,23 +316,29 @@ def embedded_infra(
     redis_port: int | None = None,
     namespace: str = "",
     use_env: bool = True,
+    archive: bool = False,
 ) -> Iterator[Infra]:
-    """Start what is missing (honouring KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), create topics."""
+    """Start what is missing (honouring KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), create topics.
+
+    With `archive` and both embedded, the log is kept across restarts: Redis keeps its data
+    (AOF) with the log's copy in it (shared.archive), and the new, empty broker is refilled
+    from that copy before anything else starts."""
     external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") if use_env else None
     external_redis = os.environ.get("REDIS_URL") if use_env else None
     infra = Infra(external_kafka or "", external_redis or "")
+    infra.archived = archive and not external_kafka and not external_redis
     try:
         if not external_redis:
             redis_dir = state_dir / "redis"
-            if not external_kafka and redis_dir.exists():
-                # The embedded broker starts empty every time; Redis kept from an earlier run
-                # would hold read-model positions past the new topics' ends (new events would
-                # be taken as applied) and write-side state without its events.
-                log.info("embedded broker starts empty: clearing %s to match", redis_dir)
-                shutil.rmtree(redis_dir)
             infra.redis = EmbeddedRedis(redis_port or free_port(), redis_dir)
             infra.redis.start()
             infra.redis_url = infra.redis.url
+            if not external_kafka and not asyncio.run(_archive_matches(infra)):
+                # The embedded broker starts empty, and nothing can refill it: Redis kept
+                # from an earlier run would hold read-model positions past the new topics'
+                # ends and write-side state without its events.
+                log.info("embedded broker starts empty and no log copy: clearing Redis")
+                asyncio.run(_flush(infra.redis_url))
         if not external_kafka:
             infra.kafka = EmbeddedKafka(kafka_port or free_port(), state_dir)
             infra.kafka.start()
@@ -322,6 +346,36 @@ def embedded_infra(
         else:
             asyncio.run(wait_for_broker(infra.kafka_bootstrap))
         asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
+        if infra.archived:
+            restored = asyncio.run(restore(infra.kafka_bootstrap, infra.redis_url, namespace))
+            log.info("log restored from its copy: %d record(s)", restored)
         yield infra
     finally:
         infra.stop()
+
+
+async def _archive_matches(infra: Infra) -> bool:
+    """Redis may be kept: it is empty, or it holds the log's copy and this stack archives."""
+    redis = Redis.from_url(infra.redis_url)
+    try:
+        if not await redis.dbsize():
+            return True
+        return infra.archived and bool(await LogArchive(redis).partitions())
+    finally:
+        await redis.aclose()
+
+
+async def _flush(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.flushall()
+    finally:
+        await redis.aclose()
+
+
+async def _hold_relays(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        await redis.set(LogArchive(redis).restoring_key, "1")
+    finally:
+        await redis.aclose()

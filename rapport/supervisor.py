@@ -1,4 +1,5 @@
-"""Runs the four services as child processes: waits for readiness, restarts any that crash."""
+"""Runs the four services as child processes: waits for readiness, restarts any that crash;
+also the local stack's helpers (the log archiver) and its embedded broker."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from rapport.localstack import ChildProcess, StackError
+from rapport.localstack import ChildProcess, Infra, StackError
 from shared.settings import SETTINGS_BY_SERVICE
 
 log = logging.getLogger("rapport.supervisor")
@@ -71,9 +72,15 @@ class ServiceProcess:
 class Supervisor:
     services: list[ServiceProcess]
     restart_backoff_s: float = 1.0
+    # Helper processes without an HTTP face (the log archiver): restarted when they die.
+    helpers: list[ChildProcess] = field(default_factory=list)
+    # Called on every watch tick: the embedded broker's own watch (restart and refill).
+    infra: Infra | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start_all(self, timeout_s: float = 60.0) -> None:
+        for helper in self.helpers:
+            helper.start()
         for svc in self.services:
             svc.start()
         deadline = time.monotonic() + timeout_s
@@ -92,8 +99,17 @@ class Supervisor:
             self._stop.wait(0.2)
 
     def watch(self) -> None:
-        """Block until stopped, restarting any service whose process died."""
+        """Block until stopped, restarting any service, helper or the embedded broker whose
+        process died (the broker refilled from the log's copy before anything publishes)."""
         while not self._stop.wait(0.5):
+            if self.infra is not None and self.infra.broker_died():
+                log.warning("the embedded broker exited; restarting it and refilling its log")
+                restored = self.infra.recover_broker()
+                log.warning("broker back: %d record(s) restored", restored)
+            for helper in self.helpers:
+                if not self._stop.is_set() and not helper.alive():
+                    log.warning("%s exited; restarting", helper.name)
+                    helper.start()
             for svc in self.services:
                 if self._stop.is_set():
                     return
@@ -119,3 +135,5 @@ class Supervisor:
         for svc in self.services:
             if svc.child is not None:
                 svc.child.stop(timeout=15)
+        for helper in self.helpers:
+            helper.stop(timeout=15)

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import scripts
+from shared.archive import ArchivedRecord, LogArchive
 from shared.commands import AggregateWrite, CommitResult, FollowKey, IndexOp, Loaded, Snapshot
 from shared.events import Envelope
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
@@ -131,6 +132,9 @@ class OutboxRelay:
     retry_backoff_s: float = 0.5
     # Test hook: runs after the broker confirmed a batch and before the entries are deleted.
     after_publish: Callable[[list[str]], Awaitable[None]] | None = None
+    # The local stack's copy of the log (shared.archive): what the broker confirmed is copied
+    # there before it leaves the outbox, and nothing is published while it is restored.
+    archive: LogArchive | None = None
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
@@ -169,6 +173,8 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish up to one batch; returns how many entries were confirmed and removed."""
+        if self.archive is not None and await self.archive.restoring():
+            return 0  # the broker is being refilled: new events would take old offsets
         entries = await self.redis.xrange(self.stream_key, min="-", max="+", count=self.batch_size)
         entries = entries or []
         if len(entries) < self.batch_size:  # the whole backlog: no XLEN needed
@@ -190,8 +196,13 @@ class OutboxRelay:
                     no_confirm=True,
                 )
             )
-        await asyncio.gather(*futures)
+        confirmed = await asyncio.gather(*futures)
         ids = [_s(entry_id) for entry_id, _ in entries]
+        if self.archive is not None:
+            await self.archive.keep(
+                _archived(meta, fields)
+                for meta, (_, fields) in zip(confirmed, entries, strict=True)
+            )
         if self.after_publish is not None:
             await self.after_publish(ids)
         await self.redis.xdel(self.stream_key, *ids)
@@ -214,6 +225,15 @@ class OutboxRelay:
 
 def _loaded(version: Any, state: Any) -> Loaded:
     return Loaded(int(version) if version else 0, json.loads(state) if state else None)
+
+
+def _archived(meta: Any, fields: Any) -> ArchivedRecord:
+    """An outbox entry as the broker confirmed it (topic, partition, offset), for the archive."""
+    f = {_s(k): v for k, v in (fields or {}).items()}
+    headers = [("type", _b(f["type"])), ("event_id", _b(f["event_id"]))]
+    return ArchivedRecord(
+        meta.topic, meta.partition, meta.offset, _b(f["key"]), _b(f["value"]), headers
+    )
 
 
 def _s(value: Any) -> str:

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.archive import LogArchive
 from shared.consumer import (
     EventConsumer,
     Subscription,
@@ -99,7 +100,8 @@ class Runtime:
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
         stream = settings.key(settings.service, "outbox")
         state = RedisStateStore(redis, stream, settings.topics, settings.dedupe_ttl_s)
-        relay = OutboxRelay(redis, broker, stream, settings.service)
+        archive = LogArchive(redis, settings.key()) if settings.log_archive else None
+        relay = OutboxRelay(redis, broker, stream, settings.service, archive=archive)
         return cls(settings, redis, broker, state, relay)
 
     def background_redis(self) -> Redis:

@@ -71,6 +71,9 @@ class ServiceSettings(BaseSettings):
         5, validation_alias=AliasChoices("RAPPORT_CONSUMER_BATCH_TIMEOUT_MS")
     )
     log_level: str = Field("info", validation_alias=AliasChoices("RAPPORT_LOG_LEVEL"))
+    # Keep a copy of the log in Redis (shared.archive): the local stack's embedded broker
+    # keeps nothing on disk. Off in production (a replicated Kafka holds the log).
+    log_archive: bool = Field(False, validation_alias=AliasChoices("RAPPORT_LOG_ARCHIVE"))
 
     def consumer_options(self) -> dict[str, int]:
         """The Kafka consumer options every batch subscriber of this service uses."""

@@ -1,0 +1,121 @@
+"""The local stack's log archive at work (see `shared.archive` for why it exists):
+
+- `follow`: the archiver process `rapport run` supervises. It copies every record of every
+  topic (dead letters included) into the archive, committing its group's offsets after.
+- `restore`: produces the archived records again, in offset order, into the same partitions
+  of an empty broker, with the relays held back meanwhile. Offsets come out the same, so the
+  read model's positions and the consumers' dedupe marks hold across broker restarts.
+
+Run as `python -m rapport.archive <bootstrap> <redis-url> [namespace]` (the archiver).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis
+
+from shared.archive import ArchivedRecord, LogArchive
+from shared.kafka import ensure_topics
+from shared.topics import TopicNames
+
+log = logging.getLogger("rapport.archive")
+
+ARCHIVER_GROUP = "rapport-log-archive"
+
+
+def _archive(redis: Redis, namespace: str) -> LogArchive:
+    return LogArchive(redis, f"{namespace}rapport")
+
+
+async def follow(bootstrap: str, redis_url: str, namespace: str = "") -> None:
+    """Copy every record into the archive, for as long as the process runs."""
+    topics = TopicNames(namespace)
+    redis = Redis.from_url(redis_url)
+    archive = _archive(redis, namespace)
+    consumer = AIOKafkaConsumer(
+        *topics.partitions(),
+        bootstrap_servers=bootstrap,
+        group_id=f"{namespace}{ARCHIVER_GROUP}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            records = [
+                ArchivedRecord(
+                    r.topic, r.partition, r.offset, r.key, r.value or b"", tuple(r.headers or ())
+                )
+                for recs in batch.values()
+                for r in recs
+            ]
+            if records:
+                await archive.keep(records)
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await redis.aclose()
+
+
+async def restore(bootstrap: str, redis_url: str, namespace: str = "") -> int:
+    """Produce the archive into an empty broker (topics created first); returns how many
+    records. Relays hold back while it runs. A partition whose offsets would come out
+    different (the archive missed a record) is re-archived at its new offsets and reported."""
+    topics = TopicNames(namespace)
+    await ensure_topics(bootstrap, topics.partitions())
+    redis = Redis.from_url(redis_url)
+    archive = _archive(redis, namespace)
+    await redis.set(archive.restoring_key, "1")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", max_request_size=2**20 + 2**16, linger_ms=5
+    )
+    await producer.start()
+    restored = 0
+    try:
+        for key in await archive.partitions():
+            records = await archive.records(key)
+            sent = [
+                await producer.send(
+                    r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+                )
+                for r in records
+            ]
+            metas = await asyncio.gather(*sent)
+            moved = [
+                ArchivedRecord(r.topic, r.partition, m.offset, r.key, r.value, r.headers)
+                for r, m in zip(records, metas, strict=True)
+                if m.offset != r.offset
+            ]
+            if moved:
+                log.warning(
+                    "%s: %d record(s) came back at other offsets; re-archived", key, len(moved)
+                )
+                await redis.delete(key)
+                await archive.keep(
+                    ArchivedRecord(r.topic, r.partition, m.offset, r.key, r.value, r.headers)
+                    for r, m in zip(records, metas, strict=True)
+                )
+            restored += len(records)
+    finally:
+        await producer.stop()
+        await redis.delete(archive.restoring_key)
+        await redis.aclose()
+    return restored
+
+
+def main() -> None:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    bootstrap, redis_url, *rest = sys.argv[1:]
+    asyncio.run(follow(bootstrap, redis_url, rest[0] if rest else ""))
+
+
+if __name__ == "__main__":
+    main()
