@@ -178,3 +178,143 @@ def _cli_rebuild_keeps_the_answers(ports: dict[str, int], state: Path, env: dict
         headers={"Authorization": f"Bearer {token}", "X-Member-Id": "ada"},
     )
     assert degree.json()["degree"] == 1
+
+
+class LocalStack:
+    """`rapport run` as a user starts it, on free ports, with its state directory."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.ports = {name: free_port() for name in SERVICES}
+        self.kafka_port, self.redis_port = free_port(), free_port()
+        self.state = tmp_path / "state"
+        self.tmp = tmp_path
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "RAPPORT_API_TOKENS")
+        }
+        self.env.update({f"RAPPORT_{n.upper()}_PORT": str(p) for n, p in self.ports.items()})
+        self.env["COLUMNS"] = "200"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / f"run{self.runs}.out"
+
+    def start(self) -> None:
+        self.runs += 1
+        argv = [sys.executable, "-m", "rapport.cli", "run", "--kafka-port", str(self.kafka_port)]
+        argv += ["--redis-port", str(self.redis_port), "--state-dir", str(self.state)]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        _wait(
+            lambda: "API token" in self.log.read_text() or self.proc.poll() is not None,
+            90,
+            "start-up",
+        )
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        assert self.proc.returncode == 0, self.log.read_text()
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def headers(self, member: str | None = None, role: str = "token") -> dict[str, str]:
+        token = (self.state / role).read_text().strip()
+        return {"Authorization": f"Bearer {token}"} | ({"X-Member-Id": member} if member else {})
+
+    def connect(self, a: str, b: str) -> str:
+        sent = httpx.post(
+            f"{self.url('invitation')}/invitations", json={"to": b}, headers=self.headers(a)
+        ).json()
+        accepted = httpx.post(
+            f"{self.url('invitation')}/invitations/{sent['invitation_id']}/accept",
+            headers=self.headers(b),
+        )
+        assert accepted.status_code == 200, accepted.text
+        return str(accepted.json()["event_id"])
+
+    def register(self, member: str, industry: str) -> None:
+        r = httpx.post(
+            f"{self.url('connection')}/members",
+            json={"name": member, "industry": industry},
+            headers=self.headers(member),
+        )
+        assert r.status_code == 201, r.text
+
+    def figures(self, after: str | None = None) -> dict:
+        """What a user and an operator see: summaries, degrees, industries, dashboard."""
+        fresh = {"after": after, "wait_ms": 20000} if after else {}
+        p = self.url("projection")
+        seen = {
+            m: httpx.get(
+                f"{p}/members/{m}/summary", params=fresh, headers=self.headers(m), timeout=30
+            ).json()
+            for m in ("ada", "grace", "alan")
+        }
+        seen["degree"] = httpx.get(
+            f"{p}/members/ada/degree/alan", headers=self.headers("ada")
+        ).json()
+        seen["industries"] = httpx.get(f"{p}/industries", headers=self.headers()).json()
+        board = httpx.get(f"{p}/dashboard/data", headers=self.headers(role="ops-token")).json()
+        seen["dashboard"] = {"totals": board["totals"], "industries": board["industries"]}
+        return seen
+
+
+@pytest.mark.timeout(300)
+def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
+    tmp_path: Path,
+) -> None:
+    stack = LocalStack(tmp_path)
+    stack.start()
+    try:
+        for member, industry in (
+            ("ada", "Technology"),
+            ("grace", "Technology"),
+            ("alan", "Mathematics"),
+        ):
+            stack.register(member, industry)
+        stack.connect("ada", "grace")
+        before = stack.figures(after=stack.connect("alan", "grace"))
+        assert before["degree"]["degree"] == 2 and before["grace"]["connections"] == 2
+        stack.stop()
+
+        # `make run` again: everything is still there, the dashboard agrees.
+        stack.start()
+        assert stack.figures() == before
+
+        # kill -9 of the broker: the supervisor restarts and refills it.
+        broker = _broker_pid(stack.kafka_port)
+        os.kill(broker, signal.SIGKILL)
+        _wait(lambda: "broker back" in stack.log.read_text(), 60, "the broker's restart")
+        assert _broker_pid(stack.kafka_port) != broker
+        stack.register("ken", "Mathematics")
+        after = stack.figures(after=stack.connect("ken", "ada"))
+        status = httpx.get(
+            f"{stack.url('projection')}/projection/status", headers=stack.headers(role="ops-token")
+        ).json()
+    finally:
+        if stack.proc is not None and stack.proc.poll() is None:
+            stack.stop()
+    # The new connection counted once, nothing before it lost or counted twice.
+    assert after["ada"]["connections"] == before["ada"]["connections"] + 1
+    assert after["grace"] == before["grace"] and after["alan"] == before["alan"]
+    assert after["dashboard"]["totals"]["connections"] == (
+        before["dashboard"]["totals"]["connections"] + 1
+    )
+    assert status["log_resets"] == {} and status["total_lag"] == 0
+
+
+def _broker_pid(port: int) -> int:
+    out = subprocess.run(
+        ["pgrep", "-f", f"tansu.* --listener-url tcp://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.split()[0])
