@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -37,8 +38,10 @@ from rapport.localstack import (
     embedded_infra,
     pick_port,
 )
+from rapport.replay import WRITE_SERVICES, digest, has_state, read_log, replay
 from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
 from shared.events import InvalidEvent, decode
+from shared.settings import DEFAULT_REDIS
 from shared.topics import TopicNames
 
 app = typer.Typer(help="Rapport: the connections backend of a professional network.")
@@ -409,6 +412,67 @@ def dlq_replay(
     console.print(
         f"replayed {replayed} record(s) to {topic}" + (f"; skipped {skipped}" if skipped else "")
     )
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+def redis_url_of(state_dir: Path) -> str:
+    return os.environ.get("REDIS_URL") or _stack(state_dir).get("redis") or DEFAULT_REDIS
+
+
+@app.command("replay")
+def replay_command(
+    service: Annotated[str, typer.Argument(help="invitation, connection or engagement")],
+    into: Annotated[
+        str,
+        typer.Option(
+            help="fresh: a new keyspace, compared with the live state by digest, then dropped; "
+            "live: the service's own keyspace, only when its state was lost (empty)"
+        ),
+    ] = "fresh",
+    state_dir: StateDir = STATE_DIR,
+) -> None:
+    """Rebuild a write service's state from the event log."""
+    if service not in WRITE_SERVICES or into not in ("fresh", "live"):
+        console.print(f"[red]service one of {', '.join(WRITE_SERVICES)}; --into fresh|live[/red]")
+        raise typer.Exit(2)
+    namespace = os.environ.get("RAPPORT_NAMESPACE", "")
+    code = asyncio.run(
+        _replay(service, into, bootstrap_servers(state_dir), redis_url_of(state_dir), namespace)
+    )
+    raise typer.Exit(code)
+
+
+async def _replay(service: str, into: str, bootstrap: str, redis_url: str, namespace: str) -> int:
+    redis = Redis.from_url(redis_url)
+    try:
+        live = await digest(service, redis, namespace)
+        if into == "live" and await has_state(service, redis, namespace):
+            console.print(f"[red]{service} has state; replay --into live only rebuilds a lost one")
+            return 1
+        events = await read_log(bootstrap, namespace)
+        keyspace = namespace if into == "live" else f"{namespace}replay{int(time.time())}."
+        folded = await replay(service, redis, events, keyspace)
+        rebuilt = await digest(service, redis, keyspace)
+        console.print(f"{service}: {folded} event(s) folded into keyspace {keyspace!r}")
+        if into == "live":
+            console.print(f"state rebuilt; digest {rebuilt[:16]}")
+            return 0
+        await _drop_keyspace(redis, keyspace)
+        same = rebuilt == live
+        console.print(
+            f"live {live[:16]}  replayed {rebuilt[:16]}  "
+            + ("[green]equal[/green]" if same else "[red]differ[/red]")
+        )
+        return 0 if same else 1
+    finally:
+        await redis.aclose()
+
+
+async def _drop_keyspace(redis: Redis, keyspace: str) -> None:
+    async for key in redis.scan_iter(match=f"{keyspace}rapport:*", count=1000):
+        await redis.unlink(key)
 
 
 # --- quick manual use ------------------------------------------------------------------------

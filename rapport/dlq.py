@@ -120,7 +120,7 @@ class DeadLetters:
                 consumer.seek(tp, committed)
         ends = await consumer.end_offsets(parts)
         records: list[ConsumerRecord[bytes, bytes]] = []
-        while len(records) < limit and await _behind(consumer, parts, ends):
+        while len(records) < limit and await behind(consumer, parts, ends):
             batch = await consumer.getmany(timeout_ms=500, max_records=limit - len(records))
             for recs in batch.values():
                 records.extend(recs)
@@ -164,7 +164,7 @@ class DeadLetters:
         return replayed, skipped
 
 
-async def _behind(
+async def behind(
     consumer: AIOKafkaConsumer, parts: list[TopicPartition], ends: dict[TopicPartition, int]
 ) -> bool:
     for tp in parts:

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from shared.events import Envelope, Event
 
 CommitResult = Literal["ok", "conflict", "duplicate"]
-IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL"]
+IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL", "HSETNX"]
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,14 @@ class AggregateWrite:
 
 @dataclass(frozen=True)
 class IndexOp:
-    """A change to a secondary index (a set or sorted set), committed with the aggregates."""
+    """A change to a secondary index (a set, sorted set or hash), committed with the
+    aggregates. HSETNX sets hash `field` to `member` unless it has a value."""
 
     op: IndexOpName
     key: str
     member: str = ""
     score: float = 0.0
+    field: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,10 @@ class WriteModel(Protocol[S, C_contra]):
 
     async def plan(self, command: C_contra | None, observed: Event | None) -> Plan: ...
 
+    def plan_event(self, event: Event) -> Plan:
+        """The aggregates `event` changes when folded from the log (a replay)."""
+        ...
+
     def slice(self, command: C_contra | None, rows: Rows, now: datetime) -> S:
         """The state `decide` sees, from the loaded rows."""
         ...
@@ -253,25 +259,7 @@ class CommandLoop(Generic[S, C]):
         now: datetime | None,
     ) -> tuple[CommitResult, Outcome[S]]:
         at = now or self.clock()
-        plan = await self.model.plan(command, observed)
-        names = list(plan.aggregates)
-        check_names = list(plan.checks)
-        snapshot = await self.store.load(
-            [plan.aggregates[n][0] for n in names],
-            [plan.checks[n] for n in check_names],
-            [FollowKey(names.index(f.source), f.field, f.key_prefix) for f in plan.follows],
-        )
-        loaded = {n: (plan.aggregates[n], row) for n, row in zip(names, snapshot.rows, strict=True)}
-        for f, (ident, row) in zip(plan.follows, snapshot.followed, strict=True):
-            if ident is not None:
-                loaded.setdefault(f.name.format(id=ident), ((f.key_prefix + ident, f.model), row))
-        rows = Rows(
-            {
-                n: model.model_validate(row.state) if row.state else None
-                for n, ((_, model), row) in loaded.items()
-            },
-            dict(zip(check_names, snapshot.checks, strict=True)),
-        )
+        loaded, rows = await self._load(await self.model.plan(command, observed))
         state = self.model.slice(command, rows, at)
         if observed is not None:
             state = self.model.evolve(state, observed)
@@ -293,6 +281,45 @@ class CommandLoop(Generic[S, C]):
             writes, envelopes, index_ops=self.model.index_ops(events, at), dedupe_key=dedupe_key
         )
         return result, Outcome(envelopes, after)
+
+    async def fold(self, event: Event, at: datetime) -> None:
+        """Fold one event read from the log into the state, as it was when it happened: no
+        decision, no outbox. Replaying a service's topics this way rebuilds its state."""
+        plan = self.model.plan_event(event)
+        if not plan.aggregates and not self.model.index_ops([event], at):
+            return  # nothing of this service's state changes
+        for n in range(self.tries):
+            loaded, rows = await self._load(plan)
+            after = self.model.evolve(self.model.slice(None, rows, at), event)
+            writes = self._writes(loaded, after)
+            index_ops = self.model.index_ops([event], at)
+            if await self.store.commit(writes, [], index_ops=index_ops) == "ok":
+                return
+            await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
+        raise ContendedWrite()
+
+    async def _load(
+        self, plan: Plan
+    ) -> tuple[dict[str, tuple[tuple[str, type[BaseModel]], Loaded]], Rows]:
+        names = list(plan.aggregates)
+        check_names = list(plan.checks)
+        snapshot = await self.store.load(
+            [plan.aggregates[n][0] for n in names],
+            [plan.checks[n] for n in check_names],
+            [FollowKey(names.index(f.source), f.field, f.key_prefix) for f in plan.follows],
+        )
+        loaded = {n: (plan.aggregates[n], row) for n, row in zip(names, snapshot.rows, strict=True)}
+        for f, (ident, row) in zip(plan.follows, snapshot.followed, strict=True):
+            if ident is not None:
+                loaded.setdefault(f.name.format(id=ident), ((f.key_prefix + ident, f.model), row))
+        rows = Rows(
+            {
+                n: model.model_validate(row.state) if row.state else None
+                for n, ((_, model), row) in loaded.items()
+            },
+            dict(zip(check_names, snapshot.checks, strict=True)),
+        )
+        return loaded, rows
 
     def _writes(
         self, loaded: Mapping[str, tuple[tuple[str, type[BaseModel]], Loaded]], after: S
@@ -374,6 +401,8 @@ class InMemoryStateStore:
         elif op.op == "DEL":
             self.sets.pop(op.key, None)
             self.zsets.pop(op.key, None)
+        elif op.op == "HSETNX":
+            self.hashes.setdefault(op.key, {}).setdefault(op.field, op.member)
 
     async def set_members(self, key: str) -> set[str]:
         return set(self.sets.get(key, ()))

@@ -87,7 +87,7 @@ class RedisStateStore:
                 [self.topics(e.topic), e.key, e.type, str(e.event_id), e.to_bytes().decode()]
                 for e in envelopes
             ],
-            [[op.op, repr(op.score), op.member] for op in index_ops],
+            [[op.op, repr(op.score), op.member, op.field] for op in index_ops],
         ]
         args = [json.dumps(payload, separators=(",", ":"))]
         result = _s(await self._commit(keys=keys, args=args))

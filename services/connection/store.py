@@ -4,6 +4,7 @@ touches, and the connections index its events keep."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -61,6 +62,14 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
             {"actor_known": self.directory.is_active(actor)} if actor else {},
         )
 
+    def plan_event(self, event: ev.Event) -> Plan:
+        members, pairs, lists = touched_by(event)
+        return Plan(
+            {f"member:{m}": (self.key("member", m), Member) for m in members}
+            | {f"pair:{pair_key(a, b)}": (self.key("pair", pair_key(a, b)), Pair) for a, b in pairs}
+            | {f"lists:{o}": (self.key("lists", o), Lists) for o in lists}
+        )
+
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
         by_kind: dict[str, dict[str, BaseModel | None]] = {"member": {}, "pair": {}, "lists": {}}
         for name, value in rows.aggregates.items():
@@ -105,7 +114,38 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
                 ):
                     op = "SADD" if isinstance(e, ev.MemberBlocked) else "SREM"
                     ops.append(IndexOp(op, *d.blocks_from(a, b)))
+            # The first spelling of an industry names its group (claimed by the API before
+            # the command; kept here too, so a replay of the log claims the same).
+            industry = getattr(e, "industry", None)
+            if isinstance(e, ev.MemberRegistered | ev.MemberProfileUpdated) and industry:
+                claim = IndexOp("HSETNX", self.key("industries"), industry)
+                ops.append(replace(claim, field=ev.grouping_key(industry)))
         return ops
+
+
+def touched_by(
+    event: ev.Event,
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The members, pairs and lists an event of this service changes (a replay's plan)."""
+    match event:
+        case ev.MemberRegistered(member_id=m) | ev.MemberProfileUpdated(member_id=m):
+            return (m,), (), ()
+        case ev.MemberDeactivated(member_id=m):
+            return (m,), (), ()
+        case (
+            ev.ConnectionAccepted(member_a=a, member_b=b)
+            | ev.ConnectionRemoved(member_a=a, member_b=b)
+        ):
+            return (a, b), ((a, b),), ()
+        case ev.ConnectionRejected(sender=a, recipient=b):
+            return (), ((a, b),), ()
+        case ev.MemberBlocked(blocker=a, blocked=b) | ev.MemberUnblocked(blocker=a, blocked=b):
+            return (), ((a, b),), ()
+        case ev.FollowStarted(follower=a, followee=b) | ev.FollowStopped(follower=a, followee=b):
+            return (), ((a, b),), ()
+        case ev.ConnectionListed(owner=o) | ev.ConnectionUnlisted(owner=o):
+            return (), (), (o,)
+    return (), (), ()  # another service's event: nothing of ours changes
 
 
 def slice_of(

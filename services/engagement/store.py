@@ -49,11 +49,22 @@ class EngagementStore(CommandLoop[Slice, domain.Command]):
                 return Plan({}, {"actor_known": d.is_active(m)})
         raise TypeError(f"unknown command {command!r}")
 
+    def plan_event(self, event: ev.Event) -> Plan:
+        if isinstance(event, ev.EngagementRecorded):
+            a, t = event.actor, event.target
+            return Plan(
+                {
+                    "actor": (self.key("actor", a), ActorState),
+                    "pair_day": (self.key("pair-day", f"{a}>{t}"), PairDayState),
+                }
+            )
+        return Plan()
+
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
         return Slice(
             limits=self.limits,
             now=now,
-            actor_known=rows.checks["actor_known"],
+            actor_known=rows.checks.get("actor_known", True),
             target_known=rows.checks.get("target_known", True),
             blocked=rows.checks.get("blocks", False) or rows.checks.get("blocked_by", False),
             actor=rows.get("actor") or ActorState(),

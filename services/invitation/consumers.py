@@ -39,15 +39,20 @@ class InvitationConsumers:
         assert isinstance(event, ev.MemberDeactivated)
         for invitation_id in await self.store.pending_of(event.member_id):
             await self.store.run(
-                domain.Cancel(invitation_id, "deactivated"), causation=consumed.envelope
+                domain.Cancel(invitation_id, "deactivated"),
+                causation=consumed.envelope,
+                now=consumed.envelope.occurred_at,
             )
 
     async def fold_connection_decision(self, consumed: ConsumedEvent) -> None:
+        # At the time of the observed event, so the state it leaves is what a replay of the
+        # log makes of it (and a cancellation is dated by the block that caused it).
         await self.store.run(
             domain.React(consumed.event),
             observed=consumed.event,
             causation=consumed.envelope,
             dedupe_key=consumed.dedupe_key,
+            now=consumed.envelope.occurred_at,
         )
 
 

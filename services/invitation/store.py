@@ -25,6 +25,15 @@ from shared.directory import Directory
 from shared.settings import InvitationSettings
 from shared.topics import pair_key
 
+# Other services' events this service keeps state for (its decisions subscription).
+FOLDED_FROM_OTHERS = (
+    ev.ConnectionAccepted,
+    ev.ConnectionRemoved,
+    ev.ConnectionRejected,
+    ev.MemberBlocked,
+    ev.MemberUnblocked,
+)
+
 
 class InvitationStore(CommandLoop[Slice, domain.Command]):
     producer = "invitation"
@@ -80,6 +89,18 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                 checks = {"actor_known": self.directory.is_active(actor)} if actor else {}
                 return Plan(self._inv(command.invitation_id), checks, follows=through)
         raise TypeError(f"unknown command {command!r}")
+
+    def plan_event(self, event: ev.Event) -> Plan:
+        """An invitation event changes its pair, itself and its sender's counters; another
+        service's pair event (a connection, a block) changes the pair and, if it names one,
+        the invitation."""
+        about = self._inv(getattr(event, "invitation_id", None))
+        if isinstance(event, ev.InvitationEvent):
+            sender = {"sender": (self.key("sender", event.sender), SenderState)}
+            return Plan({**self._pair(event.partition_key), **about, **sender})
+        if isinstance(event, FOLDED_FROM_OTHERS):
+            return Plan({**self._pair(event.partition_key), **about})
+        return Plan()
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
         invitations = (v for v in rows.aggregates.values() if isinstance(v, Invitation))

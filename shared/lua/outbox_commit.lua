@@ -2,9 +2,9 @@
 -- the outbox stream, apply index ops, mark the causing event as applied.
 -- KEYS: outbox stream, dedupe key ('' for none), aggregate hashes..., index keys...
 -- ARGV[1]: JSON [dedupe_ttl, [[expected_version, state_json], ...],
---                [[topic, key, type, event_id, value], ...], [[op, score, member], ...]]
+--                [[topic, key, type, event_id, value], ...], [[op, score, member, field], ...]]
 -- (one argument: packing many small arguments costs the client more than Lua's decode)
--- op: ZADD | ZREM | SADD | SREM | DEL
+-- [op, score, member, field]; op: ZADD | ZREM | SADD | SREM | DEL | HSETNX (field := member)
 local a = cjson.decode(ARGV[1])
 local ttl, writes, envs, ops = a[1], a[2], a[3], a[4]
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
@@ -26,6 +26,7 @@ for i, o in ipairs(ops) do
   elseif op == 'SADD' then redis.call('SADD', key, o[3])
   elseif op == 'SREM' then redis.call('SREM', key, o[3])
   elseif op == 'DEL' then redis.call('DEL', key)
+  elseif op == 'HSETNX' then redis.call('HSETNX', key, o[4], o[3])
   end
 end
 if KEYS[2] ~= '' then redis.call('SET', KEYS[2], '1', 'EX', ttl) end
