@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -79,9 +80,17 @@ async def produce(infra: Infra, topic: str, values: list[bytes]) -> None:
     await producer.start()
     try:
         for value in values:
-            await producer.send_and_wait(topic, value, key=b"same-partition")
+            # Keyed as the envelope says (a record whose key differs is dead-lettered).
+            await producer.send_and_wait(topic, value, key=_envelope_key(value))
     finally:
         await producer.stop()
+
+
+def _envelope_key(value: bytes) -> bytes:
+    try:
+        return str(json.loads(value)["key"]).encode()
+    except (ValueError, KeyError, TypeError):
+        return b"not-an-envelope"
 
 
 def registered(member: str) -> Envelope:

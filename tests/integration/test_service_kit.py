@@ -93,7 +93,7 @@ async def test_health_readiness_and_metrics_need_no_token() -> None:
         docs = await client.get("/openapi.json")
 
     assert health.json() == {"status": "ok"}
-    assert ready.status_code == 200 and ready.json()["checks"] == ["kafka", "redis"]
+    assert ready.status_code == 200 and ready.json()["checks"] == ["kafka", "loops", "redis"]
     assert (
         'rapport_http_requests_total{method="POST",route="/echo",service="connection",status="200"}'
         in metrics.text

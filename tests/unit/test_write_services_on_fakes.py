@@ -129,8 +129,9 @@ async def test_connection_register_connect_and_block() -> None:
     assert state.sets[directory_.blocks] == {"bob>ann"}
     assert await store.connections("ann") == []
     assert (await store.member("bob")).connections == 0  # type: ignore[union-attr]
-    assert await store.canonical_industry(" tech ") == "tech"
-    assert await store.canonical_industry("TECH") == "tech"
+    # The first spelling registered names the group, whoever spells it later.
+    assert await store.canonical_industry(" tech ") == "Tech"
+    assert await store.canonical_industry("TECH") == "Tech"
 
 
 async def test_engagement_limits_and_known_members() -> None:
