@@ -55,14 +55,19 @@ async def publish_envelopes(
         await producer.stop()
 
 
+# The log is the truth: every service's state can be replayed from it, so nothing expires.
+KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
 async def ensure_topics(bootstrap_servers: str, partitions: dict[str, int]) -> list[str]:
-    """Create missing topics with their partition counts; returns the ones created."""
+    """Create missing topics with their partition counts, kept forever (`KEEP_FOREVER`);
+    returns the ones created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="rapport-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=1)
+            NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=KEEP_FOREVER)
             for name, n in partitions.items()
             if name not in existing
         ]

@@ -8,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from rapport.localstack import embedded_infra
+from shared.topics import TopicNames
 from tests.helpers import Infra
 
 pytestmark = pytest.mark.integration
@@ -56,3 +59,19 @@ def test_containers_mode_without_a_docker_engine_fails_clearly(tmp_path: Path) -
     )
     assert result.returncode != 0
     assert "no Docker engine answers" in result.stdout + result.stderr
+
+
+async def test_topics_are_created_to_keep_the_log_forever(infra: Infra, namespace: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = list(TopicNames(namespace).partitions())
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        )
+    finally:
+        await admin.close()
+    for resource in response.resources:
+        configs = {entry[0]: entry[1] for entry in resource[4]}
+        assert configs["retention.ms"] == "-1", resource[3]
+        assert configs["retention.bytes"] == "-1", resource[3]
