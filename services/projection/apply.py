@@ -45,6 +45,7 @@ class BatchApplier:
         self._industry_script = store.script("industry")
         self._marks_script = store.script("marks")
         self._seen_script = store.script("seen")
+        self._counted_script = store.script("counted")
         # Partitions this consumer rewound, and where to: if the records resume past that
         # offset again, the ones in between do not exist (a gap), not a lost position.
         self._rewound: dict[TopicPartition, int] = {}
@@ -73,6 +74,12 @@ class BatchApplier:
         if version is None:
             version = await retrying(self.store.version)
         stored = await retrying(lambda: self.store.positions(version))
+        ks = self.store.keyspace(version)
+        epochs = {
+            str(k): int(v)
+            for k, v in (await retrying(lambda: self.store.redis.hgetall(ks.resets))).items()
+        }
+        lowered: list[str] = []  # positions a lost log moves back
         by_partition: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
         for record in records:
             by_partition[TopicPartition(record.topic, record.partition)].append(record)
@@ -91,7 +98,9 @@ class BatchApplier:
             chunk = list(ops)
             origin = {a.event_id: sources.pop(a.event_id) for a in chunk if a.event_id in sources}
             task = asyncio.create_task(
-                self._apply_chunk(version, chunk, dict(positions), origin, dead_letter)
+                self._apply_chunk(
+                    version, chunk, dict(positions), origin, dead_letter, frozenset(lowered)
+                )
             )
             ops.clear()
             await asyncio.sleep(0)  # let the task send its script before we decode on
@@ -100,9 +109,15 @@ class BatchApplier:
         for tp, recs in by_partition.items():
             expected = stored.get(f"{tp.topic}:{tp.partition}", 0)
             highwater = (highwaters or {}).get(tp)
+            key = f"{tp.topic}:{tp.partition}"
             if highwater is not None and highwater < expected:
                 await self.note_reset(version, tp, expected, highwater)
+                epochs[key] = epochs.get(key, 0) + 1
+                lowered.append(key)
                 expected = recs[0].offset
+            # Where in the log: the partition and its epoch (a log that began again reuses
+            # offsets, so its ops must not be taken for old ones).
+            source = f"{key}#{epochs.get(key, 0)}"
             if recs[0].offset > expected:
                 if not contiguous and self._rewound.get(tp) != expected:
                     self._rewound[tp] = expected
@@ -116,7 +131,9 @@ class BatchApplier:
                 reason = None
                 try:
                     envelope, event = admit(record)
-                    applied = domain.to_ops(envelope, event, self.store.scoring)
+                    applied = domain.to_ops(
+                        envelope, event, self.store.scoring, source, record.offset
+                    )
                 except InvalidEvent as exc:
                     reason = exc.reason
                 except Exception as exc:  # e.g. a time so far out that its score overflows
@@ -146,9 +163,10 @@ class BatchApplier:
         positions: dict[str, int],
         sources: dict[str, ConsumerRecord[Any, Any]],
         dead_letter: bool,
+        lower: frozenset[str] = frozenset(),
     ) -> None:
         try:
-            await retrying(lambda: self.apply(version, ops, positions))
+            await retrying(lambda: self.apply(version, ops, positions, lower))
         except ResponseError as exc:
             # Not an outage (those are retried): Redis refused one of the events. Apply one by
             # one so the others go in, and set the refused one aside with its reason.
@@ -160,7 +178,7 @@ class BatchApplier:
                     source = sources.get(op.event_id)
                     if dead_letter and source is not None:
                         await self.send_to_dlq(source, f"apply_failed: {single!r}"[:500])
-            await retrying(lambda: self.apply(version, [], positions))
+            await retrying(lambda: self.apply(version, [], positions, lower))
 
     async def note_gap(self, version: int, tp: TopicPartition, expected: int, found: int) -> None:
         missing = found - expected
@@ -199,9 +217,15 @@ class BatchApplier:
         await retrying(lambda: self.store.redis.hincrby(self.store.dlq_key, record.topic, 1))
 
     async def apply(
-        self, version: int, batch: list[domain.Applied], positions: dict[str, int]
+        self,
+        version: int,
+        batch: list[domain.Applied],
+        positions: dict[str, int],
+        lower: frozenset[str] = frozenset(),
     ) -> int:
-        """Apply one chunk atomically enough to re-run: effects, industry figures, marks."""
+        """Apply one chunk atomically enough to re-run: effects, industry figures, marks.
+        Positions only move forward (a stalled replica's late chunk cannot move one back),
+        except those in `lower` (a log that began again)."""
         redis, ks = self.store.redis, self.store.keyspace(version)
         ttl = self.store.settings.dedupe_ttl_s
         fresh = await self._not_yet_applied(ks, batch)
@@ -221,41 +245,48 @@ class BatchApplier:
                 calls.append((self._member_script, keys, [ks.prefix, payload, clock, ttl]))
             rows = [row for result in await self._run_scripts(calls) for row in result]
             results = {
-                m: (str(c), str(n), int(d)) for m, (c, n, d) in zip(members, rows, strict=True)
+                m: (str(c), str(n), int(d), int(v))
+                for m, (c, n, d, v) in zip(members, rows, strict=True)
             }
             moves, recount = domain.industry_moves(results)
             await self._run_scripts(
                 [
                     (
                         self._industry_script,
-                        [ks.industry(name), ks.industry_sum(name)],
+                        [ks.industry(name), ks.industry_sum(name), ks.industry_versions(name)],
                         [json.dumps(entries)],
                     )
                     for name, entries in moves.items()
                 ]
             )
+            # Where a member is counted changes exactly when they join, leave or move: written
+            # only by whoever holds the member's current change count (never a stale replica),
+            # and then `members{g}` (active members, in member order) follows.
+            recounted = list(recount.items())
+            written = await self._run_scripts(
+                [
+                    (
+                        self._counted_script,
+                        [ks.member("m", m), ks.member("iv", m)],
+                        [now, member_version],
+                    )
+                    for m, (now, member_version) in recounted
+                ]
+            )
             async with redis.pipeline(transaction=False) as pipe:
                 if moves:
                     pipe.sadd(ks.inds, *moves)
-                # Where a member is counted changes exactly when they join, leave or move:
-                # also the moment to keep `members{g}` (active members, in member order).
-                # It goes first, so a member marked counted (`ci`) is always in it.
-                for m, now in recount.items():
-                    if now:
+                for (m, (now, _)), ok in zip(recounted, written, strict=True):
+                    if int(ok) and now:
                         pipe.zadd(ks.members, {m: 0})
-                        pipe.hset(ks.member("m", m), "ci", now)
-                    else:
+                    elif int(ok):
                         pipe.zrem(ks.members, m)
-                        pipe.hdel(ks.member("m", m), "ci")
                 await pipe.execute()
         events = json.dumps(
             [[a.event_id, a.ts, int(a.awaits_decision), a.settles or ""] for a in fresh]
         )
-        return int(
-            await self._marks_script(
-                keys=[ks.pos, ks.stats], args=[ks.prefix, events, json.dumps(positions), ttl]
-            )
-        )
+        args = [ks.prefix, events, json.dumps(positions), ttl, json.dumps(sorted(lower))]
+        return int(await self._marks_script(keys=[ks.pos, ks.stats], args=args))
 
     async def _run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
         """Run scripts in order of results: pipelined on one node; on a cluster (where

@@ -46,14 +46,24 @@ class Applied:
     settles: str | None = None
 
 
-def to_ops(envelope: ev.Envelope, event: ev.Event, scoring: ScoringModel) -> Applied:
+def to_ops(
+    envelope: ev.Envelope,
+    event: ev.Event,
+    scoring: ScoringModel,
+    source: str = "",
+    offset: int = 0,
+) -> Applied:
+    """The event's per-member ops. Each carries where the event is in the log (`source`, the
+    partition and its log epoch, and `offset`): a member's ops from one partition are
+    applied in offset order only once, so a replica that stalled and lost the partition
+    cannot re-apply an old add after a newer remove. No event has two ops for one member."""
     eid, ts = str(envelope.event_id), envelope.occurred_at.timestamp()
     decision = isinstance(event, ev.ConnectionAccepted | ev.ConnectionRejected)
     return Applied(
         eid,
         ts,
         [
-            (m, [eid, ts, kind, *args])
+            (m, [eid, ts, source, offset, kind, *args])
             for m, kind, *args in _ops(event, envelope.occurred_at, scoring)
         ],
         awaits_decision=isinstance(event, ev.InvitationAccepted),
@@ -178,19 +188,22 @@ def _(event: ev.MilestoneAnnounced, at: datetime, scoring: ScoringModel) -> list
 
 
 def industry_moves(
-    results: dict[str, tuple[str, str, int]],
-) -> tuple[dict[str, list[list[Any]]], dict[str, str]]:
-    """From each member's (counted industry, industry now, degree): the per-industry updates
-    (degree, or -1 to leave) and the members whose counted industry changes."""
+    results: dict[str, tuple[str, str, int, int]],
+) -> tuple[dict[str, list[list[Any]]], dict[str, tuple[str, int]]]:
+    """From each member's (counted industry, industry now, degree, version): the
+    per-industry updates ([member, degree or -1 to leave, version]) and the members whose
+    counted industry changes (-> (industry now, version)). The version is the member's
+    change count: an industry keeps the newest it applied, so a late, older snapshot (a
+    stalled replica) changes nothing."""
     moves: dict[str, list[list[Any]]] = {}
-    recount: dict[str, str] = {}
-    for m, (counted, now, degree) in results.items():
+    recount: dict[str, tuple[str, int]] = {}
+    for m, (counted, now, degree, version) in results.items():
         if counted and counted != now:
-            moves.setdefault(counted, []).append([m, -1])
+            moves.setdefault(counted, []).append([m, -1, version])
         if now:
-            moves.setdefault(now, []).append([m, degree])
+            moves.setdefault(now, []).append([m, degree, version])
         if counted != now:
-            recount[m] = now
+            recount[m] = (now, version)
     return moves, recount
 
 

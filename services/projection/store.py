@@ -43,6 +43,10 @@ class Keyspace:
     def industry_sum(self, name: str) -> str:
         return f"{self.prefix}isum:{{i:{name}}}"
 
+    def industry_versions(self, name: str) -> str:
+        """member -> the newest change count this industry applied for them."""
+        return f"{self.prefix}iver:{{i:{name}}}"
+
     def seen(self, event_id: str) -> str:
         return f"{self.prefix}seen{{g}}:{event_id}"
 

@@ -17,7 +17,7 @@ SCORING = ScoringModel()
 
 def ops_of(event: ev.Event) -> list[tuple[str, str, list]]:
     applied = d.to_ops(Envelope.wrap(event, producer="t", occurred_at=NOW), event, SCORING)
-    return [(m, op[2], op[3:]) for m, op in applied.ops]
+    return [(m, op[4], op[5:]) for m, op in applied.ops]
 
 
 def test_a_connection_touches_both_members_and_a_follow_both_sides() -> None:
@@ -76,13 +76,20 @@ def test_events_without_read_model_effect_have_no_ops() -> None:
 
 def test_industry_moves_leave_the_old_industry_and_join_the_new() -> None:
     moves, recount = d.industry_moves(
-        {"ann": ("Tech", "Finance", 3), "bob": ("Tech", "Tech", 5), "cy": ("", "Tech", 0)}
+        {
+            "ann": ("Tech", "Finance", 3, 7),
+            "bob": ("Tech", "Tech", 5, 2),
+            "cy": ("", "Tech", 0, 1),
+        }
     )
-    assert moves == {"Tech": [["ann", -1], ["bob", 5], ["cy", 0]], "Finance": [["ann", 3]]}
-    assert recount == {"ann": "Finance", "cy": "Tech"}
+    assert moves == {
+        "Tech": [["ann", -1, 7], ["bob", 5, 2], ["cy", 0, 1]],
+        "Finance": [["ann", 3, 7]],
+    }
+    assert recount == {"ann": ("Finance", 7), "cy": ("Tech", 1)}
     # Deactivated: counted nowhere any more.
-    moves, recount = d.industry_moves({"ann": ("Tech", "", 3)})
-    assert (moves, recount) == ({"Tech": [["ann", -1]]}, {"ann": ""})
+    moves, recount = d.industry_moves({"ann": ("Tech", "", 3, 9)})
+    assert (moves, recount) == ({"Tech": [["ann", -1, 9]]}, {"ann": ("", 9)})
 
 
 def test_average_median_and_buckets() -> None:

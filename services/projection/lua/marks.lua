@@ -2,8 +2,9 @@
 -- consumed positions. Runs after the per-member and per-industry scripts succeeded, on keys
 -- that share the `{g}` hash tag. KEYS: positions hash, stats hash. ARGV: keyspace prefix,
 -- JSON [[event_id, ts, awaits_decision, settles], ...], JSON {"topic:partition": offset},
--- dedupe TTL. An event that awaits a decision is marked 'w'; the decision marks its cause
--- `settled`, so `?after=` of an accepted invitation waits for its connection.
+-- dedupe TTL, JSON [topic:partition whose position may go back]. An event that awaits a
+-- decision is marked 'w'; the decision marks its cause `settled`, so `?after=` of an
+-- accepted invitation waits for its connection.
 local ns, ttl = ARGV[1], tonumber(ARGV[4])
 local applied, last_ts = 0, 0
 for _, e in ipairs(cjson.decode(ARGV[2])) do
@@ -14,9 +15,15 @@ for _, e in ipairs(cjson.decode(ARGV[2])) do
   end
   if e[4] ~= '' then redis.call('SET', ns .. 'settled{g}:' .. e[4], '1', 'EX', ttl) end
 end
-local pos = {}
-for tp, offset in pairs(cjson.decode(ARGV[3])) do pos[#pos + 1] = tp; pos[#pos + 1] = offset end
-if #pos > 0 then redis.call('HSET', KEYS[1], unpack(pos)) end
+-- Positions only move forward (a stalled replica's late chunk cannot move one back), except
+-- those in ARGV[5] (a log that began again).
+local lower = {}
+for _, tp in ipairs(cjson.decode(ARGV[5] or '[]')) do lower[tp] = true end
+for tp, offset in pairs(cjson.decode(ARGV[3])) do
+  if lower[tp] or offset > tonumber(redis.call('HGET', KEYS[1], tp) or '-1') then
+    redis.call('HSET', KEYS[1], tp, offset)
+  end
+end
 if applied > 0 then
   redis.call('HINCRBY', KEYS[2], 'applied', applied)
   if last_ts > tonumber(redis.call('HGET', KEYS[2], 'last_event_ts') or '0') then

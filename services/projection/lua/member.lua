@@ -4,8 +4,9 @@
 -- Ops are last-writer-wins (set/hash assignments), so re-running a member's ops after a
 -- crash gives the same state; the one additive op (engagement score) is marked per member.
 -- KEYS: the members' profile keys. ARGV: keyspace prefix, JSON [[member, ops], ...] with
--- ops [[event_id, ts, kind, args...], ...], clock, dedupe TTL.
--- Returns per member {counted industry or '', industry now (if active) or '', degree}.
+-- ops [[event_id, ts, source partition, offset, kind, args...], ...], clock, dedupe TTL.
+-- Returns per member {counted industry or '', industry now (if active) or '', degree,
+-- change count}.
 local ns = ARGV[1]
 local batch = cjson.decode(ARGV[2])
 local clock, ttl = ARGV[3], tonumber(ARGV[4])
@@ -22,46 +23,58 @@ for i, entry in ipairs(batch) do
 local m, ops = entry[1], entry[2]
 tag = ':{' .. m .. '}'
 
-local touched, linked = false, false
+local touched, linked, changed = false, false, false
 for _, op in ipairs(ops) do
-  local eid, ts, kind = op[1], op[2], op[3]
-  do
+  local eid, ts, src, off, kind = op[1], op[2], op[3], op[4], op[5]
+  -- Once per member per source partition, in offset order: an op at or below the member's
+  -- high-water offset for that partition was applied (a re-delivery, or a replica that
+  -- stalled past its session and lost the partition) and is skipped.
+  local fresh = true
+  if src ~= '' then
+    if off <= tonumber(call('HGET', k('hw'), src) or '-1') then
+      fresh = false
+    else
+      call('HSET', k('hw'), src, off)
+    end
+  end
+  if fresh then
+    changed = true
     if kind == 'c+' then
-      if redis.call('SADD', k('c'), op[4]) == 1 then redis.call('HSET', k('ca'), op[4], ts) end
+      if redis.call('SADD', k('c'), op[6]) == 1 then redis.call('HSET', k('ca'), op[6], ts) end
       touched, linked = true, true
     elseif kind == 'c-' then
-      redis.call('SREM', k('c'), op[4]); redis.call('HDEL', k('ca'), op[4])
+      redis.call('SREM', k('c'), op[6]); redis.call('HDEL', k('ca'), op[6])
       touched, linked = true, true
-    elseif kind == 'fg+' then redis.call('SADD', k('fg'), op[4])
-    elseif kind == 'fg-' then redis.call('SREM', k('fg'), op[4])
-    elseif kind == 'fw+' then redis.call('SADD', k('fw'), op[4])
-    elseif kind == 'fw-' then redis.call('SREM', k('fw'), op[4])
-    elseif kind == 'bl+' then redis.call('SADD', k('bl'), op[4]); touched = true
-    elseif kind == 'bl-' then redis.call('SREM', k('bl'), op[4]); touched = true
-    elseif kind == 'blby+' then redis.call('SADD', k('blby'), op[4]); touched = true
-    elseif kind == 'blby-' then redis.call('SREM', k('blby'), op[4]); touched = true
-    elseif kind == 'ir+' then redis.call('HSET', k('ir'), op[4], op[5] .. '|' .. ts); touched = true
-    elseif kind == 'ir-' then redis.call('HDEL', k('ir'), op[4]); touched = true
-    elseif kind == 'is+' then redis.call('HSET', k('is'), op[4], op[5] .. '|' .. ts); touched = true
-    elseif kind == 'is-' then redis.call('HDEL', k('is'), op[4]); touched = true
+    elseif kind == 'fg+' then redis.call('SADD', k('fg'), op[6])
+    elseif kind == 'fg-' then redis.call('SREM', k('fg'), op[6])
+    elseif kind == 'fw+' then redis.call('SADD', k('fw'), op[6])
+    elseif kind == 'fw-' then redis.call('SREM', k('fw'), op[6])
+    elseif kind == 'bl+' then redis.call('SADD', k('bl'), op[6]); touched = true
+    elseif kind == 'bl-' then redis.call('SREM', k('bl'), op[6]); touched = true
+    elseif kind == 'blby+' then redis.call('SADD', k('blby'), op[6]); touched = true
+    elseif kind == 'blby-' then redis.call('SREM', k('blby'), op[6]); touched = true
+    elseif kind == 'ir+' then redis.call('HSET', k('ir'), op[6], op[7] .. '|' .. ts); touched = true
+    elseif kind == 'ir-' then redis.call('HDEL', k('ir'), op[6]); touched = true
+    elseif kind == 'is+' then redis.call('HSET', k('is'), op[6], op[7] .. '|' .. ts); touched = true
+    elseif kind == 'is-' then redis.call('HDEL', k('is'), op[6]); touched = true
     elseif kind == 'e' then
       if redis.call('SET', ns .. 'sn' .. tag .. ':' .. eid, '1', 'NX', 'EX', ttl) then
-        redis.call('HINCRBYFLOAT', k('es'), op[4], op[5])
+        redis.call('HINCRBYFLOAT', k('es'), op[6], op[7])
       end
-      hmax(k('el'), op[4], ts)
-      if op[6] == 1 then hmax(k('cg'), op[4], ts) end
+      hmax(k('el'), op[6], ts)
+      if op[8] == 1 then hmax(k('cg'), op[6], ts) end
     elseif kind == 'l+' then
-      redis.call('SADD', k('l') .. ':' .. op[4], op[5]); redis.call('SADD', k('ls'), op[4])
+      redis.call('SADD', k('l') .. ':' .. op[6], op[7]); redis.call('SADD', k('ls'), op[6])
     elseif kind == 'l-' then
-      local key = k('l') .. ':' .. op[4]
-      redis.call('SREM', key, op[5])
-      if redis.call('SCARD', key) == 0 then redis.call('SREM', k('ls'), op[4]) end
+      local key = k('l') .. ':' .. op[6]
+      redis.call('SREM', key, op[7])
+      if redis.call('SCARD', key) == 0 then redis.call('SREM', k('ls'), op[6]) end
     elseif kind == 'ms' then
-      redis.call('ZADD', k('ms'), ts, cjson.encode({eid, op[4], op[5]}))
+      redis.call('ZADD', k('ms'), ts, cjson.encode({eid, op[6], op[7]}))
       redis.call('ZREMRANGEBYRANK', k('ms'), 0, -21)  -- keep the 20 latest milestones
     elseif kind == 'reg' or kind == 'upd' then
       local args = {}
-      for f, val in pairs(op[4]) do args[#args + 1] = f; args[#args + 1] = val end
+      for f, val in pairs(op[6]) do args[#args + 1] = f; args[#args + 1] = val end
       if kind == 'reg' then args[#args + 1] = 'active'; args[#args + 1] = '1' end
       if #args > 0 then redis.call('HSET', k('m'), unpack(args)) end
       touched = true
@@ -75,10 +88,17 @@ if touched then redis.call('SET', k('lc'), clock) end
 -- member (their own, or as a 1st-degree connection) are no longer valid (see graph.lua).
 if linked then redis.call('SET', k('cc'), clock) end
 
--- What the industry aggregates need: where the member is counted now, and where it belongs.
+-- What the industry aggregates need: where the member is counted now, where it belongs, its
+-- degree, and its change count (industries keep the newest they applied).
+local version
+if changed then
+  version = call('INCR', k('iv'))
+else
+  version = tonumber(call('GET', k('iv')) or '0')
+end
 local v = redis.call('HMGET', k('m'), 'industry', 'active', 'ci')
 local now_ind = ''
 if v[2] == '1' and v[1] then now_ind = v[1] end
-results[i] = {v[3] or '', now_ind, redis.call('SCARD', k('c'))}
+results[i] = {v[3] or '', now_ind, redis.call('SCARD', k('c')), version}
 end
 return results

@@ -102,7 +102,7 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
             "n2stats{g}",
             "sgactive{g}",
         ),
-        *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "sgtmp:"),
+        *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "sgtmp:", "hw:", "iv:", "iver:"),
     )
     entries: list[tuple[str, Any]] = []
     async for key in rm.redis.scan_iter(match=prefix + "*", count=1000):

@@ -1,0 +1,159 @@
+"""Projection replicas agree: two replicas share the partitions (the second joins mid-stream,
+a rebalance), members change industry and connect at the same time, and a replica that
+stalled after reading its batch applies it late, after the partition moved on. The read
+model ends equal to one replica rebuilding from zero: no stale degree, nobody counted in two
+industries, no old connection re-added after its removal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from services.projection import domain, queries
+from services.projection.main import create_app as projection_app
+from shared import events as ev
+from shared.consumer import admit
+from shared.events import Envelope
+from shared.topics import CONNECTIONS, MEMBERS, TopicNames
+from tests.helpers import (
+    Infra,
+    auth,
+    publish_envelopes,
+    read_topic,
+    rebuild_digest,
+    running_app,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("service_env")]
+
+MEMBERS_ = [f"m{i:02d}" for i in range(24)]
+INDUSTRIES = ("Tech", "Finance", "Health")
+
+
+def wrap(event: ev.Event) -> Envelope:
+    return Envelope.wrap(event, producer="test")
+
+
+def first_half() -> list[Envelope]:
+    out = [
+        wrap(ev.MemberRegistered(member_id=m, name=m, industry=INDUSTRIES[i % 3]))
+        for i, m in enumerate(MEMBERS_)
+    ]
+    out += [
+        wrap(ev.ConnectionAccepted(member_a=a, member_b=b))
+        for i, a in enumerate(MEMBERS_)
+        for b in MEMBERS_[i + 1 : i + 4]
+    ]
+    return out
+
+
+def second_half() -> list[Envelope]:
+    """Everyone moves industry while connections are added and removed around them."""
+    out: list[Envelope] = []
+    for i, m in enumerate(MEMBERS_):
+        out.append(
+            wrap(
+                ev.MemberProfileUpdated(
+                    member_id=m,
+                    industry=INDUSTRIES[(i + 1) % 3],
+                    previous_industry=INDUSTRIES[i % 3],
+                )
+            )
+        )
+        partner = MEMBERS_[(i + 7) % len(MEMBERS_)]
+        if partner != m:
+            out.append(
+                wrap(ev.ConnectionAccepted(member_a=min(m, partner), member_b=max(m, partner)))
+            )
+        nxt = MEMBERS_[i + 1] if i + 1 < len(MEMBERS_) else None
+        if nxt:
+            out.append(wrap(ev.ConnectionRemoved(member_a=m, member_b=nxt, removed_by=m)))
+    return out
+
+
+async def _applied(client, count: int) -> bool:  # type: ignore[no-untyped-def]
+    status = (await client.get("/projection/status", headers=auth())).json()
+    return bool(status["events_applied"] >= count)
+
+
+async def test_two_replicas_and_a_stalled_one_end_equal_to_a_rebuild(
+    infra: Infra, namespace: str
+) -> None:
+    topics = TopicNames(namespace)
+    early, late = first_half(), second_half()
+    first, second = projection_app(), projection_app()
+    async with running_app(first) as a:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, early)
+        await wait_until(lambda: _applied(a, len(early)), timeout=30)
+        # The early records, as a replica fetched them before it stalled.
+        fetched: list[ConsumerRecord[bytes, bytes]] = []
+        for topic in (MEMBERS, CONNECTIONS):
+            fetched += await read_topic(infra.kafka_bootstrap, topics(topic), expect=1)
+        async with running_app(second) as b:  # joins mid-stream: a rebalance
+            await publish_envelopes(infra.kafka_bootstrap, namespace, late)
+            await wait_until(lambda: _applied(b, len(early) + len(late)), timeout=30)
+            store = first.state.wired.store
+            version = await store.version()
+            # The stalled replica wakes up and applies what it had fetched, long after the
+            # partitions moved on: registrations in the old industries, the connections
+            # since removed.
+            stale = []
+            for r in fetched:
+                envelope, event = admit(r)
+                source = f"{r.topic}:{r.partition}#0"
+                stale.append(domain.to_ops(envelope, event, store.scoring, source, r.offset))
+            stale_positions = {f"{r.topic}:{r.partition}": r.offset + 1 for r in fetched}
+            # Its "already applied?" check ran before it stalled, when none of them was.
+            applier = first.state.wired.applier
+
+            async def checked_before_the_stall(ks, batch):  # type: ignore[no-untyped-def]
+                return batch
+
+            applier._not_yet_applied = checked_before_the_stall
+            await applier.apply(version, stale, stale_positions)
+            live = await queries.status.digest(store)
+            figures = (await b.get("/industries", headers=auth())).json()["industries"]
+            degree = await b.get(f"/members/{MEMBERS_[0]}/summary", headers=auth(MEMBERS_[0]))
+            rebuilt = await rebuild_digest(b, store)
+
+    assert live == rebuilt
+    counted = sum(i["members"] for i in figures)
+    assert counted == len(MEMBERS_)  # nobody counted in two industries
+    assert degree.status_code == 200
+
+
+async def test_a_late_older_industry_snapshot_changes_nothing(infra: Infra, namespace: str) -> None:
+    """Two replicas applied ann's connections (partitions of their own) at once: the one
+    holding the newer change count writes ann's figures; the older snapshot, arriving last,
+    neither lowers her degree nor counts her where she no longer is."""
+    app = projection_app()
+    async with running_app(app):
+        store = app.state.wired.store
+        ks = store.keyspace(await store.version())
+        industry, counted = store.script("industry"), store.script("counted")
+
+        async def write(name: str, entries: list) -> None:  # type: ignore[type-arg]
+            keys = [ks.industry(name), ks.industry_sum(name), ks.industry_versions(name)]
+            await industry(keys=keys, args=[json.dumps(entries)])
+
+        await store.redis.set(ks.member("iv", "ann"), 6)
+        # The newer snapshot lands first: ann moved from Finance to Tech.
+        await write("Finance", [["ann", -1, 6]])
+        await write("Tech", [["ann", 2, 6]])
+        await write("Tech", [["ann", 1, 5]])  # the older one after it
+        await write("Finance", [["ann", 1, 4]])  # from before she moved to Tech
+        stale = await counted(
+            keys=[ks.member("m", "ann"), ks.member("iv", "ann")], args=["Finance", 4]
+        )
+        current = await counted(
+            keys=[ks.member("m", "ann"), ks.member("iv", "ann")], args=["Tech", 6]
+        )
+        tech = await store.redis.zscore(ks.industry("Tech"), "ann")
+        finance = await store.redis.zscore(ks.industry("Finance"), "ann")
+        counted_in = await store.redis.hget(ks.member("m", "ann"), "ci")
+
+    assert (tech, finance) == (2, None)
+    assert (stale, current, counted_in) == (0, 1, "Tech")
