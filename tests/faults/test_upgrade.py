@@ -9,11 +9,12 @@ import json
 import pytest
 
 from services.connection.main import create_app as connection_app
+from services.projection import queries
 from services.projection.main import create_app as projection_app
 from shared import events as ev
 from shared.events import Envelope
 from shared.topics import CONNECTIONS, INVITATIONS, TopicNames
-from tests.helpers import Infra, auth, publish_raw, read_topic, running_app
+from tests.helpers import Infra, auth, publish_raw, read_topic, rebuild_digest, running_app
 
 pytestmark = [pytest.mark.faults, pytest.mark.usefixtures("service_env")]
 
@@ -30,7 +31,8 @@ async def test_events_with_fields_added_by_a_newer_producer_are_applied(
     infra: Infra, namespace: str
 ) -> None:
     topics = TopicNames(namespace)
-    async with running_app(projection_app()) as projection, running_app(connection_app()) as conn:
+    app = projection_app()
+    async with running_app(app) as projection, running_app(connection_app()) as conn:
         for m in ("ann", "bob", "cat"):
             registered = await conn.post(
                 "/members", json={"name": m, "industry": "Tech"}, headers=auth(m)
@@ -51,6 +53,9 @@ async def test_events_with_fields_added_by_a_newer_producer_are_applied(
         )
         decided = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=2)
         status = (await projection.get("/projection/status", headers=auth())).json()
+        store = app.state.wired.store
+        live = await queries.status.digest(store)
+        rebuilt = await rebuild_digest(projection, store)
 
     assert degree.json()["degree"] == 1
     # The connection service, on the older version, turned the accepted invitation into a
@@ -61,3 +66,4 @@ async def test_events_with_fields_added_by_a_newer_producer_are_applied(
         for r in decided
     )
     assert status["dlq"] == {}  # nothing set aside
+    assert rebuilt == live
