@@ -166,13 +166,14 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_moves_on(
         await wait_until(lambda: _eq(_counter(redis_client, counter), 1), timeout=15)
         dead = await read_topic(infra.kafka_bootstrap, dlq(topic), expect=4)
 
-    reasons = {r.offset: dict(r.headers)["dlq_reason"].decode() for r in dead}
-    assert [reason.split(":")[0] for reason in reasons.values()] == [
+    reasons = [dict(r.headers)["dlq_reason"].decode() for r in dead]
+    # Keyed by their envelopes, the records spread over partitions: compare as a multiset.
+    assert sorted(reason.split(":")[0] for reason in reasons) == [
+        "handler_failed",
+        "invalid",
         "invalid",
         "unknown_type",
-        "invalid",
-        "handler_failed",
     ]
-    assert "payload.member_id" in reasons[2] or "member_id" in reasons[2]
+    assert any("member_id" in reason for reason in reasons)  # says which field
     assert all(dict(r.headers)["source_topic"] == topic.encode() for r in dead)
-    assert dead[0].value == values[0]  # the original bytes, for replay after a fix
+    assert {r.value for r in dead} >= {values[0]}  # the original bytes, for replay after a fix
