@@ -48,6 +48,8 @@ log = logging.getLogger("rapport.service")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
+# Each step of a shutdown gets this long: a stuck client never keeps a process from exiting.
+STOP_TIMEOUT_S = 15.0
 
 
 @dataclass
@@ -204,11 +206,13 @@ class Runtime:
         # What requests committed just before shutdown goes out now, not at the next start.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.relay.drain(), timeout=5.0)
+        # Stopping the broker drains in-flight handlers before leaving the group; only then
+        # go the clients they may still use (the background Redis client among them).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.broker.stop(), timeout=STOP_TIMEOUT_S)
         for close in self.closers:
             with contextlib.suppress(Exception):
-                await close()
-        # Stopping the broker drains in-flight handlers before leaving the group.
-        await self.broker.stop()
+                await asyncio.wait_for(close(), timeout=STOP_TIMEOUT_S)
         await self.redis.aclose()
 
     async def check_redis(self) -> None:

@@ -67,12 +67,16 @@ class TopicEnds:
         """The end offsets, or when the broker does not answer within `deadline_s` the last
         ones read (empty if none), with the wall time they were read at (None: never)."""
         wanted = tuple(topics)
+        last = self._last.get(wanted)
+        if self._lock.locked() and last is not None:
+            return dict(last[0]), last[1]  # a read is in flight already: do not queue another
         try:
-            ends = await asyncio.wait_for(self(wanted), deadline_s)
+            # Shielded: a late answer still refreshes the cache, and the shared client is
+            # never cancelled in the middle of a request.
+            ends = await asyncio.wait_for(asyncio.shield(self(wanted)), deadline_s)
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("topic end offsets unavailable (%r); answering the last known", exc)
-            cached = self._last.get(wanted)
-            return (dict(cached[0]), cached[1]) if cached else ({}, None)
+            return (dict(last[0]), last[1]) if last else ({}, None)
         return ends, self._last[wanted][1]
 
     async def __call__(self, topics: Iterable[str] = ALL_TOPICS) -> dict[str, int]:
