@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -92,3 +94,24 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield cluster.url
     finally:
         cluster.stop()
+
+
+# A test that hangs on an await (not on the CPU) shows nothing useful in pytest-timeout's
+# thread dump: print the event loop's tasks first, a little before that timeout fires.
+HANG_REPORT_AFTER_S = 100.0
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def report_hung_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+
+    def report() -> None:
+        print(f"\n--- {request.node.nodeid}: still running; event loop tasks ---", file=sys.stderr)
+        for task in list(asyncio.all_tasks(loop)):
+            task.print_stack(limit=12, file=sys.stderr)
+
+    timer = threading.Timer(HANG_REPORT_AFTER_S, report)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()

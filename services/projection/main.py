@@ -38,6 +38,7 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
             "projection-suggestions-refresh",
         )
         rebuilder = Rebuilder(background, applier, ends)
+        runtime.closers.insert(0, rebuilder.stop)  # before the clients it uses close
         runtime.every(REAP_EVERY_S, rebuilder.reap, "projection-rebuild-reaper")
         return Projection(store, applier, rebuilder, ends, Throughput())
 

@@ -229,6 +229,14 @@ class Rebuilder:
             with contextlib.suppress(Exception):  # else the lease frees it
                 await self._release(keys=[self.store.rebuild_lock_key], args=[self._owner])
 
+    async def stop(self) -> None:
+        """At shutdown: a rebuild in progress ends with the process (its lock lapses, and any
+        replica's reaper reports it abandoned)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
     async def reap(self) -> None:
         """A rebuild whose process stopped (its lock lapsed) is abandoned and reported, and
         its partial version dropped; start it again. Run periodically by every replica."""
