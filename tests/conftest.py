@@ -101,7 +101,15 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 HANG_REPORT_AFTER_S = 100.0
 
 
-@pytest_asyncio.fixture(autouse=True)
+@pytest.fixture(autouse=True)
+def hang_report_for_async_tests(request: pytest.FixtureRequest) -> None:
+    """Async tests get the hang report (sync ones may run loops of their own: Playwright)."""
+    function = getattr(request.node, "function", None)
+    if function is not None and asyncio.iscoroutinefunction(function):
+        request.getfixturevalue("report_hung_tasks")
+
+
+@pytest_asyncio.fixture
 async def report_hung_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
 
