@@ -40,6 +40,7 @@ from shared.observability import (
     EVENTS_CONSUMED,
     EVENTS_DUPLICATE,
     EVENTS_FAILED,
+    describe,
 )
 from shared.redis import is_transient
 from shared.topics import dlq
@@ -72,7 +73,7 @@ async def retry_transient(
         except Exception as exc:
             if not transient(exc):
                 raise
-            log.warning("%s: infrastructure unavailable (%r); retrying", who, exc)
+            log.warning("%s: infrastructure unavailable (%s); retrying", who, describe(exc))
             # Backoff between reconnect attempts; nothing to wait on but time itself.
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
@@ -228,7 +229,7 @@ class EventConsumer:
             for event in events:
                 await self._apply([event])
             return
-        await self.send_to_dlq_event(events[0], f"handler_failed: {error!r}"[:500])
+        await self.send_to_dlq_event(events[0], f"handler_failed: {describe(error)}"[:500])
 
     async def _attempt(self, events: list[ConsumedEvent]) -> BaseException | None:
         """Run the handler until it succeeds (None) or its bounded retries are used up."""

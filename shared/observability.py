@@ -114,6 +114,7 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 class LoopFailing(RuntimeError):
     """A background loop keeps failing (its name and last error are the message)."""
 
+
 READY_CHECK_TIMEOUT_S = 1.0
 
 
@@ -158,6 +159,13 @@ def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+def describe(exc: BaseException) -> str:
+    """An error as logs and DLQ reasons show it: its type and message (redis-py's own repr
+    leaves the message out, e.g. `server:ResponseError` for a WRONGTYPE)."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 class RepeatFilter(logging.Filter):

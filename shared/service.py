@@ -37,6 +37,7 @@ from shared.observability import (
     LOOP_FAILURES,
     LoopFailing,
     configure_logging,
+    describe,
     health_router,
     install_request_metrics,
 )
@@ -192,7 +193,7 @@ class Runtime:
             except Exception as exc:  # the broker may still be booting; give up at the deadline
                 if time.monotonic() > deadline:
                     raise
-                log.warning("broker not ready (%r); retrying", exc)
+                log.warning("broker not ready (%s); retrying", describe(exc))
                 await asyncio.sleep(0.5)
         self.spawn(self.relay.run, f"{self.settings.service}-outbox-relay")
 

@@ -24,7 +24,7 @@ from services.projection import domain
 from services.projection.store import Keyspace, ReadModelStore
 from shared.consumer import DeadLetter, DeadLetterSink, admit, dead_letter, retry_transient
 from shared.events import InvalidEvent
-from shared.observability import EVENTS_CONSUMED, LOG_RESETS, OFFSETS_SKIPPED
+from shared.observability import EVENTS_CONSUMED, LOG_RESETS, OFFSETS_SKIPPED, describe
 
 log = logging.getLogger("rapport.projection")
 
@@ -137,7 +137,7 @@ class BatchApplier:
                 except InvalidEvent as exc:
                     reason = exc.reason
                 except Exception as exc:  # e.g. a time so far out that its score overflows
-                    reason = f"apply_failed: {exc!r}"
+                    reason = f"apply_failed: {describe(exc)}"
                 if reason is None:
                     ops.append(applied)
                     sources[applied.event_id] = record
@@ -170,14 +170,14 @@ class BatchApplier:
         except ResponseError as exc:
             # Not an outage (those are retried): Redis refused one of the events. Apply one by
             # one so the others go in, and set the refused one aside with its reason.
-            log.error("batch apply failed (%r); applying one by one", exc)
+            log.error("batch apply failed (%s); applying one by one", describe(exc))
             for op in ops:
                 try:
                     await retrying(lambda op=op: self.apply(version, [op], {}))
                 except ResponseError as single:
                     source = sources.get(op.event_id)
                     if dead_letter and source is not None:
-                        await self.send_to_dlq(source, f"apply_failed: {single!r}"[:500])
+                        await self.send_to_dlq(source, f"apply_failed: {describe(single)}"[:500])
             await retrying(lambda: self.apply(version, [], positions, lower))
 
     async def note_gap(self, version: int, tp: TopicPartition, expected: int, found: int) -> None:
@@ -237,12 +237,17 @@ class BatchApplier:
             clock = await redis.incr(ks.clock)
             members = list(per_member)
             group = 1 if await self.store.cluster_mode() else MEMBERS_PER_CALL
-            calls = []
+            checks, calls = [], []
             for start in range(0, len(members), group):
                 chunk = members[start : start + group]
-                payload = json.dumps([[m, per_member[m]] for m in chunk], separators=(",", ":"))
                 keys = [ks.member("m", m) for m in chunk]
+                payload = json.dumps([[m, per_member[m]] for m in chunk], separators=(",", ":"))
                 calls.append((self._member_script, keys, [ks.prefix, payload, clock, ttl]))
+                kinds = json.dumps([[m, _kinds(per_member[m])] for m in chunk])
+                checks.append((self._member_script, keys, [ks.prefix, kinds, clock, ttl, 1]))
+            # All or nothing: one event's members may fall in different calls, so every key
+            # of the chunk is checked before any call writes (member.lua's check mode).
+            await self._run_scripts(checks)
             rows = [row for result in await self._run_scripts(calls) for row in result]
             results = {
                 m: (str(c), str(n), int(d), int(v))
@@ -315,3 +320,10 @@ class BatchApplier:
                 ids.add(applied.event_id)
                 fresh.append(applied)
         return fresh
+
+
+def _kinds(ops: list[list[Any]]) -> list[list[Any]]:
+    """A member's ops reduced to what the type check needs: each kind once, each list by
+    name (member.lua reads the kind at 5 and the list name at 6)."""
+    seen = {(op[4], op[5] if op[4] in ("l+", "l-") else "") for op in ops}
+    return [[0, 0, "", 0, kind, arg] for kind, arg in sorted(seen)]

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 from services.projection.apply import BatchApplier, retrying
 from services.projection.store import ReadModelStore
 from shared import scripts
+from shared.observability import describe
 from shared.topics import ALL_TOPICS
 
 log = logging.getLogger("rapport.projection")
@@ -75,7 +76,9 @@ class TopicEnds:
             # never cancelled in the middle of a request.
             ends = await asyncio.wait_for(asyncio.shield(self(wanted)), deadline_s)
         except (TimeoutError, KafkaError, OSError) as exc:
-            log.warning("topic end offsets unavailable (%r); answering the last known", exc)
+            log.warning(
+                "topic end offsets unavailable (%s); answering the last known", describe(exc)
+            )
             return (dict(last[0]), last[1]) if last else ({}, None)
         return ends, self._last[wanted][1]
 
@@ -221,7 +224,7 @@ class Rebuilder:
         except Exception as exc:
             log.exception("rebuild failed")
             await redis.hset(
-                self.store.rebuild_key, mapping={"state": "failed", "error": repr(exc)[:300]}
+                self.store.rebuild_key, mapping={"state": "failed", "error": describe(exc)[:300]}
             )
             raise
         finally:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from rapport.dlq import DeadLetters
 from services.connection.main import create_app as connection_app
 from services.invitation.main import create_app as invitation_app
 from services.projection import queries
@@ -134,6 +135,58 @@ async def test_the_projection_sets_each_poison_aside_and_applies_what_follows(
     assert set(dead.values()) == {"projection"}
     assert status["dlq"] == {topics(CONNECTIONS): len(poison)}
     assert rebuilt == live  # nothing lost, nothing double-counted
+
+
+async def test_an_event_redis_refuses_is_set_aside_whole_and_replays_once_mended(
+    infra: Infra, namespace: str
+) -> None:
+    """Redis keeps what a script wrote before a command failed; the projection checks every
+    key of a chunk first, so a refused connection leaves neither side of it. Once the key is
+    mended, replaying the DLQ applies it, and the read models equal a clean rebuild."""
+    topics = TopicNames(namespace)
+    register = [
+        Envelope.wrap(ev.MemberRegistered(member_id=m, name=m, industry="Tech"), producer="t")
+        for m in ("ann", "bob", "cy")
+    ]
+    refused = Envelope.wrap(ev.ConnectionAccepted(member_a="ann", member_b="bob"), producer="t")
+    after = Envelope.wrap(ev.ConnectionAccepted(member_a="ann", member_b="cy"), producer="t")
+    app = projection_app()
+    async with running_app(app) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, register)
+        store = app.state.wired.store
+        ks = await store.current()
+        # bob's connection times hold a string: bob's half of the connection cannot be written.
+        await store.redis.set(ks.member("ca", "bob"), "not a hash")
+        await publish_envelopes(infra.kafka_bootstrap, namespace, [refused, after])
+        applied = await client.get(
+            "/members/ann/degree/cy",
+            params={"after": str(after.event_id), "wait_ms": 20000},
+            headers=auth("ann"),
+        )
+        dead = await read_topic(infra.kafka_bootstrap, dlq(topics(CONNECTIONS)), expect=1)
+        ann_before = (await client.get("/members/ann/connections", headers=auth("ann"))).json()
+        bob_before = await store.redis.smembers(ks.member("c", "bob"))
+
+        await store.redis.delete(ks.member("ca", "bob"))  # the operator mends the key
+        replayed = await DeadLetters(infra.kafka_bootstrap, namespace).replay(CONNECTIONS)
+        degree = await client.get(
+            "/members/ann/degree/bob",
+            params={"after": str(refused.event_id), "wait_ms": 20000},
+            headers=auth("ann"),
+        )
+        ann_after = await client.get("/members/ann/summary", headers=auth("ann"))
+        live = await queries.status.digest(store)
+        rebuilt = await rebuild_digest(client, store)
+
+    assert applied.json()["degree"] == 1  # the partition went on
+    reason = dict(dead[0].headers)["dlq_reason"].decode()
+    assert reason.startswith("apply_failed") and "WRONGTYPE" in reason, reason
+    assert [c["member_id"] for c in ann_before["items"]] == ["cy"]  # no half: ann lacks bob
+    assert bob_before == set()
+    assert replayed == (1, 0)
+    assert degree.json()["degree"] == 1
+    assert ann_after.json()["connections"] == 2
+    assert rebuilt == live
 
 
 async def test_the_connection_service_sets_each_poison_aside_and_connects_what_follows(

@@ -4,7 +4,8 @@
 -- Ops are last-writer-wins (set/hash assignments), so re-running a member's ops after a
 -- crash gives the same state; the one additive op (engagement score) is marked per member.
 -- KEYS: the members' profile keys. ARGV: keyspace prefix, JSON [[member, ops], ...] with
--- ops [[event_id, ts, source partition, offset, kind, args...], ...], clock, dedupe TTL.
+-- ops [[event_id, ts, source partition, offset, kind, args...], ...], clock, dedupe TTL,
+-- '1' to only check (see below).
 -- Returns per member {counted industry or '', industry now (if active) or '', degree,
 -- change count}.
 local ns = ARGV[1]
@@ -17,6 +18,53 @@ local function k(kind) return ns .. kind .. tag end
 local function hmax(key, field, ts)
   local cur = tonumber(call('HGET', key, field) or '0')
   if ts > cur then call('HSET', key, field, ts) end
+end
+
+-- All or nothing: Redis does not undo a script's writes when a later command fails, so the
+-- caller first runs this script in check mode (ARGV[5] = '1') over every member of a chunk:
+-- every key the ops will write or read is checked for its type. A key of the wrong kind
+-- refuses the chunk before anything of it is written, never half an event.
+local WRITES = {
+  ['c+'] = {'c', 'ca'}, ['c-'] = {'c', 'ca'}, ['fg+'] = {'fg'}, ['fg-'] = {'fg'},
+  ['fw+'] = {'fw'}, ['fw-'] = {'fw'}, ['bl+'] = {'bl'}, ['bl-'] = {'bl'},
+  ['blby+'] = {'blby'}, ['blby-'] = {'blby'}, ['ir+'] = {'ir'}, ['ir-'] = {'ir'},
+  ['is+'] = {'is'}, ['is-'] = {'is'}, e = {'es', 'el', 'cg'}, ['l+'] = {'ls'},
+  ['l-'] = {'ls'}, ms = {'ms'},
+}
+local KIND = {
+  c = 'set', ca = 'hash', fg = 'set', fw = 'set', bl = 'set', blby = 'set', ir = 'hash',
+  is = 'hash', es = 'hash', el = 'hash', cg = 'hash', ls = 'set', ms = 'zset', m = 'hash',
+  hw = 'hash', iv = 'string',
+}
+local function expect(key, kind)
+  local found = call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind)
+  end
+end
+if ARGV[5] == '1' then
+for _, entry in ipairs(batch) do
+  tag = ':{' .. entry[1] .. '}'
+  local checked = {m = true, c = true, hw = true, iv = true}
+  for _, name in ipairs({'m', 'c', 'hw', 'iv'}) do
+    local refused = expect(k(name), KIND[name])
+    if refused then return refused end
+  end
+  for _, op in ipairs(entry[2]) do
+    for _, name in ipairs(WRITES[op[5]] or {}) do
+      if not checked[name] then
+        checked[name] = true
+        local refused = expect(k(name), KIND[name])
+        if refused then return refused end
+      end
+    end
+    if op[5] == 'l+' or op[5] == 'l-' then
+      local refused = expect(k('l') .. ':' .. op[6], 'set')
+      if refused then return refused end
+    end
+  end
+end
+return 'ok'
 end
 
 for i, entry in ipairs(batch) do
