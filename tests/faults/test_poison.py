@@ -1,14 +1,18 @@
 """One bad record never stops a partition: every poison kind, in the projection and in every
 write-service consumer, goes to the DLQ with its reason while the good record behind it (same
-partition) is applied. The projection's digest then equals a clean rebuild from the log."""
+partition) is applied. The state then equals a clean rebuild from the log: the projection's
+read models a rebuild, a write service's state a replay."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from redis.asyncio import Redis
 
 from rapport.dlq import DeadLetters
+from rapport.replay import digest as replay_digest
+from rapport.replay import read_log, replay
 from services.connection.main import create_app as connection_app
 from services.invitation.main import create_app as invitation_app
 from services.projection import queries
@@ -85,6 +89,19 @@ async def _dead_letters(infra: Infra, topic: str, expect: int) -> dict[str, str]
         dict(r.headers)["dlq_reason"].decode(): dict(r.headers)["dlq_consumer"].decode()
         for r in records
     }
+
+
+async def _live_and_replayed(infra: Infra, namespace: str, service: str) -> tuple[str, str]:
+    """A write service's state digest, and that of the log replayed into a fresh keyspace
+    (`rapport replay`): the clean rebuild of a write service."""
+    redis = Redis.from_url(infra.redis_url, decode_responses=True)
+    try:
+        live = await replay_digest(service, redis, namespace)
+        fresh = f"{namespace}replay."
+        await replay(service, redis, await read_log(infra.kafka_bootstrap, namespace), fresh)
+        return live, await replay_digest(service, redis, fresh)
+    finally:
+        await redis.aclose()
 
 
 def _assert_reasons(dead: dict[str, str], expected: dict[str, str]) -> None:
@@ -217,10 +234,12 @@ async def test_the_connection_service_sets_each_poison_aside_and_connects_what_f
         )
         decided = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=1)
         dead = await _dead_letters(infra, topics(INVITATIONS), expect=len(poison))
+        live, replayed = await _live_and_replayed(infra, namespace, "connection")
 
     assert "ConnectionAccepted" in {dict(r.headers)["type"].decode() for r in decided}
     _assert_reasons(dead, {kind: start for kind, (_, start) in poison.items()})
     assert set(dead.values()) == {"connection.invitations"}
+    assert replayed == live  # the state is what the log's valid events make
 
 
 async def test_the_invitation_service_sets_each_poison_aside_and_folds_what_follows(
@@ -255,6 +274,8 @@ async def test_the_invitation_service_sets_each_poison_aside_and_folds_what_foll
 
         await wait_until(connected, timeout=20)
         dead = await _dead_letters(infra, topics(CONNECTIONS), expect=len(poison))
+        live, replayed = await _live_and_replayed(infra, namespace, "invitation")
 
     _assert_reasons(dead, {kind: start for kind, (_, start) in poison.items()})
     assert set(dead.values()) == {"invitation.decisions"}
+    assert replayed == live
