@@ -6,7 +6,6 @@ clean rebuild from the log."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
@@ -19,19 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from rapport.authorization import ROWS, Row
-from rapport.dlq import behind
 from rapport.localstack import EMBEDDED_BROKER_TUNING, Infra, embedded_infra, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
-from services.projection.queries.status import digest
-from services.projection.store import ReadModelStore
-from shared.scoring import ScoringModel
-from shared.settings import ProjectionSettings
-from shared.topics import ALL_TOPICS, TopicNames
-from tests.e2e.driver import TOKENS, Driver, World, request_row
+from tests.e2e.driver import TOKENS, Driver, World, agrees_with_a_rebuild, request_row
 from tests.helpers import TOKEN_ENV, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
@@ -127,80 +118,13 @@ def _recovered(stack: OutageStack) -> None:
             "projection", "GET", f"/members/{a}/degree/{b}?after={after}&wait_ms=20000", a
         )
         assert degree.json()["degree"] == 1
-    _agrees_with_a_rebuild(stack)
-
-
-def _agrees_with_a_rebuild(stack: OutageStack) -> None:
-    """Once every event is on the log and applied: no event was dead-lettered (transient
-    errors are retried, never set aside), and the read models equal a clean rebuild (nothing
-    lost, nothing counted twice)."""
-    projection, bootstrap = stack.urls["projection"], stack.infra.kafka_bootstrap
-    ops = {"Authorization": f"Bearer {TOKENS['ops']}"}
-    with httpx.Client(timeout=15) as http:
-        for name in ("invitation", "connection", "engagement"):
-            backlog = f'rapport_outbox_backlog{{service="{name}"}} 0.0'
-            poll_until(
-                lambda n=name, b=backlog: b in http.get(f"{stack.urls[n]}/metrics").text,
-                timeout=30,
-                what=f"{name}'s outbox relayed",
-            )
-        ends = asyncio.run(_log_ends(bootstrap))
-
-        def applied_all() -> bool:
-            positions = http.get(f"{projection}/projection/status", headers=ops).json()
-            return all(positions["positions"].get(tp, 0) >= end for tp, end in ends.items())
-
-        poll_until(applied_all, timeout=30, what="the projection at the log's end")
-        dead = http.get(f"{projection}/dashboard/data", headers=ops).json()["dlq_total"]
-        live = asyncio.run(_digest(stack.infra.redis_url))
-        started = http.post(
-            f"{projection}/projection/rebuild",
-            headers={"Authorization": f"Bearer {TOKENS['admin']}"},
-        )
-        assert started.status_code == 202, started.text
-        poll_until(
-            lambda: (
-                http.get(f"{projection}/projection/status", headers=ops).json()["rebuild"]["state"]
-                == "done"
-            ),
-            timeout=60,
-            what="the rebuild done",
-        )
-        rebuilt = asyncio.run(_digest(stack.infra.redis_url))
-    assert dead == 0
-    assert rebuilt == live
-
-
-async def _log_ends(bootstrap: str) -> dict[str, int]:
-    """Each partition's true end, read through (Tansu's ListOffsets can answer short)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        names = TopicNames("")
-        parts = [
-            TopicPartition(names(t), p)
-            for t in ALL_TOPICS
-            for p in sorted(consumer.partitions_for_topic(names(t)) or ())
-        ]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        while await behind(consumer, parts, ends):
-            await consumer.getmany(timeout_ms=500, max_records=5000)
-        return {f"{tp.topic}:{tp.partition}": await consumer.position(tp) for tp in parts}
-    finally:
-        await consumer.stop()
-
-
-async def _digest(redis_url: str) -> str:
-    """The live read models' digest, as the projection computes it."""
-    client = Redis.from_url(redis_url, decode_responses=True)
-    try:
-        store = ReadModelStore(client, ProjectionSettings(redis_url=redis_url), ScoringModel())
-        return await digest(store)
-    finally:
-        await client.aclose()
+    agrees_with_a_rebuild(
+        stack.urls,
+        stack.infra.kafka_bootstrap,
+        stack.infra.redis_url,
+        ops={"Authorization": f"Bearer {TOKENS['ops']}"},
+        admin={"Authorization": f"Bearer {TOKENS['admin']}"},
+    )
 
 
 def _assert_fast_and_no_500(results: list[Result]) -> None:
