@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIZE ?= full
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit lint bench docs clean redis-server chromium wrk compose-config
+.PHONY: install run test test-unit lint bench docs clean redis-server chromium wrk prometheus compose-config
 
 install: $(STAMP)
 
@@ -44,10 +44,14 @@ wrk:
 chromium:
 	$(call apt_install,chromium,chromium,the browser test will be skipped (apt-get install chromium),true)
 
+# The alert rules' unit tests (promtool) and the real-Prometheus e2e test.
+prometheus:
+	$(call apt_install,promtool,--no-install-recommends prometheus,the alert-rule and Prometheus tests need it (apt-get install prometheus),exit 1)
+
 run: install redis-server
 	$(BIN)/rapport run $(if $(filter 1 yes true,$(DEMO)),--demo)
 
-test: install redis-server chromium
+test: install redis-server chromium prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install

@@ -66,6 +66,18 @@ LOOP_FAILURES = Counter(
     "Unexpected errors of a background loop (each is logged, counted and the loop restarted)",
     ["service", "loop"],
 )
+READY = Gauge(
+    "rapport_ready",
+    "1 when the readiness check passes (read on each scrape), 0 when it fails",
+    ["service", "check"],
+)
+REBUILD_RUNNING = Gauge(
+    "rapport_projection_rebuild_running", "1 while this replica runs a projection rebuild"
+)
+REBUILD_BEHIND = Gauge(
+    "rapport_projection_rebuild_behind",
+    "Records the running rebuild still has to apply before it can flip (0 when none runs)",
+)
 CONSUMER_LAG = Gauge(
     "rapport_consumer_lag", "Records behind the partition end", ["consumer", "topic", "partition"]
 )
@@ -118,8 +130,28 @@ class LoopFailing(RuntimeError):
 READY_CHECK_TIMEOUT_S = 1.0
 
 
-def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
-    """`/healthz` (process up), `/readyz` (every dependency answers), `/metrics`."""
+async def run_checks(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
+    """Every readiness check, concurrently and each within a deadline (a paused dependency
+    fails fast); the failing ones with their error."""
+
+    async def run(check: ReadinessCheck) -> str | None:
+        try:
+            await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_S)
+        except TimeoutError:
+            return "Timeout"
+        except LoopFailing as exc:
+            return str(exc)
+        except Exception as exc:  # any failure of a dependency means not ready
+            return type(exc).__name__
+        return None
+
+    results = await asyncio.gather(*(run(check) for check in checks.values()))
+    return {name: err for name, err in zip(checks, results, strict=True) if err}
+
+
+def health_router(service: str, checks: dict[str, ReadinessCheck]) -> APIRouter:
+    """`/healthz` (process up), `/readyz` (every dependency answers), `/metrics` (which
+    runs the readiness checks too, so `rapport_ready` is as fresh as the scrape)."""
     router = APIRouter(tags=["ops"])
 
     @router.get("/healthz", summary="Liveness: the process is up")
@@ -132,20 +164,7 @@ def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
         responses={503: {"description": "A dependency is unreachable"}},
     )
     async def readyz() -> JSONResponse:
-        async def run(check: ReadinessCheck) -> str | None:
-            try:
-                await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_S)
-            except TimeoutError:
-                return "Timeout"
-            except LoopFailing as exc:
-                return str(exc)
-            except Exception as exc:  # any failure of a dependency means not ready
-                return type(exc).__name__
-            return None
-
-        # Concurrently and each within a deadline: a paused dependency answers 503 fast.
-        results = await asyncio.gather(*(run(check) for check in checks.values()))
-        failed = {name: err for name, err in zip(checks, results, strict=True) if err}
+        failed = await run_checks(checks)
         if failed:
             return JSONResponse(
                 {"status": "unavailable", "failed": failed},
@@ -156,6 +175,9 @@ def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
+        failed = await run_checks(checks)
+        for name in checks:
+            READY.labels(service, name).set(0 if name in failed else 1)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -273,7 +273,9 @@ def create_service_app(
         await app.state.runtime.check_loops()
 
     app.include_router(
-        health_router({"redis": check_redis, "kafka": check_broker, "loops": check_loops})
+        health_router(
+            settings.service, {"redis": check_redis, "kafka": check_broker, "loops": check_loops}
+        )
     )
     for router in routers:
         app.include_router(router)

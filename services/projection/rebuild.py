@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from services.projection.apply import BatchApplier, retrying
 from services.projection.store import ReadModelStore
 from shared import scripts
-from shared.observability import describe
+from shared.observability import REBUILD_BEHIND, REBUILD_RUNNING, describe
 from shared.topics import ALL_TOPICS
 
 log = logging.getLogger("rapport.projection")
@@ -158,6 +158,7 @@ class Rebuilder:
             fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
         )
         await retrying(consumer.start)
+        REBUILD_RUNNING.set(1)
         try:
             await retrying(consumer.topics)
             partitions = self.ends.partitions(consumer)
@@ -181,6 +182,7 @@ class Rebuilder:
                     key = f"{tp.topic}:{tp.partition}"
                     done[key] = max(done.get(key, 0), await consumer.position(tp))
                 behind = {tp: end - done.get(tp, 0) for tp, end in ends.items()}
+                REBUILD_BEHIND.set(sum(max(gap, 0) for gap in behind.values()))
                 await redis.hset(
                     self.store.rebuild_key,
                     mapping={"applied": sum(done.values()), "total": sum(ends.values())},
@@ -228,6 +230,8 @@ class Rebuilder:
             )
             raise
         finally:
+            REBUILD_RUNNING.set(0)
+            REBUILD_BEHIND.set(0)
             await consumer.stop()
             with contextlib.suppress(Exception):  # else the lease frees it
                 await self._release(keys=[self.store.rebuild_lock_key], args=[self._owner])

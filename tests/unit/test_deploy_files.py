@@ -168,6 +168,8 @@ def test_grafana_dashboard_only_charts_metrics_the_services_export() -> None:
         "outbox_backlog",
         "consumer_lag",
         "dlq_records",
+        "ready",  # the alerts' signals (deploy/prometheus/alerts.yml) have panels too
+        "rebuild_behind",
     ):
         assert any(needed in m for m in used), needed
 
