@@ -70,6 +70,10 @@ def reader() -> dict[str, int]:
     return _statuses(401, 401, 200, 200, 200, 200)
 
 
+def operator() -> dict[str, int]:
+    return _statuses(401, 401, 403, 403, 200, 200)
+
+
 def admin(status: int) -> dict[str, int]:
     return _statuses(401, 401, 403, 403, 403, status)
 
@@ -80,6 +84,7 @@ OWN = "service token, as the member in the path only"
 PARTY = "service token, as a party to the invitation"
 SERVICE = "service token (any or no member)"
 READER = "service, ops or admin token"
+OPERATOR = "ops or admin token (any member, read-only)"
 ADMIN = "admin token"
 
 _HEALTH = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
@@ -196,6 +201,11 @@ ROWS: list[Row] = [
     Row("projection", "POST", "/projection/rebuild", ADMIN, admin(202)),
     Row("projection", "GET", "/dashboard", PUBLIC + "; the page asks for a token", public()),
     Row("projection", "GET", "/dashboard/data", READER, reader()),
+    *(
+        # connected: the world waits until the projection has applied it (and the members)
+        Row("projection", "GET", path, OPERATOR, operator(), setup=Setup(connected=True))
+        for path in ("/dashboard/explore/{member_id}", "/dashboard/explore/{member_id}/{other}")
+    ),
 ]
 
 

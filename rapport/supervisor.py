@@ -56,9 +56,9 @@ class ServiceProcess:
             "--workers",
             str(self.workers),
         ]
-        self.child = ChildProcess(
-            self.name, argv, self.log_dir / f"{self.name}.log", env={**os.environ, **self.env}
-        )
+        # The port in the settings too: the process reports where it listens (heartbeat).
+        env = {**os.environ, **self.env, f"RAPPORT_{self.name.upper()}_PORT": str(self.port)}
+        self.child = ChildProcess(self.name, argv, self.log_dir / f"{self.name}.log", env=env)
         self.child.start()
 
     def ready(self) -> bool:

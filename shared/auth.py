@@ -82,6 +82,13 @@ async def require_reader(role: CallerRole) -> None:
     """Read-only shared views: the service, ops or admin token."""
 
 
+async def require_operator(role: CallerRole) -> None:
+    """Operators' views into any member's network (the dashboard's explorer): the ops or
+    admin token, never the gateway's."""
+    if role not in (Role.OPS, Role.ADMIN):
+        raise refused()
+
+
 async def require_admin(role: CallerRole) -> None:
     if role is not Role.ADMIN:
         raise refused()
@@ -102,6 +109,7 @@ async def acting_member(
 
 Authenticated = Annotated[None, Depends(require_service)]
 Reader = Annotated[None, Depends(require_reader)]
+Operator = Annotated[None, Depends(require_operator)]
 Admin = Annotated[None, Depends(require_admin)]
 ActingMember = Annotated[str, Depends(acting_member)]
 

@@ -32,6 +32,7 @@ from shared.consumer import (
     transient,
 )
 from shared.errors import ERROR_RESPONSES, error_response, install_error_handlers
+from shared.instances import HEARTBEAT_S, InstanceReporter
 from shared.kafka import make_broker
 from shared.observability import (
     LOOP_FAILURES,
@@ -96,6 +97,7 @@ class Runtime:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # Background loops by name: their consecutive unexpected failures and the last error.
     loops: dict[str, LoopHealth] = field(default_factory=dict)
+    reporter: InstanceReporter | None = None
 
     @classmethod
     def build(cls, settings: ServiceSettings) -> Runtime:
@@ -196,6 +198,23 @@ class Runtime:
                 log.warning("broker not ready (%s); retrying", describe(exc))
                 await asyncio.sleep(0.5)
         self.spawn(self.relay.run, f"{self.settings.service}-outbox-relay")
+        s = self.settings
+        self.reporter = InstanceReporter(
+            self.redis,
+            s.key("instances"),
+            s.service,
+            int(getattr(s, "port", 0)),
+            {"redis": self.check_redis, "kafka": self.check_broker, "loops": self.check_loops},
+            self.loop_states,
+            self.state.backlog,
+        )
+        self.every(HEARTBEAT_S, self.reporter.beat, f"{s.service}-heartbeat")
+
+    def loop_states(self) -> dict[str, Any]:
+        return {
+            name: {"failures": h.failures, "failing": h.failing, "last_error": h.last_error}
+            for name, h in self.loops.items()
+        }
 
     async def stop(self) -> None:
         self.relay.stop()
@@ -211,6 +230,9 @@ class Runtime:
         # go the clients they may still use (the background Redis client among them).
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.broker.stop(), timeout=STOP_TIMEOUT_S)
+        if self.reporter is not None:  # the health panel shows the stop at once
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.reporter.stopped(), timeout=1.0)
         for close in self.closers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(close(), timeout=STOP_TIMEOUT_S)

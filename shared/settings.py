@@ -157,6 +157,8 @@ class ProjectionSettings(ServiceSettings):
     read_quota_per_minute: int = Field(3000, ge=1)
     # Paths considered before ranking the shortest ones by engagement.
     paths_scan_cap: int = Field(2000, ge=1, le=1_000_000)
+    # The dashboard's charts take one sample this often (and keep the last 15 minutes).
+    dashboard_sample_s: float = Field(5.0, ge=0.2, le=60)
 
 
 SETTINGS_BY_SERVICE: dict[str, type[ServiceSettings]] = {

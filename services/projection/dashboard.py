@@ -20,21 +20,39 @@ from services.projection import queries
 from services.projection.api import ENDS_DEADLINE_S
 from services.projection.deps import ProjectionDep
 from services.projection.domain import SIZE_BUCKETS, average
-from shared.auth import Reader
+from services.projection.history import History
+from services.projection.rebuild import TopicEnds
+from services.projection.store import ReadModelStore
+from shared.api import MemberPath
+from shared.auth import Operator, Reader
+from shared.domain import unknown_member
 from shared.errors import ApiError
+from shared.events import PROFILE_FIELDS
+from shared.instances import read_instances
 from shared.topics import ALL_TOPICS, dlq
 
 router = APIRouter(tags=["ops"])
 
-# Only these files are served; anything else is a 404 (no path handling at all).
+# Only these files are served; anything else is a 404 (no path handling at all). The
+# charting and graph-drawing libraries are vendored (static/vendor/<name>-<version>, each with
+# its licence) so the page works with no internet.
 ASSETS = {
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
+    "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "uPlot.iife.min.js": (
+        "vendor/uplot-1.6.32/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+    ),
+    "uPlot.min.css": ("vendor/uplot-1.6.32/uPlot.min.css", "text/css; charset=utf-8"),
+    "cytoscape.min.js": (
+        "vendor/cytoscape-3.35.0/cytoscape.min.js",
+        "text/javascript; charset=utf-8",
+    ),
 }
 
 
 def _static(name: str) -> bytes:
-    return resources.files("services.projection").joinpath("static", name).read_bytes()
+    return resources.files("services.projection").joinpath("static", *name.split("/")).read_bytes()
 
 
 def _partition_order(tp: str) -> tuple[str, int]:
@@ -49,6 +67,14 @@ def _distribution(industries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+async def sample(store: ReadModelStore, ends: TopicEnds, history: History, instances: str) -> None:
+    """One point of the charts (a background loop of every projection replica)."""
+    (topic_ends, _), (dead, _) = await asyncio.gather(
+        ends.within(ENDS_DEADLINE_S), ends.within(ENDS_DEADLINE_S, [dlq(t) for t in ALL_TOPICS])
+    )
+    history.observe(time.time(), topic_ends, dead, await read_instances(store.redis, instances))
+
+
 @router.get("/dashboard", response_class=HTMLResponse, summary="The ops dashboard (HTML)")
 async def dashboard() -> HTMLResponse:
     """Industry table and chart, network-size distribution, throughput, lag, DLQ, rebuild
@@ -60,7 +86,59 @@ async def dashboard() -> HTMLResponse:
 async def dashboard_asset(name: str) -> Response:
     if name not in ASSETS:
         raise ApiError(404, "not_found", "no such dashboard asset")
-    return Response(_static(name), media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+    path, media_type = ASSETS[name]
+    return Response(_static(path), media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    "/dashboard/explore/{member_id}",
+    summary="Network explorer: a member's summary, neighbourhood (sampled) and suggestions",
+)
+async def explore_member(
+    member_id: MemberPath, projection: ProjectionDep, _auth: Operator
+) -> dict[str, Any]:
+    """For operators (ops or admin token): any member, read-only."""
+    store, now = projection.store, datetime.now(UTC)
+    ks = await store.current()
+    profile = await store.profile(ks, member_id)
+    if not profile:
+        raise unknown_member(member_id)
+    views = await queries.engagement.engagement(store, member_id, now)
+    return {
+        "member_id": member_id,
+        "profile": {k: profile.get(k) for k in (*PROFILE_FIELDS, "active")},
+        "summary": await queries.members.summary(store, member_id, now),
+        "engaged": views["engaged"][:20],
+        "stale": views["stale"][:20],
+        "neighbourhood": await queries.explore.neighbourhood(store, ks, member_id),
+        "suggestions": (await queries.suggestions.suggestions(store, member_id, 10))["items"],
+    }
+
+
+@router.get(
+    "/dashboard/explore/{member_id}/{other}",
+    summary="Network explorer: how two members are connected",
+)
+async def explore_pair(
+    member_id: MemberPath, other: MemberPath, projection: ProjectionDep, _auth: Operator
+) -> dict[str, Any]:
+    """Degree, mutual connections and up to 3 shortest paths (ranked by engagement)."""
+    store = projection.store
+    ks = await store.current()
+    for m in (member_id, other):
+        if not await store.profile(ks, m):
+            raise unknown_member(m)
+    answer = await queries.degree.degree(store, ks, member_id, other)
+    total, mutual, _ = await queries.degree.mutual_page(store, ks, member_id, other, None, 20)
+    found = await queries.paths.paths(store, ks, member_id, other, 3)
+    on_paths = sorted({n for p in found for n in p.members} | set(mutual))
+    names = {m: p.get("name") for m, p in (await store.profiles(ks, on_paths)).items()}
+    return {
+        "degree": answer.degree,
+        "mutual": {"total": total, "items": mutual},
+        "paths": [{"members": p.members, "score": round(p.score, 3)} for p in found],
+        "names": names,
+    }
 
 
 @router.get("/dashboard/data", summary="Everything the dashboard shows, in one snapshot")
@@ -118,6 +196,10 @@ async def dashboard_data(projection: ProjectionDep, _auth: Reader) -> dict[str, 
         "dlq": [{"topic": t, "records": n} for t, n in sorted(dlq_records.items())],
         "dlq_total": sum(dlq_records.values()),
         "quota_refused": await projection.store.quota_refused(),
+        "history": projection.history.columns(),
+        "instances": await read_instances(
+            projection.store.redis, projection.store.settings.key("instances")
+        ),
         "projection": {
             "version": status["version"],
             "events_applied": status["events_applied"],

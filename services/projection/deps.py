@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from services.projection.apply import BatchApplier
+from services.projection.history import History
 from services.projection.queries.status import Throughput
 from services.projection.rebuild import Rebuilder, TopicEnds
 from services.projection.store import ReadModelStore
@@ -22,6 +23,7 @@ class Projection:
     rebuilder: Rebuilder
     ends: TopicEnds
     throughput: Throughput
+    history: History
 
 
 # Dependencies are async: FastAPI runs a plain `def` dependency in a thread pool.

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.projection import api, consumers, dashboard
 from services.projection.apply import BatchApplier
 from services.projection.deps import Projection
+from services.projection.history import History
 from services.projection.queries import suggestions
 from services.projection.queries.status import Throughput
 from services.projection.rebuild import Rebuilder, TopicEnds
@@ -40,7 +41,13 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
         rebuilder = Rebuilder(background, applier, ends)
         runtime.closers.insert(0, rebuilder.stop)  # before the clients it uses close
         runtime.every(REAP_EVERY_S, rebuilder.reap, "projection-rebuild-reaper")
-        return Projection(store, applier, rebuilder, ends, Throughput())
+        history = History(settings.dashboard_sample_s)
+        runtime.every(
+            settings.dashboard_sample_s,
+            lambda: dashboard.sample(store, ends, history, settings.key("instances")),
+            "projection-dashboard-history",
+        )
+        return Projection(store, applier, rebuilder, ends, Throughput(), history)
 
     return create_service_app(
         settings,

@@ -34,6 +34,7 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         **TOKEN_ENV,
         "RAPPORT_NAMESPACE": namespace,
         **EMBEDDED_BROKER_TUNING,
+        "RAPPORT_PROJECTION_DASHBOARD_SAMPLE_S": "1",  # charts fill within seconds
     }
     logs = Path(tmp_path_factory.mktemp("stack-logs"))
     services = [ServiceProcess(name, free_port(), env, logs) for name in SERVICES]

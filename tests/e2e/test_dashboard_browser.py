@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from rapport.localstack import free_port
+from rapport.supervisor import ServiceProcess
 from tests.e2e.conftest import Stack
-from tests.helpers import OPS_TOKEN, auth, poll_until, random_id
+from tests.helpers import OPS_TOKEN, TOKEN, auth, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -147,4 +151,109 @@ def test_dashboard_without_or_with_a_wrong_token_asks_for_one(stack: Stack, brow
     page.click("#login button")
     page.wait_for_selector("#board:not([hidden])")
     assert page.locator("#login").is_hidden()
+    page.close()
+
+
+def _demo(stack: Stack, tmp_path: Path, tag: str) -> None:
+    """A small demo network through the public APIs, as `make run DEMO=1` builds it."""
+    rapport = Path(sys.executable).parent / "rapport"
+    result = subprocess.run(
+        [str(rapport), "demo", "--members", "60", "--scale", "0.005", "--tag", tag],
+        cwd=tmp_path,
+        env={**os.environ, **stack.env, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_charts_health_panel_and_explorer_after_a_demo(
+    stack: Stack, browser: Any, tmp_path: Path
+) -> None:
+    tag = random_id(4)
+    _demo(stack, tmp_path, tag)
+    a, b, c = (f"{n}-{tag}" for n in ("ann", "bob", "cyd"))
+    _register(stack, {a: "Optics", b: "Optics", c: "Optics"})
+    _connect(stack, a, b)
+    _connect(stack, b, c)  # ann and cyd: 2nd degree, through bob
+    poll_until(
+        lambda: (
+            httpx.get(
+                f"{stack.urls['projection']}/members/{a}/degree/{c}", headers=auth(a), timeout=10
+            ).json()["degree"]
+            == 2
+        )
+    )
+    # A second engagement replica, to be stopped while the page watches.
+    replica = ServiceProcess("engagement", free_port(), stack.env, stack.logs / "replica")
+    (stack.logs / "replica").mkdir(exist_ok=True)
+    replica.start()
+    try:
+        poll_until(replica.ready, timeout=60, what="the second engagement replica")
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(f"{stack.urls['projection']}/dashboard#token={OPS_TOKEN}")
+
+        # Every chart has data points (the projection samples every second here).
+        page.wait_for_function(
+            """() => {
+                const charts = [...document.querySelectorAll('#charts [data-chart]')];
+                return charts.length === 7 && charts.every(c => Number(c.dataset.points) > 1);
+            }""",
+            timeout=30_000,
+        )
+        assert page.locator("#charts .u-legend").count() == 7  # a legend per chart
+        assert page.locator("#charts canvas").count() == 7
+
+        # The health panel: both engagement processes ready; one stopped turns red.
+        replica_row = f'#health tr[data-service="engagement"][data-port="{replica.port}"]'
+        page.wait_for_selector(f'{replica_row}[data-state="ready"]', timeout=15_000)
+        states = page.locator("#health tbody tr").evaluate_all(
+            "rows => rows.map(r => [r.dataset.service, r.dataset.state])"
+        )
+        assert sorted(s for s, _ in states) == sorted(
+            ["invitation", "connection", "engagement", "engagement", "projection"]
+        )
+        assert all(state == "ready" for _, state in states), states
+        page.screenshot(path=str(tmp_path / "dashboard-charts-health.png"), full_page=True)
+        assert replica.child is not None
+        replica.child.proc.kill()  # type: ignore[union-attr]
+        page.wait_for_selector(f'{replica_row}[data-state="down"]', timeout=5_000)
+        assert page.locator(f"{replica_row} .badge").inner_text().startswith("down")
+        page.screenshot(path=str(tmp_path / "dashboard-service-down.png"), full_page=True)
+
+        # The explorer: two members, their degree, mutual connection and a drawn path.
+        page.fill("#explore-a", a)
+        page.fill("#explore-b", c)
+        page.click("#explore button")
+        page.wait_for_selector("#explore-pair:not([hidden])", timeout=15_000)
+        assert page.locator('#explore-degree [data-fact="degree"]').inner_text() == "2"
+        assert page.locator('#explore-degree [data-fact="mutual"]').inner_text() == "1"
+        assert b in page.locator("#explore-mutual").inner_text()
+        assert page.locator("#explore-paths li").first.inner_text().startswith(f"{a} → {b} → {c}")
+        assert page.locator("#explore-paths-graph").get_attribute("data-nodes") == "3"
+        assert page.locator("#explore-graph").get_attribute("data-nodes") == "3"  # ann, bob, cyd
+        assert page.locator('#explore-member [data-fact="connections"]').inner_text() == "1"
+        assert page.locator("#explore-graph canvas").count() > 0  # drawn
+        page.locator("#explorer").screenshot(path=str(tmp_path / "dashboard-explorer.png"))
+        print(f"dashboard screenshots: {tmp_path}")
+        # Offline by construction: every request went to the projection service itself.
+        assert all(url.startswith(stack.urls["projection"]) for url in requests), requests
+        page.close()
+    finally:
+        if replica.child is not None:
+            replica.child.stop()
+
+
+def test_the_explorer_is_for_operators_only(stack: Stack, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(f"{stack.urls['projection']}/dashboard#token={TOKEN}")  # the gateway's token
+    page.wait_for_selector("#board:not([hidden])")
+    page.fill("#explore-a", "anyone")
+    page.click("#explore button")
+    page.wait_for_function("document.getElementById('explore-error').textContent.length > 0")
+    assert "ops or admin token" in page.locator("#explore-error").inner_text()
     page.close()

@@ -4,6 +4,7 @@
 from services.projection.queries import (
     degree,
     engagement,
+    explore,
     industries,
     members,
     network,
@@ -15,6 +16,7 @@ from services.projection.queries import (
 __all__ = [
     "degree",
     "engagement",
+    "explore",
     "industries",
     "members",
     "network",

@@ -1,4 +1,5 @@
-// Rapport ops dashboard: polls /dashboard/data and redraws. No dependencies, no CDN.
+// Rapport ops dashboard: polls /dashboard/data and redraws. No CDN: the two libraries it uses
+// (uPlot for charts, Cytoscape.js for graphs) are vendored beside it.
 // Every value from the server goes in through textContent (industry names are user input).
 "use strict";
 
@@ -113,6 +114,211 @@ function renderPipeline(data) {
   }
 }
 
+
+// --- charts over time (uPlot) ---------------------------------------------------------------
+const CHARTS = [
+  { key: "events_per_s", title: "Events per second by topic", unit: "events/s" },
+  { key: "lag", title: "Consumer lag by consumer group", unit: "records" },
+  { key: "requests_per_s", title: "HTTP requests per second by service", unit: "req/s" },
+  { key: "p99_ms", title: "HTTP p99 latency by service", unit: "ms" },
+  { key: "errors_per_s", title: "HTTP 4xx and 5xx by service", unit: "responses/s" },
+  { key: "dlq_records", title: "Records in dead-letter topics", unit: "records" },
+  { key: "outbox_backlog", title: "Outbox backlog by service", unit: "entries" },
+];
+const PALETTE = ["#2f6fdb", "#19a974", "#d9480f", "#8e44ad", "#e0a800", "#16a2b8", "#6c757d",
+                 "#c2255c", "#5c940d", "#364fc7"];
+const plots = new Map(); // chart key -> {plot, names}
+
+function shortName(name) { return name.replace(/^.*?rapport\./, ""); }
+
+function renderCharts(history) {
+  const box = $("charts");
+  for (const spec of CHARTS) {
+    const series = history[spec.key] || {};
+    const names = Object.keys(series);
+    let entry = plots.get(spec.key);
+    let holder = box.querySelector(`[data-chart="${spec.key}"]`);
+    if (!holder) {
+      holder = el("div", { class: "chart", "data-chart": spec.key },
+        el("h3", {}, `${spec.title} (${spec.unit})`), el("div", { class: "plot" }));
+      box.append(holder);
+    }
+    const points = names.reduce((n, name) => n + series[name].filter((v) => v != null).length, 0);
+    holder.dataset.points = String(points);
+    holder.dataset.series = String(names.length);
+    if (!names.length) continue;
+    const data = [history.t, ...names.map((n) => series[n])];
+    if (!entry || entry.names.join("|") !== names.join("|")) {
+      if (entry) entry.plot.destroy();
+      const target = holder.querySelector(".plot");
+      const opts = {
+        width: Math.max(360, target.clientWidth || holder.clientWidth || 420),
+        height: 190,
+        scales: { x: { time: true } },
+        axes: [{}, { label: spec.unit, size: 64,
+                     values: (u, vals) => vals.map((v) => fmt.format(v)) }],
+        series: [{}, ...names.map((name, i) => ({
+          label: shortName(name), stroke: PALETTE[i % PALETTE.length], width: 1.5,
+          value: (u, v) => (v == null ? "–" : `${fmt.format(v)} ${spec.unit}`),
+        }))],
+      };
+      entry = { plot: new uPlot(opts, data, target), names };
+      plots.set(spec.key, entry);
+    } else {
+      entry.plot.setData(data);
+    }
+  }
+}
+
+// --- service health -------------------------------------------------------------------------
+function duration(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+function renderHealth(instances) {
+  const tbody = $("health").tBodies[0];
+  rows(tbody, instances, (i) => {
+    const failing = Object.entries(i.failed || {}).map(([k, v]) => `${k}: ${v}`).join("; ");
+    const label = {
+      ready: "ready",
+      not_ready: `not ready: ${failing}`,
+      down: `down (no heartbeat for ${fmt.format(i.seen_ago_s)}s)`,
+      stopped: "stopped",
+    }[i.state] || i.state;
+    const loops = el("span");
+    for (const [name, loop] of Object.entries(i.loops || {})) {
+      loops.append(el("span", {
+        class: loop.failing ? "loop failing" : "loop",
+        title: loop.last_error || "no failure",
+      }, `${name.replace(`${i.service}-`, "")}${loop.failures ? ` ×${loop.failures}` : ""} `));
+    }
+    const error = i.last_error
+      ? `${new Date(i.last_error_at * 1000).toLocaleTimeString()} ${i.last_error}` : "none";
+    return [[i.service, false], [`${i.instance} :${i.port}`, false],
+            [el("span", { class: `badge ${i.state}` }, label), false],
+            [duration(Date.now() / 1000 - i.started_at), true], [i.version, false],
+            [fmt.format(i.metrics.backlog), true], [loops, false], [error, false]];
+  }, "no service has reported yet");
+  [...tbody.rows].forEach((tr, n) => {
+    const i = instances[n];
+    if (!i) return;
+    tr.dataset.service = i.service;
+    tr.dataset.port = String(i.port);
+    tr.dataset.state = i.state;
+    tr.className = i.state;
+  });
+}
+
+// --- network explorer (Cytoscape.js) ---------------------------------------------------------
+const DEGREE_COLOURS = ["#16202e", "#2f6fdb", "#19a974", "#e0a800"];
+
+function drawGraph(container, nodes, edges, layout) {
+  const cy = cytoscape({
+    container,
+    elements: [
+      ...nodes.map((n) => ({ data: { id: n.id, label: n.label, degree: n.degree } })),
+      ...edges.map(([a, b], k) => ({ data: { id: `e${k}`, source: a, target: b } })),
+    ],
+    style: [
+      { selector: "node", style: {
+        label: "data(label)", "font-size": 10, width: 14, height: 14, color: "#1d2633",
+        "background-color": (n) => DEGREE_COLOURS[n.data("degree")] || "#999" } },
+      { selector: "edge", style: { width: 1, "line-color": "#c5ccd6" } },
+    ],
+    layout,
+    minZoom: 0.2,
+    maxZoom: 1.6, // a graph of three nodes is not drawn with letters an inch high
+  });
+  container.dataset.nodes = String(nodes.length);
+  container.dataset.edges = String(edges.length);
+  return cy;
+}
+
+function people(list, items, text) {
+  list.replaceChildren();
+  if (!items.length) { list.append(el("li", { class: "empty" }, "none")); return; }
+  for (const item of items) list.append(el("li", {}, text(item)));
+}
+
+async function explorerFetch(path) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = body.error ? body.error.message : `HTTP ${response.status}`;
+    throw new Error(response.status === 403
+      ? "the explorer needs the ops or admin token" : message);
+  }
+  return body;
+}
+
+async function explore(a, b) {
+  $("explore-error").textContent = "";
+  const member = await explorerFetch(`/dashboard/explore/${encodeURIComponent(a)}`);
+  const facts = $("explore-member");
+  facts.replaceChildren();
+  const p = member.profile;
+  for (const [k, v] of [["member", `${member.member_id} (${p.name || "?"})`],
+                        ["industry", p.industry || "–"], ["active", p.active === "1" ? "yes" : "no"],
+                        ["connections", fmt.format(member.summary.connections)],
+                        ["engaged", fmt.format(member.summary.engaged_connections)],
+                        ["stale", fmt.format(member.stale.length)]]) {
+    facts.append(el("dt", {}, k), el("dd", { "data-fact": k }, v));
+  }
+  people($("explore-engaged"), member.engaged, (i) => `${i.member_id} · score ${fmt.format(i.score)}`);
+  people($("explore-stale"), member.stale, (i) => `${i.member_id} · last ${i.last_interaction || "never"}`);
+  people($("explore-suggestions"), member.suggestions, (i) =>
+    `${i.member_id}${i.name ? ` (${i.name})` : ""} · ${i.mutual_connections} mutual` +
+    (i.shared.length ? ` · shared ${i.shared.join(", ")}` : ""));
+  const hood = member.neighbourhood;
+  $("explore-note").textContent = hood.sampled
+    ? `Sampled: ${hood.first_shown} of ${fmt.format(hood.connections)} connections (most engaged first) ` +
+      `and ${hood.second_shown} of their connections (a few each, at random).`
+    : `All ${hood.connections} connections and ${hood.second_shown} of their connections.`;
+  $("explore-result").hidden = false;
+  drawGraph($("explore-graph"),
+    hood.nodes.map((n) => ({ id: n.id, label: n.name || n.id, degree: n.degree })), hood.edges,
+    { name: "concentric", concentric: (n) => 3 - n.data("degree"), levelWidth: () => 1,
+      minNodeSpacing: 8, animate: false });
+  if (!b) { $("explore-pair").hidden = true; return; }
+  const pair = await explorerFetch(
+    `/dashboard/explore/${encodeURIComponent(a)}/${encodeURIComponent(b)}`);
+  const degree = $("explore-degree");
+  degree.replaceChildren();
+  degree.append(el("dt", {}, "between"), el("dd", {}, `${a} and ${b}`),
+                el("dt", {}, "degree"), el("dd", { "data-fact": "degree" },
+                  pair.degree == null ? "not within 3" : String(pair.degree)),
+                el("dt", {}, "mutual"), el("dd", { "data-fact": "mutual" }, fmt.format(pair.mutual.total)));
+  const name = (m) => (pair.names[m] ? `${m} (${pair.names[m]})` : m);
+  people($("explore-mutual"), pair.mutual.items, name);
+  const list = $("explore-paths");
+  list.replaceChildren();
+  for (const path of pair.paths) list.append(el("li", {}, `${path.members.join(" → ")} · score ${fmt.format(path.score)}`));
+  if (!pair.paths.length) list.append(el("li", { class: "empty" }, "no path within 3 degrees"));
+  $("explore-pair").hidden = false; // drawn into a visible box, or Cytoscape sees no size
+  const nodes = new Map();
+  const edges = new Set();
+  for (const path of pair.paths) {
+    path.members.forEach((m, step) => {
+      const degreeOfNode = m === b ? 3 : Math.min(step, 2);
+      if (!nodes.has(m)) nodes.set(m, { id: m, label: m, degree: step === 0 ? 0 : degreeOfNode });
+      if (step) edges.add(`${path.members[step - 1]}|${m}`);
+    });
+  }
+  drawGraph($("explore-paths-graph"), [...nodes.values()],
+    [...edges].map((e) => e.split("|")),
+    { name: "breadthfirst", directed: true, roots: [a], spacingFactor: 0.9, animate: false });
+}
+
+$("explore").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const a = $("explore-a").value.trim();
+  const b = $("explore-b").value.trim();
+  explore(a, b).catch((err) => { $("explore-error").textContent = err.message; });
+});
+
 function render(data) {
   $("kpi-members").textContent = fmt.format(data.totals.members);
   $("kpi-connections").textContent = fmt.format(data.totals.connections);
@@ -130,6 +336,8 @@ function render(data) {
   renderIndustries(data);
   renderDistribution(data);
   renderPipeline(data);
+  renderHealth(data.instances || []);
+  renderCharts(data.history || { t: [] });
 }
 
 function showLogin(message) {
