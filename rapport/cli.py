@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-import httpx
 import typer
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
@@ -22,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rapport.client import BlockingClient, RapportError, Unavailable
 from rapport.demo import (
     DEFAULT_MEMBERS,
     DEFAULT_SCALE,
@@ -40,9 +39,12 @@ from rapport.localstack import (
 )
 from rapport.replay import WRITE_SERVICES, digest, has_state, read_log, replay
 from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
+from services.projection.api import ProjectionStatus
 from shared.events import InvalidEvent, decode
 from shared.settings import DEFAULT_REDIS
 from shared.topics import TopicNames
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Rapport: the connections backend of a professional network.")
 console = Console()
@@ -223,62 +225,42 @@ def bootstrap_servers(state_dir: Path) -> str:
     )
 
 
-def _client(
-    url: str | None, state_dir: Path, service: str = "projection", role: str = "service"
-) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {role_token(state_dir, role)}"}
-    return httpx.Client(
-        base_url=url or service_url(service, state_dir), headers=headers, timeout=10
-    )
+def _urls(state_dir: Path, url: str | None = None, service: str = "projection") -> dict[str, str]:
+    urls = {name: service_url(name, state_dir) for name in SERVICES}
+    if url:
+        urls[service] = url
+    return urls
 
 
-def _call(
-    service: str,
-    method: str,
-    path: str,
-    member: str,
+def _api(
     state_dir: Path,
-    body: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One API call as `member`; an error answer is printed and exits non-zero."""
-    try:
-        with _client(None, state_dir, service) as client:
-            response = client.request(method, path, json=body, headers={"X-Member-Id": member})
-    except httpx.HTTPError as exc:
-        console.print(f"[red]{service} service unreachable:[/red] {exc!r} (is `make run` up?)")
-        raise typer.Exit(2) from exc
-    data = response.json() if response.content else {}
-    if response.is_error:
-        error = data.get("error", {}) if isinstance(data, dict) else {}
-        console.print(
-            f"[red]{response.status_code} {error.get('code', '')}[/red]: "
-            f"{error.get('message', response.text)}"
-        )
-        raise typer.Exit(1)
-    return data
+    use: Callable[[BlockingClient], T],
+    role: str = "service",
+    url: str | None = None,
+    service: str = "projection",
+) -> T:
+    """One use of the services through the typed client; an error answer is printed and exits
+    1, an unreachable service exits 2."""
+    with BlockingClient(_urls(state_dir, url, service), role_token(state_dir, role)) as api:
+        try:
+            return use(api)
+        except RapportError as exc:
+            if exc.code == "unreachable":
+                console.print(f"[red]{exc.message}[/red] (is `make run` up?)")
+                raise typer.Exit(2) from exc
+            console.print(f"[red]{exc.status} {exc.code}[/red]: {exc.message}")
+            raise typer.Exit(1) from exc
 
 
-@contextlib.contextmanager
-def _unreachable_is_an_error(service: str) -> Iterator[None]:
-    try:
-        yield
-    except httpx.HTTPError as exc:
-        console.print(f"[red]{service} service unreachable or failing:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _get_status(client: httpx.Client, attempts: int = 10) -> dict:
+def _get_status(api: BlockingClient, attempts: int = 10) -> ProjectionStatus:
     """The projection's status; a 503 (Redis or the broker briefly gone) is retried."""
     for attempt in range(attempts):
         try:
-            response = client.get("/projection/status")
-        except httpx.TransportError:
+            status: ProjectionStatus = api.status()
+            return status
+        except Unavailable:
             if attempt == attempts - 1:
                 raise
-        else:
-            if response.status_code != 503 or attempt == attempts - 1:
-                response.raise_for_status()
-                return response.json()
         time.sleep(min(0.2 * 2**attempt, 2.0))  # backoff before a retry
     raise AssertionError("unreachable")
 
@@ -289,19 +271,18 @@ def projection_status(
     state_dir: Annotated[Path, typer.Option()] = STATE_DIR,
 ) -> None:
     """Version, events applied, lag per partition, DLQ counts and rebuild state."""
-    with _client(url, state_dir) as client, _unreachable_is_an_error("projection"):
-        status = _get_status(client)
-    table = Table(title=f"projection v{status['version']}")
+    status = _api(state_dir, _get_status, url=url)
+    table = Table(title=f"projection v{status.version}")
     table.add_column("partition")
     table.add_column("position", justify="right")
     table.add_column("lag", justify="right")
-    for tp, lag in status["lag"].items():
-        table.add_row(tp, str(status["positions"].get(tp, 0)), str(lag))
+    for tp, lag in status.lag.items():
+        table.add_row(tp, str(status.positions.get(tp, 0)), str(lag))
     console.print(table)
     console.print(
-        f"events applied: {status['events_applied']:,}  last event: {status['last_event_time']}"
-        f"  total lag: {status['total_lag']:,}  DLQ: {status['dlq'] or 'none'}"
-        f"  rebuild: {status['rebuild'].get('state')}"
+        f"events applied: {status.events_applied:,}  last event: {status.last_event_time}"
+        f"  total lag: {status.total_lag:,}  DLQ: {status.dlq or 'none'}"
+        f"  rebuild: {status.rebuild.get('state')}"
     )
 
 
@@ -312,16 +293,11 @@ def projection_rebuild(
     timeout_s: Annotated[float, typer.Option(help="Give up waiting after this long")] = 3600,
 ) -> None:
     """Replay every topic into a new keyspace version; readers flip when it caught up."""
-    with (
-        _client(url, state_dir, role="admin") as client,
-        _unreachable_is_an_error("projection"),
-    ):
-        started = client.post("/projection/rebuild")
-        if started.status_code != 202:
-            console.print(f"[red]rebuild refused:[/red] {started.text}")
-            raise typer.Exit(1)
-        version = started.json()["version"]
+
+    def rebuild(api: BlockingClient) -> tuple[int, dict[str, Any]]:
+        version = api.rebuild().version
         deadline = time.monotonic() + timeout_s
+        state: dict[str, Any] = {}
         with Progress(
             TextColumn("rebuilding v{task.fields[version]}"),
             BarColumn(),
@@ -331,19 +307,20 @@ def projection_rebuild(
         ) as bar:
             task = bar.add_task("rebuild", total=None, version=version)
             while time.monotonic() < deadline:
-                rebuild = _get_status(client)["rebuild"]
+                state = _get_status(api).rebuild
                 bar.update(
                     task,
-                    completed=int(rebuild.get("applied", 0)),
-                    total=int(rebuild.get("total", 0)) or None,
+                    completed=int(state.get("applied", 0)),
+                    total=int(state.get("total", 0)) or None,
                 )
-                if rebuild.get("state") in ("done", "failed", "superseded"):
+                if state.get("state") in ("done", "failed", "superseded"):
                     break
                 time.sleep(0.5)  # progress display refresh
-    if rebuild.get("state") != "done":
-        console.print(
-            f"[red]rebuild {rebuild.get('state')}:[/red] {rebuild.get('error', 'timed out')}"
-        )
+        return version, state
+
+    version, state = _api(state_dir, rebuild, role="admin", url=url)
+    if state.get("state") != "done":
+        console.print(f"[red]rebuild {state.get('state')}:[/red] {state.get('error', 'timed out')}")
         raise typer.Exit(1)
     console.print(f"rebuilt into version {version}; readers switched.")
 
@@ -486,12 +463,9 @@ def invite(
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Invite RECIPIENT to connect, acting as SENDER."""
-    body: dict[str, Any] = {"to": recipient}
-    if message:
-        body["message"] = message
-    data = _call("invitation", "POST", "/invitations", sender, state_dir, body)
+    sent = _api(state_dir, lambda api: api.invite(sender, recipient, message or None))
     console.print(
-        f"invitation [bold]{data['invitation_id']}[/bold] {sender} → {recipient}: {data['status']}"
+        f"invitation [bold]{sent.invitation_id}[/bold] {sender} → {recipient}: {sent.status}"
     )
 
 
@@ -502,10 +476,10 @@ def accept(
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Accept an invitation, acting as its recipient."""
-    data = _call("invitation", "POST", f"/invitations/{invitation_id}/accept", member, state_dir)
+    done = _api(state_dir, lambda api: api.accept(member, invitation_id))
     console.print(
-        f"invitation {invitation_id}: [bold]{data['status']}[/bold] "
-        f"({data['sender']} and {data['recipient']} connect once the connection service agrees)"
+        f"invitation {invitation_id}: [bold]{done.status}[/bold] "
+        f"({done.sender} and {done.recipient} connect once the connection service agrees)"
     )
 
 
@@ -522,17 +496,16 @@ def degree(
     the mutual connections too."""
     if len(others) == 1:
         other = others[0]
-        data = _call("projection", "GET", f"/members/{member}/degree/{other}", member, state_dir)
-        label = DEGREE_LABELS.get(data["degree"], "beyond 3rd / unknown")
+        found = _api(state_dir, lambda api: api.degree(member, other))
+        label = DEGREE_LABELS.get(found.degree, "beyond 3rd / unknown")
         console.print(
             f"{member} → {other}: [bold]{label}[/bold]"
-            f"  mutual connections: {data['mutual_connections']}"
-            + (f" ({', '.join(data['mutual_sample'])})" if data["mutual_sample"] else "")
+            f"  mutual connections: {found.mutual_connections}"
+            + (f" ({', '.join(found.mutual_sample)})" if found.mutual_sample else "")
         )
         return
-    ids = ",".join(others)
-    data = _call("projection", "GET", f"/members/{member}/degrees?ids={ids}", member, state_dir)
-    for other, value in data["degrees"].items():
+    badges = _api(state_dir, lambda api: api.degrees(member, others))
+    for other, value in badges.degrees.items():
         label = DEGREE_LABELS.get(value, "beyond 3rd / unknown")
         console.print(f"{member} → {other}: [bold]{label}[/bold]")
 
@@ -545,14 +518,12 @@ def path(
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """How MEMBER and OTHER are connected: up to LIMIT shortest paths, most engaged first."""
-    data = _call(
-        "projection", "GET", f"/members/{member}/paths/{other}?limit={limit}", member, state_dir
-    )
-    if not data["paths"]:
+    found = _api(state_dir, lambda api: api.paths(member, other, limit))
+    if not found.paths:
         console.print(f"no path from {member} to {other} within 3 steps")
         return
-    for p in data["paths"]:
-        console.print(" → ".join(p["members"]) + f"  (engagement {p['score']:.2f})")
+    for p in found.paths:
+        console.print(" → ".join(p.members) + f"  (engagement {p.score:.2f})")
 
 
 @app.command()
@@ -562,21 +533,19 @@ def suggest(
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """People MEMBER may know, ranked by mutual connections."""
-    data = _call(
-        "projection", "GET", f"/members/{member}/suggestions?limit={limit}", member, state_dir
-    )
+    found = _api(state_dir, lambda api: api.suggestions(member, limit))
     table = Table(title=f"people {member} may know")
     for column in ("member", "name", "mutual", "score", "also shared"):
         table.add_column(column, justify="right" if column in ("mutual", "score") else "left")
-    for item in data["items"]:
+    for item in found.items:
         table.add_row(
-            item["member_id"],
-            item.get("name") or "",
-            str(item["mutual_connections"]),
-            f"{item['score']:.2f}",
-            ", ".join(item.get("shared") or []),
+            item.member_id,
+            item.name or "",
+            str(item.mutual_connections),
+            f"{item.score:.2f}",
+            ", ".join(item.shared or []),
         )
-    console.print(table if data["items"] else f"no suggestions for {member} yet")
+    console.print(table if found.items else f"no suggestions for {member} yet")
 
 
 @app.command()
@@ -585,11 +554,11 @@ def summary(
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Counts of MEMBER's network."""
-    data = _call("projection", "GET", f"/members/{member}/summary", member, state_dir)
+    counts = _api(state_dir, lambda api: api.summary(member))
     table = Table(title=f"{member}'s network")
     table.add_column("")
     table.add_column("count", justify="right")
-    for key, value in data.items():
+    for key, value in counts.model_dump().items():
         table.add_row(key.replace("_", " "), str(value))
     console.print(table)
 
@@ -708,8 +677,8 @@ def _run_demo(
                     on_edge=lambda: bar.advance(links),
                 )
             )
-        except httpx.HTTPError as exc:
-            console.print(f"[red]demo: services unreachable:[/red] {exc!r} (is `make run` up?)")
+        except Unavailable as exc:
+            console.print(f"[red]demo: services unreachable:[/red] {exc} (is `make run` up?)")
             raise typer.Exit(2) from exc
     took = time.monotonic() - started
     console.print(
@@ -718,9 +687,7 @@ def _run_demo(
     )
     for error in result.errors[:10]:
         console.print(f"[red]  {error}[/red]")
-    rows = asyncio.run(
-        wait_for_projection(urls["projection"], token, {m.member_id for m in network.members})
-    )
+    rows = asyncio.run(wait_for_projection(urls, token, {m.member_id for m in network.members}))
     table = Table(title="industry averages (projection) vs demo targets")
     for column in ("industry", "members", "average", "median", "target", "deviation"):
         table.add_column(column, justify="left" if column == "industry" else "right")

@@ -11,11 +11,20 @@ import asyncio
 import heapq
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
+from rapport.client import (
+    Conflict,
+    NotFound,
+    RapportClient,
+    RapportError,
+    RateLimited,
+    Unavailable,
+)
+
+T = TypeVar("T")
 
 # Average connections per industry at scale 1 (what the dashboard should show, times scale).
 INDUSTRY_AVERAGES = {
@@ -30,15 +39,76 @@ DEFAULT_SCALE = 0.03
 DEFAULT_MEMBERS = 1000
 PARETO_ALPHA = 2.3  # degree tail exponent: most have a few connections, a few have many
 
-FIRST = ["Ada", "Grace", "Alan", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Radia",
-         "Tim", "Frances", "Edsger", "Hedy", "John", "Katherine", "Donald", "Sophie", "Vint",
-         "Joan", "Guido", "Anita", "Bjarne", "Shafi", "Leslie", "Fei-Fei", "Yukihiro"]
-LAST = ["Lovelace", "Hopper", "Turing", "Torvalds", "Hamilton", "Ritchie", "Liskov",
-        "Thompson", "Perlman", "Berners-Lee", "Allen", "Dijkstra", "Lamarr", "McCarthy",
-        "Johnson", "Knuth", "Wilson", "Cerf", "Clarke", "Rossum", "Borg", "Stroustrup",
-        "Goldwasser", "Lamport", "Li", "Matsumoto"]
-LOCATIONS = ["Berlin", "London", "New York", "San Francisco", "Paris", "Bangalore",
-             "Toronto", "Singapore", "Sydney", "São Paulo", "Amsterdam", "Austin"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Linus",
+    "Margaret",
+    "Dennis",
+    "Barbara",
+    "Ken",
+    "Radia",
+    "Tim",
+    "Frances",
+    "Edsger",
+    "Hedy",
+    "John",
+    "Katherine",
+    "Donald",
+    "Sophie",
+    "Vint",
+    "Joan",
+    "Guido",
+    "Anita",
+    "Bjarne",
+    "Shafi",
+    "Leslie",
+    "Fei-Fei",
+    "Yukihiro",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Hamilton",
+    "Ritchie",
+    "Liskov",
+    "Thompson",
+    "Perlman",
+    "Berners-Lee",
+    "Allen",
+    "Dijkstra",
+    "Lamarr",
+    "McCarthy",
+    "Johnson",
+    "Knuth",
+    "Wilson",
+    "Cerf",
+    "Clarke",
+    "Rossum",
+    "Borg",
+    "Stroustrup",
+    "Goldwasser",
+    "Lamport",
+    "Li",
+    "Matsumoto",
+]
+LOCATIONS = [
+    "Berlin",
+    "London",
+    "New York",
+    "San Francisco",
+    "Paris",
+    "Bangalore",
+    "Toronto",
+    "Singapore",
+    "Sydney",
+    "São Paulo",
+    "Amsterdam",
+    "Austin",
+]
 EMPLOYERS = {
     "Technology": ["Initech", "Hooli", "Pied Piper", "Globex Software"],
     "Media & Communications": ["Daily Planet", "Wayne Media", "Channel 9", "Bugle Press"],
@@ -47,8 +117,20 @@ EMPLOYERS = {
     "Manufacturing": ["Stark Industries", "Cyberdyne", "Tyrell", "Weyland"],
     "Healthcare": ["Sacred Heart", "Mercy General", "Umbrella Health", "Seattle Grace"],
 }
-TITLES = ["Engineer", "Analyst", "Manager", "Director", "Designer", "Consultant",
-          "Product Manager", "Nurse", "Editor", "Recruiter", "Founder", "Data Scientist"]
+TITLES = [
+    "Engineer",
+    "Analyst",
+    "Manager",
+    "Director",
+    "Designer",
+    "Consultant",
+    "Product Manager",
+    "Nurse",
+    "Editor",
+    "Recruiter",
+    "Founder",
+    "Data Scientist",
+]
 
 
 @dataclass(frozen=True)
@@ -59,16 +141,6 @@ class Member:
     location: str
     employer: str
     title: str
-
-    def profile(self) -> dict[str, str]:
-        return {
-            "member_id": self.member_id,
-            "name": self.name,
-            "industry": self.industry,
-            "location": self.location,
-            "employer": self.employer,
-            "title": self.title,
-        }
 
 
 @dataclass
@@ -209,9 +281,10 @@ class DemoResult:
 
 
 class DemoLoader:
-    """Posts the network to the services with bounded concurrency and polite retries."""
+    """Posts the network through the typed client with bounded concurrency and polite
+    retries (a 404 right after a registration, a 429 or a 503 are waited out)."""
 
-    RETRY_STATUSES = (404, 429, 503)  # 404: the invitation service has not seen the member yet
+    RETRY = (NotFound, RateLimited, Unavailable)
 
     def __init__(
         self, urls: dict[str, str], token: str, concurrency: int = 16, max_attempts: int = 40
@@ -221,24 +294,16 @@ class DemoLoader:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
 
-    async def _call(
-        self, client: httpx.AsyncClient, method: str, url: str, member: str, body: Any = None
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token}", "X-Member-Id": member}
-        response: httpx.Response | None = None
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(self.max_attempts):
             try:
-                response = await client.request(method, url, json=body, headers=headers)
-            except httpx.TransportError:
-                response = None
-            if response is not None and response.status_code not in self.RETRY_STATUSES:
-                return response
-            retry_after = response.headers.get("Retry-After") if response is not None else None
-            wait = min(float(retry_after or 0.05 * 2 ** min(attempt, 5)), 2.0)
-            await asyncio.sleep(wait)  # backoff before a retry, not synchronisation
-        if response is None:
-            raise httpx.ConnectError(f"{method} {url}: no answer")
-        return response
+                return await call()
+            except self.RETRY as exc:
+                if attempt == self.max_attempts - 1:
+                    raise
+                wait = min(float(exc.retry_after or 0.05 * 2 ** min(attempt, 5)), 2.0)
+                await asyncio.sleep(wait)  # backoff before a retry, not synchronisation
+        raise AssertionError("unreachable")
 
     async def _each(
         self, items: list[Any], work: Callable[[Any], Any], advance: Callable[[], None]
@@ -262,43 +327,32 @@ class DemoLoader:
         on_edge: Callable[[], None] = lambda: None,
     ) -> DemoResult:
         result = DemoResult()
-        limits = httpx.Limits(max_connections=self.concurrency * 2)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        # Many members write at once: each call is its own read-your-writes chain.
+        async with RapportClient(self.urls, self.token, timeout=30, read_your_writes=False) as api:
 
             async def register(m: Member) -> None:
-                r = await self._call(
-                    client, "POST", f"{self.urls['connection']}/members", m.member_id, m.profile()
-                )
-                if r.status_code == 201:
+                details = {"location": m.location, "employer": m.employer, "title": m.title}
+                try:
+                    await self._retrying(
+                        lambda: api.register(m.member_id, m.name, m.industry, **details)
+                    )
                     result.registered += 1
-                elif r.status_code == 409:
+                except Conflict:
                     result.skipped += 1
-                else:
-                    result.errors.append(f"register {m.member_id}: {r.status_code} {r.text[:200]}")
+                except RapportError as exc:
+                    result.errors.append(f"register {m.member_id}: {exc}")
 
             async def connect(edge: tuple[str, str]) -> None:
                 sender, recipient = edge
-                base = f"{self.urls['invitation']}/invitations"
-                sent = await self._call(client, "POST", base, sender, {"to": recipient})
-                if sent.status_code == 409:
+                try:
+                    sent = await self._retrying(lambda: api.invite(sender, recipient))
+                    if sent.status != "accepted":  # accepted: they had invited us already
+                        await self._retrying(lambda: api.accept(recipient, sent.invitation_id))
+                    result.connected += 1
+                except Conflict:
                     result.skipped += 1
-                    return
-                if sent.status_code != 201:
-                    result.errors.append(f"invite {edge}: {sent.status_code} {sent.text[:200]}")
-                    return
-                invitation = sent.json()
-                if invitation["status"] == "accepted":  # they had invited us: already done
-                    result.connected += 1
-                    return
-                accepted = await self._call(
-                    client, "POST", f"{base}/{invitation['invitation_id']}/accept", recipient
-                )
-                if accepted.status_code == 200:
-                    result.connected += 1
-                else:
-                    result.errors.append(
-                        f"accept {edge}: {accepted.status_code} {accepted.text[:200]}"
-                    )
+                except RapportError as exc:
+                    result.errors.append(f"connect {edge}: {exc}")
 
             await self._each(network.members, register, on_member)
             await self._each(network.edges, connect, on_edge)
@@ -306,19 +360,18 @@ class DemoLoader:
 
 
 async def wait_for_projection(
-    projection_url: str, token: str, members: set[str], timeout_s: float = 120.0
+    urls: dict[str, str], token: str, members: set[str], timeout_s: float = 120.0
 ) -> list[dict[str, Any]]:
     """Poll `/industries` until the demo industries stop changing and cover every member."""
-    headers = {"Authorization": f"Bearer {token}"}
     deadline = asyncio.get_running_loop().time() + timeout_s
     last: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+    async with RapportClient(urls, token) as api:
         while asyncio.get_running_loop().time() < deadline:
-            status = (await client.get(f"{projection_url}/projection/status")).json()
-            rows = (await client.get(f"{projection_url}/industries")).json()["industries"]
+            status = await api.status()
+            rows = [i.model_dump() for i in (await api.industries()).industries]
             ours = [r for r in rows if r["industry"] in INDUSTRY_AVERAGES]
             covered = sum(r["members"] for r in ours) >= len(members)
-            if status["total_lag"] == 0 and covered and ours == last:
+            if status.total_lag == 0 and covered and ours == last:
                 return ours
             last = ours
             await asyncio.sleep(1.0)  # polling another service's progress
