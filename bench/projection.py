@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from aiokafka import AIOKafkaConsumer
 
 from bench import TOKEN, service_env
+from rapport.client import BlockingClient, RapportError
 from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess
 from shared import events as ev
@@ -127,20 +127,18 @@ def run(bootstrap: str, redis_url: str, n: int) -> ProjectionResult:
         proc = ServiceProcess("projection", free_port(), env, Path(logs))
         started = time.perf_counter()
         proc.start()
-        headers = {"Authorization": f"Bearer {token}"}
+        api = BlockingClient({"projection": proc.url}, token, timeout=5)
         first: tuple[float, int] | None = None
         try:
             while True:
                 try:
-                    status = httpx.get(
-                        f"{proc.url}/projection/status", headers=headers, timeout=5
-                    ).json()
-                    if first is None and status["events_applied"] > 0:
-                        first = (time.perf_counter(), status["events_applied"])
-                    if status["events_applied"] >= n:
+                    applied = api.status().events_applied
+                    if first is None and applied > 0:
+                        first = (time.perf_counter(), applied)
+                    if applied >= n:
                         break
-                except httpx.HTTPError:
-                    pass
+                except RapportError:
+                    pass  # not up yet
                 if proc.child and not proc.child.alive():
                     raise RuntimeError("projection exited:\n" + proc.child.tail())
                 time.sleep(0.05)  # polling another process's progress
@@ -148,6 +146,7 @@ def run(bootstrap: str, redis_url: str, n: int) -> ProjectionResult:
             assert first is not None
             steady_s, steady_events = time.perf_counter() - first[0], n - first[1]
         finally:
+            api.close()
             if proc.child:
                 proc.child.stop()
     bare_s = asyncio.run(bare_consume(bootstrap, namespace, n))

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import networkx as nx
 import numpy as np
 import psycopg
 from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
+from rapport.client import RapportClient
 from rapport.supervisor import ServiceProcess
 from services.projection import queries
 from services.projection.domain import Filters
@@ -406,45 +406,30 @@ async def run_queries(
     proc.start()
     rows: dict[str, dict[str, tuple[float, float]]] = {}
     try:
-        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as http:
+        async with RapportClient({"projection": proc.url}, token, timeout=30) as api:
             for _ in range(200):
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
+                if await api.ready("projection"):
+                    break
                 await asyncio.sleep(0.1)  # waiting for the service process to come up
 
-            def headers(m: str) -> dict[str, str]:
-                return {"Authorization": f"Bearer {token}", "X-Member-Id": m}
-
+            # Through the typed client, as a caller of the service would read.
             async def http_degree(x: str, y: str) -> Any:
-                return (await http.get(f"/members/{x}/degree/{y}", headers=headers(x))).json()
+                return await api.degree(x, y)
 
             async def http_mutual(x: str, y: str) -> Any:
-                return (await http.get(f"/members/{x}/mutual/{y}", headers=headers(x))).json()
+                return await api.mutual(x, y)
 
             async def http_suggest(x: str) -> Any:
-                return (await http.get(f"/members/{x}/suggestions", headers=headers(x))).json()
+                return await api.suggestions(x)
 
             async def http_network(x: str, industry: str) -> Any:
-                return (
-                    await http.get(
-                        f"/members/{x}/network",
-                        params={"degree": 2, "industry": industry, "limit": 20},
-                        headers=headers(x),
-                    )
-                ).json()
+                return await api.network(x, degree=2, limit=20, industry=industry)
 
             async def http_badges(x: str, ids: list[str]) -> Any:
-                return (
-                    await http.get(
-                        f"/members/{x}/degrees", params={"ids": ",".join(ids)}, headers=headers(x)
-                    )
-                ).json()
+                return await api.degrees(x, ids)
 
             async def http_paths(x: str, y: str) -> Any:
-                return (await http.get(f"/members/{x}/paths/{y}", headers=headers(x))).json()
+                return await api.paths(x, y)
 
             async def clear_cache(x: str) -> None:
                 await redis.delete(ks.member("sg", x))

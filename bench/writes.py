@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
+from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.kafka import ensure_topics
@@ -115,19 +116,12 @@ def wrk(url: str, script: str, seconds: int, connections: int, **env: str) -> Wr
     )
 
 
-def _headers(member: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}", "X-Member-Id": member}
-
-
-async def _register(http: httpx.AsyncClient, url: str, members: list[str]) -> None:
+async def _register(api: RapportClient, members: list[str]) -> None:
     sem = asyncio.Semaphore(32)
 
     async def one(m: str) -> None:
         async with sem:
-            r = await http.post(
-                f"{url}/members", json={"name": m, "industry": "Technology"}, headers=_headers(m)
-            )
-            assert r.status_code == 201, r.text
+            await api.register(m, m, "Technology")
 
     await asyncio.gather(*(one(m) for m in members))
 
@@ -188,8 +182,7 @@ class HopClock:
 
 
 async def _freshness(
-    http: httpx.AsyncClient,
-    urls: dict[str, str],
+    api: RapportClient,
     clock: HopClock,
     samples: int,
     rng: random.Random,
@@ -198,23 +191,17 @@ async def _freshness(
     result = Freshness(hops_ms={"relay": [], "connection": [], "projection": []})
     for _ in range(samples):
         a, b = f"f{rng.getrandbits(40):x}", f"g{rng.getrandbits(40):x}"
-        await _register(http, urls["connection"], [a, b])
-        sent = await http.post(
-            f"{urls['invitation']}/invitations", json={"to": b}, headers=_headers(a)
-        )
-        inv = sent.json()["invitation_id"]
-        accepted = await http.post(
-            f"{urls['invitation']}/invitations/{inv}/accept", headers=_headers(b)
-        )
+        await _register(api, [a, b])
+        inv = (await api.invite(a, b)).invitation_id
+        accepted = await api.accept(b, inv)
         answered_at = time.time()
         started = time.perf_counter()
-        degree = await http.get(
-            f"{urls['projection']}/members/{a}/degree/{b}",
-            params={"after": accepted.json()["event_id"], "wait_ms": 10_000},
-            headers=_headers(a),
-        )
+        try:
+            degree = await api.degree(a, b, after=accepted.event_id, wait_ms=10_000)
+        except RapportError:
+            degree = None
         visible_at = time.time()
-        if degree.status_code != 200 or degree.json()["degree"] != 1:
+        if degree is None or degree.degree != 1:
             result.failures += 1
             continue
         result.total_ms.append((time.perf_counter() - started) * 1000)
@@ -300,12 +287,8 @@ def run_writes(
     )
 
 
-async def _seed(urls: dict[str, str], members: list[str]) -> None:
-    async with httpx.AsyncClient(timeout=30) as http:
-        await _register(http, urls["connection"], members)
-
-
 def _wait_up(url: str, timeout_s: float = 20) -> None:
+    """The bare reference endpoint (not a Rapport service) answering."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -315,6 +298,11 @@ def _wait_up(url: str, timeout_s: float = 20) -> None:
             pass
         time.sleep(0.1)  # another process is starting; nothing to await
     raise RuntimeError(f"{url} did not come up")
+
+
+async def _seed(urls: dict[str, str], members: list[str]) -> None:
+    async with RapportClient(urls, TOKEN, timeout=30) as api:
+        await _register(api, members)
 
 
 async def _measure_freshness(
@@ -331,9 +319,9 @@ async def _measure_freshness(
     await clock.start()
     rng = random.Random(time.time_ns())
     try:
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with RapportClient(urls, TOKEN, timeout=30) as api:
             if not seconds:
-                idle = await _freshness(http, urls, clock, 100, rng)
+                idle = await _freshness(api, clock, 100, rng)
                 return idle, Freshness(), WrkRun(0, 1, 0, 0, 0, {}, 0)
             background = asyncio.create_task(
                 asyncio.to_thread(wrk, urls["invitation"], "invite", seconds, connections, **load)
@@ -341,7 +329,7 @@ async def _measure_freshness(
             await asyncio.sleep(1)  # let the load reach its steady state first
             loaded = Freshness(hops_ms={"relay": [], "connection": [], "projection": []})
             while not background.done():
-                one = await _freshness(http, urls, clock, 1, rng)
+                one = await _freshness(api, clock, 1, rng)
                 loaded.total_ms += one.total_ms
                 loaded.failures += one.failures
                 for hop, values in one.hops_ms.items():
