@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rapport.client import BlockingClient, RapportError, Unavailable
+from rapport.client import BlockingClient, RapportError, Unavailable, link
 from rapport.demo import (
     DEFAULT_MEMBERS,
     DEFAULT_SCALE,
@@ -145,8 +145,9 @@ def run(
                     except typer.Exit:
                         # The stack stays up: the demo said what went wrong above.
                         console.print("[yellow]demo incomplete; the stack keeps running[/yellow]")
+                    board = link(services[-1].url, f"/dashboard#token={ops_token}")
                     console.print(
-                        f"dashboard: [bold]{services[-1].url}/dashboard#token={ops_token}[/bold]",
+                        f"dashboard: [bold]{board}[/bold]",
                         soft_wrap=True,
                     )
                 supervisor.watch()
@@ -176,7 +177,7 @@ def _print_ready(
     table.add_column("URL")
     table.add_column("docs")
     for svc in services:
-        table.add_row(svc.name, svc.url, f"{svc.url}/docs")
+        table.add_row(svc.name, svc.url, link(svc.url, "/docs"))
     console.print(table)
     projection_url = next(s.url for s in services if s.name == "projection")
     console.print(f"dashboard: {projection_url}/dashboard#token={ops_token}", soft_wrap=True)

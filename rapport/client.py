@@ -11,8 +11,9 @@ Every method calls one route as a member (`X-Member-Id`) with the token it was g
 answers the service's own response model. An error answer raises `RapportError` (or the
 subclass for its status) carrying the JSON error `code` and `message`; an unreachable service
 raises `Unavailable` too. Read-your-writes: the client keeps the `event_id` of its last
-write and passes it as `?after=` to the projection's member reads, so a read never misses
-what this client just wrote (`read_your_writes=False` turns that off; `after=` overrides).
+write and passes it as `?after=` to the projection's member reads (waiting up to `wait_ms`
+for it), so a read never misses what this client just wrote (`read_your_writes=False` turns
+that off; `after=` overrides).
 
 `BlockingClient` is the same client for synchronous code (the CLI, threads, Playwright
 tests): each call runs on the client's own event loop thread. This module is the only place
@@ -136,11 +137,13 @@ class RapportClient:
         *,
         timeout: float = 10.0,
         read_your_writes: bool = True,
+        wait_ms: int = 10_000,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.urls = {**DEFAULT_URLS, **(urls or {})}
         self.token = token
         self.read_your_writes = read_your_writes
+        self.wait_ms = wait_ms  # how long a read waits for the write it follows
         self.last_event_id: str | None = None
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
 
@@ -168,10 +171,13 @@ class RapportClient:
         params: Mapping[str, Any] | None = None,
         token: str | None = None,
         check: bool = True,
+        content: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One call: `path` on `service`, as `member`, with this client's token (or `token`;
-        "" sends none). Error answers raise unless `check` is False."""
-        headers = {}
+        "" sends none). Error answers raise unless `check` is False. `content` and `headers`
+        send a body and headers as they are (tests of the services' edge)."""
+        headers = dict(headers or {})
         bearer = self.token if token is None else token
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
@@ -180,7 +186,12 @@ class RapportClient:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = await self._http.request(
-                method, self.url(service, path), json=json, params=query, headers=headers
+                method,
+                self.url(service, path),
+                json=json,
+                params=query or None,  # an empty mapping would drop a query written in `path`
+                headers=headers,
+                content=content,
             )
         except httpx.TransportError as exc:
             raise Unavailable(0, "unreachable", f"{service} service unreachable: {exc!r}") from exc
@@ -216,6 +227,8 @@ class RapportClient:
         params: Mapping[str, Any] | None = None,
     ) -> M:
         query = {**(params or {}), "after": self._after(after)}
+        if query["after"] is not None and query.get("wait_ms") is None:
+            query["wait_ms"] = self.wait_ms
         return await self._model(
             model, "projection", "GET", f"/members/{member}{path}", member=member, params=query
         )
@@ -406,6 +419,19 @@ class RapportClient:
 
     async def metrics(self, service: str) -> str:
         return (await self.request(service, "GET", "/metrics", token="")).text
+
+
+def link(base_url: str, path: str) -> str:
+    """The address of a service's page for a browser or a person (the dashboard, /docs)."""
+    return base_url.rstrip("/") + path
+
+
+def is_ready(base_url: str, timeout: float = 1.0) -> bool:
+    """A service's `/readyz` answers 200 (the supervisor's start-up and restart checks)."""
+    try:
+        return httpx.get(link(base_url, "/readyz"), timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class BlockingClient:

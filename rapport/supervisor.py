@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from rapport.client import is_ready
 from rapport.localstack import ChildProcess, Infra, StackError
 from shared.settings import SETTINGS_BY_SERVICE
 
@@ -62,10 +61,7 @@ class ServiceProcess:
         self.child.start()
 
     def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return is_ready(self.url)
 
 
 @dataclass

@@ -110,6 +110,7 @@ class Rebuilder:
         self.ends = ends
         self.settings = store.settings
         self._task: asyncio.Task[None] | None = None
+        self._drops: set[asyncio.Task[None]] = set()
         self._lease = scripts.register(store.redis, "shared", "lease_renew")
         self._release = scripts.register(store.redis, "shared", "lease_release")
         self._flip = store.script("flip")
@@ -217,9 +218,11 @@ class Rebuilder:
             log.info("projection rebuilt into version %d; readers flipped", version)
             await self._release(keys=[self.store.rebuild_lock_key], args=[self._owner])
             # A query that read the old version number just before the flip may still be
-            # reading it: drop the old keys once such queries are done.
-            await asyncio.sleep(DROP_GRACE_S)
-            await self._drop(previous)
+            # reading it: drop the old keys once such queries are done. The rebuild itself is
+            # over: the next one may start meanwhile.
+            drop = asyncio.create_task(self._drop_after_grace(previous), name="rebuild-drop")
+            self._drops.add(drop)
+            drop.add_done_callback(self._drops.discard)
         except RebuildLost:
             log.warning("rebuild v%d lost its lock to another rebuild; abandoned", version)
             await self._drop(version)
@@ -239,10 +242,15 @@ class Rebuilder:
     async def stop(self) -> None:
         """At shutdown: a rebuild in progress ends with the process (its lock lapses, and any
         replica's reaper reports it abandoned)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in [self._task, *self._drops]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _drop_after_grace(self, version: int) -> None:
+        await asyncio.sleep(DROP_GRACE_S)
+        await self._drop(version)
 
     async def reap(self) -> None:
         """A rebuild whose process stopped (its lock lapsed) is abandoned and reported, and

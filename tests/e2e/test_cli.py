@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
+from rapport.client import BlockingClient
 from rapport.demo import INDUSTRY_AVERAGES
 from tests.e2e.conftest import Stack
-from tests.helpers import auth, poll_until, random_id
+from tests.helpers import TOKEN, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -30,14 +30,9 @@ def rapport(
 
 
 def register(stack: Stack, *members: str, industry: str = "Research") -> None:
-    with httpx.Client(base_url=stack.urls["connection"], timeout=10) as client:
+    with BlockingClient(stack.urls, TOKEN) as api:
         for m in members:
-            r = client.post(
-                "/members",
-                json={"member_id": m, "name": m.title(), "industry": industry},
-                headers=auth(),
-            )
-            assert r.status_code == 201, r.text
+            api.register(m, m.title(), industry)
 
 
 def test_invite_accept_degree_summary_suggest_and_tail(stack: Stack, tmp_path: Path) -> None:
@@ -133,10 +128,8 @@ def test_demo_builds_a_calibrated_power_law_network(stack: Stack, tmp_path: Path
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "registered 240" in result.stdout
-    industries = httpx.get(
-        f"{stack.urls['projection']}/industries", headers=auth(), timeout=10
-    ).json()
-    rows = {i["industry"]: i for i in industries["industries"]}
+    with BlockingClient(stack.urls, TOKEN) as api:
+        rows = {i.industry: i.model_dump() for i in api.industries().industries}
     for name, average in INDUSTRY_AVERAGES.items():
         target = average * 0.01
         assert rows[name]["members"] == 40

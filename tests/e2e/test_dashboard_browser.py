@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from rapport.client import BlockingClient, link
 from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess
 from tests.e2e.conftest import Stack
-from tests.helpers import OPS_TOKEN, TOKEN, auth, poll_until, random_id
+from tests.helpers import OPS_TOKEN, TOKEN, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -48,32 +48,29 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+def _api(stack: Stack) -> BlockingClient:
+    return BlockingClient(stack.urls, TOKEN)
+
+
 def _industries(stack: Stack) -> dict[str, dict[str, Any]]:
-    data = httpx.get(f"{stack.urls['projection']}/industries", headers=auth(), timeout=10).json()
-    return {i["industry"]: i for i in data["industries"]}
+    with _api(stack) as api:
+        return {i.industry: i.model_dump() for i in api.industries().industries}
 
 
 def _connect(stack: Stack, a: str, b: str) -> None:
-    with httpx.Client(base_url=stack.urls["invitation"], timeout=10) as client:
-        # The invitation service learns new members from their events: retry its 404.
-        sent = poll_until(
-            lambda: (
-                (r := client.post("/invitations", json={"to": b}, headers=auth(a))).status_code
-                == 201
-                and r
-            )
-        )
-        accepted = client.post(
-            f"/invitations/{sent.json()['invitation_id']}/accept", headers=auth(b)
-        )
-        assert accepted.status_code == 200, accepted.text
+    with _api(stack) as api:
+        sent = api.invite(a, b)
+        assert api.accept(b, sent.invitation_id).status == "accepted"
 
 
 def _register(stack: Stack, members: dict[str, str]) -> None:
-    with httpx.Client(base_url=stack.urls["connection"], timeout=10) as client:
+    with _api(stack) as api:
         for member, industry in members.items():
-            body = {"member_id": member, "name": member, "industry": industry}
-            assert client.post("/members", json=body, headers=auth()).status_code == 201
+            api.register(member, member, industry)
+
+
+def _dashboard(stack: Stack, token: str | None = None) -> str:
+    return link(stack.urls["projection"], "/dashboard" + (f"#token={token}" if token else ""))
 
 
 def _row(page: Any, industry: str) -> list[str]:
@@ -97,7 +94,7 @@ def test_dashboard_shows_live_industry_averages_and_follows_a_new_connection(
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(f"{stack.urls['projection']}/dashboard#token={OPS_TOKEN}")
+    page.goto(_dashboard(stack, OPS_TOKEN))
     page.wait_for_selector(f'#industries tr[data-industry="{aero}"]', timeout=15_000)
     assert "token" not in page.url  # taken out of the address bar once read
     assert _row(page, aero) == [aero, "2", "1.5", "1.5"]
@@ -140,7 +137,7 @@ def test_dashboard_shows_live_industry_averages_and_follows_a_new_connection(
 
 def test_dashboard_without_or_with_a_wrong_token_asks_for_one(stack: Stack, browser: Any) -> None:
     page = browser.new_page()
-    page.goto(f"{stack.urls['projection']}/dashboard")
+    page.goto(_dashboard(stack))
     page.wait_for_selector("#login:not([hidden])")
     assert page.locator("#board").is_hidden()
     page.fill("#token", "not-a-token")
@@ -178,14 +175,8 @@ def test_charts_health_panel_and_explorer_after_a_demo(
     _register(stack, {a: "Optics", b: "Optics", c: "Optics"})
     _connect(stack, a, b)
     _connect(stack, b, c)  # ann and cyd: 2nd degree, through bob
-    poll_until(
-        lambda: (
-            httpx.get(
-                f"{stack.urls['projection']}/members/{a}/degree/{c}", headers=auth(a), timeout=10
-            ).json()["degree"]
-            == 2
-        )
-    )
+    with _api(stack) as api:  # the projection has applied both connections
+        poll_until(lambda: api.degree(a, c).degree == 2, what="ann and cyd at 2nd degree")
     # A second engagement replica, to be stopped while the page watches.
     replica = ServiceProcess("engagement", free_port(), stack.env, stack.logs / "replica")
     (stack.logs / "replica").mkdir(exist_ok=True)
@@ -195,7 +186,7 @@ def test_charts_health_panel_and_explorer_after_a_demo(
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         requests: list[str] = []
         page.on("request", lambda request: requests.append(request.url))
-        page.goto(f"{stack.urls['projection']}/dashboard#token={OPS_TOKEN}")
+        page.goto(_dashboard(stack, OPS_TOKEN))
 
         # Every chart has data points (the projection samples every second here).
         page.wait_for_function(
@@ -250,7 +241,7 @@ def test_charts_health_panel_and_explorer_after_a_demo(
 
 def test_the_explorer_is_for_operators_only(stack: Stack, browser: Any) -> None:
     page = browser.new_page()
-    page.goto(f"{stack.urls['projection']}/dashboard#token={TOKEN}")  # the gateway's token
+    page.goto(_dashboard(stack, TOKEN))  # the gateway's token
     page.wait_for_selector("#board:not([hidden])")
     page.fill("#explore-a", "anyone")
     page.click("#explore button")

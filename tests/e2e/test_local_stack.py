@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from rapport.client import BlockingClient, Unauthorized, is_ready
 from rapport.localstack import free_port, port_is_free
 from rapport.supervisor import SERVICES
 from tests.e2e.driver import agrees_with_a_rebuild
@@ -27,11 +27,12 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)  # polling another process's state; nothing to await
 
 
+def _base(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
 def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return is_ready(_base(port))
 
 
 def _service_pid(port: int) -> int:
@@ -106,53 +107,23 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
 
 def _invite_accept_and_see_degree_one(ports: dict[str, int], token: str) -> None:
     """The whole choreography across four processes, with the token `make run` printed."""
-    url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-
-    def headers(member: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}", "X-Member-Id": member}
-
-    for member, industry in (("ada", "Technology"), ("grace", "Technology")):
-        r = httpx.post(
-            f"{url['connection']}/members",
-            json={"name": member, "industry": industry},
-            headers=headers(member),
-        )
-        assert r.status_code == 201, r.text
-    unauthorized = httpx.post(f"{url['invitation']}/invitations", json={"to": "grace"})
-    assert unauthorized.status_code == 401
-
-    # The invitation service learns about new members from rapport.members.
-    invited: dict = {}
-
-    def invite() -> bool:
-        r = httpx.post(
-            f"{url['invitation']}/invitations", json={"to": "grace"}, headers=headers("ada")
-        )
-        invited.update(r.json())
-        return r.status_code == 201
-
-    _wait(invite, 15, "the invitation service to know grace")
-    accepted = httpx.post(
-        f"{url['invitation']}/invitations/{invited['invitation_id']}/accept",
-        headers=headers("grace"),
-    )
-    assert accepted.status_code == 200, accepted.text
-
-    def degree_one() -> bool:
-        r = httpx.get(f"{url['projection']}/members/ada/degree/grace", headers=headers("ada"))
-        return r.status_code == 200 and r.json()["degree"] == 1
-
-    _wait(degree_one, 15, "the connection to reach the projection")
-    summary = httpx.get(
-        f"{url['projection']}/members/grace/summary", headers=headers("grace")
-    ).json()
-    assert summary["connections"] == 1 and summary["followers"] == 1 and summary["following"] == 1
-    industries = httpx.get(f"{url['projection']}/industries", headers=headers("ada")).json()
-    assert industries["industries"][0]["average_connections"] == 1.0
+    urls = {name: _base(port) for name, port in ports.items()}
+    with BlockingClient(urls, token) as api:
+        for member, industry in (("ada", "Technology"), ("grace", "Technology")):
+            api.register(member, member, industry)
+        with pytest.raises(Unauthorized):
+            api.request("invitation", "POST", "/invitations", json={"to": "grace"}, token="")
+        # At once: the invitation service knows a member its 201 was given for.
+        sent = api.invite("ada", "grace")
+        api.accept("grace", sent.invitation_id)
+        assert api.degree("ada", "grace").degree == 1  # read after the accept
+        summary = api.summary("grace")
+        assert (summary.connections, summary.followers, summary.following) == (1, 1, 1)
+        assert api.industries().industries[0].average_connections == 1.0
 
 
 def _cli_rebuild_keeps_the_answers(ports: dict[str, int], state: Path, env: dict[str, str]) -> None:
-    url = f"http://127.0.0.1:{ports['projection']}"
+    url = _base(ports["projection"])
     cli = [sys.executable, "-m", "rapport.cli", "projection"]
     rebuilt = subprocess.run(
         [*cli, "rebuild", "--url", url, "--state-dir", str(state)],
@@ -173,12 +144,8 @@ def _cli_rebuild_keeps_the_answers(ports: dict[str, int], state: Path, env: dict
         check=False,
     )
     assert status.returncode == 0 and "projection v2" in status.stdout, status.stdout
-    token = (state / "token").read_text().strip()
-    degree = httpx.get(
-        f"{url}/members/ada/degree/grace",
-        headers={"Authorization": f"Bearer {token}", "X-Member-Id": "ada"},
-    )
-    assert degree.json()["degree"] == 1
+    with BlockingClient({"projection": url}, (state / "token").read_text().strip()) as api:
+        assert api.degree("ada", "grace").degree == 1
 
 
 class LocalStack:
@@ -223,46 +190,32 @@ class LocalStack:
         assert self.proc.returncode == 0, self.log.read_text()
 
     def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.ports[service]}"
+        return _base(self.ports[service])
 
-    def headers(self, member: str | None = None, role: str = "token") -> dict[str, str]:
-        token = (self.state / role).read_text().strip()
-        return {"Authorization": f"Bearer {token}"} | ({"X-Member-Id": member} if member else {})
+    def token(self, role: str = "token") -> str:
+        return (self.state / role).read_text().strip()
+
+    def api(self, role: str = "token") -> BlockingClient:
+        return BlockingClient({n: self.url(n) for n in SERVICES}, self.token(role), timeout=30)
 
     def connect(self, a: str, b: str) -> str:
-        sent = httpx.post(
-            f"{self.url('invitation')}/invitations", json={"to": b}, headers=self.headers(a)
-        ).json()
-        accepted = httpx.post(
-            f"{self.url('invitation')}/invitations/{sent['invitation_id']}/accept",
-            headers=self.headers(b),
-        )
-        assert accepted.status_code == 200, accepted.text
-        return str(accepted.json()["event_id"])
+        with self.api() as api:
+            sent = api.invite(a, b)
+            return str(api.accept(b, sent.invitation_id).event_id)
 
     def register(self, member: str, industry: str) -> None:
-        r = httpx.post(
-            f"{self.url('connection')}/members",
-            json={"name": member, "industry": industry},
-            headers=self.headers(member),
-        )
-        assert r.status_code == 201, r.text
+        with self.api() as api:
+            api.register(member, member, industry)
 
     def figures(self, after: str | None = None) -> dict:
         """What a user and an operator see: summaries, degrees, industries, dashboard."""
-        fresh = {"after": after, "wait_ms": 20000} if after else {}
-        p = self.url("projection")
-        seen = {
-            m: httpx.get(
-                f"{p}/members/{m}/summary", params=fresh, headers=self.headers(m), timeout=30
-            ).json()
-            for m in ("ada", "grace", "alan")
-        }
-        seen["degree"] = httpx.get(
-            f"{p}/members/ada/degree/alan", headers=self.headers("ada")
-        ).json()
-        seen["industries"] = httpx.get(f"{p}/industries", headers=self.headers()).json()
-        board = httpx.get(f"{p}/dashboard/data", headers=self.headers(role="ops-token")).json()
+        with self.api() as api, self.api("ops-token") as ops:
+            seen: dict = {
+                m: api.summary(m, after=after).model_dump() for m in ("ada", "grace", "alan")
+            }
+            seen["degree"] = api.degree("ada", "alan").model_dump()
+            seen["industries"] = api.industries().model_dump()
+            board = ops.dashboard_data()
         seen["dashboard"] = {"totals": board["totals"], "industries": board["industries"]}
         return seen
 
@@ -296,16 +249,15 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
         assert _broker_pid(stack.kafka_port) != broker
         stack.register("ken", "Mathematics")
         after = stack.figures(after=stack.connect("ken", "ada"))
-        status = httpx.get(
-            f"{stack.url('projection')}/projection/status", headers=stack.headers(role="ops-token")
-        ).json()
+        with stack.api("ops-token") as ops:
+            status = ops.status().model_dump()
         # Nothing lost, nothing counted twice: the read models equal a clean rebuild.
         agrees_with_a_rebuild(
             {name: stack.url(name) for name in SERVICES},
             f"127.0.0.1:{stack.kafka_port}",
             f"redis://127.0.0.1:{stack.redis_port}/0",
-            ops=stack.headers(role="ops-token"),
-            admin=stack.headers(role="admin-token"),
+            ops=stack.token("ops-token"),
+            admin=stack.token("admin-token"),
         )
     finally:
         if stack.proc is not None and stack.proc.poll() is None:

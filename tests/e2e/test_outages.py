@@ -15,15 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
 from rapport.authorization import ROWS, Row
+from rapport.client import BlockingClient, Unavailable
 from rapport.localstack import EMBEDDED_BROKER_TUNING, Infra, embedded_infra, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
 from tests.e2e.driver import TOKENS, Driver, World, agrees_with_a_rebuild, request_row
-from tests.helpers import TOKEN_ENV, poll_until, random_id
+from tests.helpers import TOKEN, TOKEN_ENV, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
@@ -79,51 +79,45 @@ Result = tuple[Row, int, float, str]
 def _every_route(stack: OutageStack, world: Worlds) -> list[Result]:
     """Each route once, as its usual caller: (row, status, seconds, Retry-After)."""
 
-    def one(row: Row) -> Result:
-        with httpx.Client(timeout=10) as http:
+    with BlockingClient(stack.urls, TOKEN, timeout=10) as api:
+
+        def one(row: Row) -> Result:
             started = time.monotonic()
             try:
-                response = request_row(
-                    Driver(http, stack.urls), row, world[row.route], _caller(row)
-                )
-            except httpx.TimeoutException:
+                response = request_row(Driver(api), row, world[row.route], _caller(row))
+            except Unavailable:  # no answer at all within the client's timeout
                 return row, 0, time.monotonic() - started, ""
             took = time.monotonic() - started
             return row, response.status_code, took, response.headers.get("retry-after", "")
 
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(one, ROWS))
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, ROWS))
 
 
 def _worlds(stack: OutageStack) -> Worlds:
     """A world per route, made while everything is up."""
-    with httpx.Client(timeout=15) as http:
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        driver = Driver(api)
         return {row.route: driver.world(row) for row in ROWS}
 
 
 def _recovered(stack: OutageStack) -> None:
     """Every service ready, and a write reaches the read model, without any restart."""
-    with httpx.Client(timeout=15) as http:
-        for url in stack.urls.values():
-            poll_until(lambda u=url: http.get(f"{u}/readyz").status_code == 200, timeout=30)
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        for service in stack.urls:
+            poll_until(lambda s=service: api.ready(s), timeout=30, what=f"{service} ready")
         a, b = f"ra{random_id(8)}", f"rb{random_id(8)}"
-        driver.register(a)
-        driver.register(b)
-        invitation = driver.invite(a, b)
-        event = driver.ok("invitation", "POST", f"/invitations/{invitation}/accept", b)
-        after = event.json()["event_id"]
-        degree = driver.ok(
-            "projection", "GET", f"/members/{a}/degree/{b}?after={after}&wait_ms=20000", a
-        )
-        assert degree.json()["degree"] == 1
+        api.register(a, a, "Technology")
+        api.register(b, b, "Technology")
+        sent = api.invite(a, b)
+        api.accept(b, sent.invitation_id)
+        assert api.degree(a, b, wait_ms=20000).degree == 1  # after the accept (the client's)
     agrees_with_a_rebuild(
         stack.urls,
         stack.infra.kafka_bootstrap,
         stack.infra.redis_url,
-        ops={"Authorization": f"Bearer {TOKENS['ops']}"},
-        admin={"Authorization": f"Bearer {TOKENS['admin']}"},
+        ops=TOKENS["ops"] or "",
+        admin=TOKENS["admin"] or "",
     )
 
 
@@ -141,9 +135,9 @@ def test_redis_paused_every_route_answers_503_fast_then_recovers(outage_stack: O
     worlds = _worlds(outage_stack)
     with outage_stack.paused("redis"):
         results = _every_route(outage_stack, worlds)
-        with httpx.Client(timeout=10) as http:
+        with BlockingClient(outage_stack.urls, TOKEN, timeout=10) as api:
             started = time.monotonic()
-            ready = http.get(f"{outage_stack.urls['invitation']}/readyz")
+            ready = api.request("invitation", "GET", "/readyz", check=False)
             assert ready.status_code == 503 and time.monotonic() - started < DEADLINE_S
     _assert_fast_and_no_500(results)
     answered = {row.path: status for row, status, _, _ in results}
@@ -159,14 +153,12 @@ def test_broker_paused_writes_and_reads_go_on_then_events_flow_again(
     outage_stack: OutageStack,
 ) -> None:
     worlds = _worlds(outage_stack)
-    projection = outage_stack.urls["projection"]
-    headers = {"Authorization": f"Bearer {TOKENS['ops']}"}
-    before = httpx.get(f"{projection}/projection/status", headers=headers, timeout=10).json()
-    with outage_stack.paused("kafka"):
-        results = _every_route(outage_stack, worlds)
-        with httpx.Client(timeout=10) as http:
-            status = http.get(f"{projection}/projection/status", headers=headers)
-            ready = http.get(f"{projection}/readyz")
+    with BlockingClient(outage_stack.urls, TOKENS["ops"], timeout=10) as api:
+        before = api.status().model_dump()
+        with outage_stack.paused("kafka"):
+            results = _every_route(outage_stack, worlds)
+            status = api.request("projection", "GET", "/projection/status", check=False)
+            ready = api.request("projection", "GET", "/readyz", check=False)
     _assert_fast_and_no_500(results)
     answered = {row.path: status for row, status, _, _ in results}
     # Writes only need Redis (the outbox relays later); reads only need Redis.

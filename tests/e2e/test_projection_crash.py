@@ -10,14 +10,14 @@ import statistics
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from rapport.client import BlockingClient, RapportError
 from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess
 from shared import events as ev
 from shared.events import Envelope
-from tests.helpers import Infra, auth, publish_envelopes
+from tests.helpers import TOKEN, Infra, publish_envelopes
 
 pytestmark = pytest.mark.e2e
 
@@ -56,10 +56,11 @@ def _wait(predicate, timeout: float) -> None:
 
 
 def _status(url: str) -> dict:
-    try:
-        return httpx.get(f"{url}/projection/status", headers=auth(), timeout=2).json()
-    except httpx.HTTPError:
-        return {}
+    with BlockingClient({"projection": url}, TOKEN, timeout=2) as api:
+        try:
+            return api.status().model_dump()
+        except RapportError:  # not up (yet, or again)
+            return {}
 
 
 @pytest.mark.timeout(240)
@@ -93,14 +94,9 @@ def test_kill_9_mid_stream_then_restart_equals_reference(
         )
         status = _status(proc.url)
         sample = rng.sample(sorted(adjacency), 25)
-        with httpx.Client(base_url=proc.url, timeout=10) as client:
-            industries_view = client.get("/industries", headers=auth()).json()["industries"]
-            pages = {
-                m: client.get(
-                    f"/members/{m}/connections", params={"limit": 500}, headers=auth(m)
-                ).json()
-                for m in sample
-            }
+        with BlockingClient({"projection": proc.url}, TOKEN, timeout=10) as api:
+            industries_view = api.industries().model_dump()["industries"]
+            pages = {m: api.connections(m, limit=500).model_dump() for m in sample}
     finally:
         proc.child.stop() if proc.child else None
 

@@ -14,9 +14,10 @@ import httpx
 import pytest
 import yaml
 
+from rapport.client import BlockingClient
 from rapport.localstack import free_port
 from tests.e2e.conftest import Stack
-from tests.helpers import auth, poll_until, random_id
+from tests.helpers import TOKEN, poll_until, random_id
 from tests.unit.test_alert_rules import ALERTS
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +55,9 @@ def prometheus(stack: Stack, tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=20)
 
 
-def _query(http: httpx.Client, url: str, expr: str) -> list[dict]:
+def _query(http: httpx.Client, prometheus_url: str, expr: str) -> list[dict]:
     try:
-        answer = http.get(f"{url}/api/v1/query", params={"query": expr})
+        answer = http.get(f"{prometheus_url}/api/v1/query", params={"query": expr})
     except httpx.TransportError:
         return []  # not listening yet
     return answer.json()["data"]["result"] if answer.status_code == 200 else []
@@ -88,11 +89,8 @@ def test_a_real_prometheus_scrapes_every_service_and_sees_a_counter_move(
         rules = http.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
         before = _query(http, prometheus, registers)
         member = f"p{random_id(8)}"
-        created = httpx.post(
-            f"{stack.urls['connection']}/members",
-            json={"name": "Pat", "industry": "Technology"},
-            headers=auth(member),
-        )
+        with BlockingClient(stack.urls, TOKEN) as api:
+            created = api.register(member, "Pat", "Technology")
         counted = before[0]["value"][1] if before else "0"
         moved = poll_until(
             lambda: [r for r in _query(http, prometheus, registers) if r["value"][1] != counted],
@@ -108,5 +106,5 @@ def test_a_real_prometheus_scrapes_every_service_and_sees_a_counter_move(
         "projection": "1",
     }
     assert {rule["name"] for group in rules for rule in group["rules"]} == ALERTS
-    assert created.status_code == 201
+    assert created.member_id == member
     assert float(moved[0]["value"][1]) == float(counted) + 1

@@ -3,23 +3,25 @@ running services, and complete: every operation of every OpenAPI document has it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from rapport.authorization import CALLERS, ROWS
+from rapport.client import BlockingClient
 from tests.e2e.conftest import Stack
 from tests.e2e.driver import Driver, World, request_row
-from tests.helpers import auth, poll_until, random_id
+from tests.helpers import TOKEN, poll_until, random_id
 
 pytestmark = pytest.mark.e2e
 
 
 def test_every_route_of_every_service_has_a_row(stack: Stack) -> None:
     documented = set()
-    for service, url in stack.urls.items():
-        spec = httpx.get(f"{url}/openapi.json", timeout=10).json()
+    with BlockingClient(stack.urls, TOKEN) as api:
+        specs = {s: api.request(s, "GET", "/openapi.json").json() for s in stack.urls}
+    for service, spec in specs.items():
         for path, operations in spec["paths"].items():
             documented |= {(service, method.upper(), path) for method in operations}
     rows = [row.route for row in ROWS]
@@ -31,8 +33,8 @@ def test_every_route_of_every_service_has_a_row(stack: Stack) -> None:
 @pytest.mark.timeout(300)
 def test_every_cell_of_the_matrix(stack: Stack) -> None:
     wrong: list[str] = []
-    with httpx.Client(timeout=15) as http:
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        driver = Driver(api)
         for row in ROWS:
             w = driver.world(row)
             # `self` last: the refused callers must not have changed anything it relies on.
@@ -92,8 +94,8 @@ def _views(driver: Driver, viewer: str, target: str, after: str) -> dict[str, tu
 
 @pytest.mark.timeout(120)
 def test_a_block_looks_like_a_member_that_does_not_exist_on_every_route(stack: Stack) -> None:
-    with httpx.Client(timeout=15) as http:
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        driver = Driver(api)
         blocker, blocked, mutual = (f"{r}{random_id(8)}" for r in ("bk", "bd", "mu"))
         nobody = f"zz{random_id(8)}"  # never registered
         for m in (blocker, blocked, mutual):
@@ -117,8 +119,8 @@ def test_a_block_looks_like_a_member_that_does_not_exist_on_every_route(stack: S
 def test_an_invitation_ended_by_a_decline_or_a_block_looks_unanswered_to_its_sender(
     stack: Stack,
 ) -> None:
-    with httpx.Client(timeout=15) as http:
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        driver = Driver(api)
         sender, decliner, blocker, withdrawn_to = (
             f"{r}{random_id(8)}" for r in ("sd", "dc", "bk", "wd")
         )
@@ -161,25 +163,42 @@ def test_an_invitation_ended_by_a_decline_or_a_block_looks_unanswered_to_its_sen
 # --- bounded input ------------------------------------------------------------------------
 
 
-def _chunks(total: int, size: int = 8192) -> Iterator[bytes]:
-    sent = 0
-    while sent < total:
-        yield b" " * min(size, total - sent)
-        sent += size
+class _AsyncChunks:
+    """A body streamed in chunks, without a Content-Length (the async client's kind)."""
+
+    def __init__(self, total: int, size: int = 8192) -> None:
+        self.total, self.size = total, size
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < self.total:
+            yield b" " * min(self.size, self.total - sent)
+            sent += self.size
 
 
 def test_bodies_are_bounded_while_streaming_and_json_depth_is_bounded(stack: Stack) -> None:
-    with httpx.Client(timeout=15) as http:
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        driver = Driver(api)
         me = f"bb{random_id(8)}"
         driver.register(me)
-        headers = {**auth(me), "Content-Type": "application/json"}
-        url = f"{stack.urls['invitation']}/invitations"
+        json_type = {"Content-Type": "application/json"}
+
+        def post(content: object) -> httpx.Response:
+            return api.request(
+                "invitation",
+                "POST",
+                "/invitations",
+                member=me,
+                content=content,
+                headers=json_type,
+                check=False,
+            )
+
         # Chunked (no Content-Length): refused once past the limit, not read whole.
-        chunked = http.post(url, content=_chunks(10 * 2**20), headers=headers)
-        declared = http.post(url, content=b" " * (65 * 1024), headers=headers)
-        deep = http.post(url, content=b'{"to":' + b"[" * 40 + b"]" * 40 + b"}", headers=headers)
-        in_string = http.post(url, content=b'{"to":"' + b"[" * 40 + b'"}', headers=headers)
+        chunked = post(_AsyncChunks(10 * 2**20))
+        declared = post(b" " * (65 * 1024))
+        deep = post(b'{"to":' + b"[" * 40 + b"]" * 40 + b"}")
+        in_string = post(b'{"to":"' + b"[" * 40 + b'"}')
     assert chunked.status_code == declared.status_code == 413
     assert chunked.json()["error"]["code"] == "payload_too_large"
     assert deep.status_code == 400 and "nested deeper" in deep.json()["error"]["message"]
@@ -188,23 +207,25 @@ def test_bodies_are_bounded_while_streaming_and_json_depth_is_bounded(stack: Sta
 
 def test_ids_limits_and_cursors_are_validated_with_clear_errors(stack: Stack) -> None:
     long_id = "a" * 5000
-    with httpx.Client(timeout=15) as http:
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        driver = Driver(api)
         me = f"bv{random_id(8)}"
         driver.register(me)
-        projection = f"{stack.urls['projection']}/members/{me}"
+        mine = f"/members/{me}"
+
+        def read(path: str, member: str = me) -> httpx.Response:
+            return api.request("projection", "GET", mine + path, member=member, check=False)
+
         answers = {
-            "path id": http.get(f"{projection}/degree/{long_id}", headers=auth(me)),
-            "header id": http.get(f"{projection}/summary", headers=auth(long_id)),
-            "body id": http.post(
-                f"{stack.urls['invitation']}/invitations", json={"to": long_id}, headers=auth(me)
+            "path id": read(f"/degree/{long_id}"),
+            "header id": read("/summary", member=long_id),
+            "body id": api.request(
+                "invitation", "POST", "/invitations", member=me, json={"to": long_id}, check=False
             ),
-            "control id": http.get(f"{projection}/degree/a%00b", headers=auth(me)),
-            "limit": http.get(f"{projection}/network?limit={10**9}", headers=auth(me)),
-            "cursor": http.get(f"{projection}/connections?cursor=x%20y", headers=auth(me)),
-            "badges": http.get(
-                f"{projection}/degrees?ids={','.join(['a'] * 101)}", headers=auth(me)
-            ),
+            "control id": read("/degree/a%00b"),
+            "limit": read(f"/network?limit={10**9}"),
+            "cursor": read("/connections?cursor=x%20y"),
+            "badges": read(f"/degrees?ids={','.join(['a'] * 101)}"),
         }
     for what, response in answers.items():
         assert 400 <= response.status_code < 500, (what, response.text)
@@ -218,24 +239,24 @@ def test_text_is_normalised_so_look_alikes_are_one_and_control_characters_are_re
 ) -> None:
     industry = f"Fin{random_id(6)}"
     fullwidth = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in industry)
-    with httpx.Client(timeout=15) as http:
-        url = f"{stack.urls['connection']}/members"
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
         plain, lookalike, nul, rtl = (f"tx{random_id(8)}" for _ in range(4))
-        first = http.post(url, json={"name": "Plain", "industry": industry}, headers=auth(plain))
-        second = http.post(
-            url,
-            json={"name": "Look\u200balike", "industry": f" {fullwidth}\u200b "},
-            headers=auth(lookalike),
+
+        def register(member: str, body: dict[str, str]) -> httpx.Response:
+            return api.request(
+                "connection", "POST", "/members", member=member, json=body, check=False
+            )
+
+        first = register(plain, {"name": "Plain", "industry": industry})
+        second = register(
+            lookalike, {"name": "Look\u200balike", "industry": f" {fullwidth}\u200b "}
         )
-        refused = http.post(
-            url, json={"name": "Nul", "industry": f"Fin\x00{industry}"}, headers=auth(nul)
-        )
-        bidi = http.post(url, json={"name": "\u202eevil", "industry": industry}, headers=auth(rtl))
-        shown = http.get(f"{url}/{lookalike}", headers=auth()).json()
+        refused = register(nul, {"name": "Nul", "industry": f"Fin\x00{industry}"})
+        bidi = register(rtl, {"name": "\u202eevil", "industry": industry})
+        shown = api.profile(lookalike).model_dump()
         after = bidi.json()["event_id"]  # registered last
-        figures = http.get(
-            f"{stack.urls['projection']}/industries?after={after}&wait_ms=10000",
-            headers=auth(),
+        figures = api.request(
+            "projection", "GET", "/industries", params={"after": after, "wait_ms": 10000}
         ).json()["industries"]
     assert first.status_code == second.status_code == bidi.status_code == 201
     assert refused.status_code == 422 and "not allowed" in refused.json()["error"]["message"]
@@ -254,8 +275,8 @@ def test_every_write_refuses_an_acting_member_who_is_not_an_active_member(stack:
         and row.route != ("connection", "POST", "/members")  # registering is how one joins
     ]
     answers: dict[str, set[tuple[int, str]]] = {"deactivated": set(), "unregistered": set()}
-    with httpx.Client(timeout=15) as http:
-        driver = Driver(http, stack.urls)
+    with BlockingClient(stack.urls, TOKEN, timeout=15) as api:
+        driver = Driver(api)
         for row in writes:
             w = driver.world(row)
             ghost = World(f"gh{random_id(8)}", w.peer, w.other, w.invitation_id)
