@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from redis.asyncio import Redis
 
 from rapport.dlq import behind
@@ -49,9 +49,14 @@ class LogEvent:
     order: tuple[Any, ...]
 
 
-async def read_log(bootstrap: str, namespace: str = "") -> list[LogEvent]:
-    """Every valid event on the catalog topics, from each log's start to its end now, in the
-    order they happened. Records a consumer would dead-letter are left out, as it did."""
+async def read_through(
+    bootstrap: str,
+    namespace: str = "",
+    keep: Callable[[ConsumerRecord[Any, Any]], None] | None = None,
+) -> dict[str, int]:
+    """Read every catalog topic from each log's start to its end now, handing each record to
+    `keep`; returns each partition's true end (`topic:partition` -> offset). Reading through
+    is exact where Tansu's ListOffsets answers short."""
     topics = TopicNames(namespace)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -65,19 +70,32 @@ async def read_log(bootstrap: str, namespace: str = "") -> list[LogEvent]:
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
-        events: list[LogEvent] = []
         while await behind(consumer, parts, ends):
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batch.values():
-                for r in records:
-                    try:
-                        envelope, event = admit(r)
-                    except InvalidEvent:
-                        continue
-                    order = (envelope.occurred_at, r.topic, r.partition, r.offset)
-                    events.append(LogEvent(envelope, event, order))
+                for record in records:
+                    if keep is not None:
+                        keep(record)
+        return {f"{tp.topic}:{tp.partition}": await consumer.position(tp) for tp in parts}
     finally:
         await consumer.stop()
+
+
+async def read_log(bootstrap: str, namespace: str = "") -> list[LogEvent]:
+    """Every valid event on the catalog topics, from each log's start to its end now, in the
+    order they happened. Records a consumer would dead-letter are left out, as it did."""
+    events: list[LogEvent] = []
+
+    def keep(r: ConsumerRecord[Any, Any]) -> None:
+        try:
+            envelope, event = admit(r)
+        except InvalidEvent:
+            return
+        events.append(
+            LogEvent(envelope, event, (envelope.occurred_at, r.topic, r.partition, r.offset))
+        )
+
+    await read_through(bootstrap, namespace, keep)
     return sorted(events, key=lambda e: e.order)
 
 

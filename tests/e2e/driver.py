@@ -9,17 +9,15 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from rapport.authorization import Row
 from rapport.client import BlockingClient
-from rapport.dlq import behind
+from rapport.replay import read_through
 from services.projection.queries.status import digest
 from services.projection.store import ReadModelStore
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
-from shared.topics import ALL_TOPICS, TopicNames
 from tests.helpers import ADMIN_TOKEN, OPS_TOKEN, TOKEN, poll_until, random_id
 
 TOKENS = {"none": None, "wrong": "not-a-token", "other": TOKEN, "self": TOKEN}
@@ -135,7 +133,7 @@ def agrees_with_a_rebuild(
                 timeout=30,
                 what=f"{name}'s outbox relayed",
             )
-        ends = asyncio.run(_log_ends(bootstrap))
+        ends = asyncio.run(read_through(bootstrap))  # each partition's true end
 
         def applied_all() -> bool:
             positions = api.status().positions
@@ -162,28 +160,6 @@ def agrees_with_a_rebuild(
         rebuilt = asyncio.run(_digest(redis_url))
     assert dead == 0
     assert rebuilt == live
-
-
-async def _log_ends(bootstrap: str) -> dict[str, int]:
-    """Each partition's true end, read through (Tansu's ListOffsets can answer short)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        names = TopicNames("")
-        parts = [
-            TopicPartition(names(t), p)
-            for t in ALL_TOPICS
-            for p in sorted(consumer.partitions_for_topic(names(t)) or ())
-        ]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        while await behind(consumer, parts, ends):
-            await consumer.getmany(timeout_ms=500, max_records=5000)
-        return {f"{tp.topic}:{tp.partition}": await consumer.position(tp) for tp in parts}
-    finally:
-        await consumer.stop()
 
 
 async def _digest(redis_url: str) -> str:
