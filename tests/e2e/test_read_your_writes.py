@@ -4,6 +4,9 @@ typed client (`rapport.client`), which threads each write's `event_id` into the 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from rapport.client import BlockingClient, NotFound, RapportClient
@@ -11,6 +14,8 @@ from tests.e2e.conftest import Stack
 from tests.helpers import TOKEN, random_id
 
 pytestmark = pytest.mark.e2e
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 async def two_members(rapport: RapportClient) -> tuple[str, str]:
@@ -57,3 +62,14 @@ def test_the_blocking_client_for_synchronous_callers(stack: Stack) -> None:
         assert rapport.degree(a, b).degree == 1
         assert rapport.summary(a).connections == 1
         assert rapport.ready("projection") is True
+
+
+async def test_the_readme_client_example_runs_as_written(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (code,) = [b for b in blocks if "RapportClient" in b]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # our own documentation, run as written
+    await scope["ada_meets_grace"](TOKEN, stack.urls)
+    assert capsys.readouterr().out.split() == ["1", "already_connected"]

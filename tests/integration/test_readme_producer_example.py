@@ -19,9 +19,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 async def test_readme_example_publishes_a_valid_engagement(infra: Infra, namespace: str) -> None:
-    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert code is not None
-    source = code.group(1).replace('"rapport.engagements"', f'"{namespace}rapport.engagements"')
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    code = [b for b in blocks if "def publish_engagement" in b]
+    assert len(code) == 1
+    source = code[0].replace('"rapport.engagements"', f'"{namespace}rapport.engagements"')
     scope: dict = {}
     exec(compile(source, "README.md", "exec"), scope)  # our own documentation, run as written
     async with running_app(create_app()) as client:
