@@ -54,6 +54,22 @@ MAX_JSON_DEPTH = 32
 STOP_TIMEOUT_S = 15.0
 
 
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], within_s: float = 10.0) -> None:
+    """Cancel background tasks and wait until they end. A cancellation can be lost in a race
+    (Python 3.11's `wait_for` may swallow one when its inner call completes at the same
+    moment), so a task still running is cancelled again; past `within_s` it is reported and
+    left behind rather than hanging the shutdown."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in pending:
+        log.error("background task %s did not stop within %.0fs", task.get_name(), within_s)
+
+
 @dataclass
 class LoopHealth:
     """How a background loop is doing: consecutive unexpected failures, the last error."""
@@ -218,11 +234,7 @@ class Runtime:
 
     async def stop(self) -> None:
         self.relay.stop()
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self.tasks)
         # What requests committed just before shutdown goes out now, not at the next start.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.relay.drain(), timeout=5.0)

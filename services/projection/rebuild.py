@@ -20,6 +20,7 @@ from services.projection.apply import BatchApplier, retrying
 from services.projection.store import ReadModelStore
 from shared import scripts
 from shared.observability import REBUILD_BEHIND, REBUILD_RUNNING, describe
+from shared.service import cancel_and_wait
 from shared.topics import ALL_TOPICS
 
 log = logging.getLogger("rapport.projection")
@@ -242,11 +243,7 @@ class Rebuilder:
     async def stop(self) -> None:
         """At shutdown: a rebuild in progress ends with the process (its lock lapses, and any
         replica's reaper reports it abandoned)."""
-        for task in [self._task, *self._drops]:
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await cancel_and_wait([t for t in (self._task, *self._drops) if t is not None])
 
     async def _drop_after_grace(self, version: int) -> None:
         await asyncio.sleep(DROP_GRACE_S)
