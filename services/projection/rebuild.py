@@ -111,7 +111,7 @@ class Rebuilder:
         self.ends = ends
         self.settings = store.settings
         self._task: asyncio.Task[None] | None = None
-        self._drops: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._lease = scripts.register(store.redis, "shared", "lease_renew")
         self._release = scripts.register(store.redis, "shared", "lease_release")
         self._flip = store.script("flip")
@@ -126,9 +126,33 @@ class Rebuilder:
         if self._task is not None and not self._task.done():
             raise RebuildRunning()
         self._owner = uuid.uuid4().hex
-        # A request: answer within the request budget even though this client's is long.
-        async with asyncio.timeout(START_TIMEOUT_S):
-            return await self._start()
+        try:
+            # A request: answer within the request budget even though this client's is long.
+            async with asyncio.timeout(START_TIMEOUT_S):
+                return await self._start()
+        except RebuildRunning:
+            raise
+        except BaseException:
+            # The lock may have been taken before the failure (a lease call that reached a
+            # stalled Redis runs when it answers again): free it once Redis answers, or no
+            # rebuild could start until the lease lapses.
+            self._release_later(self._owner)
+            raise
+
+    def _release_later(self, owner: str) -> None:
+        async def release() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LOCK_LEASE_MS / 1000
+            while loop.time() < deadline:
+                try:
+                    await self._release(keys=[self.store.rebuild_lock_key], args=[owner])
+                    return
+                except Exception:  # Redis still away: try again until the lease lapses
+                    await asyncio.sleep(0.5)
+
+        task = asyncio.create_task(release(), name="rebuild-release")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _start(self) -> dict[str, Any]:
         if not await self._hold():
@@ -222,8 +246,8 @@ class Rebuilder:
             # reading it: drop the old keys once such queries are done. The rebuild itself is
             # over: the next one may start meanwhile.
             drop = asyncio.create_task(self._drop_after_grace(previous), name="rebuild-drop")
-            self._drops.add(drop)
-            drop.add_done_callback(self._drops.discard)
+            self._background.add(drop)
+            drop.add_done_callback(self._background.discard)
         except RebuildLost:
             log.warning("rebuild v%d lost its lock to another rebuild; abandoned", version)
             await self._drop(version)
@@ -243,7 +267,7 @@ class Rebuilder:
     async def stop(self) -> None:
         """At shutdown: a rebuild in progress ends with the process (its lock lapses, and any
         replica's reaper reports it abandoned)."""
-        await cancel_and_wait([t for t in (self._task, *self._drops) if t is not None])
+        await cancel_and_wait([t for t in (self._task, *self._background) if t is not None])
 
     async def _drop_after_grace(self, version: int) -> None:
         await asyncio.sleep(DROP_GRACE_S)

@@ -422,6 +422,35 @@ async def _version_dropped(store, version: int) -> bool:  # type: ignore[no-unty
     return True
 
 
+async def test_a_rebuild_start_that_failed_after_taking_the_lock_frees_it(
+    infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start whose lease call reached a stalled Redis, which ran it when it came back, while
+    the request had given up: the lock must not stay taken for its whole lease."""
+    app = create_app()
+    async with running_app(app) as client:
+        rebuilder = app.state.wired.rebuilder
+        start = rebuilder._start
+
+        async def lock_taken_then_timed_out() -> dict:
+            await rebuilder._hold()
+            raise TimeoutError  # what the request's deadline raises
+
+        monkeypatch.setattr(rebuilder, "_start", lock_taken_then_timed_out)
+        failed = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
+        monkeypatch.setattr(rebuilder, "_start", start)
+
+        async def started() -> bool:
+            again = await client.post("/projection/rebuild", headers=auth(token=ADMIN_TOKEN))
+            return again.status_code == 202
+
+        # Well within the lock's 30 s lease.
+        await wait_until(started, timeout=5)
+        await wait_until(lambda: _rebuild_done(client), timeout=30)
+
+    assert failed.status_code == 503 and failed.headers["retry-after"]
+
+
 async def test_a_rebuild_whose_process_stopped_is_reported_abandoned_and_dropped(
     infra: Infra, namespace: str
 ) -> None:
