@@ -52,6 +52,8 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 # Each step of a shutdown gets this long: a stuck client never keeps a process from exiting.
 STOP_TIMEOUT_S = 15.0
+# Background loops get this long to finish the run they are in before they are cancelled.
+STOP_GRACE_S = 5.0
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], within_s: float = 10.0) -> None:
@@ -114,6 +116,9 @@ class Runtime:
     # Background loops by name: their consecutive unexpected failures and the last error.
     loops: dict[str, LoopHealth] = field(default_factory=dict)
     reporter: InstanceReporter | None = None
+    # Set at shutdown: periodic loops (`every`, also in `tasks`) end between two runs.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    periodic: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: ServiceSettings) -> Runtime:
@@ -181,7 +186,7 @@ class Runtime:
         health = self.loops.setdefault(name, LoopHealth())
 
         async def loop() -> None:
-            while True:
+            while not self.stopping.is_set():
                 try:
                     await job()
                     health.succeeded()
@@ -191,10 +196,14 @@ class Runtime:
                     else:
                         health.failed(exc, self.settings.service, name)
                         log.exception("%s failed; running again in %.1fs", name, interval_s)
-                # Periodic by nature: there is no event to wait on for "time passed".
-                await asyncio.sleep(interval_s)
+                # Until the next run, or a stop: a stop ends the loop between two runs, so a
+                # job is not cancelled halfway through a Redis call.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval_s):
+                        await self.stopping.wait()
 
         self.spawn(loop, name)
+        self.periodic.append(self.tasks[-1])
 
     async def check_loops(self) -> None:
         """Readiness: no background loop failing again and again."""
@@ -234,6 +243,11 @@ class Runtime:
 
     async def stop(self) -> None:
         self.relay.stop()
+        self.stopping.set()
+        # Periodic jobs finish the run they are in; whatever is still going is cancelled.
+        running = [task for task in self.periodic if not task.done()]
+        if running:
+            await asyncio.wait(running, timeout=STOP_GRACE_S)
         await cancel_and_wait(self.tasks)
         # What requests committed just before shutdown goes out now, not at the next start.
         with contextlib.suppress(Exception):
