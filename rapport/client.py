@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import Future
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -49,15 +49,13 @@ from services.projection.api import (
     Summary,
 )
 from shared.api import WriteResult
+from shared.settings import SETTINGS_BY_SERVICE
 
-SERVICES = ("invitation", "connection", "engagement", "projection")
+# Each service on its settings' default port (as `rapport run` starts it).
 DEFAULT_URLS = {
-    "invitation": "http://127.0.0.1:8001",
-    "connection": "http://127.0.0.1:8002",
-    "engagement": "http://127.0.0.1:8003",
-    "projection": "http://127.0.0.1:8004",
+    name: f"http://127.0.0.1:{cls.model_fields['port'].default}"
+    for name, cls in SETTINGS_BY_SERVICE.items()
 }
-Service = Literal["invitation", "connection", "engagement", "projection"]
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
@@ -473,14 +471,3 @@ class BlockingClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-async def gather_limited(calls: list[Callable[[], Awaitable[T]]], concurrency: int) -> list[T]:
-    """Run calls at most `concurrency` at a time (the demo loader's and the bench's seeding)."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(call: Callable[[], Awaitable[T]]) -> T:
-        async with gate:
-            return await call()
-
-    return list(await asyncio.gather(*(one(c) for c in calls)))

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from shared.observability import run_checks
+from shared.observability import READY, run_checks
 
 HEARTBEAT_S = 1.0
 DOWN_AFTER_S = 3.0  # no beat for this long: down (the dashboard polls every 2 s: red in 5 s)
@@ -65,10 +65,9 @@ def install_last_error() -> None:
 
 def metrics_snapshot(service: str) -> dict[str, Any]:
     """This process's own counters: requests by status class, the latency histogram (all
-    routes together, cumulative by bucket), outbox backlog, consumer lag by partition."""
+    routes together, cumulative by bucket), consumer lag by partition."""
     http = dict.fromkeys(STATUS_CLASSES, 0.0)
     buckets: dict[str, float] = {}
-    backlog = 0.0
     lag: dict[str, dict[str, float]] = {}
     for metric in REGISTRY.collect():
         for sample in metric.samples:
@@ -82,12 +81,10 @@ def metrics_snapshot(service: str) -> dict[str, Any]:
                 and labels.get("service") == service
             ):
                 buckets[labels["le"]] = buckets.get(labels["le"], 0.0) + sample.value
-            elif sample.name == "rapport_outbox_backlog" and labels.get("service") == service:
-                backlog = sample.value
             elif sample.name == "rapport_consumer_lag":
                 tp = f"{labels['topic']}:{labels['partition']}"
                 lag.setdefault(labels["consumer"], {})[tp] = sample.value
-    return {"http": http, "latency": buckets, "backlog": backlog, "lag": lag}
+    return {"http": http, "latency": buckets, "lag": lag}
 
 
 class InstanceReporter:
@@ -135,6 +132,8 @@ class InstanceReporter:
 
     async def beat(self) -> None:
         failed = await run_checks(self.checks)
+        for name in self.checks:
+            READY.labels(self.service, name).set(0 if name in failed else 1)
         data = self.payload(failed, "ready" if not failed else "not_ready")
         data["metrics"]["backlog"] = await self.backlog()
         await self.redis.hset(self.key, self.id, json.dumps(data))

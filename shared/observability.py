@@ -68,7 +68,7 @@ LOOP_FAILURES = Counter(
 )
 READY = Gauge(
     "rapport_ready",
-    "1 when the readiness check passes (read on each scrape), 0 when it fails",
+    "1 when the readiness check passed at the last heartbeat (every second), 0 when it failed",
     ["service", "check"],
 )
 REBUILD_RUNNING = Gauge(
@@ -149,9 +149,8 @@ async def run_checks(checks: dict[str, ReadinessCheck]) -> dict[str, str]:
     return {name: err for name, err in zip(checks, results, strict=True) if err}
 
 
-def health_router(service: str, checks: dict[str, ReadinessCheck]) -> APIRouter:
-    """`/healthz` (process up), `/readyz` (every dependency answers), `/metrics` (which
-    runs the readiness checks too, so `rapport_ready` is as fresh as the scrape)."""
+def health_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
+    """`/healthz` (process up), `/readyz` (every dependency answers), `/metrics`."""
     router = APIRouter(tags=["ops"])
 
     @router.get("/healthz", summary="Liveness: the process is up")
@@ -175,9 +174,6 @@ def health_router(service: str, checks: dict[str, ReadinessCheck]) -> APIRouter:
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:
-        failed = await run_checks(checks)
-        for name in checks:
-            READY.labels(service, name).set(0 if name in failed else 1)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return router

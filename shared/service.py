@@ -229,11 +229,14 @@ class Runtime:
             s.key("instances"),
             s.service,
             int(getattr(s, "port", 0)),
-            {"redis": self.check_redis, "kafka": self.check_broker, "loops": self.check_loops},
+            self.readiness_checks(),
             self.loop_states,
             self.state.backlog,
         )
         self.every(HEARTBEAT_S, self.reporter.beat, f"{s.service}-heartbeat")
+
+    def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
+        return {"redis": self.check_redis, "kafka": self.check_broker, "loops": self.check_loops}
 
     def loop_states(self) -> dict[str, Any]:
         return {
@@ -311,20 +314,11 @@ def create_service_app(
     app.add_middleware(BodyLimit)
     install_request_metrics(app, settings.service)  # added last = outermost: counts 413s too
 
-    async def check_redis() -> None:
-        await app.state.runtime.check_redis()
+    def check(name: str) -> Callable[[], Awaitable[None]]:
+        # The runtime exists once the lifespan started; /readyz is answered only then.
+        return lambda: app.state.runtime.readiness_checks()[name]()
 
-    async def check_broker() -> None:
-        await app.state.runtime.check_broker()
-
-    async def check_loops() -> None:
-        await app.state.runtime.check_loops()
-
-    app.include_router(
-        health_router(
-            settings.service, {"redis": check_redis, "kafka": check_broker, "loops": check_loops}
-        )
-    )
+    app.include_router(health_router({name: check(name) for name in ("redis", "kafka", "loops")}))
     for router in routers:
         app.include_router(router)
     return app

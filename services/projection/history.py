@@ -117,7 +117,7 @@ class History:
     ) -> dict[str, Any]:
         counts: dict[str, dict[str, float]] = {}
         buckets: dict[str, dict[str, float]] = {}
-        services = {m["service"] for m in metrics.values()} if metrics else set()
+        services = {m["service"] for m in metrics.values()}
         for instance, m in metrics.items():
             before = last.get(instance)
             if before is None and m["started_at"] < last_t:

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -150,7 +150,11 @@ class Rebuilder:
                 except Exception:  # Redis still away: try again until the lease lapses
                     await asyncio.sleep(0.5)
 
-        task = asyncio.create_task(release(), name="rebuild-release")
+        self._in_background(release(), "rebuild-release")
+
+    def _in_background(self, step: Coroutine[Any, Any, None], name: str) -> None:
+        """Steps that outlive a request or a rebuild; stopped with the app."""
+        task = asyncio.create_task(step, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -245,9 +249,7 @@ class Rebuilder:
             # A query that read the old version number just before the flip may still be
             # reading it: drop the old keys once such queries are done. The rebuild itself is
             # over: the next one may start meanwhile.
-            drop = asyncio.create_task(self._drop_after_grace(previous), name="rebuild-drop")
-            self._background.add(drop)
-            drop.add_done_callback(self._background.discard)
+            self._in_background(self._drop_after_grace(previous), "rebuild-drop")
         except RebuildLost:
             log.warning("rebuild v%d lost its lock to another rebuild; abandoned", version)
             await self._drop(version)
