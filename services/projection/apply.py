@@ -2,21 +2,24 @@
 
 `BatchApplier.process(records)` decodes what is new in a batch of records, turns each event
 into per-member ops (domain.to_ops) and applies them in chunks: member scripts (effects on
-each member's keys), industry scripts, then the chunk's applied-marks and positions. Every
-step can be re-run after a crash without changing the outcome, so a re-delivered batch
-repairs a partial apply. Positions live with the read model; a batch that starts past the
-stored position of its partition asks the consumer to rewind there.
+each member's keys), industry scripts, then the chunk's applied-marks and positions. On one
+node all of it is one script call per chunk (chunk.lua); on a cluster, one call per slot
+for each step. Every step can be re-run after a crash without changing the outcome, so a
+re-delivered batch repairs a partial apply. Positions live with the read model; a batch
+that starts past the stored position of its partition asks the consumer to rewind there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
+import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 from redis.exceptions import ResponseError
 
@@ -28,8 +31,25 @@ from shared.observability import EVENTS_CONSUMED, LOG_RESETS, OFFSETS_SKIPPED, d
 
 log = logging.getLogger("rapport.projection")
 
-APPLY_CHUNK = 500  # events per atomic apply step
-MEMBERS_PER_CALL = 200  # single node: members per member-script call
+# Events per atomic apply step: one node runs a chunk in one script call, ~10 ms of Redis
+# time, so queries between two chunks wait no longer than that.
+APPLY_CHUNK = 250
+YIELD_EVERY = 8  # events decoded between two chances for the chunk in flight to run
+PIPELINE_DEPTH = 2  # one node: chunks sent before the first of them answers
+OVERTOOK = -1  # chunk.lua's answer for a chunk run before the one sent ahead of it
+
+
+@dataclass
+class _Chunk:
+    version: int
+    ops: list[domain.Applied]
+    positions: dict[str, int]
+    sources: dict[str, ConsumerRecord[Any, Any]]  # to dead-letter an event Redis refuses
+    dead_letter: bool
+    lower: frozenset[str]
+    token: str  # names this chunk in chunk.lua's check of the order
+    after: str  # the chunk that must have run before this one ('' for none)
+    task: asyncio.Task[int] | None = None
 
 
 async def retrying(call: Any) -> Any:
@@ -41,11 +61,14 @@ class BatchApplier:
     def __init__(self, store: ReadModelStore, dead_letters: DeadLetterSink) -> None:
         self.store = store
         self.dead_letters = dead_letters
+        self._chunk_script = store.script("chunk")
         self._member_script = store.script("member")
         self._industry_script = store.script("industry")
         self._marks_script = store.script("marks")
         self._seen_script = store.script("seen")
         self._counted_script = store.script("counted")
+        self._id, self._sent = uuid4().hex[:12], 0  # this applier, chunks it has sent
+        self._in_flight: deque[_Chunk] = deque()  # chunks sent, in order, not yet settled
         # Partitions this consumer rewound, and where to: if the records resume past that
         # offset again, the ones in between do not exist (a gap), not a lost position.
         self._rewound: dict[TopicPartition, int] = {}
@@ -57,9 +80,12 @@ class BatchApplier:
         dead_letter: bool = True,
         contiguous: bool = False,
         highwaters: dict[TopicPartition, int] | None = None,
+        wait: bool = True,
     ) -> dict[TopicPartition, int]:
         """Apply what is new in `records` to `version` (default: the current one); returns
-        the partitions to rewind, with the offset to rewind to.
+        the partitions to rewind, with the offset to rewind to. Without `wait`, the last
+        chunks may still be in flight when this returns (the consumer's next batch overlaps
+        them; `drain` waits for them).
 
         Records that start past a partition's stored position mean the consumer ran ahead of
         the read model (a flip, a committed offset ahead): rewind there, once. If they start
@@ -73,7 +99,7 @@ class BatchApplier:
         log is, and the reset is reported loudly, never skipped as "applied before"."""
         if version is None:
             version = await retrying(self.store.version)
-        stored = await retrying(lambda: self.store.positions(version))
+        stored = await self._stored_positions(version)
         ks = self.store.keyspace(version)
         epochs = {
             str(k): int(v)
@@ -88,23 +114,39 @@ class BatchApplier:
         # Where each event came from, to dead-letter it should its apply fail.
         sources: dict[str, ConsumerRecord[Any, Any]] = {}
         positions: dict[str, int] = {}
-        # Chunks are applied in order, each atomically with its positions; while Redis runs
-        # one chunk's script, this process decodes the next (the two use different cores).
-        in_flight: asyncio.Task[None] | None = None
+        # Chunks are applied in order, each atomically with its positions. While Redis runs
+        # one chunk's script, this process decodes the next (the two use different cores);
+        # on one node a second chunk is sent before the first answers, so Redis goes from one
+        # to the next without waiting for this process (chunk.lua runs a chunk only after
+        # the one sent before it: one that overtook it is sent again).
+        depth = 1 if await self.store.cluster_mode() else PIPELINE_DEPTH
+        in_flight = self._in_flight
+        flushed = False
 
-        async def flush() -> asyncio.Task[None]:
-            if in_flight is not None:
-                await in_flight
-            chunk = list(ops)
-            origin = {a.event_id: sources.pop(a.event_id) for a in chunk if a.event_id in sources}
-            task = asyncio.create_task(
-                self._apply_chunk(
-                    version, chunk, dict(positions), origin, dead_letter, frozenset(lowered)
-                )
+        async def flush() -> None:
+            nonlocal flushed
+            while len(in_flight) >= depth:
+                await self._settle()
+            # The chunk this one must follow: the last one sent to the same version (a
+            # rebuild's chunks, to another, may be in flight beside the consumer's).
+            previous = next((c for c in reversed(in_flight) if c.version == version), None)
+            self._sent += 1
+            chunk = _Chunk(
+                version,
+                list(ops),
+                dict(positions),
+                {a.event_id: sources.pop(a.event_id) for a in ops if a.event_id in sources},
+                dead_letter,
+                frozenset(lowered),
+                token=f"{self._id}:{self._sent}",
+                after=previous.token if previous else "",
             )
+            chunk.task = asyncio.create_task(
+                self._apply_chunk(chunk, previous.task if previous else None)
+            )
+            in_flight.append(chunk)
             ops.clear()
-            await asyncio.sleep(0)  # let the task send its script before we decode on
-            return task
+            flushed = True
 
         for tp, recs in by_partition.items():
             expected = stored.get(f"{tp.topic}:{tp.partition}", 0)
@@ -147,38 +189,83 @@ class BatchApplier:
                     await self.send_to_dlq(record, reason)
                 positions[f"{tp.topic}:{tp.partition}"] = record.offset + 1
                 if len(ops) >= APPLY_CHUNK:
-                    in_flight = await flush()
-        if ops or (positions and in_flight is None):
-            in_flight = await flush()
-        if in_flight is not None:
-            await in_flight
-            async with self.store.changed:
-                self.store.changed.notify_all()
+                    await flush()
+                elif len(ops) % YIELD_EVERY == 0:
+                    # Decoding is CPU work with no await: step aside now and then, so the
+                    # chunk in flight gets its script onto the wire and its answer taken in.
+                    await asyncio.sleep(0)
+        if ops or (positions and not flushed):
+            await flush()
+        if wait:
+            await self.drain()
         return rewind
 
-    async def _apply_chunk(
-        self,
-        version: int,
-        ops: list[domain.Applied],
-        positions: dict[str, int],
-        sources: dict[str, ConsumerRecord[Any, Any]],
-        dead_letter: bool,
-        lower: frozenset[str] = frozenset(),
-    ) -> None:
+    async def drain(self) -> None:
+        """Wait until every chunk sent is applied."""
+        while self._in_flight:
+            await self._settle()
+
+    async def _settle(self) -> None:
+        """Wait for the oldest chunk in flight. If it failed, the ones after it did nothing
+        (each waits for the one before): all are dropped and the failure raised, so the
+        consumer's next batch starts past the stored positions and rewinds there."""
+        chunk = self._in_flight[0]
+        assert chunk.task is not None
         try:
-            await retrying(lambda: self.apply(version, ops, positions, lower))
+            await chunk.task
+        except BaseException:
+            self._in_flight.clear()
+            raise
+        self._in_flight.popleft()
+
+    async def _stored_positions(self, version: int) -> dict[str, int]:
+        """The stored positions, as they stand once the chunks in flight are applied."""
+        while self._in_flight and self._in_flight[0].task and self._in_flight[0].task.done():
+            await self._settle()
+        stored = await retrying(lambda: self.store.positions(version))
+        for chunk in self._in_flight:
+            if chunk.version == version:
+                for tp, offset in chunk.positions.items():
+                    lowers = tp in chunk.lower
+                    stored[tp] = offset if lowers else max(stored.get(tp, 0), offset)
+        return stored
+
+    async def _apply_chunk(self, chunk: _Chunk, previous: asyncio.Task[int] | None) -> int:
+        """Apply a chunk after the one sent before it (`previous`). Run first (it went on
+        another connection), it did nothing: it is run again once that one is applied."""
+        applied = await self._apply_once(chunk)
+        if applied == OVERTOOK:
+            if previous is not None:
+                await previous  # if that one failed, so does this one, having done nothing
+            chunk.after = ""
+            applied = await self._apply_once(chunk)
+        async with self.store.changed:
+            self.store.changed.notify_all()
+        return applied
+
+    async def _apply_once(self, chunk: _Chunk) -> int:
+        version, ops, positions, lower = chunk.version, chunk.ops, chunk.positions, chunk.lower
+        try:
+            return int(
+                await retrying(
+                    lambda: self.apply(version, ops, positions, lower, chunk.after, chunk.token)
+                )
+            )
         except ResponseError as exc:
             # Not an outage (those are retried): Redis refused one of the events. Apply one by
-            # one so the others go in, and set the refused one aside with its reason.
+            # one so the others go in, and set the refused one aside with its reason. (Only
+            # the last call lets the chunk sent after this one run.)
             log.error("batch apply failed (%s); applying one by one", describe(exc))
             for op in ops:
                 try:
                     await retrying(lambda op=op: self.apply(version, [op], {}))
                 except ResponseError as single:
-                    source = sources.get(op.event_id)
-                    if dead_letter and source is not None:
+                    source = chunk.sources.get(op.event_id)
+                    if chunk.dead_letter and source is not None:
                         await self.send_to_dlq(source, f"apply_failed: {describe(single)}"[:500])
-            await retrying(lambda: self.apply(version, [], positions, lower))
+            return int(
+                await retrying(lambda: self.apply(version, [], positions, lower, "", chunk.token))
+            )
 
     async def note_gap(self, version: int, tp: TopicPartition, expected: int, found: int) -> None:
         missing = found - expected
@@ -222,12 +309,24 @@ class BatchApplier:
         batch: list[domain.Applied],
         positions: dict[str, int],
         lower: frozenset[str] = frozenset(),
+        after: str = "",
+        token: str = "",
     ) -> int:
         """Apply one chunk atomically enough to re-run: effects, industry figures, marks.
         Positions only move forward (a stalled replica's late chunk cannot move one back),
-        except those in `lower` (a log that began again)."""
+        except those in `lower` (a log that began again). On one node, the chunk named
+        `after` must have run before this one (`token`), else nothing is done (OVERTOOK)."""
         redis, ks = self.store.redis, self.store.keyspace(version)
         ttl = self.store.settings.dedupe_ttl_s
+        if not await self.store.cluster_mode():
+            chunk = [
+                [a.event_id, a.ts, int(a.awaits_decision), a.settles or "", a.ops] for a in batch
+            ]
+            args = [ks.prefix, orjson.dumps(chunk), orjson.dumps(positions), ttl]
+            args += [orjson.dumps(sorted(lower)), after, token]
+            keys = [ks.pos, ks.stats, f"{ks.prefix}chain{{g}}:{self._id}"]
+            return int(await self._chunk_script(keys=keys, args=args))
+        # A cluster: each step's calls go to the slots they touch, one member per call.
         fresh = await self._not_yet_applied(ks, batch)
         per_member: dict[str, list[list[Any]]] = {}
         for applied in fresh:
@@ -236,14 +335,12 @@ class BatchApplier:
         if per_member:
             clock = await redis.incr(ks.clock)
             members = list(per_member)
-            group = 1 if await self.store.cluster_mode() else MEMBERS_PER_CALL
             checks, calls = [], []
-            for start in range(0, len(members), group):
-                chunk = members[start : start + group]
-                keys = [ks.member("m", m) for m in chunk]
-                payload = json.dumps([[m, per_member[m]] for m in chunk], separators=(",", ":"))
+            for m in members:
+                keys = [ks.member("m", m)]
+                payload = orjson.dumps([[m, per_member[m]]])
                 calls.append((self._member_script, keys, [ks.prefix, payload, clock, ttl]))
-                kinds = json.dumps([[m, _kinds(per_member[m])] for m in chunk])
+                kinds = orjson.dumps([[m, _kinds(per_member[m])]])
                 checks.append((self._member_script, keys, [ks.prefix, kinds, clock, ttl, 1]))
             # All or nothing: one event's members may fall in different calls, so every key
             # of the chunk is checked before any call writes (member.lua's check mode).
@@ -259,7 +356,7 @@ class BatchApplier:
                     (
                         self._industry_script,
                         [ks.industry(name), ks.industry_sum(name), ks.industry_versions(name)],
-                        [json.dumps(entries)],
+                        [orjson.dumps(entries)],
                     )
                     for name, entries in moves.items()
                 ]
@@ -287,23 +384,16 @@ class BatchApplier:
                     elif int(ok):
                         pipe.zrem(ks.members, m)
                 await pipe.execute()
-        events = json.dumps(
+        events = orjson.dumps(
             [[a.event_id, a.ts, int(a.awaits_decision), a.settles or ""] for a in fresh]
         )
-        args = [ks.prefix, events, json.dumps(positions), ttl, json.dumps(sorted(lower))]
+        args = [ks.prefix, events, orjson.dumps(positions), ttl, orjson.dumps(sorted(lower))]
         return int(await self._marks_script(keys=[ks.pos, ks.stats], args=args))
 
     async def _run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
-        """Run scripts in order of results: pipelined on one node; on a cluster (where
-        pipelines refuse scripts) concurrently, each routed to its own slot's node."""
-        if not calls:
-            return []
-        if await self.store.cluster_mode():
-            return list(await asyncio.gather(*(s(keys=k, args=a) for s, k, a in calls)))
-        async with self.store.redis.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            return list(await pipe.execute())
+        """Run scripts concurrently, each routed to its own slot's node (a cluster's
+        pipelines refuse scripts); results in the order of `calls`."""
+        return list(await asyncio.gather(*(s(keys=k, args=a) for s, k, a in calls)))
 
     async def _not_yet_applied(
         self, ks: Keyspace, batch: list[domain.Applied]
@@ -312,7 +402,7 @@ class BatchApplier:
         if not batch:
             return []
         seen = await self._seen_script(
-            keys=[ks.pos], args=[ks.prefix, json.dumps([a.event_id for a in batch])]
+            keys=[ks.pos], args=[ks.prefix, orjson.dumps([a.event_id for a in batch])]
         )
         fresh, ids = [], set()
         for applied, already in zip(batch, seen, strict=True):

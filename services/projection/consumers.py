@@ -8,6 +8,7 @@ batch is not acked.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -19,8 +20,12 @@ from shared.consumer import batch_subscriber, records_of, report_lag
 from shared.settings import ProjectionSettings
 from shared.topics import ALL_TOPICS
 
+COMMIT_EVERY_S = 1.0
+
 
 def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSettings) -> None:
+    committed = [0.0]  # when the consumer last committed its offsets (monotonic)
+
     async def apply_events_to_read_model(msg: KafkaMessage) -> None:
         records = records_of(msg)
         consumer: Any = msg.consumer
@@ -31,11 +36,17 @@ def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSe
             tp = TopicPartition(r.topic, r.partition)
             if (end := consumer.highwater(tp)) is not None:
                 highwaters[tp] = end
-        rewind = await applier.process(records, highwaters=highwaters)
+        # The batch's last chunks may still be in Redis when this returns: the next batch's
+        # fetch and decode overlap them (the applier keeps them in order).
+        rewind = await applier.process(records, highwaters=highwaters, wait=False)
         for tp, offset in rewind.items():
             consumer.seek(tp, offset)
-        if not rewind:
+        # A commit is a broker round trip between two batches, and the positions that count
+        # are in Redis: commit at most once a second (a restart re-reads at most that much,
+        # which the stored positions skip).
+        if not rewind and time.monotonic() - committed[0] >= COMMIT_EVERY_S:
             await msg.ack()
+            committed[0] = time.monotonic()
         report_lag("projection", consumer, records)
 
     batch_subscriber(

@@ -33,6 +33,7 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
         ends = TopicEnds(settings.kafka_bootstrap_servers, settings.topics)
         runtime.closers.append(ends.close)
         consumers.subscribe(runtime.broker, applier, settings)
+        runtime.closers.insert(0, applier.drain)  # the last chunks, before Redis closes
         runtime.every(
             settings.suggestions_refresh_s,
             lambda: suggestions.refresh_active(background),

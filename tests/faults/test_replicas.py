@@ -157,3 +157,60 @@ async def test_a_late_older_industry_snapshot_changes_nothing(infra: Infra, name
 
     assert (tech, finance) == (2, None)
     assert (stale, current, counted_in) == (0, 1, "Tech")
+
+
+async def test_a_late_chunk_the_positions_are_past_changes_nothing_even_once_its_marks_expired(
+    infra: Infra, namespace: str
+) -> None:
+    """A replica that stalled so long that the applied-marks of its chunk expired: the stored
+    positions alone keep its old connection from coming back after its removal."""
+    topic = TopicNames(namespace)(CONNECTIONS)
+    source = f"{topic}:0#0"
+    app = projection_app()
+    async with running_app(app) as client:
+        store, applier = app.state.wired.store, app.state.wired.applier
+        version = await store.version()
+        ks = store.keyspace(version)
+
+        def at(offset: int, event: ev.Event) -> domain.Applied:
+            return domain.to_ops(wrap(event), event, store.scoring, source, offset)
+
+        added = at(0, ev.ConnectionAccepted(member_a="ann", member_b="bob"))
+        removed = at(1, ev.ConnectionRemoved(member_a="ann", member_b="bob", removed_by="ann"))
+        await applier.apply(version, [added], {f"{topic}:0": 1})
+        await applier.apply(version, [removed], {f"{topic}:0": 2})
+        await store.redis.delete(ks.seen(added.event_id))  # its mark expired
+        await applier.apply(version, [added], {f"{topic}:0": 1})  # the stalled replica
+        mutual = await client.get("/members/ann/connections", headers=auth("ann"))
+        status = (await client.get("/projection/status", headers=auth())).json()
+
+    assert mutual.json()["items"] == []
+    assert status["positions"][f"{topic}:0"] == 2 and status["events_applied"] == 2
+
+
+async def test_a_chunk_that_overtakes_the_one_sent_before_it_does_nothing(
+    infra: Infra, namespace: str
+) -> None:
+    """Two chunks in flight on two connections: the second, run first, must neither apply
+    nor move a position; sent again after the first, it applies."""
+    topic = TopicNames(namespace)(CONNECTIONS)
+    app = projection_app()
+    async with running_app(app) as client:
+        store, applier = app.state.wired.store, app.state.wired.applier
+        version = await store.version()
+        first = ev.ConnectionAccepted(member_a="ann", member_b="bob")
+        second = ev.ConnectionRemoved(member_a="ann", member_b="bob", removed_by="bob")
+        ops = [
+            domain.to_ops(wrap(e), e, store.scoring, f"{topic}:0#0", offset)
+            for offset, e in enumerate([first, second])
+        ]
+        end = {f"{topic}:0": 2}
+        overtook = await applier.apply(version, ops[1:], end, after="t:1", token="t:2")
+        before = (await client.get("/projection/status", headers=auth())).json()
+        await applier.apply(version, ops[:1], {f"{topic}:0": 1}, token="t:1")
+        again = await applier.apply(version, ops[1:], end, after="t:1", token="t:2")
+        connections = await client.get("/members/bob/connections", headers=auth("bob"))
+
+    assert overtook == -1
+    assert before["events_applied"] == 0 and before["positions"] == {}
+    assert again == 1 and connections.json()["items"] == []

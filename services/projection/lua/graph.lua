@@ -384,11 +384,16 @@ local function suggestions_read(v)
   return {raw, gone}
 end
 
--- fresh v clock: neither v nor any of v's connections changed after `clock` (lc:{m}) ------
+-- fresh v clock: neither v nor any of v's connections changed after `clock` (the later of
+-- lc:{m}, any other change, and cc:{m}, connections) --------------------------------------
+local function changed_after(x, clock)
+  local marks = call('MGET', k('lc', x), k('cc', x))
+  return tonumber(marks[1] or '0') > clock or tonumber(marks[2] or '0') > clock
+end
 local function fresh(v, clock)
-  if tonumber(call('GET', k('lc', v)) or '0') > clock then return 0 end
+  if changed_after(v, clock) then return 0 end
   for _, x in ipairs(call('SMEMBERS', k('c', v))) do
-    if tonumber(call('GET', k('lc', x)) or '0') > clock then return 0 end
+    if changed_after(x, clock) then return 0 end
   end
   return 1
 end

@@ -101,6 +101,7 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
             "n2lru{g}",
             "n2stats{g}",
             "sgactive{g}",
+            "chain{g}",
         ),
         *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "sgtmp:", "hw:", "iv:", "iver:"),
     )

@@ -117,7 +117,9 @@ async def _unchanged_since(rm: ReadModelStore, ks: Keyspace, m: str, clock: int)
     for start in range(0, len(members), 1000):
         async with rm.redis.pipeline(transaction=False) as pipe:
             for x in members[start : start + 1000]:
+                # Any other change (lc) or a connection change (cc), whichever is later.
                 pipe.get(ks.member("lc", x))
+                pipe.get(ks.member("cc", x))
             marks = await pipe.execute()
         if any(mark is not None and int(mark) > clock for mark in marks):
             return False

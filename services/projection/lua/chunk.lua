@@ -1,0 +1,95 @@
+--! use steps
+-- One node: a whole chunk in one call, so the projection sends one script per chunk and
+-- decodes the next while Redis runs it. The steps the per-slot scripts run on a cluster
+-- (steps.lua), in one atomic call: drop events repeated in the chunk or at an offset the
+-- stored positions are past (a stalled replica's late chunk), check the type of every key
+-- the rest will touch (nothing is written if one is wrong), mark them applied (those marked
+-- before were applied before and are dropped), apply each member's ops, move the industry
+-- figures, record where members are counted, store the positions.
+-- KEYS: positions hash, stats hash, the caller's order key. ARGV: keyspace prefix, JSON
+-- [[event_id, ts, awaits_decision, settles, [[member, op], ...]], ...] (ops as in
+-- member.lua), JSON {"topic:partition": offset}, dedupe TTL, JSON [topic:partition whose
+-- position may go back], the chunk that must have run before this one ('' for none), this
+-- chunk's name ('' to leave the order key as it is).
+-- Returns how many events were newly applied, or -1 if the chunk named in ARGV[6] has not
+-- run (the caller sends two chunks before the first answers; this one overtook it, on
+-- another connection, and is sent again once that one answered).
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
+local ns, ttl = ARGV[1], tonumber(ARGV[4])
+local lower, may_lower, stored = cjson.decode(ARGV[5]), {}, {}
+for _, tp in ipairs(lower) do may_lower[tp] = true end
+-- An op's source is `topic:partition#epoch`; the position is the partition's next offset.
+local function past(op)
+  if op[3] == '' then return false end
+  local tp = string.match(op[3], '^(.*)#') or op[3]
+  if may_lower[tp] then return false end
+  if stored[tp] == nil then stored[tp] = tonumber(call('HGET', KEYS[1], tp) or '-1') end
+  return op[4] < stored[tp]
+end
+-- Events' ops grouped per member, members in order of first appearance.
+local function by_member(events)
+  local per_member, batch = {}, {}
+  for _, e in ipairs(events) do
+    for _, member_op in ipairs(e[5]) do
+      local m = member_op[1]
+      if not per_member[m] then
+        per_member[m] = {}
+        batch[#batch + 1] = {m, per_member[m]}
+      end
+      table.insert(per_member[m], member_op[2])
+    end
+  end
+  return batch
+end
+
+local candidates, ids = {}, {}
+for _, e in ipairs(cjson.decode(ARGV[2])) do
+  if not ids[e[1]] and not (e[5][1] and past(e[5][1][2])) then
+    ids[e[1]] = true
+    candidates[#candidates + 1] = e
+  end
+end
+local batch = by_member(candidates)
+local refused = check_members(ns, batch, true)
+if refused then return refused end
+local marked = mark_events(ns, candidates, ttl)
+if #marked < #candidates then batch = by_member(marked) end
+local sums = {}  -- industry -> connections added, one INCRBY each
+if #batch > 0 then
+  local results = apply_members(ns, batch, call('INCR', ns .. 'clock{g}'), ttl, true)
+  for i, entry in ipairs(batch) do
+    local m, r = entry[1], results[i]
+    if r and r.delta then
+      local zset = industry_keys(ns, r.counted)
+      call('ZINCRBY', zset, r.delta, m)
+      sums[r.counted] = (sums[r.counted] or 0) + r.delta
+    elseif r then
+      local counted, now, degree = r[1], r[2], r[3]
+      if counted ~= '' and counted ~= now then
+        local zset, sum = industry_keys(ns, counted)
+        set_degree(zset, sum, m, -1)
+      end
+      if now ~= '' then
+        local zset, sum = industry_keys(ns, now)
+        set_degree(zset, sum, m, degree)
+      end
+      if counted ~= now then
+        record_counted(member_key(ns, 'm', m), nil, now, 0)
+        if now ~= '' then
+          call('ZADD', ns .. 'members{g}', 0, m)
+          call('SADD', ns .. 'inds{g}', now)
+        else
+          call('ZREM', ns .. 'members{g}', m)
+        end
+      end
+    end
+  end
+end
+for name, added in pairs(sums) do
+  if added ~= 0 then
+    local _, sum = industry_keys(ns, name)
+    call('INCRBY', sum, added)
+  end
+end
+if ARGV[7] ~= '' then call('SET', KEYS[3], ARGV[7], 'EX', 600) end
+return close_batch(KEYS[1], KEYS[2], marked, cjson.decode(ARGV[3]), lower)

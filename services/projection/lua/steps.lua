@@ -1,0 +1,274 @@
+-- The steps of applying events to the read models, as functions. Scripts that start with
+-- `--! use steps` get them (shared/scripts.py puts this file before theirs): the per-step
+-- scripts a Redis Cluster runs slot by slot (member, industry, counted, seen, marks), and
+-- chunk.lua, which runs a whole chunk in one call on one node. One definition of each step.
+local call = redis.call
+
+-- Key names, as services/projection/store.py's Keyspace spells them.
+local function member_key(ns, kind, m) return ns .. kind .. ':{' .. m .. '}' end
+local function industry_keys(ns, name)
+  local tag = ':{i:' .. name .. '}'
+  return ns .. 'iz' .. tag, ns .. 'isum' .. tag, ns .. 'iver' .. tag
+end
+
+local function hmax(key, field, ts)
+  local cur = tonumber(call('HGET', key, field) or '0')
+  if ts > cur then call('HSET', key, field, ts) end
+end
+
+-- All or nothing: Redis does not undo a script's writes when a later command fails, so
+-- every key that a batch's ops will write or read is checked for its type before anything
+-- of the batch is written: a key of the wrong kind refuses the batch, never half an event.
+local WRITES = {
+  ['c+'] = {'c', 'ca'}, ['c-'] = {'c', 'ca'}, ['fg+'] = {'fg'}, ['fg-'] = {'fg'},
+  ['fw+'] = {'fw'}, ['fw-'] = {'fw'}, ['bl+'] = {'bl'}, ['bl-'] = {'bl'},
+  ['blby+'] = {'blby'}, ['blby-'] = {'blby'}, ['ir+'] = {'ir'}, ['ir-'] = {'ir'},
+  ['is+'] = {'is'}, ['is-'] = {'is'}, e = {'es', 'el', 'cg'}, ['l+'] = {'ls'},
+  ['l-'] = {'ls'}, ms = {'ms'}, reg = {'m'}, upd = {'m'}, deact = {'m'},
+}
+local PROFILE = {reg = true, upd = true, deact = true}  -- ops that may move where m is counted
+local KIND = {
+  c = 'set', ca = 'hash', fg = 'set', fw = 'set', bl = 'set', blby = 'set', ir = 'hash',
+  is = 'hash', es = 'hash', el = 'hash', cg = 'hash', ls = 'set', ms = 'zset', m = 'hash',
+  hw = 'hash', iv = 'string',
+}
+local function expect(key, kind)
+  local found = call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. kind)
+  end
+end
+
+-- batch: [[member, ops], ...] with ops [[event_id, ts, source partition, offset, kind,
+-- args...], ...]. Returns an error reply for the first key of the wrong type, else nil.
+-- On a cluster every member's results read m and c, and hw and iv are written. With
+-- `one_node` (see apply_members) m and c are read only after a profile change, hw and iv
+-- not at all, and the ci of other members is read without failing (pcall).
+local function check_members(ns, batch, one_node)
+  for _, entry in ipairs(batch) do
+    local m = entry[1]
+    local checked = {}
+    local function check(name)
+      if checked[name] then return end
+      checked[name] = true
+      return expect(member_key(ns, name, m), KIND[name])
+    end
+    if not one_node then
+      for _, name in ipairs({'m', 'c', 'hw', 'iv'}) do
+        local refused = check(name)
+        if refused then return refused end
+      end
+    end
+    for _, op in ipairs(entry[2]) do
+      if one_node and PROFILE[op[5]] then
+        local refused = check('c')
+        if refused then return refused end
+      end
+      for _, name in ipairs(WRITES[op[5]] or {}) do
+        local refused = check(name)
+        if refused then return refused end
+      end
+      if op[5] == 'l+' or op[5] == 'l-' then
+        local refused = expect(member_key(ns, 'l', m) .. ':' .. op[6], 'set')
+        if refused then return refused end
+      end
+    end
+  end
+end
+
+-- Apply each member's ops (same batch shape as check_members). Ops are last-writer-wins
+-- (set/hash assignments), so re-running a member's ops after a crash gives the same state;
+-- the one additive op (engagement score) is marked per event. Returns per member {counted
+-- industry or '', industry now (if active) or '', degree, change count}.
+-- On a cluster, results travel through the caller to the industry scripts, so each member
+-- keeps a change count (iv) that orders them, and a high-water offset per source partition
+-- (hw) against a stalled replica's late ops. With `one_node`, chunk.lua does it all in one
+-- call: it skips what the stored positions are past, no result can go stale on the way,
+-- and a member whose ops cannot move their figures (not `touched`) gets `false`.
+local function apply_members(ns, batch, clock, ttl, one_node)
+  local results = {}
+  for i, entry in ipairs(batch) do
+    local m, ops = entry[1], entry[2]
+    local tag = ':{' .. m .. '}'
+    local function k(kind) return ns .. kind .. tag end
+    -- touched: a change other than to connections; linked: connections changed (by
+    -- `delta`); profiled: where the member is counted may have changed.
+    local touched, linked, changed, profiled, delta = false, false, false, false, 0
+    for _, op in ipairs(ops) do
+      local eid, ts, src, off, kind = op[1], op[2], op[3], op[4], op[5]
+      -- Once per member per source partition, in offset order: an op at or below the
+      -- member's high-water offset for that partition was applied (a re-delivery, or a
+      -- replica that stalled past its session and lost the partition) and is skipped.
+      local fresh = true
+      if src ~= '' and not one_node then
+        if off <= tonumber(call('HGET', k('hw'), src) or '-1') then
+          fresh = false
+        else
+          call('HSET', k('hw'), src, off)
+        end
+      end
+      if fresh then
+        changed = true
+        if kind == 'c+' then
+          if call('SADD', k('c'), op[6]) == 1 then
+            call('HSET', k('ca'), op[6], ts); delta = delta + 1
+          end
+          linked = true
+        elseif kind == 'c-' then
+          delta = delta - call('SREM', k('c'), op[6]); call('HDEL', k('ca'), op[6])
+          linked = true
+        elseif kind == 'fg+' then call('SADD', k('fg'), op[6])
+        elseif kind == 'fg-' then call('SREM', k('fg'), op[6])
+        elseif kind == 'fw+' then call('SADD', k('fw'), op[6])
+        elseif kind == 'fw-' then call('SREM', k('fw'), op[6])
+        elseif kind == 'bl+' then call('SADD', k('bl'), op[6]); touched = true
+        elseif kind == 'bl-' then call('SREM', k('bl'), op[6]); touched = true
+        elseif kind == 'blby+' then call('SADD', k('blby'), op[6]); touched = true
+        elseif kind == 'blby-' then call('SREM', k('blby'), op[6]); touched = true
+        elseif kind == 'ir+' then call('HSET', k('ir'), op[6], op[7] .. '|' .. ts); touched = true
+        elseif kind == 'ir-' then call('HDEL', k('ir'), op[6]); touched = true
+        elseif kind == 'is+' then call('HSET', k('is'), op[6], op[7] .. '|' .. ts); touched = true
+        elseif kind == 'is-' then call('HDEL', k('is'), op[6]); touched = true
+        elseif kind == 'e' then
+          if call('SET', ns .. 'sn' .. tag .. ':' .. eid, '1', 'NX', 'EX', ttl) then
+            call('HINCRBYFLOAT', k('es'), op[6], op[7])
+          end
+          hmax(k('el'), op[6], ts)
+          if op[8] == 1 then hmax(k('cg'), op[6], ts) end
+        elseif kind == 'l+' then
+          call('SADD', k('l') .. ':' .. op[6], op[7]); call('SADD', k('ls'), op[6])
+        elseif kind == 'l-' then
+          local key = k('l') .. ':' .. op[6]
+          call('SREM', key, op[7])
+          if call('SCARD', key) == 0 then call('SREM', k('ls'), op[6]) end
+        elseif kind == 'ms' then
+          call('ZADD', k('ms'), ts, cjson.encode({eid, op[6], op[7]}))
+          call('ZREMRANGEBYRANK', k('ms'), 0, -21)  -- keep the 20 latest milestones
+        elseif kind == 'reg' or kind == 'upd' then
+          local args = {}
+          for f, val in pairs(op[6]) do args[#args + 1] = f; args[#args + 1] = val end
+          if kind == 'reg' then args[#args + 1] = 'active'; args[#args + 1] = '1' end
+          if #args > 0 then call('HSET', k('m'), unpack(args)) end
+          touched, profiled = true, true
+        elseif kind == 'deact' then
+          call('HSET', k('m'), 'active', '0'); touched, profiled = true, true
+        end
+      end
+    end
+    -- When the member last changed (suggestions' freshness) is the later of the two clocks.
+    if touched then call('SET', k('lc'), clock) end
+    -- Connections changed: viewer network caches built before this clock that include this
+    -- member (their own, or as a 1st-degree connection) are no longer valid (see graph.lua).
+    if linked then call('SET', k('cc'), clock) end
+
+    -- What the industry aggregates need: where the member is counted now, where it belongs,
+    -- its degree, and its change count (industries keep the newest they applied).
+    if one_node and not profiled then
+      -- Where the member is counted is where it belongs (only a profile change moves it):
+      -- the figures move by the degree's change, if any.
+      local counted = delta ~= 0 and redis.pcall('HGET', k('m'), 'ci')
+      if type(counted) ~= 'string' then counted = false end  -- not counted, or m unreadable
+      results[i] = counted and {counted = counted, delta = delta} or false
+    else
+      local version = 0  -- one node: nothing lies between this result and its use
+      if not one_node and changed then
+        version = call('INCR', k('iv'))
+      elseif not one_node then
+        version = tonumber(call('GET', k('iv')) or '0')
+      end
+      local v = call('HMGET', k('m'), 'industry', 'active', 'ci')
+      local now_ind = ''
+      if v[2] == '1' and v[1] then now_ind = v[1] end
+      results[i] = {v[3] or '', now_ind, call('SCARD', k('c')), version}
+    end
+  end
+  return results
+end
+
+-- Set members' counted degree in one industry. Absolute values, so re-running it after a
+-- crash changes nothing; and versioned: an entry older than the newest this industry applied
+-- for the member (a stalled replica's late snapshot) is ignored, so a member is never left
+-- counted twice or with a stale degree. entries: [[member, degree (-1 leaves), version]].
+local function set_degree(zset, sum, m, deg)
+  local old = tonumber(call('ZSCORE', zset, m) or '-1')
+  if deg < 0 then
+    if old >= 0 then
+      call('ZREM', zset, m)
+      call('INCRBY', sum, 0 - old)  -- not -old: Lua's -0 is no integer to Redis
+    end
+  elseif old ~= deg then
+    call('ZADD', zset, deg, m)
+    call('INCRBY', sum, deg - math.max(old, 0))
+  end
+end
+local function apply_industry(zset, sum, versions, entries)
+  for _, entry in ipairs(entries) do
+    local m, deg, version = entry[1], entry[2], entry[3]
+    if version > tonumber(call('HGET', versions, m) or '-1') then
+      call('HSET', versions, m, version)
+      set_degree(zset, sum, m, deg)
+    end
+  end
+end
+
+-- Record where a member is counted (`ci`), only by the writer holding the member's current
+-- change count: a stalled replica's older snapshot cannot move it back. Returns 1 if written.
+-- (No change count on one node: `change_count` nil.)
+local function record_counted(profile, change_count, now, version)
+  if change_count and tonumber(call('GET', change_count) or '0') ~= tonumber(version) then
+    return 0
+  end
+  if now == '' then
+    call('HDEL', profile, 'ci')
+  else
+    call('HSET', profile, 'ci', now)
+  end
+  return 1
+end
+
+-- Which of these event ids are applied already (1) or not (0).
+local function applied_before(ns, ids)
+  local out = {}
+  for i, eid in ipairs(ids) do out[i] = call('EXISTS', ns .. 'seen{g}:' .. eid) end
+  return out
+end
+
+-- Mark events applied (for `?after` and the applied count). events: [[event_id, ts,
+-- awaits_decision, settles], ...]; an event that awaits a decision is marked 'w' and the
+-- decision marks its cause `settled`, so `?after=` of an accepted invitation waits for its
+-- connection. Returns the events newly marked (the others were applied before).
+local function mark_events(ns, events, ttl)
+  local marked = {}
+  for _, e in ipairs(events) do
+    local mark = (e[3] == 1) and 'w' or '1'
+    if call('SET', ns .. 'seen{g}:' .. e[1], mark, 'NX', 'EX', ttl) then
+      marked[#marked + 1] = e
+    end
+    if e[4] ~= '' then call('SET', ns .. 'settled{g}:' .. e[4], '1', 'EX', ttl) end
+  end
+  return marked
+end
+
+-- Close a batch: count the `marked` events and store the consumed positions. Positions only
+-- move forward (a stalled replica's late chunk cannot move one back), except those in
+-- `lower` (a log that began again). Returns how many events were newly applied.
+local function close_batch(pos, stats, marked, positions, lower)
+  local last_ts = 0
+  for _, e in ipairs(marked) do
+    if e[2] > last_ts then last_ts = e[2] end
+  end
+  local may_lower = {}
+  for _, tp in ipairs(lower) do may_lower[tp] = true end
+  for tp, offset in pairs(positions) do
+    if may_lower[tp] or offset > tonumber(call('HGET', pos, tp) or '-1') then
+      call('HSET', pos, tp, offset)
+    end
+  end
+  if #marked > 0 then
+    call('HINCRBY', stats, 'applied', #marked)
+    if last_ts > tonumber(call('HGET', stats, 'last_event_ts') or '0') then
+      call('HSET', stats, 'last_event_ts', last_ts)
+    end
+  end
+  return #marked
+end
