@@ -41,8 +41,28 @@ class StackError(RuntimeError):
     """Something the local stack needs is missing or did not come up; the message says what."""
 
 
+# Ports handed out by this process: never the same one twice before it is bound.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """Where the kernel's range for outgoing connections' ports starts."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A free port below the kernel's ephemeral range: a port taken from that range can be
+    given to some process's outgoing connection before the server meant for it binds."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, max(low, 10_001))
+        if port not in _handed_out and port_is_free(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded machine
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
