@@ -31,7 +31,7 @@ SIZE_BUCKETS = (
 )
 
 # An event becomes ops on the members it concerns: (member, [event_id, ts, kind, *args]).
-# Each member's ops run in one script on that member's keys (see member.lua).
+# Each member's ops run in one script call on that member's keys (steps.lua's apply_members).
 MemberOp = tuple[str, list[Any]]
 
 
