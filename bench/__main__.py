@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench import projection, queries, writes
-from rapport.localstack import embedded_infra
+from rapport.localstack import EmbeddedRedisCluster, embedded_infra
 from shared import events as ev
 from shared.commands import AggregateWrite
 from shared.events import Envelope
@@ -176,6 +176,26 @@ def _projection_rows(size: Size, rows: Rows, infra: Any) -> None:
         f"| projection incl. process start + group join (events/s) "
         f"| {proj.events / proj.projection_s:,.0f} | redis-benchmark SADD -P64: {sadd} ops/s | - |",
     ]
+    # The same events on a 3-node Redis Cluster (one script call per member and step, each
+    # to its slot's node), reported beside the one-node figure.
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = EmbeddedRedisCluster(Path(tmp))
+        try:
+            cluster.start()
+            on_cluster = projection.run(
+                infra.kafka_bootstrap,
+                cluster.url,
+                size.projection_events,
+                RAPPORT_PROJECTION_REDIS_CLUSTER="1",
+            )
+        finally:
+            cluster.stop()
+    cluster_rate = on_cluster.steady_events / on_cluster.steady_s
+    rows.append(
+        f"| projection apply on a 3-node Redis Cluster, {on_cluster.events:,} events, steady "
+        f"(events/s) | {cluster_rate:,.0f} | one node, above: {rate:,.0f} "
+        f"| {cluster_rate / rate:.2f} |"
+    )
 
 
 def _query_rows(size: Size, rows: Rows, infra: Any, tmp: Path) -> None:

@@ -116,13 +116,13 @@ def redis_sadd_rate(port: int) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def run(bootstrap: str, redis_url: str, n: int) -> ProjectionResult:
+def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionResult:
     namespace = f"bench{time.time_ns()}."
     asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions()))
     events = synthetic_events(n, random.Random(1))
     asyncio.run(preload(bootstrap, namespace, events))
     token = TOKEN
-    env = service_env(bootstrap, redis_url, namespace)
+    env = service_env(bootstrap, redis_url, namespace, **extra_env)
     with tempfile.TemporaryDirectory() as logs:
         proc = ServiceProcess("projection", free_port(), env, Path(logs))
         started = time.perf_counter()

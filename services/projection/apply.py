@@ -37,6 +37,7 @@ APPLY_CHUNK = 250
 YIELD_EVERY = 8  # events decoded between two chances for the chunk in flight to run
 PIPELINE_DEPTH = 2  # one node: chunks sent before the first of them answers
 OVERTOOK = -1  # chunk.lua's answer for a chunk run before the one sent ahead of it
+CLUSTER_CALLS_IN_FLIGHT = 32  # under the cluster client's connections per node (64)
 
 
 @dataclass
@@ -392,8 +393,16 @@ class BatchApplier:
 
     async def _run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
         """Run scripts concurrently, each routed to its own slot's node (a cluster's
-        pipelines refuse scripts); results in the order of `calls`."""
-        return list(await asyncio.gather(*(s(keys=k, args=a) for s, k, a in calls)))
+        pipelines refuse scripts); results in the order of `calls`. At most
+        CLUSTER_CALLS_IN_FLIGHT at once: the cluster client refuses a call past its
+        connections per node (MaxConnectionsError, which would be retried for ever)."""
+        gate = asyncio.Semaphore(CLUSTER_CALLS_IN_FLIGHT)
+
+        async def call(script: Any, keys: list[str], args: list[Any]) -> Any:
+            async with gate:
+                return await script(keys=keys, args=args)
+
+        return list(await asyncio.gather(*(call(s, k, a) for s, k, a in calls)))
 
     async def _not_yet_applied(
         self, ks: Keyspace, batch: list[domain.Applied]

@@ -17,11 +17,13 @@ from services.projection.apply import BatchApplier
 from services.projection.domain import Filters
 from services.projection.main import create_app
 from services.projection.store import ReadModelStore
+from shared import events as ev
+from shared.events import Envelope
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 from tests.helpers import Infra, auth, publish_envelopes, random_id, running_app
 from tests.integration.test_projection_network import network_events
-from tests.integration.test_projection_property import deliveries, no_dead_letters
+from tests.integration.test_projection_property import Record, deliveries, no_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +110,28 @@ async def test_projection_service_runs_on_the_cluster(
     assert badges.json()["degrees"] == {"bob": 1, "dan": 2, "eve": 3, "lee": None}
     assert paths["paths"][0]["members"] == ["ann", "bob", "dan", "eve"]
     assert {i["industry"]: i["average_connections"] for i in industries}["Technology"] == 3.0
+
+
+@pytest.mark.timeout(60)
+async def test_a_full_batch_of_many_members_applies_on_the_cluster(redis_cluster_url: str) -> None:
+    """A batch touching far more members than the cluster client has connections per node
+    (one call per member and step) is applied, not refused and retried for ever."""
+    pairs = [(f"a{i:03d}", f"b{i:03d}") for i in range(300)]
+    envelopes = [
+        Envelope.wrap(ev.ConnectionAccepted(member_a=a, member_b=b), producer="test")
+        for a, b in pairs
+    ]
+    records = [
+        Record(e.topic, 0, offset, e.to_bytes(), e.key.encode())
+        for offset, e in enumerate(envelopes)
+    ]
+    client = RedisCluster.from_url(redis_cluster_url, decode_responses=True, max_connections=64)
+    settings = ProjectionSettings(namespace=f"k{random_id(8)}.")
+    model = ReadModelStore(client, settings, ScoringModel())
+    await BatchApplier(model, no_dead_letters).process(records)
+    ks = await model.current()
+    degrees = await queries.degree.badges(model, ks, "a000", ["b000", "a001"])
+    status = await queries.status.status(model)
+    await client.aclose()
+    assert degrees == [1, None]
+    assert status["events_applied"] == len(pairs)
