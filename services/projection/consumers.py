@@ -24,9 +24,10 @@ COMMIT_EVERY_S = 1.0
 
 
 def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSettings) -> None:
-    committed = [0.0]  # when the consumer last committed its offsets (monotonic)
+    committed_at = 0.0  # when the consumer last committed its offsets (monotonic)
 
     async def apply_events_to_read_model(msg: KafkaMessage) -> None:
+        nonlocal committed_at
         records = records_of(msg)
         consumer: Any = msg.consumer
         # Each partition's end as this fetch saw it (exact), to tell a lost log from a
@@ -44,9 +45,9 @@ def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSe
         # A commit is a broker round trip between two batches, and the positions that count
         # are in Redis: commit at most once a second (a restart re-reads at most that much,
         # which the stored positions skip).
-        if not rewind and time.monotonic() - committed[0] >= COMMIT_EVERY_S:
+        if not rewind and time.monotonic() - committed_at >= COMMIT_EVERY_S:
             await msg.ack()
-            committed[0] = time.monotonic()
+            committed_at = time.monotonic()
         report_lag("projection", consumer, records)
 
     batch_subscriber(

@@ -16,8 +16,8 @@
 -- another connection, and is sent again once that one answered).
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
 local ns, ttl = ARGV[1], tonumber(ARGV[4])
-local lower, may_lower, stored = cjson.decode(ARGV[5]), {}, {}
-for _, tp in ipairs(lower) do may_lower[tp] = true end
+local lower, stored = cjson.decode(ARGV[5]), {}
+local may_lower = as_set(lower)
 -- An op's source is `topic:partition#epoch`; the position is the partition's next offset.
 local function past(op)
   if op[3] == '' then return false end

@@ -11,6 +11,12 @@ local function industry_keys(ns, name)
   return ns .. 'iz' .. tag, ns .. 'isum' .. tag, ns .. 'iver' .. tag
 end
 
+local function as_set(list)
+  local set = {}
+  for _, item in ipairs(list) do set[item] = true end
+  return set
+end
+
 local function hmax(key, field, ts)
   local cur = tonumber(call('HGET', key, field) or '0')
   if ts > cur then call('HSET', key, field, ts) end
@@ -84,7 +90,8 @@ end
 -- keeps a change count (iv) that orders them, and a high-water offset per source partition
 -- (hw) against a stalled replica's late ops. With `one_node`, chunk.lua does it all in one
 -- call: it skips what the stored positions are past, no result can go stale on the way,
--- and a member whose ops cannot move their figures (not `touched`) gets `false`.
+-- a member whose profile did not change gets only their degree's change ({counted, delta})
+-- and a member whose figures cannot move gets `false`.
 local function apply_members(ns, batch, clock, ttl, one_node)
   local results = {}
   for i, entry in ipairs(batch) do
@@ -171,10 +178,8 @@ local function apply_members(ns, batch, clock, ttl, one_node)
       results[i] = counted and {counted = counted, delta = delta} or false
     else
       local version = 0  -- one node: nothing lies between this result and its use
-      if not one_node and changed then
-        version = call('INCR', k('iv'))
-      elseif not one_node then
-        version = tonumber(call('GET', k('iv')) or '0')
+      if not one_node then
+        version = changed and call('INCR', k('iv')) or tonumber(call('GET', k('iv')) or '0')
       end
       local v = call('HMGET', k('m'), 'industry', 'active', 'ci')
       local now_ind = ''
@@ -185,10 +190,8 @@ local function apply_members(ns, batch, clock, ttl, one_node)
   return results
 end
 
--- Set members' counted degree in one industry. Absolute values, so re-running it after a
--- crash changes nothing; and versioned: an entry older than the newest this industry applied
--- for the member (a stalled replica's late snapshot) is ignored, so a member is never left
--- counted twice or with a stale degree. entries: [[member, degree (-1 leaves), version]].
+-- Set a member's counted degree in one industry (-1 leaves it): an absolute value, so
+-- re-running it after a crash changes nothing.
 local function set_degree(zset, sum, m, deg)
   local old = tonumber(call('ZSCORE', zset, m) or '-1')
   if deg < 0 then
@@ -201,6 +204,9 @@ local function set_degree(zset, sum, m, deg)
     call('INCRBY', sum, deg - math.max(old, 0))
   end
 end
+-- The same for several members, versioned: an entry older than the newest this industry
+-- applied for the member (a stalled replica's late snapshot) is ignored, so a member is
+-- never left counted twice or with a stale degree. entries: [[member, degree, version]].
 local function apply_industry(zset, sum, versions, entries)
   for _, entry in ipairs(entries) do
     local m, deg, version = entry[1], entry[2], entry[3]
@@ -257,8 +263,7 @@ local function close_batch(pos, stats, marked, positions, lower)
   for _, e in ipairs(marked) do
     if e[2] > last_ts then last_ts = e[2] end
   end
-  local may_lower = {}
-  for _, tp in ipairs(lower) do may_lower[tp] = true end
+  local may_lower = as_set(lower)
   for tp, offset in pairs(positions) do
     if may_lower[tp] or offset > tonumber(call('HGET', pos, tp) or '-1') then
       call('HSET', pos, tp, offset)
