@@ -26,6 +26,7 @@ from rapport.client import RapportClient
 from rapport.supervisor import ServiceProcess
 from services.projection import queries
 from services.projection.domain import Filters
+from services.projection.queries.suggestions import Bound
 from services.projection.store import ReadModelStore
 from shared.events import grouping_key
 from shared.scoring import ScoringModel
@@ -330,21 +331,30 @@ class QueryResults:
     rows: dict[str, dict[str, tuple[float, float]]]
     redis_bytes: int
     checks: int
-    recall_at_10: float | None  # bounded suggestions of the hubs vs the exact lists
+    recall_at_10: float | None  # the hubs' lists from the background refresh vs the exact
+    recall_hubs_request: float | None  # the same as a request that found none computes them
+    recall_cold: float  # the same for members of the cold suggestion queries
     times_bytes: int  # the read models with each connection's time (`ca`) too
     cache_bytes: int  # the viewer-network caches the run built (apart from the read models)
 
 
-async def suggestion_recall(model: ReadModelStore, ks: Any, hubs: list[str]) -> float | None:
-    """Recall@10 of the bounded people-you-may-know lists of members with more connections
-    than the bound, against the exact lists; None when no member has that many."""
+async def suggestion_recall(
+    model: ReadModelStore,
+    ks: Any,
+    members: list[str],
+    bound: queries.suggestions.Bound,
+    above_sample: bool = True,
+) -> float | None:
+    """Recall@10 of the people-you-may-know lists computed within `bound` against the exact
+    lists, of those `members` with more connections than the sample (or any, unless
+    `above_sample`); None when none is left."""
     bound = model.settings.suggestions_sample
     recalls = []
-    for x in hubs:
-        if await model.redis.scard(ks.member("c", x)) <= bound:
+    for x in members:
+        if above_sample and await model.redis.scard(ks.member("c", x)) <= bound:
             continue
-        bounded = await queries.suggestions.compute(model, ks, x, 10)
-        exact = await queries.suggestions.compute(model, ks, x, 10, sample=CONNECTION_CAP)
+        bounded = await queries.suggestions.compute(model, ks, x, 10, bound)
+        exact = await queries.suggestions.compute(model, ks, x, 10, Bound.EXACT)
         ids = {i["member_id"] for i in exact}
         recalls.append(len(ids & {i["member_id"] for i in bounded}) / max(1, len(ids)))
     return statistics.mean(recalls) if recalls else None
@@ -505,7 +515,10 @@ async def run_queries(
                     lambda x, y: queries.paths.paths(model, ks, x, y, 3), q.paths
                 ),
             }
-            recall = await suggestion_recall(model, ks, q.hubs)
+            recall = await suggestion_recall(model, ks, q.hubs, Bound.BACKGROUND)
+            recall_request = await suggestion_recall(model, ks, q.hubs, Bound.REQUEST)
+            cold = q.suggestions[:40]
+            recall_cold = await suggestion_recall(model, ks, cold, Bound.REQUEST, False) or 0.0
             stats = await redis.hgetall(ks.viewer_cache_stats)
             cache_bytes = int(stats.get("bytes", 0))
     finally:
@@ -522,6 +535,8 @@ async def run_queries(
         redis_bytes,
         checks,
         recall,
+        recall_request,
+        recall_cold,
         times_bytes,
         cache_bytes,
     )

@@ -150,6 +150,9 @@ class ProjectionSettings(ServiceSettings):
     # People you may know from at most this many of a member's connections (the most engaged,
     # then the most recent), so a member with a huge network costs a bounded amount.
     suggestions_sample: int = Field(200, ge=1, le=100_000)
+    # ... and members with fewer, from at most this many entries of their connections' sets
+    # (the smallest sets first; 0: no bound), so a cold request stays within tens of ms.
+    suggestions_reach: int = Field(10_000, ge=0)
     # How often the background refresh recomputes stale suggestions of active viewers.
     suggestions_refresh_s: float = Field(5.0, gt=0)
     # Scraping guard: members a member may look up per minute through network search,

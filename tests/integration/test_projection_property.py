@@ -101,6 +101,7 @@ class Reference:
                 for x in self.connections[a] - avoid
                 for y in (self.connections[x] & self.connections[b]) - avoid - {a}
             ]
+
         def score(path: list[str]) -> float:
             return rounded(sum(self.scores[(x, y)] for x, y in itertools.pairwise(path)))
 
@@ -248,7 +249,9 @@ async def test_read_model_equals_reference(
                 assert answer.degree == ref.degree(a, b), (a, b)
                 paths = await queries.paths.paths(model, ks, a, b, 3)
                 assert [p.members for p in paths] == ref.paths(a, b, 3), (a, b)
-            ranked = await queries.suggestions.rank(model, ks, a, 5, sample=100)
+            ranked = await queries.suggestions.rank(
+                model, ks, a, 5, queries.suggestions.Bound.EXACT
+            )
             assert ranked == ref.suggestions(a, 5), a
             summary = await queries.members.summary(model, a, datetime.now(UTC))
             followers = sum(1 for f, e in ref.follows if e == a)

@@ -263,33 +263,65 @@ local function network(v, cursor, limit, cap, want)
   return {cached and 1 or 0, page, more, capped}
 end
 
--- suggest v sample pool limit boost_industry boost_employer boost_location: people v may know,
--- ranked as domain.rank_suggestions does (mutual connections times a boost for each shared
--- industry, employer, location; ties by mutual count, then id), from at most `sample` of
--- v's connections (the most engaged, then the most recent; then the best `pool` by that
--- estimate are counted exactly), without v, v's connections,
+-- suggest v sample pool limit boost_industry boost_employer boost_location reach: people v
+-- may know, ranked as domain.rank_suggestions does (mutual connections times a boost for each
+-- shared industry, employer, location; ties by mutual count, then id), without v, v's
+-- connections,
 -- blocks and pending invitations either way, inactive members. Candidates are read by
 -- falling mutual count and the scan stops once no later one can reach the list.
+-- Bounded two ways (`sample` above the cap and `reach` 0 count exactly):
+-- - a member with more than `sample` connections starts from `sample` of them (the most
+--   engaged, then the most recent);
+-- - of those, the connections' sets are summed smallest first, `reach` entries in all: the
+--   members most of v's connections share turn up in the small sets too, while a hub's set
+--   is mostly members it alone brings (one mutual connection each).
+-- When either leaves sets out, the best `pool` by that estimate are counted exactly.
+-- A request that finds no list bounds both; the background refresh only the first.
 -- Returns {member, mutual count, score, shared-field flags (industry 1, employer 2,
 -- location 4)} per entry, best first ----------------------------------------------------------
-local function suggest(v, sample, pool, limit, boosts)
+-- The `n` of v's connections v engaged with most, then those connected most recently (ties
+-- by id). Only the engaged and the `n` most recent are sorted: a hub has 30,000.
+local function most_engaged_and_recent(v, conns, n)
+  local scores, since, times = {}, {}, {}
+  local es, ca = call('HGETALL', k('es', v)), call('HGETALL', k('ca', v))
+  for i = 1, #es, 2 do scores[es[i]] = tonumber(es[i + 1]) end
+  for i = 1, #ca, 2 do since[ca[i]] = tonumber(ca[i + 1]) end
+  for i, x in ipairs(conns) do times[i] = since[x] or 0 end
+  table.sort(times)  -- numbers only: compared in C
+  local cut = times[#times - n + 1]
+  local picked = {}
+  for _, x in ipairs(conns) do
+    if (scores[x] or 0) > 0 or (since[x] or 0) >= cut then picked[#picked + 1] = x end
+  end
+  table.sort(picked, function(p, q)
+    local sp, sq = scores[p] or 0, scores[q] or 0
+    if sp ~= sq then return sp > sq end
+    local tp, tq = since[p] or 0, since[q] or 0
+    if tp ~= tq then return tp > tq end
+    return p < q
+  end)
+  local kept = {}
+  for i = 1, n do kept[i] = picked[i] end
+  return kept
+end
+
+local function suggest(v, sample, pool, limit, boosts, reach)
   local conns = call('SMEMBERS', k('c', v))
-  local sampled = #conns > sample
-  if sampled then
-    local scores = {}
-    local es, ca = call('HGETALL', k('es', v)), call('HGETALL', k('ca', v))
-    for i = 1, #es, 2 do scores[es[i]] = tonumber(es[i + 1]) end
-    local since = {}
-    for i = 1, #ca, 2 do since[ca[i]] = tonumber(ca[i + 1]) end
+  local degree = #conns
+  local estimated = degree > sample
+  if estimated then conns = most_engaged_and_recent(v, conns, sample) end
+  if reach > 0 then
+    local sizes = {}
+    for _, x in ipairs(conns) do sizes[x] = call('SCARD', k('c', x)) end
     table.sort(conns, function(p, q)
-      local sp, sq = scores[p] or 0, scores[q] or 0
-      if sp ~= sq then return sp > sq end
-      local tp, tq = since[p] or 0, since[q] or 0
-      if tp ~= tq then return tp > tq end
+      if sizes[p] ~= sizes[q] then return sizes[p] < sizes[q] end
       return p < q
     end)
-    local kept = {}
-    for i = 1, sample do kept[i] = conns[i] end
+    local total, kept = 0, {}
+    for _, x in ipairs(conns) do
+      if #kept > 0 and total + sizes[x] > reach then estimated = true; break end
+      total = total + sizes[x]; kept[#kept + 1] = x
+    end
     conns = kept
   end
   local tmp = k('sgtmp', v)
@@ -308,10 +340,12 @@ local function suggest(v, sample, pool, limit, boosts)
   for start = 1, #drop, 5000 do
     call('ZREM', tmp, unpack(drop, start, math.min(start + 4999, #drop)))
   end
-  if sampled then
-    -- Counts from a sample only estimate: take the best `pool` by estimate and count their
-    -- mutual connections exactly (one SINTERCARD each), so the ranking below is exact
-    -- within that pool.
+  if estimated then
+    -- Counts from some of the sets only estimate: take the best `pool` by estimate and
+    -- count their mutual connections exactly (one SINTERCARD each, about `degree` lookups),
+    -- so the ranking below is exact within that pool. Under `reach`, the lookups are
+    -- bounded too (5 x `reach`), never to fewer than `limit` members.
+    if reach > 0 then pool = math.max(limit, math.min(pool, math.floor(5 * reach / degree))) end
     local best = call('ZREVRANGE', tmp, 0, pool - 1)
     call('DEL', tmp)
     for _, x in ipairs(best) do
@@ -433,7 +467,7 @@ elseif query == 'suggestions_read' then
   return suggestions_read(ARGV[3])
 elseif query == 'suggest' then
   return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-                 {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])})
+                 {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}, tonumber(ARGV[10]))
 elseif query == 'fresh' then
   return fresh(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'mutual' then

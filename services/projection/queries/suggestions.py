@@ -3,12 +3,15 @@
 A member's list is kept precomputed (`sg:{m}`): a request reads it while neither the member
 nor any of their connections changed since it was computed. Active viewers' stale lists are
 recomputed in the background (debounced, `refresh_active`), so a request is a read. A request
-that finds none computes it, bounded: from at most `suggestions_sample` of the member's
-connections (the most engaged, then the most recent).
+that finds none computes it, bounded (`lua/graph.lua` `suggest`): from at most
+`suggestions_sample` of the member's connections (the most engaged, then the most recent),
+and for members with fewer, from at most `suggestions_reach` entries of their connections'
+sets (the smallest sets first); the best candidates by that estimate are counted exactly.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections import Counter
@@ -20,6 +23,7 @@ from services.projection.store import Keyspace, ReadModelStore
 
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (bounded work)
+EXACT = 100_000  # a sample no member reaches (the cap is 30,000 connections)
 
 
 async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
@@ -44,12 +48,20 @@ async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
     return {"items": items[:limit], "cached": False}
 
 
+class Bound(enum.Enum):
+    """How much a computation of a list may cost."""
+
+    REQUEST = "request"  # a request that found none: sample and reach (tens of ms)
+    BACKGROUND = "background"  # the refresh of active viewers: the sample only
+    EXACT = "exact"  # every connection (for checks: a hub's list costs seconds)
+
+
 async def compute(
-    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, sample: int | None = None
+    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, bound: Bound = Bound.REQUEST
 ) -> list[dict[str, Any]]:
-    """Rank and store `m`'s list; `sample` bounds the connections it starts from."""
+    """Rank and store `m`'s list within `bound`."""
     clock = int(await rm.redis.get(ks.clock) or 0)
-    ranked = await rank(rm, ks, m, limit, sample or rm.settings.suggestions_sample)
+    ranked = await rank(rm, ks, m, limit, bound)
     profiles = await rm.profiles(ks, [c for c, *_ in ranked])
     items = [
         {
@@ -68,19 +80,26 @@ async def compute(
 
 
 async def rank(
-    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, sample: int
+    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, bound: Bound = Bound.REQUEST
 ) -> list[tuple[str, int, float, list[str]]]:
-    """The best `limit` (member, mutual count, score, shared fields), ranked on the server;
-    on Redis Cluster from per-member reads (every candidate, so exact)."""
+    """The best `limit` (member, mutual count, score, shared fields), ranked on the server
+    within `bound`; on Redis Cluster from per-member reads (every candidate, so exact)."""
     if await rm.cluster_mode():
         counts, _ = await second_degree(rm, ks, m, 200_000)
         for x in await rm.exclusions(ks, m):
             counts.pop(x, None)
         profiles = await rm.profiles(ks, list(counts))
-        pool = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
-        return domain.rank_suggestions(await rm.profile(ks, m), pool, profiles, limit)
+        active = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
+        return domain.rank_suggestions(await rm.profile(ks, m), active, profiles, limit)
     boosts = list(domain.BOOSTS.values())
-    found = await rm.graph(ks, "suggest", m, sample, max(10 * limit, 200), limit, *boosts)
+    sample, reach = rm.settings.suggestions_sample, rm.settings.suggestions_reach
+    if bound is not Bound.REQUEST:
+        reach = 0
+    if bound is Bound.EXACT:
+        sample = EXACT
+    # The best by a bounded estimate, then counted exactly.
+    pool = max(2 * limit, 40) if reach else max(10 * limit, 200)
+    found = await rm.graph(ks, "suggest", m, sample, pool, limit, *boosts, reach)
     fields = list(domain.BOOSTS)
     return [
         (str(c), int(n), float(score), [f for i, f in enumerate(fields) if int(flags) >> i & 1])
@@ -102,7 +121,7 @@ async def refresh_active(rm: ReadModelStore) -> int:
         cached = await rm.redis.get(ks.member("sg", m))
         entry = json.loads(cached) if cached else None
         if entry is not None and not await _unchanged_since(rm, ks, m, entry["clock"]):
-            await compute(rm, ks, m, entry["limit"])
+            await compute(rm, ks, m, entry["limit"], Bound.BACKGROUND)
             refreshed += 1
         if not cluster:
             await rm.graph(ks, "warm", m, rm.settings.viewer_cache_bytes)

@@ -1,0 +1,85 @@
+"""People you may know, bounded: what a member sees when their network is too large to count
+whole on every cold request, against the exact list, on a real redis-server.
+
+The read models are written directly in the projection's key layout (as applying the events
+would leave them) so that each test can shape a network with hubs in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from services.projection import queries
+from services.projection.store import Keyspace, ReadModelStore
+from shared.scoring import ScoringModel
+from shared.settings import ProjectionSettings
+from tests.helpers import Infra
+
+pytestmark = pytest.mark.integration
+
+
+async def write_network(rm: ReadModelStore, ks: Keyspace, edges: list[tuple[str, str]]) -> None:
+    members = {m for edge in edges for m in edge}
+    async with rm.redis.pipeline(transaction=False) as pipe:
+        for m in members:
+            pipe.hset(ks.member("m", m), mapping={"name": m, "active": "1", "ki": "tech"})
+        for a, b in edges:
+            pipe.sadd(ks.member("c", a), b)
+            pipe.sadd(ks.member("c", b), a)
+        await pipe.execute()
+
+
+@pytest.fixture
+async def store(infra: Infra, namespace: str) -> AsyncIterator[ReadModelStore]:
+    redis = Redis.from_url(infra.redis_url, decode_responses=True)
+    # Room for the four small sets (22 entries in all), not for a hub's (41 each).
+    settings = ProjectionSettings(namespace=namespace, suggestions_reach=30)
+    yield ReadModelStore(redis, settings, ScoringModel())
+    await redis.aclose()
+
+
+def hub_network() -> list[tuple[str, str]]:
+    """ann knows four small networks (sam0..sam3) and two hubs. Each small one also knows
+    kim, and one hub does too; everyone else the hubs know shares only that hub with ann."""
+    edges = [("ann", f"sam{i}") for i in range(4)] + [("ann", "hub0"), ("ann", "hub1")]
+    edges += [(f"sam{i}", "kim") for i in range(4)] + [("hub0", "kim")]
+    edges += [(f"sam{i}", f"own{i}-{j}") for i in range(4) for j in range(3)]
+    edges += [(f"hub{h}", f"far{h}-{j}") for h in range(2) for j in range(39)]
+    edges += [("sam0", "lea"), ("sam1", "lea"), ("hub1", "lea")]
+    return edges
+
+
+async def test_a_bounded_list_leaves_the_hubs_sets_out_but_counts_what_it_shows_exactly(
+    store: ReadModelStore,
+) -> None:
+    ks = store.keyspace(1)
+    await write_network(store, ks, hub_network())
+
+    bounded = await queries.suggestions.rank(store, ks, "ann", 3)
+    exact = await queries.suggestions.rank(store, ks, "ann", 3, queries.suggestions.Bound.EXACT)
+
+    # kim shares five connections with ann (four small networks and hub0), lea three: the
+    # counts are exact although the hubs' sets were left out of the estimate.
+    assert [(m, n) for m, n, *_ in bounded[:2]] == [("kim", 5), ("lea", 3)]
+    assert bounded[:2] == exact[:2]
+    # With the bound lifted, every hub's member with one mutual connection is a candidate;
+    # bounded, only those the small sets brought.
+    assert exact[2][:2] == ("far0-0", 1)
+    assert bounded[2][:2] == ("own0-0", 1)
+
+
+async def test_without_a_bound_the_list_is_exact(infra: Infra, namespace: str) -> None:
+    redis = Redis.from_url(infra.redis_url, decode_responses=True)
+    try:
+        settings = ProjectionSettings(namespace=namespace, suggestions_reach=0)
+        rm = ReadModelStore(redis, settings, ScoringModel())
+        ks = rm.keyspace(1)
+        await write_network(rm, ks, hub_network())
+        assert await queries.suggestions.rank(rm, ks, "ann", 10) == await queries.suggestions.rank(
+            rm, ks, "ann", 10, queries.suggestions.Bound.EXACT
+        )
+    finally:
+        await redis.aclose()
