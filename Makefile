@@ -49,7 +49,7 @@ prometheus:
 	$(call apt_install,promtool,--no-install-recommends prometheus,the alert-rule and Prometheus tests need it (apt-get install prometheus),exit 1)
 
 run: install redis-server
-	$(BIN)/rapport run $(if $(filter 1 yes true,$(DEMO)),--demo)
+	$(BIN)/rapport run $(if $(filter 1 yes true,$(DEMO)),--demo) $(if $(REPLICAS),--replicas $(REPLICAS))
 
 test: install redis-server chromium prometheus
 	$(BIN)/pytest $(PYTEST_ARGS)

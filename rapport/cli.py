@@ -42,7 +42,7 @@ from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervis
 from services.projection.api import ProjectionStatus
 from shared.events import InvalidEvent, decode
 from shared.settings import DEFAULT_REDIS
-from shared.topics import TopicNames
+from shared.topics import PARTITIONS, TopicNames
 
 T = TypeVar("T")
 
@@ -51,6 +51,8 @@ console = Console()
 
 STATE_DIR = Path(".rapport")
 STACK_FILE = "stack.json"
+# Every topic has at least as many partitions as replicas: each consumes some.
+MAX_REPLICAS = min(PARTITIONS.values())
 
 
 @app.callback()
@@ -87,9 +89,9 @@ def api_token(state_dir: Path) -> str:
     return role_token(state_dir, "service")
 
 
-def _workers(name: str) -> int:
-    """Worker processes of a service (`RAPPORT_<SERVICE>_WORKERS`, default 1)."""
-    return int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1"))
+def _workers(name: str, replicas: int | None) -> int:
+    """Worker processes of a service: `--replicas`, else `RAPPORT_<SERVICE>_WORKERS` (1)."""
+    return replicas or int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1"))
 
 
 def _service_port(name: str) -> int:
@@ -102,6 +104,15 @@ def run(
     redis_port: Annotated[int, typer.Option(help="Port of the embedded redis-server")] = 16379,
     state_dir: Annotated[Path, typer.Option(help="Logs, Redis AOF and the token")] = STATE_DIR,
     demo: Annotated[bool, typer.Option(help="Seed the demo network once the stack is up")] = False,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_REPLICAS,
+            help="Processes of every service (each a full replica: its own consumers, relay "
+            "and sweeps); default RAPPORT_<SERVICE>_WORKERS or 1",
+        ),
+    ] = None,
 ) -> None:
     """Start the embedded broker and Redis (unless configured), then the four services."""
     started = time.monotonic()
@@ -126,7 +137,11 @@ def run(
                 env["RAPPORT_LOG_ARCHIVE"] = "1"
             services = [
                 ServiceProcess(
-                    name, _service_port(name), env, state_dir / "logs", workers=_workers(name)
+                    name,
+                    _service_port(name),
+                    env,
+                    state_dir / "logs",
+                    workers=_workers(name, replicas),
                 )
                 for name in SERVICES
             ]

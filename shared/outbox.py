@@ -155,6 +155,10 @@ class OutboxRelay:
                     if not await self._renew(
                         keys=[self.lease_key], args=[self.owner, self.lease_ms]
                     ):
+                        # A standby replica reports the backlog too: any replica's scrape
+                        # (or the one a client's connection reaches) shows it.
+                        backlog = await self.redis.xlen(self.stream_key)
+                        OUTBOX_BACKLOG.labels(self.service).set(backlog)
                         await self._wait(self.lease_ms / 3000)
                         continue
                     renewed_at = time.monotonic()

@@ -153,6 +153,9 @@ class ProjectionSettings(ServiceSettings):
     # ... and members with fewer, from at most this many entries of their connections' sets
     # (the smallest sets first; 0: no bound), so a cold request stays within tens of ms.
     suggestions_reach: int = Field(10_000, ge=0)
+    # The background refresh of active viewers starts from this many (summing their sets in
+    # slices of `suggestions_reach` entries, one Redis call each).
+    suggestions_background_sample: int = Field(1000, ge=1, le=100_000)
     # How often the background refresh recomputes stale suggestions of active viewers.
     suggestions_refresh_s: float = Field(5.0, gt=0)
     # Scraping guard: members a member may look up per minute through network search,

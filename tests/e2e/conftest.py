@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,11 @@ class Stack:
     logs: Path
 
 
-@pytest.fixture(scope="module")
-def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextmanager
+def running_stack(
+    infra: Infra, logs: Path, workers: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """The four services in a fresh namespace, each as `workers` processes (replicas)."""
     namespace = f"e{random_id(8)}."
     asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
     env = {
@@ -35,9 +39,9 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         "RAPPORT_NAMESPACE": namespace,
         **EMBEDDED_BROKER_TUNING,
         "RAPPORT_PROJECTION_DASHBOARD_SAMPLE_S": "1",  # charts fill within seconds
+        **(extra_env or {}),
     }
-    logs = Path(tmp_path_factory.mktemp("stack-logs"))
-    services = [ServiceProcess(name, free_port(), env, logs) for name in SERVICES]
+    services = [ServiceProcess(name, free_port(), env, logs, workers) for name in SERVICES]
     supervisor = Supervisor(services)
     try:
         supervisor.start_all(timeout_s=90)
@@ -46,3 +50,9 @@ def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         yield Stack(urls, client_env, namespace, logs)
     finally:
         supervisor.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(infra, Path(tmp_path_factory.mktemp("stack-logs"))) as running:
+        yield running

@@ -119,12 +119,16 @@ def request_row(driver: Driver, row: Row, w: World, caller: str) -> httpx.Respon
 
 
 def agrees_with_a_rebuild(
-    urls: dict[str, str], bootstrap: str, redis_url: str, ops: str, admin: str
+    urls: dict[str, str],
+    bootstrap: str,
+    redis_url: str,
+    ops: str,
+    admin: str,
+    namespace: str = "",
 ) -> None:
     """Once every event is on the log and applied: no event was dead-lettered (transient
     errors are retried, never set aside), and the read models equal a clean rebuild (nothing
-    lost, nothing counted twice). For a running stack with no namespace; `ops` and `admin`
-    are its tokens."""
+    lost, nothing counted twice). `ops` and `admin` are the stack's tokens."""
     with BlockingClient(urls, ops, timeout=15) as api:
         for name in ("invitation", "connection", "engagement"):
             backlog = f'rapport_outbox_backlog{{service="{name}"}} 0.0'
@@ -133,7 +137,7 @@ def agrees_with_a_rebuild(
                 timeout=30,
                 what=f"{name}'s outbox relayed",
             )
-        ends = asyncio.run(read_through(bootstrap))  # each partition's true end
+        ends = asyncio.run(read_through(bootstrap, namespace))  # each partition's true end
 
         def applied_all() -> bool:
             positions = api.status().positions
@@ -141,7 +145,7 @@ def agrees_with_a_rebuild(
 
         poll_until(applied_all, timeout=30, what="the projection at the log's end")
         dead = api.dashboard_data()["dlq_total"]
-        live = asyncio.run(_digest(redis_url))
+        live = asyncio.run(_digest(redis_url, namespace))
         # One rebuild at a time: one an earlier call started (the matrix's own row, or its
         # lock taken just as Redis came back) ends or lapses first (409 until then).
         poll_until(
@@ -157,16 +161,17 @@ def agrees_with_a_rebuild(
         poll_until(
             lambda: api.status().rebuild["state"] == "done", timeout=60, what="the rebuild done"
         )
-        rebuilt = asyncio.run(_digest(redis_url))
+        rebuilt = asyncio.run(_digest(redis_url, namespace))
     assert dead == 0
     assert rebuilt == live
 
 
-async def _digest(redis_url: str) -> str:
+async def _digest(redis_url: str, namespace: str) -> str:
     """The live read models' digest, as the projection computes it."""
     client = Redis.from_url(redis_url, decode_responses=True)
     try:
-        store = ReadModelStore(client, ProjectionSettings(redis_url=redis_url), ScoringModel())
+        settings = ProjectionSettings(redis_url=redis_url, namespace=namespace)
+        store = ReadModelStore(client, settings, ScoringModel())
         return await digest(store)
     finally:
         await client.aclose()

@@ -83,3 +83,17 @@ async def test_without_a_bound_the_list_is_exact(infra: Infra, namespace: str) -
         )
     finally:
         await redis.aclose()
+
+
+async def test_the_background_refresh_sums_the_sets_in_slices_and_counts_every_one(
+    store: ReadModelStore, namespace: str
+) -> None:
+    ks = store.keyspace(1)
+    await write_network(store, ks, hub_network())
+    Bound = queries.suggestions.Bound
+
+    # Three slices of at most 30 entries: the four small sets, then each hub's.
+    refreshed = await queries.suggestions.rank(store, ks, "ann", 10, Bound.BACKGROUND)
+
+    assert refreshed == await queries.suggestions.rank(store, ks, "ann", 10, Bound.EXACT)
+    assert [key async for key in store.redis.scan_iter(match=f"{namespace}*sgbg*")] == []

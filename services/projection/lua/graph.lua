@@ -263,22 +263,6 @@ local function network(v, cursor, limit, cap, want)
   return {cached and 1 or 0, page, more, capped}
 end
 
--- suggest v sample pool limit boost_industry boost_employer boost_location reach: people v
--- may know, ranked as domain.rank_suggestions does (mutual connections times a boost for each
--- shared industry, employer, location; ties by mutual count, then id), without v, v's
--- connections,
--- blocks and pending invitations either way, inactive members. Candidates are read by
--- falling mutual count and the scan stops once no later one can reach the list.
--- Bounded two ways (`sample` above the cap and `reach` 0 count exactly):
--- - a member with more than `sample` connections starts from `sample` of them (the most
---   engaged, then the most recent);
--- - of those, the connections' sets are summed smallest first, `reach` entries in all: the
---   members most of v's connections share turn up in the small sets too, while a hub's set
---   is mostly members it alone brings (one mutual connection each).
--- When either leaves sets out, the best `pool` by that estimate are counted exactly.
--- A request that finds no list bounds both; the background refresh only the first.
--- Returns {member, mutual count, score, shared-field flags (industry 1, employer 2,
--- location 4)} per entry, best first ----------------------------------------------------------
 -- The `n` of v's connections v engaged with most, then those connected most recently (ties
 -- by id). Only the engaged and the `n` most recent are sorted: a hub has 30,000.
 local function most_engaged_and_recent(v, conns, n)
@@ -305,33 +289,21 @@ local function most_engaged_and_recent(v, conns, n)
   return kept
 end
 
-local function suggest(v, sample, pool, limit, boosts, reach)
-  local conns = call('SMEMBERS', k('c', v))
-  local degree = #conns
-  local estimated = degree > sample
-  if estimated then conns = most_engaged_and_recent(v, conns, sample) end
-  if reach > 0 then
-    local sizes = {}
-    for _, x in ipairs(conns) do sizes[x] = call('SCARD', k('c', x)) end
-    table.sort(conns, function(p, q)
-      if sizes[p] ~= sizes[q] then return sizes[p] < sizes[q] end
-      return p < q
-    end)
-    local total, kept = 0, {}
-    for _, x in ipairs(conns) do
-      if #kept > 0 and total + sizes[x] > reach then estimated = true; break end
-      total = total + sizes[x]; kept[#kept + 1] = x
-    end
-    conns = kept
-  end
-  local tmp = k('sgtmp', v)
-  call('DEL', tmp)
-  for start = 1, #conns, 500 do  -- summed scores: each candidate's mutual count
+-- Add connections' sets into the estimate `tmp` (summed scores: each candidate's count of
+-- mutual connections among them).
+local function sum_sets(tmp, conns)
+  for start = 1, #conns, 500 do
     local args = {'ZUNIONSTORE', tmp, 0, tmp}
     for i = start, math.min(start + 499, #conns) do args[#args + 1] = k('c', conns[i]) end
     args[3] = #args - 3
     call(unpack(args))
   end
+end
+
+-- Rank the estimate `tmp` into v's list (and delete it). `estimated`: it counts some of v's
+-- connections only, so the best `pool` by it are counted exactly (one SINTERCARD each,
+-- about v's degree in lookups) and the ranking below is exact within that pool.
+local function rank_estimate(v, tmp, estimated, pool, limit, boosts)
   -- Not v, not v's connections (removed in place: cheaper than a ZDIFFSTORE copy), no block,
   -- no pending invitation.
   local drop = call('SMEMBERS', k('c', v))
@@ -341,11 +313,6 @@ local function suggest(v, sample, pool, limit, boosts, reach)
     call('ZREM', tmp, unpack(drop, start, math.min(start + 4999, #drop)))
   end
   if estimated then
-    -- Counts from some of the sets only estimate: take the best `pool` by estimate and
-    -- count their mutual connections exactly (one SINTERCARD each, about `degree` lookups),
-    -- so the ranking below is exact within that pool. Under `reach`, the lookups are
-    -- bounded too (5 x `reach`), never to fewer than `limit` members.
-    if reach > 0 then pool = math.max(limit, math.min(pool, math.floor(5 * reach / degree))) end
     local best = call('ZREVRANGE', tmp, 0, pool - 1)
     call('DEL', tmp)
     for _, x in ipairs(best) do
@@ -395,6 +362,71 @@ local function suggest(v, sample, pool, limit, boosts, reach)
   local out = {}
   for i, e in ipairs(best) do out[i] = {e[1], e[2], tostring(e[3]), e[4]} end
   return out
+end
+
+-- The connections v's list starts from: all of them, or the `sample` v engaged with most,
+-- then connected most recently, when v has more; and whether that left any out.
+local function starting_set(v, sample)
+  local conns = call('SMEMBERS', k('c', v))
+  if #conns <= sample then return conns, false, #conns end
+  return most_engaged_and_recent(v, conns, sample), true, #conns
+end
+
+-- suggest v sample pool limit boost_industry boost_employer boost_location reach: people v
+-- may know, ranked as domain.rank_suggestions does (mutual connections times a boost for each
+-- shared industry, employer, location; ties by mutual count, then id), without v, v's
+-- connections, blocks and pending invitations either way, inactive members. Candidates are
+-- read by falling mutual count and the scan stops once no later one can reach the list.
+-- Bounded two ways (`sample` above the cap and `reach` 0 count exactly):
+-- - a member with more than `sample` connections starts from `sample` of them (the most
+--   engaged, then the most recent);
+-- - of those, the connections' sets are summed smallest first, `reach` entries in all: the
+--   members most of v's connections share turn up in the small sets too, while a hub's set
+--   is mostly members it alone brings (one mutual connection each).
+-- When either leaves sets out, the best `pool` by that estimate are counted exactly.
+-- A request that finds no list bounds both. The background refresh bounds only the first
+-- (its own, larger `sample`) and sums the sets in slices of at most `reach` entries, one call
+-- each (suggest_start, suggest_sum, suggest_rank), so Redis never stalls on a hub's list.
+-- Returns {member, mutual count, score, shared-field flags (industry 1, employer 2,
+-- location 4)} per entry, best first ----------------------------------------------------------
+local function suggest(v, sample, pool, limit, boosts, reach)
+  local conns, estimated, degree = starting_set(v, sample)
+  if reach > 0 then
+    local sizes = {}
+    for _, x in ipairs(conns) do sizes[x] = call('SCARD', k('c', x)) end
+    table.sort(conns, function(p, q)
+      if sizes[p] ~= sizes[q] then return sizes[p] < sizes[q] end
+      return p < q
+    end)
+    local total, kept = 0, {}
+    for _, x in ipairs(conns) do
+      if #kept > 0 and total + sizes[x] > reach then estimated = true; break end
+      total = total + sizes[x]; kept[#kept + 1] = x
+    end
+    conns = kept
+    -- The exact pass is bounded too (5 x `reach` lookups), never below `limit` members.
+    pool = math.max(limit, math.min(pool, math.floor(5 * reach / math.max(degree, 1))))
+  end
+  local tmp = k('sgtmp', v)
+  call('DEL', tmp)
+  sum_sets(tmp, conns)
+  return rank_estimate(v, tmp, estimated, pool, limit, boosts)
+end
+
+-- suggest_start v sample: {1 if the start leaves connections out else 0, [[connection,
+-- size of its set]]} (the background refresh sums them in slices) --------------------------
+local function suggest_start(v, sample)
+  local conns, estimated = starting_set(v, sample)
+  local out = {}
+  for i, x in ipairs(conns) do out[i] = {x, call('SCARD', k('c', x))} end
+  return {estimated and 1 or 0, out}
+end
+
+-- suggest_sum tmp ttl_ms member...: add these connections' sets into the estimate `tmp` ----
+local function suggest_sum(tmp, ttl, conns)
+  sum_sets(tmp, conns)
+  call('PEXPIRE', tmp, ttl)  -- a refresh that stopped half way leaves nothing for long
+  return 1
 end
 
 -- warm v budget: build v's network cache unless it is valid; 1 when it built one ----------
@@ -468,6 +500,14 @@ elseif query == 'suggestions_read' then
 elseif query == 'suggest' then
   return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
                  {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}, tonumber(ARGV[10]))
+elseif query == 'suggest_start' then
+  return suggest_start(ARGV[3], tonumber(ARGV[4]))
+elseif query == 'suggest_sum' then
+  return suggest_sum(ARGV[3], tonumber(ARGV[4]), {unpack(ARGV, 5)})
+elseif query == 'suggest_rank' then
+  -- suggest_rank v tmp estimated pool limit boosts...: v's list from the summed estimate
+  return rank_estimate(ARGV[3], ARGV[4], ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7]),
+                       {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])})
 elseif query == 'fresh' then
   return fresh(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'mutual' then

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import secrets
 import time
 from collections import Counter
 from typing import Any
@@ -24,6 +25,7 @@ from services.projection.store import Keyspace, ReadModelStore
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (bounded work)
 EXACT = 100_000  # a sample no member reaches (the cap is 30,000 connections)
+ESTIMATE_TTL_MS = 60_000  # a background estimate left by a refresh that stopped half way
 
 
 async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
@@ -51,9 +53,9 @@ async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
 class Bound(enum.Enum):
     """How much a computation of a list may cost."""
 
-    REQUEST = "request"  # a request that found none: sample and reach (tens of ms)
-    BACKGROUND = "background"  # the refresh of active viewers: the sample only
-    EXACT = "exact"  # every connection (for checks: a hub's list costs seconds)
+    REQUEST = "request"  # a request that found none: sample and reach, one call (tens of ms)
+    BACKGROUND = "background"  # the refresh of active viewers: a larger sample, in slices
+    EXACT = "exact"  # every connection in one call (checks only: a hub's list costs seconds)
 
 
 async def compute(
@@ -92,19 +94,44 @@ async def rank(
         active = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
         return domain.rank_suggestions(await rm.profile(ks, m), active, profiles, limit)
     boosts = list(domain.BOOSTS.values())
-    sample, reach = rm.settings.suggestions_sample, rm.settings.suggestions_reach
-    if bound is not Bound.REQUEST:
-        reach = 0
-    if bound is Bound.EXACT:
-        sample = EXACT
-    # The best by a bounded estimate, then counted exactly.
-    pool = max(2 * limit, 40) if reach else max(10 * limit, 200)
-    found = await rm.graph(ks, "suggest", m, sample, pool, limit, *boosts, reach)
+    settings = rm.settings
+    if bound is Bound.REQUEST:
+        pool = max(2 * limit, 40)  # the best by a bounded estimate, then counted exactly
+        sample, reach = settings.suggestions_sample, settings.suggestions_reach
+        found = await rm.graph(ks, "suggest", m, sample, pool, limit, *boosts, reach)
+    elif bound is Bound.BACKGROUND:
+        found = await _rank_in_slices(rm, ks, m, limit, boosts)
+    else:
+        found = await rm.graph(ks, "suggest", m, EXACT, max(10 * limit, 200), limit, *boosts, 0)
     fields = list(domain.BOOSTS)
     return [
         (str(c), int(n), float(score), [f for i, f in enumerate(fields) if int(flags) >> i & 1])
         for c, n, score, flags in found
     ]
+
+
+async def _rank_in_slices(
+    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, boosts: list[float]
+) -> Any:
+    """`m`'s list from `suggestions_background_sample` connections, their sets summed at most
+    `suggestions_reach` entries per call: one call never holds Redis for long, however large
+    the network."""
+    sample = rm.settings.suggestions_background_sample
+    step = rm.settings.suggestions_reach or 10_000
+    estimated, start = await rm.graph(ks, "suggest_start", m, sample)
+    # Its own estimate key: two replicas may refresh one viewer at once.
+    estimate = f"{ks.member('sgbg', m)}:{secrets.token_hex(6)}"
+    batch: list[str] = []
+    entries = 0
+    for x, size in [*start, (None, 0)]:
+        if batch and (x is None or entries + int(size) > step):
+            await rm.graph(ks, "suggest_sum", estimate, ESTIMATE_TTL_MS, *batch)
+            batch, entries = [], 0
+        if x is not None:
+            batch.append(str(x))
+            entries += int(size)
+    pool = max(10 * limit, 200)
+    return await rm.graph(ks, "suggest_rank", m, estimate, estimated, pool, limit, *boosts)
 
 
 async def refresh_active(rm: ReadModelStore) -> int:
