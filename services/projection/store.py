@@ -9,6 +9,7 @@ keys carry the member in a hash tag (`c:{ann}`), so one member's keys share a sl
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,22 @@ from shared.settings import ProjectionSettings
 
 # Members per pipeline when a query reads many members' sets or profiles.
 READ_CHUNK = 500
+SLICE_ENTRIES = 10_000  # set entries one background Redis call sums at most (a few ms)
+SLICE_TTL_MS = 60_000  # a partial sum left by background work that stopped half way
+
+
+def slices(sized: Iterable[Sequence[Any]], entries: int = SLICE_ENTRIES) -> list[list[str]]:
+    """Members (given with the size of their set) in order, cut into runs whose sets hold at
+    most `entries` in all; a larger set makes a run alone."""
+    runs: list[list[str]] = []
+    total = 0
+    for member, size in sized:
+        if not runs or (total + int(size) > entries and runs[-1]):
+            runs.append([])
+            total = 0
+        runs[-1].append(str(member))
+        total += int(size)
+    return runs
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,21 @@ class ReadModelStore:
         """The viewer asked: the background refresh keeps their network and suggestions
         (on one node graph.lua marks them in the same call as the query)."""
         await self.redis.zadd(ks.active_viewers, {viewer: time.time()})
+
+    async def warm(self, ks: Keyspace, viewer: str) -> bool:
+        """Build the viewer's network cache unless it is valid, summing their connections'
+        sets in slices, one short call each (a hub's network is millions of entries: one
+        call would hold Redis for a second). Whether it built one."""
+        started = await self.graph(ks, "warm_start", viewer)
+        if not started:
+            return False
+        clock, sized = started
+        union = f"{ks.member('n2b', viewer)}:{secrets.token_hex(6)}"  # one per build
+        for run in slices(sized, SLICE_ENTRIES):
+            await self.graph(ks, "warm_sum", union, SLICE_TTL_MS, *run)
+        budget = self.settings.viewer_cache_bytes
+        await self.graph(ks, "warm_keep", viewer, union, clock, budget)
+        return True
 
     def count_viewer_cache(self, hit: bool) -> None:
         VIEWER_CACHE.labels("hit" if hit else "miss").inc()

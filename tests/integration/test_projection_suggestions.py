@@ -1,5 +1,6 @@
 """People you may know, bounded: what a member sees when their network is too large to count
-whole on every cold request, against the exact list, on a real redis-server.
+whole on every cold request, against the exact list; and the background work (lists and the
+viewer's network cache) done in short slices, on a real redis-server.
 
 The read models are written directly in the projection's key layout (as applying the events
 would leave them) so that each test can shape a network with hubs in it.
@@ -13,6 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.projection import queries
+from services.projection import store as store_module
 from services.projection.store import Keyspace, ReadModelStore
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
@@ -97,3 +99,23 @@ async def test_the_background_refresh_sums_the_sets_in_slices_and_counts_every_o
 
     assert refreshed == await queries.suggestions.rank(store, ks, "ann", 10, Bound.EXACT)
     assert [key async for key in store.redis.scan_iter(match=f"{namespace}*sgbg*")] == []
+
+
+async def test_a_viewers_network_built_in_slices_is_their_whole_second_degree(
+    store: ReadModelStore, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ks = store.keyspace(1)
+    edges = hub_network()
+    await write_network(store, ks, edges)
+    monkeypatch.setattr(store_module, "SLICE_ENTRIES", 30)  # three slices, as above
+    friends = {b for a, b in edges if a == "ann"}
+    second = {b for a, b in edges if a in friends} | {a for a, b in edges if b in friends}
+
+    assert await store.warm(ks, "ann")
+
+    cached = await store.redis.zrange(ks.member("n2", "ann"), 0, -1)
+    assert cached == sorted(second - friends - {"ann"})
+    assert await store.warm(ks, "ann") is False  # valid: nothing changed since
+    assert [key async for key in store.redis.scan_iter(match=f"{namespace}*n2b*")] == []
+    badges = await queries.degree.badges(store, ks, "ann", ["kim", "far1-3", "sam0", "nobody"])
+    assert badges == [2, 2, 1, None]

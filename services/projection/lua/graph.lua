@@ -5,8 +5,9 @@
 -- serves a single node; on Redis Cluster the projection answers client-side per member.
 --
 -- The viewer network cache: `n2:{v}` is a sorted set (all scores 0, so it reads in member
--- order) of v's 2nd-degree members, built in one ZUNIONSTORE pass (`warm`, by the background
--- refresh for active viewers; a request never waits for a build), valid while neither v's nor
+-- order) of v's 2nd-degree members, built by ZUNIONSTORE (by the background refresh for
+-- active viewers, in slices: warm_start, warm_sum, warm_keep; a request never waits for a
+-- build; `warm` builds it in one call), valid while neither v's nor
 -- any 1st-degree connection's connection set changed since it was built (`cc:{m}`, set by
 -- member.lua, against the build's `clock{g}`). Entries live within a byte budget, evicted
 -- least recently used first (`n2lru{g}`); hits, misses, builds and bytes in `n2stats{g}`.
@@ -70,14 +71,9 @@ local function evict(budget)
   end
 end
 
-local function build(v, budget)
-  local key, meta = k('n2', v), k('n2m', v)
-  local old = tonumber(call('HGET', meta, 'bytes') or '0')
-  call('DEL', key)
-  local clock = call('GET', CLOCK) or '0'
-  local conns = call('SMEMBERS', k('c', v))
-  -- Union the connections' sets 500 at a time (Lua spreads only a trailing unpack), every
-  -- score weighted 0 so the set reads in member order.
+-- Union connections' sets into `key` 500 at a time (Lua spreads only a trailing unpack),
+-- every score weighted 0 so the set reads in member order.
+local function union_members(key, conns)
   for start = 1, #conns, 500 do
     local args = {'ZUNIONSTORE', key, 0, key}
     local n = 1
@@ -89,6 +85,16 @@ local function build(v, budget)
     for _ = 1, n do args[#args + 1] = 0 end
     call(unpack(args))
   end
+end
+
+-- Make the union `built` (of v's connections' sets, as the clock read `clock`) v's network
+-- cache: in place of the old one at once, without v and v's connections.
+local function keep_network(v, built, clock, budget)
+  local key, meta = k('n2', v), k('n2m', v)
+  local old = tonumber(call('HGET', meta, 'bytes') or '0')
+  if built ~= key then
+    if call('EXISTS', built) == 1 then call('RENAME', built, key) else call('DEL', key) end
+  end
   call('ZREM', key, v)
   if call('EXISTS', key) == 1 then call('ZDIFFSTORE', key, 2, key, k('c', v)) end
   local bytes = call('ZCARD', key) * 64 + 200  -- an estimate; MEMORY USAGE samples anyway
@@ -98,6 +104,13 @@ local function build(v, budget)
   call('ZADD', LRU, now_ms(), v)
   evict(budget)
   return key
+end
+
+local function build(v, budget)
+  local key = k('n2', v)
+  call('DEL', key)
+  union_members(key, call('SMEMBERS', k('c', v)))
+  return keep_network(v, key, call('GET', CLOCK) or '0', budget)
 end
 
 local function smallest(list, n)
@@ -436,6 +449,18 @@ local function warm(v, budget)
   return 1
 end
 
+-- The same in slices, one short call each (the background refresh: a hub's network is
+-- millions of entries). warm_start v: false while v's cache is valid, else {the clock now,
+-- [[connection, size of its set]]}; warm_sum tmp ttl_ms member...: add these sets into the
+-- union `tmp`; warm_keep v tmp clock budget: make it v's cache (changes after `clock` leave
+-- it stale, so the next refresh builds it again) -------------------------------------------
+local function warm_start(v)
+  if cache_valid(v) then return false end
+  local out = {}
+  for i, x in ipairs(call('SMEMBERS', k('c', v))) do out[i] = {x, call('SCARD', k('c', x))} end
+  return {call('GET', CLOCK) or '0', out}
+end
+
 -- suggestions_read v: {v's precomputed list (JSON, as stored), the members of it that are now
 -- connected, blocked either way or in a pending invitation either way}; false when none -----
 local function suggestions_read(v)
@@ -494,6 +519,15 @@ elseif query == 'network' then
                  {ARGV[7], ARGV[8], ARGV[9], ARGV[10]})
 elseif query == 'warm' then
   return warm(ARGV[3], tonumber(ARGV[4]))
+elseif query == 'warm_start' then
+  return warm_start(ARGV[3])
+elseif query == 'warm_sum' then
+  union_members(ARGV[3], {unpack(ARGV, 5)})
+  call('PEXPIRE', ARGV[3], tonumber(ARGV[4]))  -- a refresh that stopped half way
+  return 1
+elseif query == 'warm_keep' then
+  keep_network(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
+  return 1
 elseif query == 'suggestions_read' then
   mark_active(ARGV[3])
   return suggestions_read(ARGV[3])

@@ -20,12 +20,11 @@ from typing import Any
 
 from services.projection import domain
 from services.projection.queries.degree import second_degree
-from services.projection.store import Keyspace, ReadModelStore
+from services.projection.store import SLICE_ENTRIES, SLICE_TTL_MS, Keyspace, ReadModelStore, slices
 
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (bounded work)
 EXACT = 100_000  # a sample no member reaches (the cap is 30,000 connections)
-ESTIMATE_TTL_MS = 60_000  # a background estimate left by a refresh that stopped half way
 
 
 async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
@@ -117,19 +116,11 @@ async def _rank_in_slices(
     `suggestions_reach` entries per call: one call never holds Redis for long, however large
     the network."""
     sample = rm.settings.suggestions_background_sample
-    step = rm.settings.suggestions_reach or 10_000
-    estimated, start = await rm.graph(ks, "suggest_start", m, sample)
+    estimated, sized = await rm.graph(ks, "suggest_start", m, sample)
     # Its own estimate key: two replicas may refresh one viewer at once.
     estimate = f"{ks.member('sgbg', m)}:{secrets.token_hex(6)}"
-    batch: list[str] = []
-    entries = 0
-    for x, size in [*start, (None, 0)]:
-        if batch and (x is None or entries + int(size) > step):
-            await rm.graph(ks, "suggest_sum", estimate, ESTIMATE_TTL_MS, *batch)
-            batch, entries = [], 0
-        if x is not None:
-            batch.append(str(x))
-            entries += int(size)
+    for run in slices(sized, rm.settings.suggestions_reach or SLICE_ENTRIES):
+        await rm.graph(ks, "suggest_sum", estimate, SLICE_TTL_MS, *run)
     pool = max(10 * limit, 200)
     return await rm.graph(ks, "suggest_rank", m, estimate, estimated, pool, limit, *boosts)
 
@@ -151,7 +142,7 @@ async def refresh_active(rm: ReadModelStore) -> int:
             await compute(rm, ks, m, entry["limit"], Bound.BACKGROUND)
             refreshed += 1
         if not cluster:
-            await rm.graph(ks, "warm", m, rm.settings.viewer_cache_bytes)
+            await rm.warm(ks, m)
     return refreshed
 
 
