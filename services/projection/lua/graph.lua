@@ -7,7 +7,7 @@
 -- The viewer network cache: `n2:{v}` is a sorted set (all scores 0, so it reads in member
 -- order) of v's 2nd-degree members, built by ZUNIONSTORE (by the background refresh for
 -- active viewers, in slices: warm_start, warm_sum, warm_keep; a request never waits for a
--- build; `warm` builds it in one call), valid while neither v's nor
+-- build), valid while neither v's nor
 -- any 1st-degree connection's connection set changed since it was built (`cc:{m}`, set by
 -- member.lua, against the build's `clock{g}`). Entries live within a byte budget, evicted
 -- least recently used first (`n2lru{g}`); hits, misses, builds and bytes in `n2stats{g}`.
@@ -104,13 +104,6 @@ local function keep_network(v, built, clock, budget)
   call('ZADD', LRU, now_ms(), v)
   evict(budget)
   return key
-end
-
-local function build(v, budget)
-  local key = k('n2', v)
-  call('DEL', key)
-  union_members(key, call('SMEMBERS', k('c', v)))
-  return keep_network(v, key, call('GET', CLOCK) or '0', budget)
 end
 
 local function smallest(list, n)
@@ -442,15 +435,9 @@ local function suggest_sum(tmp, ttl, conns)
   return 1
 end
 
--- warm v budget: build v's network cache unless it is valid; 1 when it built one ----------
-local function warm(v, budget)
-  if cache_valid(v) then return 0 end
-  build(v, budget)
-  return 1
-end
-
--- The same in slices, one short call each (the background refresh: a hub's network is
--- millions of entries). warm_start v: false while v's cache is valid, else {the clock now,
+-- v's network cache is built in slices, one short call each (a hub's network is millions of
+-- entries, one call would hold Redis for a second). warm_start v: false while v's cache is
+-- valid, else {the clock now,
 -- [[connection, size of its set]]}; warm_sum tmp ttl_ms member...: add these sets into the
 -- union `tmp`; warm_keep v tmp clock budget: make it v's cache (changes after `clock` leave
 -- it stale, so the next refresh builds it again) -------------------------------------------
@@ -517,8 +504,6 @@ elseif query == 'network' then
   mark_active(ARGV[3])
   return network(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
                  {ARGV[7], ARGV[8], ARGV[9], ARGV[10]})
-elseif query == 'warm' then
-  return warm(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'warm_start' then
   return warm_start(ARGV[3])
 elseif query == 'warm_sum' then
