@@ -104,6 +104,7 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
             "chain{g}",
         ),
         *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "sgtmp:", "hw:", "iv:", "iver:"),
+        *("n2b:", "sgbg:"),  # background work's partial sums, between two of its calls
     )
     entries: list[tuple[str, Any]] = []
     async for key in rm.redis.scan_iter(match=prefix + "*", count=1000):
