@@ -150,8 +150,8 @@ class ProjectionSettings(ServiceSettings):
     # People you may know from at most this many of a member's connections (the most engaged,
     # then the most recent), so a member with a huge network costs a bounded amount.
     suggestions_sample: int = Field(200, ge=1, le=100_000)
-    # ... and members with fewer, from at most this many entries of their connections' sets
-    # (the smallest sets first; 0: no bound), so a cold request stays within tens of ms.
+    # ... summing at most this many entries of those connections' sets (the smallest sets
+    # first; 0: no bound), so a request that finds no list stays within tens of ms.
     suggestions_reach: int = Field(10_000, ge=0)
     # The background refresh of active viewers starts from this many (summing their sets in
     # slices of `suggestions_reach` entries, one Redis call each).

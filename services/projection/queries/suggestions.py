@@ -5,8 +5,8 @@ nor any of their connections changed since it was computed. Active viewers' stal
 recomputed in the background (debounced, `refresh_active`), so a request is a read. A request
 that finds none computes it, bounded (`lua/graph.lua` `suggest`): from at most
 `suggestions_sample` of the member's connections (the most engaged, then the most recent),
-and for members with fewer, from at most `suggestions_reach` entries of their connections'
-sets (the smallest sets first); the best candidates by that estimate are counted exactly.
+summing at most `suggestions_reach` entries of those connections' sets (the smallest sets
+first); the best candidates by that estimate are counted exactly.
 """
 
 from __future__ import annotations
