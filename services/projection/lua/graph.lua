@@ -71,20 +71,28 @@ local function evict(budget)
   end
 end
 
--- Union connections' sets into `key` 500 at a time (Lua spreads only a trailing unpack),
--- every score weighted 0 so the set reads in member order.
-local function union_members(key, conns)
+-- Union connections' sets into `key` 500 at a time (Lua spreads only a trailing unpack).
+-- Summed scores count each member's mutual connections among them; `weight` 0 leaves every
+-- score 0 instead, so the set reads in member order.
+local function union_sets(key, conns, weight)
   for start = 1, #conns, 500 do
     local args = {'ZUNIONSTORE', key, 0, key}
-    local n = 1
-    for i = start, math.min(start + 499, #conns) do
-      args[#args + 1] = k('c', conns[i]); n = n + 1
-    end
+    for i = start, math.min(start + 499, #conns) do args[#args + 1] = k('c', conns[i]) end
+    local n = #args - 3
     args[3] = n
-    args[#args + 1] = 'WEIGHTS'
-    for _ = 1, n do args[#args + 1] = 0 end
+    if weight == 0 then
+      args[#args + 1] = 'WEIGHTS'
+      for _ = 1, n do args[#args + 1] = 0 end
+    end
     call(unpack(args))
   end
+end
+
+-- Each connection with the size of its set, for work done in slices.
+local function with_sizes(conns)
+  local out = {}
+  for i, x in ipairs(conns) do out[i] = {x, call('SCARD', k('c', x))} end
+  return out
 end
 
 -- Make the union `built` (of v's connections' sets, as the clock read `clock`) v's network
@@ -92,9 +100,7 @@ end
 local function keep_network(v, built, clock, budget)
   local key, meta = k('n2', v), k('n2m', v)
   local old = tonumber(call('HGET', meta, 'bytes') or '0')
-  if built ~= key then
-    if call('EXISTS', built) == 1 then call('RENAME', built, key) else call('DEL', key) end
-  end
+  if call('EXISTS', built) == 1 then call('RENAME', built, key) else call('DEL', key) end
   call('ZREM', key, v)
   if call('EXISTS', key) == 1 then call('ZDIFFSTORE', key, 2, key, k('c', v)) end
   local bytes = call('ZCARD', key) * 64 + 200  -- an estimate; MEMORY USAGE samples anyway
@@ -295,17 +301,6 @@ local function most_engaged_and_recent(v, conns, n)
   return kept
 end
 
--- Add connections' sets into the estimate `tmp` (summed scores: each candidate's count of
--- mutual connections among them).
-local function sum_sets(tmp, conns)
-  for start = 1, #conns, 500 do
-    local args = {'ZUNIONSTORE', tmp, 0, tmp}
-    for i = start, math.min(start + 499, #conns) do args[#args + 1] = k('c', conns[i]) end
-    args[3] = #args - 3
-    call(unpack(args))
-  end
-end
-
 -- Rank the estimate `tmp` into v's list (and delete it). `estimated`: it counts some of v's
 -- connections only, so the best `pool` by it are counted exactly (one SINTERCARD each,
 -- about v's degree in lookups) and the ranking below is exact within that pool.
@@ -415,7 +410,7 @@ local function suggest(v, sample, pool, limit, boosts, reach)
   end
   local tmp = k('sgtmp', v)
   call('DEL', tmp)
-  sum_sets(tmp, conns)
+  union_sets(tmp, conns, 1)
   return rank_estimate(v, tmp, estimated, pool, limit, boosts)
 end
 
@@ -423,14 +418,12 @@ end
 -- size of its set]]} (the background refresh sums them in slices) --------------------------
 local function suggest_start(v, sample)
   local conns, estimated = starting_set(v, sample)
-  local out = {}
-  for i, x in ipairs(conns) do out[i] = {x, call('SCARD', k('c', x))} end
-  return {estimated and 1 or 0, out}
+  return {estimated and 1 or 0, with_sizes(conns)}
 end
 
 -- suggest_sum tmp ttl_ms member...: add these connections' sets into the estimate `tmp` ----
 local function suggest_sum(tmp, ttl, conns)
-  sum_sets(tmp, conns)
+  union_sets(tmp, conns, 1)
   call('PEXPIRE', tmp, ttl)  -- a refresh that stopped half way leaves nothing for long
   return 1
 end
@@ -443,9 +436,7 @@ end
 -- it stale, so the next refresh builds it again) -------------------------------------------
 local function warm_start(v)
   if cache_valid(v) then return false end
-  local out = {}
-  for i, x in ipairs(call('SMEMBERS', k('c', v))) do out[i] = {x, call('SCARD', k('c', x))} end
-  return {call('GET', CLOCK) or '0', out}
+  return {call('GET', CLOCK) or '0', with_sizes(call('SMEMBERS', k('c', v)))}
 end
 
 -- suggestions_read v: {v's precomputed list (JSON, as stored), the members of it that are now
@@ -507,7 +498,7 @@ elseif query == 'network' then
 elseif query == 'warm_start' then
   return warm_start(ARGV[3])
 elseif query == 'warm_sum' then
-  union_members(ARGV[3], {unpack(ARGV, 5)})
+  union_sets(ARGV[3], {unpack(ARGV, 5)}, 0)
   call('PEXPIRE', ARGV[3], tonumber(ARGV[4]))  -- a refresh that stopped half way
   return 1
 elseif query == 'warm_keep' then
