@@ -107,7 +107,10 @@ async def test_readiness_fails_with_retry_after_when_redis_is_gone() -> None:
     async with running_app(app) as client:
         ready = await client.get("/readyz")
     assert ready.status_code == 503
-    assert ready.json()["failed"] == {"redis": "ConnectionError"}
+    # Refused at once, or (on a loaded machine, through the client's retries) past the
+    # check's deadline: either way Redis is the one dependency named.
+    assert ready.json()["failed"].keys() == {"redis"}
+    assert ready.json()["failed"]["redis"] in {"ConnectionError", "Timeout"}
     assert ready.headers["retry-after"] == "2"
 
 
