@@ -156,15 +156,16 @@ async def load_redis(redis: Redis, g: Graph, namespace: str) -> ReadModelStore:
 
 
 async def load_connection_times(redis: Redis, model: ReadModelStore, g: Graph) -> None:
-    """When each connection was made (`ca`, what "most recent" samples by), the same on both
-    sides; loaded apart so the memory row can show the graph with and without it."""
+    """When each connection was made (`ca`, what "most recent" samples by), in whole seconds
+    as the projection stores them, the same on both sides; loaded apart so the memory row can show the graph with and without it."""
     ks = model.keyspace(1)
     for start in range(0, len(g.members), 2000):
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(start, min(start + 2000, len(g.members))):
                 m = g.members[i]
                 since = {
-                    g.members[j]: 1.6e9 + zlib.crc32(f"{min(i, j)}-{max(i, j)}".encode()) % 10**8
+                    g.members[j]: 1_600_000_000
+                    + zlib.crc32(f"{min(i, j)}-{max(i, j)}".encode()) % 10**8
                     for j in g.adjacency[i]
                 }
                 items = list(since.items())
@@ -348,10 +349,10 @@ async def suggestion_recall(
     """Recall@10 of the people-you-may-know lists computed within `bound` against the exact
     lists, of those `members` with more connections than the sample (or any, unless
     `above_sample`); None when none is left."""
-    bound = model.settings.suggestions_sample
+    sample = model.settings.suggestions_sample
     recalls = []
     for x in members:
-        if above_sample and await model.redis.scard(ks.member("c", x)) <= bound:
+        if above_sample and await model.redis.scard(ks.member("c", x)) <= sample:
             continue
         bounded = await queries.suggestions.compute(model, ks, x, 10, bound)
         exact = await queries.suggestions.compute(model, ks, x, 10, Bound.EXACT)

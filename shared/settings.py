@@ -147,14 +147,17 @@ class ProjectionSettings(ServiceSettings):
     after_wait_max_ms: int = Field(10_000, ge=0, le=60_000)
     # Active viewers' 2nd-degree networks, cached in Redis within this many bytes (LRU).
     viewer_cache_bytes: int = Field(256 * 2**20, ge=0)
-    # People you may know from at most this many of a member's connections (the most engaged,
-    # then the most recent), so a member with a huge network costs a bounded amount.
-    suggestions_sample: int = Field(200, ge=1, le=100_000)
-    # ... summing at most this many entries of those connections' sets (the smallest sets
-    # first; 0: no bound), so a request that finds no list stays within tens of ms.
+    # A request that finds no people-you-may-know list computes it: summing the member's
+    # connections' sets, the smallest first, at most `suggestions_reach` entries (0: no
+    # bound), so it stays within tens of ms...
     suggestions_reach: int = Field(10_000, ge=0)
-    # The background refresh of active viewers starts from this many (summing their sets in
-    # slices of `suggestions_reach` entries, one Redis call each).
+    # ... but a member with more than `suggestions_sample` connections starts from that many
+    # of them (the most engaged, then the most recent) and sums up to
+    # `suggestions_sampled_reach` entries, in slices (one short Redis call each).
+    suggestions_sample: int = Field(1000, ge=1, le=100_000)
+    suggestions_sampled_reach: int = Field(100_000, ge=0)
+    # The background refresh of active viewers starts from this many and sums every one of
+    # their sets, in slices.
     suggestions_background_sample: int = Field(1000, ge=1, le=100_000)
     # How often the background refresh recomputes stale suggestions of active viewers.
     suggestions_refresh_s: float = Field(5.0, gt=0)

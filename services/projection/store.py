@@ -30,9 +30,10 @@ SLICE_ENTRIES = 10_000  # set entries one background Redis call sums at most (a 
 SLICE_TTL_MS = 60_000  # a partial sum left by background work that stopped half way
 
 
-def slices(sized: Iterable[Sequence[Any]], entries: int = SLICE_ENTRIES) -> list[list[str]]:
+def slices(sized: Iterable[Sequence[Any]], entries: int | None = None) -> list[list[str]]:
     """Members (given with the size of their set) in order, cut into runs whose sets hold at
-    most `entries` in all; a larger set makes a run alone."""
+    most `entries` (SLICE_ENTRIES) in all; a larger set makes a run alone."""
+    entries = entries or SLICE_ENTRIES
     runs: list[list[str]] = []
     total = 0
     for member, size in sized:
@@ -183,7 +184,7 @@ class ReadModelStore:
             return False
         clock, sized = started
         union = f"{ks.member('n2b', viewer)}:{secrets.token_hex(6)}"  # one per build
-        for run in slices(sized, SLICE_ENTRIES):
+        for run in slices(sized):
             await self.graph(ks, "warm_sum", union, SLICE_TTL_MS, *run)
         budget = self.settings.viewer_cache_bytes
         await self.graph(ks, "warm_keep", viewer, union, clock, budget)

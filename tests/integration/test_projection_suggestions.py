@@ -87,12 +87,44 @@ async def test_without_a_bound_the_list_is_exact(infra: Infra, namespace: str) -
         await redis.aclose()
 
 
+async def test_a_large_network_starts_from_its_most_recent_connections_in_slices_and_counts_exactly(
+    infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = Redis.from_url(infra.redis_url, decode_responses=True)
+    try:
+        settings = ProjectionSettings(namespace=namespace, suggestions_sample=4)
+        rm = ReadModelStore(redis, settings, ScoringModel())
+        ks = rm.keyspace(1)
+        await write_network(rm, ks, hub_network())
+        # ann connected to the hubs long ago, to the four small networks lately.
+        since = {"hub0": 100, "hub1": 200, **{f"sam{i}": 1000 + i for i in range(4)}}
+        await redis.hset(ks.member("ca", "ann"), mapping=since)
+        monkeypatch.setattr(store_module, "SLICE_ENTRIES", 5)  # sums and counts, many calls
+
+        sampled = await queries.suggestions.rank(rm, ks, "ann", 3)
+        exact = await queries.suggestions.rank(rm, ks, "ann", 3, queries.suggestions.Bound.EXACT)
+        leftovers = [key async for key in redis.scan_iter(match=f"{namespace}*sgbg*")]
+    finally:
+        await redis.aclose()
+
+    # ann has six connections, more than the sample of four: the estimate sums the four
+    # small networks' sets only, yet what the list shows is counted exactly (kim: five
+    # mutual connections, hub0 among them; lea three, with hub1).
+    assert [(m, n) for m, n, *_ in sampled[:2]] == [("kim", 5), ("lea", 3)]
+    assert sampled[:2] == exact[:2]
+    # The hubs' other members were never summed: the rest come from the small networks.
+    assert exact[2][:2] == ("far0-0", 1)
+    assert sampled[2][:2] == ("own0-0", 1)
+    assert leftovers == []  # the partial sums of the slices are gone
+
+
 async def test_the_background_refresh_sums_the_sets_in_slices_and_counts_every_one(
-    store: ReadModelStore, namespace: str
+    store: ReadModelStore, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ks = store.keyspace(1)
     await write_network(store, ks, hub_network())
     Bound = queries.suggestions.Bound
+    monkeypatch.setattr(store_module, "SLICE_ENTRIES", 30)
 
     # Three slices of at most 30 entries: the four small sets, then each hub's.
     refreshed = await queries.suggestions.rank(store, ks, "ann", 10, Bound.BACKGROUND)

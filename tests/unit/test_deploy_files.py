@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rapport.localstack import REDIS_TUNING
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,11 @@ def test_compose_runs_kafka_in_kraft_mode_and_redis_with_aof() -> None:
     assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"]
     assert "appendonly" in " ".join(services["redis"]["command"])
     assert "everysec" in services["redis"]["command"]
+
+
+def test_compose_redis_has_the_memory_tuning_the_embedded_stack_uses() -> None:
+    command = " ".join(_compose()["services"]["redis"]["command"])
+    assert " ".join(REDIS_TUNING) in command
 
 
 def test_compose_runs_the_four_services_from_one_image_with_readiness_probes() -> None:

@@ -301,25 +301,36 @@ local function most_engaged_and_recent(v, conns, n)
   return kept
 end
 
--- Rank the estimate `tmp` into v's list (and delete it). `estimated`: it counts some of v's
--- connections only, so the best `pool` by it are counted exactly (one SINTERCARD each,
--- about v's degree in lookups) and the ranking below is exact within that pool.
-local function rank_estimate(v, tmp, estimated, pool, limit, boosts)
-  -- Not v, not v's connections (removed in place: cheaper than a ZDIFFSTORE copy), no block,
-  -- no pending invitation.
+-- Not v, not v's connections (removed from `tmp` in place: cheaper than a ZDIFFSTORE copy),
+-- no block, no pending invitation.
+local function drop_known(v, tmp)
   local drop = call('SMEMBERS', k('c', v))
   drop[#drop + 1] = v
   for x in pairs(excluded(v)) do drop[#drop + 1] = x end
   for start = 1, #drop, 5000 do
     call('ZREM', tmp, unpack(drop, start, math.min(start + 4999, #drop)))
   end
-  if estimated then
-    local best = call('ZREVRANGE', tmp, 0, pool - 1)
-    call('DEL', tmp)
-    for _, x in ipairs(best) do
-      call('ZADD', tmp, call('SINTERCARD', 2, k('c', x), k('c', v)), x)
-    end
+end
+
+-- The best `pool` of the estimate `tmp` (deleted), each with what counting it exactly costs:
+-- SINTERCARD looks up the smaller of the two sets.
+local function pool_of(v, tmp, pool)
+  local best = call('ZREVRANGE', tmp, 0, pool - 1)
+  call('DEL', tmp)
+  local degree, out = call('SCARD', k('c', v)), {}
+  for i, x in ipairs(best) do out[i] = {x, math.min(call('SCARD', k('c', x)), degree)} end
+  return out
+end
+
+-- Into `tmp`: how many connections each of `candidates` shares with v.
+local function count_exactly(v, tmp, candidates)
+  for _, x in ipairs(candidates) do
+    call('ZADD', tmp, call('SINTERCARD', 2, k('c', x), k('c', v)), x)
   end
+end
+
+-- Rank the counts `tmp` into v's list (and delete it).
+local function rank_counted(v, tmp, limit, boosts)
   local me = call('HMGET', k('m', v), 'ki', 'ke', 'kl')
   for f = 1, 3 do if me[f] == '' then me[f] = false end end
   local max_boost = boosts[1] * boosts[2] * boosts[3]
@@ -365,6 +376,24 @@ local function rank_estimate(v, tmp, estimated, pool, limit, boosts)
   return out
 end
 
+-- Rank the estimate `tmp` into v's list (and delete it). `estimated`: it counts some of v's
+-- connections only, so the best `pool` by it are counted exactly and the ranking is exact
+-- within that pool; with `budget` above 0, the pool stops where its lookups would pass it
+-- (never below `limit` members).
+local function rank_estimate(v, tmp, estimated, pool, limit, boosts, budget)
+  drop_known(v, tmp)
+  if estimated then
+    local picked, spent = {}, 0
+    for i, entry in ipairs(pool_of(v, tmp, pool)) do
+      if budget > 0 and i > limit and spent + entry[2] > budget then break end
+      spent = spent + entry[2]
+      picked[i] = entry[1]
+    end
+    count_exactly(v, tmp, picked)
+  end
+  return rank_counted(v, tmp, limit, boosts)
+end
+
 -- The connections v's list starts from: all of them, or the `sample` v engaged with most,
 -- then connected most recently, when v has more; and whether that left any out.
 local function starting_set(v, sample)
@@ -384,14 +413,15 @@ end
 -- - of those, the connections' sets are summed smallest first, `reach` entries in all: the
 --   members most of v's connections share turn up in the small sets too, while a hub's set
 --   is mostly members it alone brings (one mutual connection each).
--- When either leaves sets out, the best `pool` by that estimate are counted exactly.
--- A request that finds no list bounds both. The background refresh bounds only the first
--- (its own, larger `sample`) and sums the sets in slices of at most `reach` entries, one call
--- each (suggest_start, suggest_sum, suggest_rank), so Redis never stalls on a hub's list.
+-- When either leaves sets out, the best `pool` by that estimate are counted exactly, within
+-- 10 x `reach` lookups. A request for a member within the sample is this one call. A sampled
+-- network and the background refresh take the same steps in slices, one short call each
+-- (suggest_start, suggest_sum, suggest_pool, suggest_count, suggest_rank), so Redis never
+-- stalls on a hub's list.
 -- Returns {member, mutual count, score, shared-field flags (industry 1, employer 2,
 -- location 4)} per entry, best first ----------------------------------------------------------
 local function suggest(v, sample, pool, limit, boosts, reach)
-  local conns, estimated, degree = starting_set(v, sample)
+  local conns, estimated = starting_set(v, sample)
   if reach > 0 then
     local sizes = {}
     for _, x in ipairs(conns) do sizes[x] = call('SCARD', k('c', x)) end
@@ -405,13 +435,11 @@ local function suggest(v, sample, pool, limit, boosts, reach)
       total = total + sizes[x]; kept[#kept + 1] = x
     end
     conns = kept
-    -- The exact pass is bounded too (5 x `reach` lookups), never below `limit` members.
-    pool = math.max(limit, math.min(pool, math.floor(5 * reach / math.max(degree, 1))))
   end
   local tmp = k('sgtmp', v)
   call('DEL', tmp)
   union_sets(tmp, conns, 1)
-  return rank_estimate(v, tmp, estimated, pool, limit, boosts)
+  return rank_estimate(v, tmp, estimated, pool, limit, boosts, 10 * reach)
 end
 
 -- suggest_start v sample: {1 if the start leaves connections out else 0, [[connection,
@@ -422,10 +450,92 @@ local function suggest_start(v, sample)
 end
 
 -- suggest_sum tmp ttl_ms member...: add these connections' sets into the estimate `tmp` ----
+-- A field longer than hash-max-listpack-value: the sums' hash is a hashtable from its first
+-- write (a listpack, up to 4,096 entries with REDIS_TUNING, costs O(n) per new field).
+local WIDE = string.rep('~', 65)
+
 local function suggest_sum(tmp, ttl, conns)
-  union_sets(tmp, conns, 1)
+  -- A hash of counts: a sorted set would be rebuilt whole by every slice's ZUNIONSTORE.
+  call('HSETNX', tmp, WIDE, 0)
+  local counts, seen = {}, {}
+  for _, x in ipairs(conns) do
+    for _, y in ipairs(call('SMEMBERS', k('c', x))) do
+      local n = counts[y]
+      if n then counts[y] = n + 1 else counts[y] = 1; seen[#seen + 1] = y end
+    end
+  end
+  for start = 1, #seen, 2000 do
+    local part = {unpack(seen, start, math.min(start + 1999, #seen))}
+    local before = call('HMGET', tmp, unpack(part))
+    local args = {'HSET', tmp}
+    for i, y in ipairs(part) do
+      args[#args + 1] = y
+      args[#args + 1] = counts[y] + (tonumber(before[i]) or 0)
+    end
+    call(unpack(args))
+  end
   call('PEXPIRE', tmp, ttl)  -- a refresh that stopped half way leaves nothing for long
   return 1
+end
+
+-- suggest_pool v tmp counted ttl_ms estimated pool limit boosts...: from the summed counts
+-- `tmp` (deleted), without v, v's connections, blocks and pending invitations:
+-- - `estimated` (some sets left out): the best `pool` others by count (ties by id), each
+--   with the cost of counting it exactly (suggest_count puts them in `counted`);
+-- - else the counts are exact: into `counted` go those that can still make the list (at
+--   least the `limit`-th active member's count over the largest boost), and nothing returns.
+local function suggest_pool(v, tmp, counted, ttl, estimated, pool, limit, boosts)
+  local known = {[v] = true, [WIDE] = true}
+  for _, x in ipairs(call('SMEMBERS', k('c', v))) do known[x] = true end
+  for x in pairs(excluded(v)) do known[x] = true end
+  local flat = call('HGETALL', tmp)
+  call('DEL', tmp)
+  local buckets, counts = {}, {}  -- members by count; the counts, falling (few distinct)
+  for i = 1, #flat, 2 do
+    local x = flat[i]
+    if not known[x] then
+      local n = tonumber(flat[i + 1])
+      local bucket = buckets[n]
+      if not bucket then bucket = {}; buckets[n] = bucket; counts[#counts + 1] = n end
+      bucket[#bucket + 1] = x
+    end
+  end
+  table.sort(counts, function(p, q) return p > q end)
+  local out = {}
+  if estimated then
+    local degree = call('SCARD', k('c', v))
+    for _, n in ipairs(counts) do
+      local bucket = buckets[n]
+      table.sort(bucket)
+      for _, x in ipairs(bucket) do
+        if #out == pool then return out end
+        out[#out + 1] = {x, math.min(call('SCARD', k('c', x)), degree)}
+      end
+    end
+    return out
+  end
+  local active, floor = 0, 0
+  for _, n in ipairs(counts) do
+    for _, x in ipairs(buckets[n]) do
+      if call('HGET', k('m', x), 'active') == '1' then active = active + 1 end
+      if active == limit then floor = n / (boosts[1] * boosts[2] * boosts[3]); break end
+    end
+    if floor > 0 then break end
+  end
+  local args = {}
+  local function flush()
+    if #args > 0 then call('ZADD', counted, unpack(args)); args = {} end
+  end
+  for _, n in ipairs(counts) do
+    if n < floor then break end
+    for _, x in ipairs(buckets[n]) do
+      args[#args + 1] = n; args[#args + 1] = x
+      if #args >= 4000 then flush() end
+    end
+  end
+  flush()
+  call('PEXPIRE', counted, ttl)
+  return out
 end
 
 -- v's network cache is built in slices, one short call each (a hub's network is millions of
@@ -514,10 +624,20 @@ elseif query == 'suggest_start' then
   return suggest_start(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'suggest_sum' then
   return suggest_sum(ARGV[3], tonumber(ARGV[4]), {unpack(ARGV, 5)})
+elseif query == 'suggest_pool' then
+  return suggest_pool(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1',
+                      tonumber(ARGV[8]), tonumber(ARGV[9]),
+                      {tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])})
+elseif query == 'suggest_count' then
+  -- suggest_count v tmp ttl_ms member...: their exact mutual counts with v, into `tmp`
+  count_exactly(ARGV[3], ARGV[4], {unpack(ARGV, 6)})
+  call('PEXPIRE', ARGV[4], tonumber(ARGV[5]))
+  return 1
 elseif query == 'suggest_rank' then
   -- suggest_rank v tmp estimated pool limit boosts...: v's list from the summed estimate
+  -- (or, `estimated` 0, from exact counts)
   return rank_estimate(ARGV[3], ARGV[4], ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7]),
-                       {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])})
+                       {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])}, 0)
 elseif query == 'fresh' then
   return fresh(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'mutual' then

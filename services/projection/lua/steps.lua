@@ -118,7 +118,9 @@ local function apply_members(ns, batch, clock, ttl, one_node)
         changed = true
         if kind == 'c+' then
           if call('SADD', k('c'), op[6]) == 1 then
-            call('HSET', k('ca'), op[6], ts); delta = delta + 1
+            -- Whole seconds: Redis keeps an integer in a listpack in 5 bytes, a float's
+            -- text in 16 (`ca` holds one entry per connection, the read models' largest part).
+            call('HSET', k('ca'), op[6], math.floor(ts)); delta = delta + 1
           end
           linked = true
         elseif kind == 'c-' then

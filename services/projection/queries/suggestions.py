@@ -3,10 +3,13 @@
 A member's list is kept precomputed (`sg:{m}`): a request reads it while neither the member
 nor any of their connections changed since it was computed. Active viewers' stale lists are
 recomputed in the background (debounced, `refresh_active`), so a request is a read. A request
-that finds none computes it, bounded (`lua/graph.lua` `suggest`): from at most
-`suggestions_sample` of the member's connections (the most engaged, then the most recent),
-summing at most `suggestions_reach` entries of those connections' sets (the smallest sets
-first); the best candidates by that estimate are counted exactly.
+that finds none computes it, bounded (`lua/graph.lua` `suggest`): the connections' sets are
+summed, the smallest first, at most `suggestions_reach` entries in one call, and the best
+candidates by that estimate are counted exactly. A member with more than
+`suggestions_sample` connections starts from that many of them (the most engaged, then the
+most recent), and sums up to `suggestions_sampled_reach` entries in slices, one short call
+each: a larger sum, as a network that size needs for a list close to the exact one, without
+holding Redis for long.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from services.projection import domain
 from services.projection.queries.degree import second_degree
-from services.projection.store import SLICE_ENTRIES, SLICE_TTL_MS, Keyspace, ReadModelStore, slices
+from services.projection.store import SLICE_TTL_MS, Keyspace, ReadModelStore, slices
 
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (bounded work)
@@ -95,11 +98,17 @@ async def rank(
     boosts = list(domain.BOOSTS.values())
     settings = rm.settings
     if bound is Bound.REQUEST:
-        pool = max(2 * limit, 40)  # the best by a bounded estimate, then counted exactly
-        sample, reach = settings.suggestions_sample, settings.suggestions_reach
-        found = await rm.graph(ks, "suggest", m, sample, pool, limit, *boosts, reach)
+        sample = settings.suggestions_sample
+        if await rm.redis.scard(ks.member("c", m)) > sample:
+            reach = settings.suggestions_sampled_reach
+            found = await _rank_in_slices(rm, ks, m, limit, boosts, sample, reach)
+        else:
+            pool = max(2 * limit, 40)  # the best by a bounded estimate, then counted exactly
+            reach = settings.suggestions_reach
+            found = await rm.graph(ks, "suggest", m, sample, pool, limit, *boosts, reach)
     elif bound is Bound.BACKGROUND:
-        found = await _rank_in_slices(rm, ks, m, limit, boosts)
+        sample = settings.suggestions_background_sample
+        found = await _rank_in_slices(rm, ks, m, limit, boosts, sample, 0)
     else:
         found = await rm.graph(ks, "suggest", m, EXACT, max(10 * limit, 200), limit, *boosts, 0)
     fields = list(domain.BOOSTS)
@@ -110,19 +119,40 @@ async def rank(
 
 
 async def _rank_in_slices(
-    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, boosts: list[float]
+    rm: ReadModelStore,
+    ks: Keyspace,
+    m: str,
+    limit: int,
+    boosts: list[float],
+    sample: int,
+    reach: int,
 ) -> Any:
-    """`m`'s list from `suggestions_background_sample` connections, their sets summed at most
-    `suggestions_reach` entries per call: one call never holds Redis for long, however large
-    the network."""
-    sample = rm.settings.suggestions_background_sample
+    """`m`'s list from `sample` of their connections, summing those connections' sets (the
+    smallest first, `reach` entries in all; 0: every one), the best by that estimate then
+    counted exactly; every step in slices of at most SLICE_ENTRIES, one call each: no call
+    holds Redis for long, however large the network."""
     estimated, sized = await rm.graph(ks, "suggest_start", m, sample)
-    # Its own estimate key: two replicas may refresh one viewer at once.
+    estimated = bool(int(estimated))
+    if reach:
+        sized = sorted(sized, key=lambda entry: (int(entry[1]), str(entry[0])))
+        total = 0
+        for end, (_, size) in enumerate(sized):
+            if end and total + int(size) > reach:
+                sized, estimated = sized[:end], True
+                break
+            total += int(size)
+    # Keys of this computation alone: two replicas may refresh one viewer at once.
     estimate = f"{ks.member('sgbg', m)}:{secrets.token_hex(6)}"
-    for run in slices(sized, rm.settings.suggestions_reach or SLICE_ENTRIES):
+    for run in slices(sized):
         await rm.graph(ks, "suggest_sum", estimate, SLICE_TTL_MS, *run)
-    pool = max(10 * limit, 200)
-    return await rm.graph(ks, "suggest_rank", m, estimate, estimated, pool, limit, *boosts)
+    pool, counted = max(10 * limit, 200), f"{estimate}:n"
+    flag = "1" if estimated else "0"
+    pooled = await rm.graph(
+        ks, "suggest_pool", m, estimate, counted, SLICE_TTL_MS, flag, pool, limit, *boosts
+    )
+    for run in slices(pooled):
+        await rm.graph(ks, "suggest_count", m, counted, SLICE_TTL_MS, *run)
+    return await rm.graph(ks, "suggest_rank", m, counted, 0, pool, limit, *boosts)
 
 
 async def refresh_active(rm: ReadModelStore) -> int:
