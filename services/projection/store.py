@@ -13,9 +13,10 @@ import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from shared import scripts
 from shared.domain import RateLimited
@@ -120,6 +121,7 @@ class ReadModelStore:
         # Notified after each applied batch, so `?after=` waits wake up at once.
         self.changed = asyncio.Condition()
         self._graph = self.script("graph")
+        self._node = self.script("node")
 
     def script(self, name: str) -> Any:
         return scripts.register(self.redis, "services.projection", name)
@@ -169,6 +171,36 @@ class ReadModelStore:
     async def graph(self, ks: Keyspace, query: str, *args: Any) -> Any:
         """One graph query of lua/graph.lua on the keyspace `ks` (single node)."""
         return await self._graph(keys=[ks.pos], args=[ks.prefix, query, *args])
+
+    async def on_nodes(
+        self,
+        ks: Keyspace,
+        step: str,
+        members: Iterable[str],
+        others: Iterable[str] = (),
+        param: Any = "",
+    ) -> list[Any]:
+        """Scatter and gather on Redis Cluster: one call of lua/node.lua's `step` per node,
+        over the `members` that node holds, with `others` sent once to each; the answers,
+        one per node that holds any."""
+        cluster = cast(RedisCluster, self.redis)
+        await cluster.initialize()  # the slot map (once; at once after that)
+        groups: dict[str, list[str]] = {}
+        for m in members:
+            node = cluster.get_node_from_key(ks.member("c", m))
+            groups.setdefault(node.name if node else "", []).append(m)
+        sent = list(others)
+        return list(
+            await asyncio.gather(
+                *(
+                    self._node(
+                        keys=[ks.member("c", held[0])],
+                        args=[ks.prefix, step, param, len(held), *held, *sent],
+                    )
+                    for held in groups.values()
+                )
+            )
+        )
 
     async def mark_active(self, ks: Keyspace, viewer: str) -> None:
         """The viewer asked: the background refresh keeps their network and suggestions

@@ -250,7 +250,6 @@ local function network(v, cursor, limit, cap, want)
     local chunk = call('ZRANGEBYLEX', source, start, '+', 'LIMIT', 0, 500)
     if #chunk == 0 then break end
     for _, x in ipairs(chunk) do
-      if #page == limit then more = 1; break end
       if not cached and scanned >= cap then capped = 1; break end
       scanned = scanned + 1
       if not skip[x] then
@@ -264,7 +263,12 @@ local function network(v, cursor, limit, cap, want)
           ok = call('SISMEMBER', cv, x) == 0
             and call('SINTERCARD', 2, k('c', x), cv, 'LIMIT', 1) > 0
         end
-        if ok then page[#page + 1] = x end
+        if ok then
+          -- The page is full: this member says another page follows (so the last page is
+          -- never empty).
+          if #page == limit then more = 1; break end
+          page[#page + 1] = x
+        end
       end
       start = '(' .. x
     end

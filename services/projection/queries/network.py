@@ -27,6 +27,8 @@ async def network(
         items = [{"member_id": x, **{f: profiles[x].get(f) for f in PROFILE_FIELDS}} for x in ids]
         next_cursor = ids[-1] if (more or capped) and ids else None
         return {"items": items, "next_cursor": next_cursor, "capped": bool(capped)}
+    if degree == 2:
+        return await second_degree_page(rm, ks, m, filters, cursor, limit)
     first = await rm.connections(ks, m)
     second, capped = await second_degree(rm, ks, m, NETWORK_SCAN_CAP)
     candidates = set(second)
@@ -36,6 +38,41 @@ async def network(
     candidates -= await rm.exclusions(ks, m)
     page, next_cursor = await filtered_page(rm, ks, sorted(candidates), filters, cursor, limit)
     return {"items": page, "next_cursor": next_cursor, "capped": capped}
+
+
+async def second_degree_page(
+    rm: ReadModelStore, ks: Keyspace, m: str, filters: Filters, cursor: str | None, limit: int
+) -> dict[str, Any]:
+    """One page of `m`'s 2nd degree by scatter and gather (Redis Cluster): each node that
+    holds connections of `m` answers the next members in order that their connections hold
+    (`m`'s own connections and exclusions sent once); the nodes of those members say which
+    match the filters. Rounds go on until the page is full or the candidates run out."""
+    first = await rm.connections(ks, m)
+    skip = sorted(first | await rm.exclusions(ks, m) | {m})
+    want = max(4 * limit, 100)
+    after = cursor or ""
+    found: list[str] = []
+    # One match past the page says another page follows (as on one node).
+    while first and len(found) <= limit:
+        answers = await rm.on_nodes(ks, "after", first, skip, f"{want}:{after}")
+        # Complete up to the last member of any node that had more: the next round goes on
+        # from there.
+        horizon = min((str(ids[-1]) for ids, cut in answers if cut and ids), default=None)
+        ordered = sorted({str(x) for ids, _ in answers for x in ids})
+        if horizon is not None:
+            ordered = [x for x in ordered if x <= horizon]
+        matching: set[str] = set()
+        for hits in await rm.on_nodes(ks, "matching", ordered, filters.keys()):
+            matching.update(str(x) for x in hits)
+        found += [x for x in ordered if x in matching]
+        if horizon is None:
+            break
+        after = horizon
+    page = found[:limit]
+    profiles = await rm.profiles(ks, page)
+    items = [{"member_id": x, **{f: profiles[x].get(f) for f in PROFILE_FIELDS}} for x in page]
+    next_cursor = page[-1] if len(found) > limit else None
+    return {"items": items, "next_cursor": next_cursor, "capped": False}
 
 
 async def filtered_page(

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from services.projection.queries.degree import blocked_either
+from services.projection.queries.degree import blocked_either, mutual_on_nodes
 from services.projection.store import Keyspace, ReadModelStore
 
 
@@ -22,7 +22,7 @@ class Path:
 async def paths(rm: ReadModelStore, ks: Keyspace, a: str, b: str, limit: int) -> list[Path]:
     cap = rm.settings.paths_scan_cap
     if await rm.cluster_mode():
-        return await paths_per_member(rm, ks, a, b, limit, cap)
+        return await paths_on_nodes(rm, ks, a, b, limit, cap)
     found = await rm.graph(ks, "paths", a, b, limit, cap)
     return [
         Path([str(m) for m in members], float(score)) for members, score in map(json.loads, found)
@@ -42,30 +42,48 @@ def rounded(score: float) -> float:
     return math.floor(score * 1e6 + 0.5) / 1e6
 
 
-async def paths_per_member(
+async def paths_on_nodes(
     rm: ReadModelStore, ks: Keyspace, a: str, b: str, limit: int, cap: int
 ) -> list[Path]:
-    """The same answer from per-member reads (Redis Cluster)."""
+    """The same answer by scatter and gather (Redis Cluster): the common connections from
+    the other side's node; three steps from each node that holds connections of the smaller
+    side, with the other side's set sent once per node."""
     if a == b or await blocked_either(rm, ks, a, b):
         return []
-    ca, cb = await rm.connections(ks, a), await rm.connections(ks, b)
-    if b in ca:
+    if await rm.redis.sismember(ks.member("c", a), b):
         return [Path([a, b], await _score(rm, ks, [a, b]))]
     avoid: set[str] = set()
-    for kind in ("bl", "blby"):
-        for m in (a, b):
-            avoid |= {str(x) for x in await rm.redis.smembers(ks.member(kind, m))}
-    candidates = [[a, x, b] for x in sorted(ca & cb) if x not in avoid][:cap]
-    if not candidates:
+    async with rm.redis.pipeline(transaction=False) as pipe:
+        for kind in ("bl", "blby"):
+            for m in (a, b):
+                pipe.smembers(ks.member(kind, m))
+        for found in await pipe.execute():
+            avoid |= {str(x) for x in found}
+    common = await mutual_on_nodes(rm, ks, a, b)
+    candidates = [[a, x, b] for x in common if x not in avoid][:cap]
+    if candidates:
+        scored = [Path(p, await _score(rm, ks, p)) for p in candidates]
+    else:
+        ca, cb = await rm.connections(ks, a), await rm.connections(ks, b)
         start, end, flip = (a, b, False) if len(ca) <= len(cb) else (b, a, True)
         near, far = (ca, cb) if not flip else (cb, ca)
-        async for x, reach in rm.sets_of(ks, "c", near - avoid):
-            for y in sorted((reach & far) - avoid - {start}):
-                path = [start, x, y, end]
-                candidates.append(path[::-1] if flip else path)
-            if len(candidates) >= cap:
-                break
-        candidates = candidates[:cap]
-    scored = [Path(p, await _score(rm, ks, p)) for p in candidates]
+        steps: list[tuple[str, list[str], list[str]]] = []
+        for found in await rm.on_nodes(ks, "pairs", near - avoid, far, cap):
+            steps.extend((str(x), list(ys), list(scores)) for x, ys, scores in found)
+        steps.sort()
+        walks: list[tuple[list[str], float]] = []  # from `start`, with the middle step's score
+        for x, ys, scores in steps:
+            for y, score in zip(ys, scores, strict=True):
+                if y not in avoid and y != start and len(walks) < cap:
+                    walks.append(([start, x, y, end], float(score)))
+        async with rm.redis.pipeline(transaction=False) as pipe:
+            for walk, _ in walks:
+                pipe.hget(ks.member("es", start), walk[1])
+                pipe.hget(ks.member("es", walk[2]), end)
+            ends = await pipe.execute()
+        scored = []
+        for i, (walk, middle) in enumerate(walks):
+            total = float(ends[2 * i] or 0) + middle + float(ends[2 * i + 1] or 0)
+            scored.append(Path(walk[::-1] if flip else walk, rounded(total)))
     scored.sort(key=lambda p: (-p.score, ">".join(p.members)))
     return scored[:limit]

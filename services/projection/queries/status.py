@@ -73,9 +73,7 @@ async def status(rm: ReadModelStore) -> dict[str, Any]:
         "events_applied": int(stats.get("applied", 0)),
         "last_event_time": last.isoformat() if last else None,
         "positions": await rm.positions(version),
-        "gaps": {
-            k: int(v) for k, v in (await rm.redis.hgetall(rm.keyspace(version).gaps)).items()
-        },
+        "gaps": {k: int(v) for k, v in (await rm.redis.hgetall(rm.keyspace(version).gaps)).items()},
         "log_resets": {
             k: int(v) for k, v in (await rm.redis.hgetall(rm.keyspace(version).resets)).items()
         },
