@@ -185,23 +185,33 @@ async def test_a_random_network_answers_the_same_on_one_node_and_on_the_cluster(
     infra: Infra, redis_cluster_url: str
 ) -> None:
     """Every graph query the cluster answers by scatter and gather (degree, mutual, badges,
-    paths, 2nd-degree pages), over a network spread across the three nodes, against the one
-    node's server-side answers."""
+    paths, 2nd-degree pages, suggestions within each bound), over a network spread across
+    the three nodes, against the one node's server-side answers."""
     results = []
     for client in (
         RedisCluster.from_url(redis_cluster_url, decode_responses=True),
         Redis.from_url(infra.redis_url, decode_responses=True),
     ):
-        model = ReadModelStore(
-            client, ProjectionSettings(namespace=f"k{random_id(8)}."), ScoringModel()
+        # Bounds this small network reaches: sums cut short, networks sampled, pools
+        # counted exactly.
+        settings = ProjectionSettings(
+            namespace=f"k{random_id(8)}.",
+            suggestions_reach=20,
+            suggestions_sample=6,
+            suggestions_sampled_reach=40,
+            suggestions_background_sample=8,
         )
+        model = ReadModelStore(client, settings, ScoringModel())
         members = await write_random_network(model, seed=5)
         ks = await model.current()
         rng = random.Random(9)
         viewers = [*members[:5], *rng.sample(members, 10)]
         answers: dict[str, list] = {"degree": [], "mutual": [], "paths": [], "badges": []}
-        answers["pages"] = []
+        answers["pages"], answers["suggestions"] = [], []
         for v in viewers:
+            for bound in queries.suggestions.Bound:
+                ranked = await queries.suggestions.rank(model, ks, v, 10, bound)
+                answers["suggestions"].append(ranked)
             others = rng.sample(members, 8)
             for x in others:
                 answers["degree"].append(await queries.degree.degree(model, ks, v, x))
@@ -221,3 +231,8 @@ async def test_a_random_network_answers_the_same_on_one_node_and_on_the_cluster(
     assert {d.degree for d in on_node["degree"]} == {None, 1, 2, 3}
     assert {len(p[0].members) for p in on_node["paths"] if p} == {2, 3, 4}
     assert max(len(pages) for pages in on_node["pages"]) > 3
+    # ... and the bounds cut: some lists within a bound differ from the exact one.
+    lists = on_node["suggestions"]
+    by_viewer = [lists[i : i + 3] for i in range(0, len(lists), 3)]  # request, background, exact
+    assert any(request != exact for request, _, exact in by_viewer)
+    assert any(background != exact for _, background, exact in by_viewer)

@@ -75,6 +75,30 @@ elseif step == 'pairs' then
     end
   end
   return out
+elseif step == 'sizes' then
+  -- {member, the size of its connection set} for each member
+  local out = {}
+  for i, x in ipairs(members) do out[i] = {x, call('SCARD', k('c', x))} end
+  return out
+elseif step == 'count' then
+  -- the members' connection sets summed, leaving out `others`: a flat {member, count, ...}
+  local counts, seen = {}, {}
+  for _, x in ipairs(members) do
+    for _, y in ipairs(call('SMEMBERS', k('c', x))) do
+      if not wanted[y] then
+        local c = counts[y]
+        if c then counts[y] = c + 1 else counts[y] = 1; seen[#seen + 1] = y end
+      end
+    end
+  end
+  local out = {}
+  for _, y in ipairs(seen) do out[#out + 1] = y; out[#out + 1] = counts[y] end
+  return out
+elseif step == 'overlap' then
+  -- {member, how many of `others` its connections hold} for each member
+  local out = {}
+  for i, x in ipairs(members) do out[i] = {x, #held(x, #others)} end
+  return out
 elseif step == 'after' then
   -- param `want:cursor`: {the first `want` members after `cursor`, in member order, that
   -- the members' connections hold, leaving out `others`; 1 if more follow, else 0}

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import secrets
 import time
-from collections import Counter
 from typing import Any
 
 from services.projection import domain
-from services.projection.queries.degree import second_degree
-from services.projection.store import SLICE_TTL_MS, Keyspace, ReadModelStore, slices
+from services.projection.store import READ_CHUNK, SLICE_TTL_MS, Keyspace, ReadModelStore, slices
 
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (bounded work)
@@ -55,7 +54,8 @@ async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
 class Bound(enum.Enum):
     """How much a computation of a list may cost."""
 
-    REQUEST = "request"  # a request that found none: sample and reach, one call (tens of ms)
+    REQUEST = "request"  # a request that found none: one call within `reach`, or sampled
+    # and in slices for a network larger than the sample
     BACKGROUND = "background"  # the refresh of active viewers: a larger sample, in slices
     EXACT = "exact"  # every connection in one call (checks only: a hub's list costs seconds)
 
@@ -87,17 +87,12 @@ async def rank(
     rm: ReadModelStore, ks: Keyspace, m: str, limit: int, bound: Bound = Bound.REQUEST
 ) -> list[tuple[str, int, float, list[str]]]:
     """The best `limit` (member, mutual count, score, shared fields), ranked on the server
-    within `bound`; on Redis Cluster from per-member reads (every candidate, so exact)."""
-    if await rm.cluster_mode():
-        counts, _ = await second_degree(rm, ks, m, 200_000)
-        for x in await rm.exclusions(ks, m):
-            counts.pop(x, None)
-        profiles = await rm.profiles(ks, list(counts))
-        active = Counter({c: n for c, n in counts.items() if profiles[c].get("active") == "1"})
-        return domain.rank_suggestions(await rm.profile(ks, m), active, profiles, limit)
+    within `bound` (on Redis Cluster by scatter and gather, the same answer)."""
     boosts = list(domain.BOOSTS.values())
     settings = rm.settings
-    if bound is Bound.REQUEST:
+    if await rm.cluster_mode():
+        found = await _rank_on_nodes(rm, ks, m, limit, bound, boosts)
+    elif bound is Bound.REQUEST:
         sample = settings.suggestions_sample
         if await rm.redis.scard(ks.member("c", m)) > sample:
             reach = settings.suggestions_sampled_reach
@@ -153,6 +148,150 @@ async def _rank_in_slices(
     for run in slices(pooled):
         await rm.graph(ks, "suggest_count", m, counted, SLICE_TTL_MS, *run)
     return await rm.graph(ks, "suggest_rank", m, counted, 0, pool, limit, *boosts)
+
+
+async def _rank_on_nodes(
+    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, bound: Bound, boosts: list[float]
+) -> list[tuple[str, int, str, int]]:
+    """The list `lua/graph.lua` ranks on one node (`suggest`, or the sliced steps), the same
+    steps by scatter and gather on Redis Cluster: set sizes, sums and exact counts come from
+    the nodes that hold the members, in one call per node each; the choices between them
+    are made here, as the scripts make them."""
+    settings = rm.settings
+    first = sorted(await rm.connections(ks, m))
+    if bound is Bound.EXACT:
+        sample, reach, sliced = EXACT, 0, False
+    elif bound is Bound.BACKGROUND:
+        sample, reach, sliced = settings.suggestions_background_sample, 0, True
+    elif len(first) > settings.suggestions_sample:
+        sample, reach = settings.suggestions_sample, settings.suggestions_sampled_reach
+        sliced = True
+    else:
+        sample, reach, sliced = settings.suggestions_sample, settings.suggestions_reach, False
+    if bound is Bound.REQUEST and not sliced:
+        pool = max(2 * limit, 40)
+    else:
+        pool = max(10 * limit, 200)
+    start, estimated = first, False
+    if len(first) > sample:
+        start, estimated = await _most_engaged_and_recent(rm, ks, m, first, sample), True
+    if reach:  # the smallest sets first, `reach` entries in all
+        size = await _sizes(rm, ks, start)
+        total, kept = 0, list[str]()
+        for x in sorted(start, key=lambda x: (size[x], x)):
+            if kept and total + size[x] > reach:
+                estimated = True
+                break
+            total += size[x]
+            kept.append(x)
+        start = kept
+    known = {m, *first, *await rm.exclusions(ks, m)}
+    counts: dict[str, int] = {}
+    for flat in await rm.on_nodes(ks, "count", start, sorted(known)):
+        for i in range(0, len(flat), 2):
+            counts[str(flat[i])] = counts.get(str(flat[i]), 0) + int(flat[i + 1])
+    if estimated:
+        if sliced:  # suggest_pool: ties by id
+            best = sorted(counts, key=lambda x: (-counts[x], x))[:pool]
+        else:  # pool_of (ZREVRANGE): ties by id, falling; within 10 x `reach` lookups
+            best, spent = list[str](), 0
+            size = await _sizes(rm, ks, sorted(counts, key=lambda x: (counts[x], x))[-pool:])
+            for i, x in enumerate(sorted(size, key=lambda x: (counts[x], x), reverse=True)):
+                cost = min(size[x], len(first))
+                if reach and i >= limit and spent + cost > 10 * reach:
+                    break
+                spent += cost
+                best.append(x)
+        counts = {}
+        for pairs in await rm.on_nodes(ks, "overlap", best, first):
+            counts.update({str(x): int(n) for x, n in pairs})
+    elif sliced:  # suggest_pool, exact sums: only those that can still make the list
+        floor = await _floor(rm, ks, counts, limit, math.prod(boosts))
+        counts = {x: n for x, n in counts.items() if n >= floor}
+    return await _rank_counted(rm, ks, m, counts, limit, boosts)
+
+
+async def _sizes(rm: ReadModelStore, ks: Keyspace, members: list[str]) -> dict[str, int]:
+    size: dict[str, int] = {}
+    for pairs in await rm.on_nodes(ks, "sizes", members):
+        size.update({str(x): int(n) for x, n in pairs})
+    return size
+
+
+async def _most_engaged_and_recent(
+    rm: ReadModelStore, ks: Keyspace, m: str, conns: list[str], n: int
+) -> list[str]:
+    """graph.lua's most_engaged_and_recent: the `n` connections `m` engaged with most, then
+    those connected most recently, ties by id."""
+    async with rm.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(ks.member("es", m))
+        pipe.hgetall(ks.member("ca", m))
+        es, ca = await pipe.execute()
+    scores = {str(x): float(v) for x, v in es.items()}
+    since = {str(x): float(v) for x, v in ca.items()}
+    cut = sorted(since.get(x, 0.0) for x in conns)[len(conns) - n]
+    picked = [x for x in conns if scores.get(x, 0.0) > 0 or since.get(x, 0.0) >= cut]
+    picked.sort(key=lambda x: (-scores.get(x, 0.0), -since.get(x, 0.0), x))
+    return picked[:n]
+
+
+async def _floor(
+    rm: ReadModelStore, ks: Keyspace, counts: dict[str, int], limit: int, max_boost: float
+) -> float:
+    """The count below which no one can make the list: the `limit`-th active member's (by
+    falling count) over the largest boost; 0 when fewer are active."""
+    active = 0
+    ordered = sorted(counts, key=lambda x: -counts[x])
+    for start in range(0, len(ordered), READ_CHUNK):
+        chunk = ordered[start : start + READ_CHUNK]
+        profiles = await rm.profiles(ks, chunk)
+        for x in chunk:
+            active += profiles[x].get("active") == "1"
+            if active == limit:
+                return counts[x] / max_boost
+    return 0.0
+
+
+async def _rank_counted(
+    rm: ReadModelStore,
+    ks: Keyspace,
+    m: str,
+    counts: dict[str, int],
+    limit: int,
+    boosts: list[float],
+) -> list[tuple[str, int, str, int]]:
+    """graph.lua's rank_counted: by falling count (ties by id, falling), each active one
+    scored by its boosts, until no later count can reach the list."""
+    me = await rm.redis.hmget(ks.member("m", m), "ki", "ke", "kl")
+    mine = [value or None for value in me]
+    max_boost = math.prod(boosts)
+    best: list[tuple[str, int, float, int]] = []
+    ordered = sorted(counts, key=lambda x: (counts[x], x), reverse=True)
+    for start in range(0, len(ordered), READ_CHUNK):
+        chunk = ordered[start : start + READ_CHUNK]
+        async with rm.redis.pipeline(transaction=False) as pipe:
+            for x in chunk:
+                pipe.hmget(ks.member("m", x), "active", "ki", "ke", "kl")
+            rows = await pipe.execute()
+        for x, row in zip(chunk, rows, strict=True):
+            n = counts[x]
+            if len(best) == limit and n * max_boost < best[-1][2]:
+                return _as_found(best)
+            if row[0] != "1":
+                continue
+            boost, flags = 1.0, 0
+            for i, (wanted, theirs) in enumerate(zip(mine, row[1:], strict=True)):
+                if wanted and theirs == wanted:
+                    boost, flags = boost * boosts[i], flags + (1 << i)
+            best.append((x, n, n * boost, flags))
+            best.sort(key=lambda e: (-e[2], -e[1], e[0]))
+            del best[limit:]
+    return _as_found(best)
+
+
+def _as_found(best: list[tuple[str, int, float, int]]) -> list[tuple[str, int, str, int]]:
+    # As a script answers: the score as Lua's tostring writes it (14 significant digits).
+    return [(x, n, f"{score:.14g}", flags) for x, n, score, flags in best]
 
 
 async def refresh_active(rm: ReadModelStore) -> int:
