@@ -170,11 +170,13 @@ async def write_random_network(model: ReadModelStore, seed: int) -> list[str]:
     return members
 
 
-async def paged(model: ReadModelStore, viewer: str, filters: Filters) -> list[list[str]]:
-    """Every page of the viewer's 2nd degree, three at a time."""
+async def paged(
+    model: ReadModelStore, viewer: str, filters: Filters, degree: int = 2
+) -> list[list[str]]:
+    """Every page of the viewer's 2nd (or 3rd) degree, three at a time."""
     pages, cursor = [], None
     while True:
-        page = await queries.network.network(model, viewer, 2, filters, cursor, 3)
+        page = await queries.network.network(model, viewer, degree, filters, cursor, 3)
         pages.append([i["member_id"] for i in page["items"]])
         cursor = page["next_cursor"]
         if cursor is None:
@@ -185,7 +187,7 @@ async def test_a_random_network_answers_the_same_on_one_node_and_on_the_cluster(
     infra: Infra, redis_cluster_url: str
 ) -> None:
     """Every graph query the cluster answers by scatter and gather (degree, mutual, badges,
-    paths, 2nd-degree pages, suggestions within each bound), over a network spread across
+    paths, 2nd and 3rd-degree pages, suggestions within each bound), over a network spread across
     the three nodes, against the one node's server-side answers."""
     results = []
     for client in (
@@ -221,6 +223,7 @@ async def test_a_random_network_answers_the_same_on_one_node_and_on_the_cluster(
             answers["pages"].append(await paged(model, v, Filters()))
             answers["pages"].append(await paged(model, v, Filters(industry="finance")))
             answers["pages"].append(await paged(model, v, Filters(title="engineer")))
+            answers["pages"].append(await paged(model, v, Filters(industry="media"), 3))
         results.append(answers)
         await client.aclose()
     on_cluster, on_node = results

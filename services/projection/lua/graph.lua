@@ -231,16 +231,30 @@ local function paths(a, b, limit, cap)
   return out
 end
 
--- network v cursor limit cap industry location employer title: one page of v's 2nd degree
--- in member order after `cursor`, filtered (profile keys `ki kl ke kt` are grouping keys),
--- skipping blocks and pending invitations either way and inactive members. From the cached
--- network when it is valid; else the active members (`members{g}`, in member order) are
--- scanned, each checked two steps away by one SINTERCARD, at most `cap` of them.
+-- network v cursor limit cap degree industry location employer title: one page of v's 2nd
+-- (or 3rd) degree in member order after `cursor`, filtered (profile keys `ki kl ke kt` are
+-- grouping keys), skipping blocks and pending invitations either way and inactive members.
+-- The 2nd degree reads the cached network when it is valid; else, and for the 3rd degree,
+-- the active members (`members{g}`, in member order) are scanned, at most `cap` of them:
+-- each is two steps away when its connections meet v's (one SINTERCARD), three when it is
+-- neither nearer nor its connections' connections miss v's (the cached network's ZINTERCARD,
+-- else meeting in the middle from the smaller side).
 -- Returns {hit, ids, more, capped} ------------------------------------------------------------
-local function network(v, cursor, limit, cap, want)
+local function network(v, cursor, limit, cap, degree, want)
   local cached = cache_valid(v)
-  local source = cached and k('n2', v) or (ns .. 'members{g}')
-  local cv = k('c', v)
+  local n2, cv = k('n2', v), k('c', v)
+  local from_cache = cached and degree == 2
+  local source = from_cache and n2 or (ns .. 'members{g}')
+  local function at_degree(x)
+    if from_cache then return true end
+    if call('SISMEMBER', cv, x) == 1 then return false end
+    local second
+    if cached then second = call('ZSCORE', n2, x) ~= false
+    else second = call('SINTERCARD', 2, k('c', x), cv, 'LIMIT', 1) > 0 end
+    if second or degree == 2 then return second and degree == 2 end
+    if cached then return call('ZINTERCARD', 2, n2, k('c', x), 'LIMIT', 1) > 0 end
+    return third_by_meeting(v, x)
+  end
   local skip = excluded(v)
   skip[v] = true
   local start = '-'
@@ -250,7 +264,7 @@ local function network(v, cursor, limit, cap, want)
     local chunk = call('ZRANGEBYLEX', source, start, '+', 'LIMIT', 0, 500)
     if #chunk == 0 then break end
     for _, x in ipairs(chunk) do
-      if not cached and scanned >= cap then capped = 1; break end
+      if not from_cache and scanned >= cap then capped = 1; break end
       scanned = scanned + 1
       if not skip[x] then
         local p = call('HMGET', k('m', x), 'active', 'ki', 'kl', 'ke', 'kt')
@@ -259,11 +273,7 @@ local function network(v, cursor, limit, cap, want)
           and (want[2] == '' or p[3] == want[2])
           and (want[3] == '' or p[4] == want[3])
           and (want[4] == '' or (p[5] and string.find(p[5], want[4], 1, true) ~= nil))
-        if ok and not cached then
-          ok = call('SISMEMBER', cv, x) == 0
-            and call('SINTERCARD', 2, k('c', x), cv, 'LIMIT', 1) > 0
-        end
-        if ok then
+        if ok and at_degree(x) then
           -- The page is full: this member says another page follows (so the last page is
           -- never empty).
           if #page == limit then more = 1; break end
@@ -607,8 +617,8 @@ elseif query == 'paths' then
   return paths(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
 elseif query == 'network' then
   mark_active(ARGV[3])
-  return network(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]),
-                 {ARGV[7], ARGV[8], ARGV[9], ARGV[10]})
+  return network(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+                 {ARGV[8], ARGV[9], ARGV[10], ARGV[11]})
 elseif query == 'warm_start' then
   return warm_start(ARGV[3])
 elseif query == 'warm_sum' then

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from services.projection.domain import Filters
-from services.projection.queries.degree import second_degree, third_degree
 from services.projection.store import READ_CHUNK, Keyspace, ReadModelStore
 from shared.events import PROFILE_FIELDS
 
@@ -15,29 +14,64 @@ NETWORK_SCAN_CAP = 50_000
 async def network(
     rm: ReadModelStore, m: str, degree: int, filters: Filters, cursor: str | None, limit: int
 ) -> dict[str, Any]:
-    """One page of `m`'s 2nd (or 3rd) degree, in member order after `cursor`, filtered; the
-    2nd degree from the viewer's cached network on the server (single node)."""
+    """One page of `m`'s 2nd (or 3rd) degree, in member order after `cursor`, filtered: on
+    the server (lua/graph.lua `network`, from the viewer's cached network when it is valid);
+    on Redis Cluster by scatter and gather."""
     ks = await rm.current()
-    if degree == 2 and not await rm.cluster_mode():
-        hit, ids, more, capped = await rm.graph(
-            ks, "network", m, cursor or "", limit, NETWORK_SCAN_CAP, *filters.keys()
-        )
-        rm.count_viewer_cache(bool(hit))
-        profiles = await rm.profiles(ks, ids)
-        items = [{"member_id": x, **{f: profiles[x].get(f) for f in PROFILE_FIELDS}} for x in ids]
-        next_cursor = ids[-1] if (more or capped) and ids else None
-        return {"items": items, "next_cursor": next_cursor, "capped": bool(capped)}
-    if degree == 2:
-        return await second_degree_page(rm, ks, m, filters, cursor, limit)
+    if await rm.cluster_mode():
+        if degree == 2:
+            return await second_degree_page(rm, ks, m, filters, cursor, limit)
+        return await third_degree_page(rm, ks, m, filters, cursor, limit)
+    hit, ids, more, capped = await rm.graph(
+        ks, "network", m, cursor or "", limit, NETWORK_SCAN_CAP, degree, *filters.keys()
+    )
+    rm.count_viewer_cache(bool(hit))
+    return await _page(rm, ks, ids, bool(more or capped), bool(capped))
+
+
+async def _page(
+    rm: ReadModelStore, ks: Keyspace, ids: list[str], more: bool, capped: bool
+) -> dict[str, Any]:
+    profiles = await rm.profiles(ks, ids)
+    items = [{"member_id": x, **{f: profiles[x].get(f) for f in PROFILE_FIELDS}} for x in ids]
+    return {"items": items, "next_cursor": ids[-1] if more and ids else None, "capped": capped}
+
+
+async def third_degree_page(
+    rm: ReadModelStore, ks: Keyspace, m: str, filters: Filters, cursor: str | None, limit: int
+) -> dict[str, Any]:
+    """One page of `m`'s 3rd degree by scatter and gather (Redis Cluster), as the one-node
+    scan reads it: the members in order after `cursor`, at most NETWORK_SCAN_CAP of them,
+    those matching the filters (asked of their nodes) and neither 1st nor 2nd degree, whose
+    connections include a 2nd-degree member (`m`'s connections sent once per node)."""
     first = await rm.connections(ks, m)
-    second, capped = await second_degree(rm, ks, m, NETWORK_SCAN_CAP)
-    candidates = set(second)
-    if degree == 3:
-        candidates, cut = await third_degree(rm, ks, m, first, set(second), NETWORK_SCAN_CAP)
-        capped = capped or cut
-    candidates -= await rm.exclusions(ks, m)
-    page, next_cursor = await filtered_page(rm, ks, sorted(candidates), filters, cursor, limit)
-    return {"items": page, "next_cursor": next_cursor, "capped": capped}
+    skip = await rm.exclusions(ks, m) | {m}
+    found: list[str] = []
+    start, scanned, capped = f"({cursor}" if cursor else "-", 0, False
+    while first and len(found) <= limit:
+        chunk = [str(x) for x in await rm.redis.zrangebylex(ks.members, start, "+", 0, 500)]
+        if scanned + len(chunk) > NETWORK_SCAN_CAP:
+            chunk, capped = chunk[: NETWORK_SCAN_CAP - scanned], True
+        scanned += len(chunk)
+        matching: set[str] = set()
+        wanted = [x for x in chunk if x not in skip and x not in first]
+        for hits in await rm.on_nodes(ks, "matching", wanted, filters.keys()):
+            matching.update(str(x) for x in hits)
+        second: set[str] = set()
+        for hits in await rm.on_nodes(ks, "touching", matching, first):
+            second.update(str(x) for x in hits)
+        rest = {x: found_set async for x, found_set in rm.sets_of(ks, "c", matching - second)}
+        reached: set[str] = set()
+        for hits in await rm.on_nodes(ks, "touching", set().union(*rest.values()), first):
+            reached.update(str(x) for x in hits)
+        found += [x for x in chunk if x in rest and not reached.isdisjoint(rest[x])]
+        if capped or len(chunk) < 500:
+            break
+        start = f"({chunk[-1]}"
+    # A match past the page comes before the cap (the one-node scan stops there).
+    more = len(found) > limit
+    capped = capped and not more
+    return await _page(rm, ks, found[:limit], more or capped, capped)
 
 
 async def second_degree_page(
@@ -68,11 +102,7 @@ async def second_degree_page(
         if horizon is None:
             break
         after = horizon
-    page = found[:limit]
-    profiles = await rm.profiles(ks, page)
-    items = [{"member_id": x, **{f: profiles[x].get(f) for f in PROFILE_FIELDS}} for x in page]
-    next_cursor = page[-1] if len(found) > limit else None
-    return {"items": items, "next_cursor": next_cursor, "capped": False}
+    return await _page(rm, ks, found[:limit], len(found) > limit, False)
 
 
 async def filtered_page(
