@@ -2,7 +2,7 @@
 -- arguments in, a small answer out; no connection set travels to the client.
 -- ARGV[1]: keyspace prefix; ARGV[2]: the query; then the query's arguments (see each below).
 -- Keys are computed here from the prefix and members (hash tag per member), so this script
--- serves a single node; on Redis Cluster the projection answers client-side per member.
+-- serves a single node; on Redis Cluster the same queries scatter and gather (node.lua).
 --
 -- The viewer network cache: `n2:{v}` is a sorted set (all scores 0, so it reads in member
 -- order) of v's 2nd-degree members, built by ZUNIONSTORE (by the background refresh for
@@ -71,19 +71,16 @@ local function evict(budget)
   end
 end
 
--- Union connections' sets into `key` 500 at a time (Lua spreads only a trailing unpack).
--- Summed scores count each member's mutual connections among them; `weight` 0 leaves every
--- score 0 instead, so the set reads in member order.
-local function union_sets(key, conns, weight)
+-- Union connections' sets into the sorted set `key`, 500 at a time (Lua spreads only a
+-- trailing unpack), every score 0 so that it reads in member order.
+local function union_sets(key, conns)
   for start = 1, #conns, 500 do
     local args = {'ZUNIONSTORE', key, 0, key}
     for i = start, math.min(start + 499, #conns) do args[#args + 1] = k('c', conns[i]) end
     local n = #args - 3
     args[3] = n
-    if weight == 0 then
-      args[#args + 1] = 'WEIGHTS'
-      for _ = 1, n do args[#args + 1] = 0 end
-    end
+    args[#args + 1] = 'WEIGHTS'
+    for _ = 1, n do args[#args + 1] = 0 end
     call(unpack(args))
   end
 end
@@ -315,36 +312,74 @@ local function most_engaged_and_recent(v, conns, n)
   return kept
 end
 
--- Not v, not v's connections (removed from `tmp` in place: cheaper than a ZDIFFSTORE copy),
--- no block, no pending invitation.
-local function drop_known(v, tmp)
-  local drop = call('SMEMBERS', k('c', v))
-  drop[#drop + 1] = v
-  for x in pairs(excluded(v)) do drop[#drop + 1] = x end
-  for start = 1, #drop, 5000 do
-    call('ZREM', tmp, unpack(drop, start, math.min(start + 4999, #drop)))
+-- Members v must not be offered, as a set: v, v's connections, blocks and pending
+-- invitations either way.
+local function known_of(v)
+  local known = excluded(v)
+  known[v] = true
+  for _, x in ipairs(call('SMEMBERS', k('c', v))) do known[x] = true end
+  return known
+end
+
+-- The connections' sets summed in a Lua table (a sorted set costs a skiplist insert per
+-- member, and freeing it after): {member = count}, and the members in the order first seen.
+local function count_sets(conns, known)
+  local counts, seen = {}, {}
+  for _, x in ipairs(conns) do
+    for _, y in ipairs(call('SMEMBERS', k('c', x))) do
+      if not known[y] then
+        local n = counts[y]
+        if n then counts[y] = n + 1 else counts[y] = 1; seen[#seen + 1] = y end
+      end
+    end
+  end
+  return counts, seen
+end
+
+-- An iterator over `members` by falling count, ties by id: (member, count). The counts take
+-- few values, so members go in buckets, and a bucket is sorted only when reached.
+local function falling(counts, members)
+  local buckets, values = {}, {}
+  for _, x in ipairs(members) do
+    local n = counts[x]
+    local bucket = buckets[n]
+    if not bucket then bucket = {}; buckets[n] = bucket; values[#values + 1] = n end
+    bucket[#bucket + 1] = x
+  end
+  table.sort(values, function(p, q) return p > q end)
+  local vi, bi, sorted = 1, 0, false
+  return function()
+    while vi <= #values do
+      local bucket = buckets[values[vi]]
+      if not sorted then table.sort(bucket); sorted = true end
+      bi = bi + 1
+      if bi <= #bucket then return bucket[bi], values[vi] end
+      vi, bi, sorted = vi + 1, 0, false
+    end
   end
 end
 
--- The best `pool` of the estimate `tmp` (deleted), each with what counting it exactly costs:
--- SINTERCARD looks up the smaller of the two sets.
-local function pool_of(v, tmp, pool)
-  local best = call('ZREVRANGE', tmp, 0, pool - 1)
-  call('DEL', tmp)
-  local degree, out = call('SCARD', k('c', v)), {}
-  for i, x in ipairs(best) do out[i] = {x, math.min(call('SCARD', k('c', x)), degree)} end
-  return out
-end
-
--- Into `tmp`: how many connections each of `candidates` shares with v.
-local function count_exactly(v, tmp, candidates)
-  for _, x in ipairs(candidates) do
-    call('ZADD', tmp, call('SINTERCARD', 2, k('c', x), k('c', v)), x)
+-- The best `pool` by the estimate `counts` (fewer where counting them exactly would pass
+-- `budget` lookups, never below `limit`; 0: no budget), counted exactly: SINTERCARD looks up
+-- the smaller of the two sets. Returns their counts and the members.
+local function count_pool(v, counts, seen, pool, limit, budget)
+  local degree, spent, picked, exact = call('SCARD', k('c', v)), 0, {}, {}
+  for x in falling(counts, seen) do
+    if #picked == pool then break end
+    if budget > 0 then
+      local cost = math.min(call('SCARD', k('c', x)), degree)
+      if #picked >= limit and spent + cost > budget then break end
+      spent = spent + cost
+    end
+    picked[#picked + 1] = x
+    exact[x] = call('SINTERCARD', 2, k('c', x), k('c', v))
   end
+  return exact, picked
 end
 
--- Rank the counts `tmp` into v's list (and delete it).
-local function rank_counted(v, tmp, limit, boosts)
+-- v's list from exact `counts` of `members`: by falling count, each active one scored by
+-- its boosts, until no later count can reach the list.
+local function rank_counts(v, counts, members, limit, boosts)
   local me = call('HMGET', k('m', v), 'ki', 'ke', 'kl')
   for f = 1, 3 do if me[f] == '' then me[f] = false end end
   local max_boost = boosts[1] * boosts[2] * boosts[3]
@@ -355,57 +390,28 @@ local function rank_counted(v, tmp, limit, boosts)
     if p[2] ~= q[2] then return p[2] > q[2] end
     return p[1] < q[1]
   end
-  local offset = 0
-  while true do
-    local chunk = call('ZREVRANGE', tmp, offset, offset + 499, 'WITHSCORES')
-    if #chunk == 0 then break end
-    offset = offset + 500
-    local stop = false
-    for i = 1, #chunk, 2 do
-      local n = tonumber(chunk[i + 1])
-      if worst and n * max_boost < worst[3] then stop = true; break end
-      local x = chunk[i]
-      local p = call('HMGET', k('m', x), 'active', 'ki', 'ke', 'kl')
-      if p[1] == '1' then
-        local boost, flags = 1, 0
-        if me[1] and p[2] == me[1] then boost = boost * boosts[1]; flags = flags + 1 end
-        if me[2] and p[3] == me[2] then boost = boost * boosts[2]; flags = flags + 2 end
-        if me[3] and p[4] == me[3] then boost = boost * boosts[3]; flags = flags + 4 end
-        local entry = {x, n, n * boost, flags}
-        if not worst or better(entry, worst) then
-          -- insert in place (the list is short), dropping the last when it overflows
-          local at = #best + 1
-          while at > 1 and better(entry, best[at - 1]) do best[at] = best[at - 1]; at = at - 1 end
-          best[at] = entry
-          if #best > limit then best[#best] = nil end
-          if #best == limit then worst = best[limit] end
-        end
+  for x, n in falling(counts, members) do
+    if worst and n * max_boost < worst[3] then break end
+    local p = call('HMGET', k('m', x), 'active', 'ki', 'ke', 'kl')
+    if p[1] == '1' then
+      local boost, flags = 1, 0
+      if me[1] and p[2] == me[1] then boost = boost * boosts[1]; flags = flags + 1 end
+      if me[2] and p[3] == me[2] then boost = boost * boosts[2]; flags = flags + 2 end
+      if me[3] and p[4] == me[3] then boost = boost * boosts[3]; flags = flags + 4 end
+      local entry = {x, n, n * boost, flags}
+      if not worst or better(entry, worst) then
+        -- insert in place (the list is short), dropping the last when it overflows
+        local at = #best + 1
+        while at > 1 and better(entry, best[at - 1]) do best[at] = best[at - 1]; at = at - 1 end
+        best[at] = entry
+        if #best > limit then best[#best] = nil end
+        if #best == limit then worst = best[limit] end
       end
     end
-    if stop then break end
   end
-  call('DEL', tmp)
   local out = {}
   for i, e in ipairs(best) do out[i] = {e[1], e[2], tostring(e[3]), e[4]} end
   return out
-end
-
--- Rank the estimate `tmp` into v's list (and delete it). `estimated`: it counts some of v's
--- connections only, so the best `pool` by it are counted exactly and the ranking is exact
--- within that pool; with `budget` above 0, the pool stops where its lookups would pass it
--- (never below `limit` members).
-local function rank_estimate(v, tmp, estimated, pool, limit, boosts, budget)
-  drop_known(v, tmp)
-  if estimated then
-    local picked, spent = {}, 0
-    for i, entry in ipairs(pool_of(v, tmp, pool)) do
-      if budget > 0 and i > limit and spent + entry[2] > budget then break end
-      spent = spent + entry[2]
-      picked[i] = entry[1]
-    end
-    count_exactly(v, tmp, picked)
-  end
-  return rank_counted(v, tmp, limit, boosts)
 end
 
 -- The connections v's list starts from: all of them, or the `sample` v engaged with most,
@@ -450,10 +456,9 @@ local function suggest(v, sample, pool, limit, boosts, reach)
     end
     conns = kept
   end
-  local tmp = k('sgtmp', v)
-  call('DEL', tmp)
-  union_sets(tmp, conns, 1)
-  return rank_estimate(v, tmp, estimated, pool, limit, boosts, 10 * reach)
+  local counts, seen = count_sets(conns, known_of(v))
+  if estimated then counts, seen = count_pool(v, counts, seen, pool, limit, 10 * reach) end
+  return rank_counts(v, counts, seen, limit, boosts)
 end
 
 -- suggest_start v sample: {1 if the start leaves connections out else 0, [[connection,
@@ -499,51 +504,38 @@ end
 -- - else the counts are exact: into `counted` go those that can still make the list (at
 --   least the `limit`-th active member's count over the largest boost), and nothing returns.
 local function suggest_pool(v, tmp, counted, ttl, estimated, pool, limit, boosts)
-  local known = {[v] = true, [WIDE] = true}
-  for _, x in ipairs(call('SMEMBERS', k('c', v))) do known[x] = true end
-  for x in pairs(excluded(v)) do known[x] = true end
+  local known = known_of(v)
+  known[WIDE] = true
   local flat = call('HGETALL', tmp)
   call('DEL', tmp)
-  local buckets, counts = {}, {}  -- members by count; the counts, falling (few distinct)
+  local counts, members = {}, {}
   for i = 1, #flat, 2 do
-    local x = flat[i]
-    if not known[x] then
-      local n = tonumber(flat[i + 1])
-      local bucket = buckets[n]
-      if not bucket then bucket = {}; buckets[n] = bucket; counts[#counts + 1] = n end
-      bucket[#bucket + 1] = x
+    if not known[flat[i]] then
+      counts[flat[i]] = tonumber(flat[i + 1])
+      members[#members + 1] = flat[i]
     end
   end
-  table.sort(counts, function(p, q) return p > q end)
   local out = {}
   if estimated then
     local degree = call('SCARD', k('c', v))
-    for _, n in ipairs(counts) do
-      local bucket = buckets[n]
-      table.sort(bucket)
-      for _, x in ipairs(bucket) do
-        if #out == pool then return out end
-        out[#out + 1] = {x, math.min(call('SCARD', k('c', x)), degree)}
-      end
+    for x in falling(counts, members) do
+      if #out == pool then break end
+      out[#out + 1] = {x, math.min(call('SCARD', k('c', x)), degree)}
     end
     return out
   end
   local active, floor = 0, 0
-  for _, n in ipairs(counts) do
-    for _, x in ipairs(buckets[n]) do
-      if call('HGET', k('m', x), 'active') == '1' then active = active + 1 end
-      if active == limit then floor = n / (boosts[1] * boosts[2] * boosts[3]); break end
-    end
-    if floor > 0 then break end
+  for x, n in falling(counts, members) do
+    if call('HGET', k('m', x), 'active') == '1' then active = active + 1 end
+    if active == limit then floor = n / (boosts[1] * boosts[2] * boosts[3]); break end
   end
   local args = {}
   local function flush()
-    if #args > 0 then call('ZADD', counted, unpack(args)); args = {} end
+    if #args > 0 then call('HSET', counted, unpack(args)); args = {} end
   end
-  for _, n in ipairs(counts) do
-    if n < floor then break end
-    for _, x in ipairs(buckets[n]) do
-      args[#args + 1] = n; args[#args + 1] = x
+  for _, x in ipairs(members) do
+    if counts[x] >= floor then
+      args[#args + 1] = x; args[#args + 1] = counts[x]
       if #args >= 4000 then flush() end
     end
   end
@@ -622,7 +614,7 @@ elseif query == 'network' then
 elseif query == 'warm_start' then
   return warm_start(ARGV[3])
 elseif query == 'warm_sum' then
-  union_sets(ARGV[3], {unpack(ARGV, 5)}, 0)
+  union_sets(ARGV[3], {unpack(ARGV, 5)})
   call('PEXPIRE', ARGV[3], tonumber(ARGV[4]))  -- a refresh that stopped half way
   return 1
 elseif query == 'warm_keep' then
@@ -643,15 +635,28 @@ elseif query == 'suggest_pool' then
                       tonumber(ARGV[8]), tonumber(ARGV[9]),
                       {tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])})
 elseif query == 'suggest_count' then
-  -- suggest_count v tmp ttl_ms member...: their exact mutual counts with v, into `tmp`
-  count_exactly(ARGV[3], ARGV[4], {unpack(ARGV, 6)})
-  call('PEXPIRE', ARGV[4], tonumber(ARGV[5]))
+  -- suggest_count v counted ttl_ms member...: their exact mutual counts with v, into the
+  -- hash `counted`
+  local v, counted, args = ARGV[3], ARGV[4], {'HSET', ARGV[4]}
+  for i = 6, #ARGV do
+    args[#args + 1] = ARGV[i]
+    args[#args + 1] = call('SINTERCARD', 2, k('c', ARGV[i]), k('c', v))
+  end
+  if #args > 2 then call(unpack(args)) end
+  call('PEXPIRE', counted, tonumber(ARGV[5]))
   return 1
 elseif query == 'suggest_rank' then
-  -- suggest_rank v tmp estimated pool limit boosts...: v's list from the summed estimate
-  -- (or, `estimated` 0, from exact counts)
-  return rank_estimate(ARGV[3], ARGV[4], ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7]),
-                       {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])}, 0)
+  -- suggest_rank v counted limit boosts...: v's list from the exact counts `counted`
+  -- (deleted)
+  local flat = call('HGETALL', ARGV[4])
+  call('DEL', ARGV[4])
+  local counts, members = {}, {}
+  for i = 1, #flat, 2 do
+    counts[flat[i]] = tonumber(flat[i + 1])
+    members[#members + 1] = flat[i]
+  end
+  return rank_counts(ARGV[3], counts, members, tonumber(ARGV[5]),
+                     {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])})
 elseif query == 'fresh' then
   return fresh(ARGV[3], tonumber(ARGV[4]))
 elseif query == 'mutual' then

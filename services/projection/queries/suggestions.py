@@ -147,7 +147,7 @@ async def _rank_in_slices(
     )
     for run in slices(pooled):
         await rm.graph(ks, "suggest_count", m, counted, SLICE_TTL_MS, *run)
-    return await rm.graph(ks, "suggest_rank", m, counted, 0, pool, limit, *boosts)
+    return await rm.graph(ks, "suggest_rank", m, counted, limit, *boosts)
 
 
 async def _rank_on_nodes(
@@ -190,18 +190,16 @@ async def _rank_on_nodes(
     for flat in await rm.on_nodes(ks, "count", start, sorted(known)):
         for i in range(0, len(flat), 2):
             counts[str(flat[i])] = counts.get(str(flat[i]), 0) + int(flat[i + 1])
-    if estimated:
-        if sliced:  # suggest_pool: ties by id
-            best = sorted(counts, key=lambda x: (-counts[x], x))[:pool]
-        else:  # pool_of (ZREVRANGE): ties by id, falling; within 10 x `reach` lookups
-            best, spent = list[str](), 0
-            size = await _sizes(rm, ks, sorted(counts, key=lambda x: (counts[x], x))[-pool:])
-            for i, x in enumerate(sorted(size, key=lambda x: (counts[x], x), reverse=True)):
+    if estimated:  # the best `pool` by the estimate, ties by id
+        best = sorted(counts, key=lambda x: (-counts[x], x))[:pool]
+        if not sliced and reach:  # count_pool: within 10 x `reach` lookups
+            size, spent = await _sizes(rm, ks, best), 0
+            for i, x in enumerate(best):
                 cost = min(size[x], len(first))
-                if reach and i >= limit and spent + cost > 10 * reach:
+                if i >= limit and spent + cost > 10 * reach:
+                    best = best[:i]
                     break
                 spent += cost
-                best.append(x)
         counts = {}
         for pairs in await rm.on_nodes(ks, "overlap", best, first):
             counts.update({str(x): int(n) for x, n in pairs})
@@ -260,13 +258,13 @@ async def _rank_counted(
     limit: int,
     boosts: list[float],
 ) -> list[tuple[str, int, str, int]]:
-    """graph.lua's rank_counted: by falling count (ties by id, falling), each active one
-    scored by its boosts, until no later count can reach the list."""
+    """graph.lua's rank_counts: by falling count, each active one scored by its boosts,
+    until no later count can reach the list."""
     me = await rm.redis.hmget(ks.member("m", m), "ki", "ke", "kl")
     mine = [value or None for value in me]
     max_boost = math.prod(boosts)
     best: list[tuple[str, int, float, int]] = []
-    ordered = sorted(counts, key=lambda x: (counts[x], x), reverse=True)
+    ordered = sorted(counts, key=lambda x: (-counts[x], x))
     for start in range(0, len(ordered), READ_CHUNK):
         chunk = ordered[start : start + READ_CHUNK]
         async with rm.redis.pipeline(transaction=False) as pipe:
