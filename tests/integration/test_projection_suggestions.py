@@ -8,7 +8,9 @@ would leave them) so that each test can shape a network with hubs in it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -34,13 +36,25 @@ async def write_network(rm: ReadModelStore, ks: Keyspace, edges: list[tuple[str,
         await pipe.execute()
 
 
+@contextlib.asynccontextmanager
+async def hub_store(infra: Infra, namespace: str, **settings: Any) -> AsyncIterator[ReadModelStore]:
+    """Read models holding `hub_network()`, with these settings."""
+    redis = Redis.from_url(infra.redis_url, decode_responses=True)
+    try:
+        rm = ReadModelStore(
+            redis, ProjectionSettings(namespace=namespace, **settings), ScoringModel()
+        )
+        await write_network(rm, rm.keyspace(1), hub_network())
+        yield rm
+    finally:
+        await redis.aclose()
+
+
 @pytest.fixture
 async def store(infra: Infra, namespace: str) -> AsyncIterator[ReadModelStore]:
-    redis = Redis.from_url(infra.redis_url, decode_responses=True)
     # Room for the four small sets (22 entries in all), not for a hub's (41 each).
-    settings = ProjectionSettings(namespace=namespace, suggestions_reach=30)
-    yield ReadModelStore(redis, settings, ScoringModel())
-    await redis.aclose()
+    async with hub_store(infra, namespace, suggestions_reach=30) as rm:
+        yield rm
 
 
 def hub_network() -> list[tuple[str, str]]:
@@ -58,7 +72,6 @@ async def test_a_bounded_list_leaves_the_hubs_sets_out_but_counts_what_it_shows_
     store: ReadModelStore,
 ) -> None:
     ks = store.keyspace(1)
-    await write_network(store, ks, hub_network())
 
     bounded = await queries.suggestions.rank(store, ks, "ann", 3)
     exact = await queries.suggestions.rank(store, ks, "ann", 3, queries.suggestions.Bound.EXACT)
@@ -74,38 +87,26 @@ async def test_a_bounded_list_leaves_the_hubs_sets_out_but_counts_what_it_shows_
 
 
 async def test_without_a_bound_the_list_is_exact(infra: Infra, namespace: str) -> None:
-    redis = Redis.from_url(infra.redis_url, decode_responses=True)
-    try:
-        settings = ProjectionSettings(namespace=namespace, suggestions_reach=0)
-        rm = ReadModelStore(redis, settings, ScoringModel())
+    async with hub_store(infra, namespace, suggestions_reach=0) as rm:
         ks = rm.keyspace(1)
-        await write_network(rm, ks, hub_network())
         assert await queries.suggestions.rank(rm, ks, "ann", 10) == await queries.suggestions.rank(
             rm, ks, "ann", 10, queries.suggestions.Bound.EXACT
         )
-    finally:
-        await redis.aclose()
 
 
 async def test_a_large_network_starts_from_its_most_recent_connections_in_slices_and_counts_exactly(
     infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    redis = Redis.from_url(infra.redis_url, decode_responses=True)
-    try:
-        settings = ProjectionSettings(namespace=namespace, suggestions_sample=4)
-        rm = ReadModelStore(redis, settings, ScoringModel())
+    async with hub_store(infra, namespace, suggestions_sample=4) as rm:
         ks = rm.keyspace(1)
-        await write_network(rm, ks, hub_network())
         # ann connected to the hubs long ago, to the four small networks lately.
         since = {"hub0": 100, "hub1": 200, **{f"sam{i}": 1000 + i for i in range(4)}}
-        await redis.hset(ks.member("ca", "ann"), mapping=since)
+        await rm.redis.hset(ks.member("ca", "ann"), mapping=since)
         monkeypatch.setattr(store_module, "SLICE_ENTRIES", 5)  # sums and counts, many calls
 
         sampled = await queries.suggestions.rank(rm, ks, "ann", 3)
         exact = await queries.suggestions.rank(rm, ks, "ann", 3, queries.suggestions.Bound.EXACT)
-        leftovers = [key async for key in redis.scan_iter(match=f"{namespace}*sgbg*")]
-    finally:
-        await redis.aclose()
+        leftovers = [key async for key in rm.redis.scan_iter(match=f"{namespace}*sgbg*")]
 
     # ann has six connections, more than the sample of four: the estimate sums the four
     # small networks' sets only, yet what the list shows is counted exactly (kim: five
@@ -122,7 +123,6 @@ async def test_the_background_refresh_sums_the_sets_in_slices_and_counts_every_o
     store: ReadModelStore, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ks = store.keyspace(1)
-    await write_network(store, ks, hub_network())
     Bound = queries.suggestions.Bound
     monkeypatch.setattr(store_module, "SLICE_ENTRIES", 30)
 
@@ -138,7 +138,6 @@ async def test_a_viewers_network_built_in_slices_is_their_whole_second_degree(
 ) -> None:
     ks = store.keyspace(1)
     edges = hub_network()
-    await write_network(store, ks, edges)
     monkeypatch.setattr(store_module, "SLICE_ENTRIES", 30)  # three slices, as above
     friends = {b for a, b in edges if a == "ann"}
     second = {b for a, b in edges if a in friends} | {a for a, b in edges if b in friends}

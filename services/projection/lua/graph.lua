@@ -1,3 +1,4 @@
+--! use counting
 -- The projection's graph queries, computed where the sets are: one call per query, small
 -- arguments in, a small answer out; no connection set travels to the client.
 -- ARGV[1]: keyspace prefix; ARGV[2]: the query; then the query's arguments (see each below).
@@ -321,21 +322,6 @@ local function known_of(v)
   return known
 end
 
--- The connections' sets summed in a Lua table (a sorted set costs a skiplist insert per
--- member, and freeing it after): {member = count}, and the members in the order first seen.
-local function count_sets(conns, known)
-  local counts, seen = {}, {}
-  for _, x in ipairs(conns) do
-    for _, y in ipairs(call('SMEMBERS', k('c', x))) do
-      if not known[y] then
-        local n = counts[y]
-        if n then counts[y] = n + 1 else counts[y] = 1; seen[#seen + 1] = y end
-      end
-    end
-  end
-  return counts, seen
-end
-
 -- An iterator over `members` by falling count, ties by id: (member, count). The counts take
 -- few values, so members go in buckets, and a bucket is sorted only when reached.
 local function falling(counts, members)
@@ -456,7 +442,7 @@ local function suggest(v, sample, pool, limit, boosts, reach)
     end
     conns = kept
   end
-  local counts, seen = count_sets(conns, known_of(v))
+  local counts, seen = count_sets(function(x) return k('c', x) end, conns, known_of(v))
   if estimated then counts, seen = count_pool(v, counts, seen, pool, limit, 10 * reach) end
   return rank_counts(v, counts, seen, limit, boosts)
 end

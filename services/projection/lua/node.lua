@@ -1,3 +1,4 @@
+--! use counting
 -- Graph steps on one node of a Redis Cluster, over the members that node holds. On a cluster
 -- the projection's graph queries scatter and gather (ReadModelStore.on_nodes): one call per
 -- node, with the other side's members sent as an argument once per node, and a small answer
@@ -82,15 +83,7 @@ elseif step == 'sizes' then
   return out
 elseif step == 'count' then
   -- the members' connection sets summed, leaving out `others`: a flat {member, count, ...}
-  local counts, seen = {}, {}
-  for _, x in ipairs(members) do
-    for _, y in ipairs(call('SMEMBERS', k('c', x))) do
-      if not wanted[y] then
-        local c = counts[y]
-        if c then counts[y] = c + 1 else counts[y] = 1; seen[#seen + 1] = y end
-      end
-    end
-  end
+  local counts, seen = count_sets(function(x) return k('c', x) end, members, wanted)
   local out = {}
   for _, y in ipairs(seen) do out[#out + 1] = y; out[#out + 1] = counts[y] end
   return out
