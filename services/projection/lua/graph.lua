@@ -6,9 +6,9 @@
 -- serves a single node; on Redis Cluster the same queries scatter and gather (node.lua).
 --
 -- The viewer network cache: `n2:{v}` is a sorted set (all scores 0, so it reads in member
--- order) of v's 2nd-degree members, built by ZUNIONSTORE (by the background refresh for
--- active viewers, in slices: warm_start, warm_sum, warm_keep; a request never waits for a
--- build), valid while neither v's nor
+-- order) of v's 2nd-degree members, built by the background refresh for active viewers (a
+-- set summed in slices, then one ZUNIONSTORE: warm_start, warm_sum, warm_keep; a request
+-- never waits for a build), valid while neither v's nor
 -- any 1st-degree connection's connection set changed since it was built (`cc:{m}`, set by
 -- member.lua, against the build's `clock{g}`). Entries live within a byte budget, evicted
 -- least recently used first (`n2lru{g}`); hits, misses, builds and bytes in `n2stats{g}`.
@@ -72,17 +72,14 @@ local function evict(budget)
   end
 end
 
--- Union connections' sets into the sorted set `key`, 500 at a time (Lua spreads only a
--- trailing unpack), every score 0 so that it reads in member order.
-local function union_sets(key, conns)
-  for start = 1, #conns, 500 do
-    local args = {'ZUNIONSTORE', key, 0, key}
-    for i = start, math.min(start + 499, #conns) do args[#args + 1] = k('c', conns[i]) end
-    local n = #args - 3
-    args[3] = n
-    args[#args + 1] = 'WEIGHTS'
-    for _ = 1, n do args[#args + 1] = 0 end
-    call(unpack(args))
+-- Add connections' sets to the set `key`, 5,000 members per SADD: each entry costs one
+-- lookup, where a ZUNIONSTORE into a growing sorted set would copy all of it every slice.
+local function add_sets(key, conns)
+  for _, x in ipairs(conns) do
+    local members = call('SMEMBERS', k('c', x))
+    for start = 1, #members, 5000 do
+      call('SADD', key, unpack(members, start, math.min(start + 4999, #members)))
+    end
   end
 end
 
@@ -98,9 +95,12 @@ end
 local function keep_network(v, built, clock, budget)
   local key, meta = k('n2', v), k('n2m', v)
   local old = tonumber(call('HGET', meta, 'bytes') or '0')
-  if call('EXISTS', built) == 1 then call('RENAME', built, key) else call('DEL', key) end
-  call('ZREM', key, v)
-  if call('EXISTS', key) == 1 then call('ZDIFFSTORE', key, 2, key, k('c', v)) end
+  call('SREM', built, v)
+  call('SDIFFSTORE', built, built, k('c', v))
+  -- A sorted set, all scores 0, reads in member order (search pages by cursor); replaces
+  -- the old one at once (an empty union stores nothing, which deletes it).
+  call('ZUNIONSTORE', key, 1, built, 'WEIGHTS', 0)
+  call('DEL', built)
   local bytes = call('ZCARD', key) * 64 + 200  -- an estimate; MEMORY USAGE samples anyway
   call('HSET', meta, 'clock', clock, 'bytes', bytes)
   call('HINCRBY', STATS, 'bytes', bytes - old)
@@ -600,7 +600,7 @@ elseif query == 'network' then
 elseif query == 'warm_start' then
   return warm_start(ARGV[3])
 elseif query == 'warm_sum' then
-  union_sets(ARGV[3], {unpack(ARGV, 5)})
+  add_sets(ARGV[3], {unpack(ARGV, 5)})
   call('PEXPIRE', ARGV[3], tonumber(ARGV[4]))  -- a refresh that stopped half way
   return 1
 elseif query == 'warm_keep' then
