@@ -1,5 +1,5 @@
-"""Degrees: between two members (1st, 2nd, 3rd or none, with their mutual connections), a
-page of badges, and a member's 2nd and 3rd-degree neighbourhoods.
+"""Degrees: between two members (1st, 2nd, 3rd or none, with their mutual connections), and
+a page of badges.
 
 On one Redis node each answer is one call of `lua/graph.lua`, where the sets are. On Redis
 Cluster the same answers scatter and gather (`*_on_nodes`): one call of `lua/node.lua` per
@@ -9,7 +9,6 @@ compares the two paths on every query.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 from services.projection.store import Keyspace, ReadModelStore
@@ -146,36 +145,3 @@ async def badges_on_nodes(
             reached.update(touching)
         known.update({x: 3 for x in rest if not reached.isdisjoint(sets[x])})
     return [known.get(x) for x in ids]
-
-
-async def _one_step_out(
-    rm: ReadModelStore, ks: Keyspace, members: set[str], cap: int
-) -> tuple[Counter[str], bool]:
-    """How many of `members` each of their connections is connected to, and whether the
-    scan stopped at `cap` distinct members."""
-    counts: Counter[str] = Counter()
-    async for _, friends in rm.sets_of(ks, "c", members):
-        counts.update(friends)
-        if len(counts) > cap:
-            return counts, True
-    return counts, False
-
-
-async def second_degree(
-    rm: ReadModelStore, ks: Keyspace, m: str, cap: int
-) -> tuple[Counter[str], bool]:
-    """Mutual-connection counts of everyone two steps away, and whether `cap` cut it short."""
-    first = await rm.connections(ks, m)
-    counts, capped = await _one_step_out(rm, ks, first, cap)
-    for x in (*first, m):
-        counts.pop(x, None)
-    return counts, capped
-
-
-async def third_degree(
-    rm: ReadModelStore, ks: Keyspace, m: str, first: set[str], second: set[str], cap: int
-) -> tuple[set[str], bool]:
-    """Everyone three steps away: neighbours of the 2nd degree that are not nearer, and
-    whether `cap` cut the scan short."""
-    reach, capped = await _one_step_out(rm, ks, second, cap)
-    return set(reach) - second - first - {m}, capped
