@@ -19,10 +19,12 @@ import json
 import math
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from services.projection import domain
 from services.projection.store import READ_CHUNK, SLICE_TTL_MS, Keyspace, ReadModelStore, slices
+from shared.settings import ProjectionSettings
 
 ACTIVE_FOR_S = 3600  # a viewer who asked within this long keeps a refreshed list
 REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (bounded work)
@@ -89,23 +91,16 @@ async def rank(
     """The best `limit` (member, mutual count, score, shared fields), ranked on the server
     within `bound` (on Redis Cluster by scatter and gather, the same answer)."""
     boosts = list(domain.BOOSTS.values())
-    settings = rm.settings
     if await rm.cluster_mode():
         found = await _rank_on_nodes(rm, ks, m, limit, bound, boosts)
-    elif bound is Bound.REQUEST:
-        sample = settings.suggestions_sample
-        if await rm.redis.scard(ks.member("c", m)) > sample:
-            reach = settings.suggestions_sampled_reach
-            found = await _rank_in_slices(rm, ks, m, limit, boosts, sample, reach)
-        else:
-            pool = max(2 * limit, 40)  # the best by a bounded estimate, then counted exactly
-            reach = settings.suggestions_reach
-            found = await rm.graph(ks, "suggest", m, sample, pool, limit, *boosts, reach)
-    elif bound is Bound.BACKGROUND:
-        sample = settings.suggestions_background_sample
-        found = await _rank_in_slices(rm, ks, m, limit, boosts, sample, 0)
     else:
-        found = await rm.graph(ks, "suggest", m, EXACT, max(10 * limit, 200), limit, *boosts, 0)
+        degree = await rm.redis.scard(ks.member("c", m)) if bound is Bound.REQUEST else 0
+        plan = _plan(rm.settings, bound, degree, limit)
+        if plan.sliced:
+            found = await _rank_in_slices(rm, ks, m, limit, boosts, plan)
+        else:
+            args = (plan.sample, plan.pool, limit, *boosts, plan.reach)
+            found = await rm.graph(ks, "suggest", m, *args)
     fields = list(domain.BOOSTS)
     return [
         (str(c), int(n), float(score), [f for i, f in enumerate(fields) if int(flags) >> i & 1])
@@ -113,22 +108,39 @@ async def rank(
     ]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How a list is computed within a bound: from at most `sample` connections, summing at
+    most `reach` entries of their sets (the smallest first; 0: all), the best `pool` by that
+    estimate counted exactly; in one call, or `sliced` in short ones."""
+
+    sample: int
+    reach: int
+    pool: int
+    sliced: bool
+
+
+def _plan(settings: ProjectionSettings, bound: Bound, degree: int, limit: int) -> Plan:
+    """The plan of `bound` for a member with `degree` connections (one node and cluster)."""
+    wide = max(10 * limit, 200)
+    if bound is Bound.EXACT:
+        return Plan(EXACT, 0, wide, sliced=False)
+    if bound is Bound.BACKGROUND:
+        return Plan(settings.suggestions_background_sample, 0, wide, sliced=True)
+    if degree > settings.suggestions_sample:
+        sample, reach = settings.suggestions_sample, settings.suggestions_sampled_reach
+        return Plan(sample, reach, wide, sliced=True)
+    return Plan(settings.suggestions_sample, settings.suggestions_reach, max(2 * limit, 40), False)
+
+
 async def _rank_in_slices(
-    rm: ReadModelStore,
-    ks: Keyspace,
-    m: str,
-    limit: int,
-    boosts: list[float],
-    sample: int,
-    reach: int,
+    rm: ReadModelStore, ks: Keyspace, m: str, limit: int, boosts: list[float], plan: Plan
 ) -> Any:
-    """`m`'s list from `sample` of their connections, summing those connections' sets (the
-    smallest first, `reach` entries in all; 0: every one), the best by that estimate then
-    counted exactly; every step in slices of at most SLICE_ENTRIES, one call each: no call
-    holds Redis for long, however large the network."""
-    estimated, sized = await rm.graph(ks, "suggest_start", m, sample)
+    """`m`'s list within `plan`, every step in slices of at most SLICE_ENTRIES, one call
+    each: no call holds Redis for long, however large the network."""
+    estimated, sized = await rm.graph(ks, "suggest_start", m, plan.sample)
     estimated = bool(int(estimated))
-    if reach:
+    if reach := plan.reach:
         sized = sorted(sized, key=lambda entry: (int(entry[1]), str(entry[0])))
         total = 0
         for end, (_, size) in enumerate(sized):
@@ -140,10 +152,9 @@ async def _rank_in_slices(
     estimate = f"{ks.member('sgbg', m)}:{secrets.token_hex(6)}"
     for run in slices(sized):
         await rm.graph(ks, "suggest_sum", estimate, SLICE_TTL_MS, *run)
-    pool, counted = max(10 * limit, 200), f"{estimate}:n"
-    flag = "1" if estimated else "0"
+    counted, flag = f"{estimate}:n", "1" if estimated else "0"
     pooled = await rm.graph(
-        ks, "suggest_pool", m, estimate, counted, SLICE_TTL_MS, flag, pool, limit, *boosts
+        ks, "suggest_pool", m, estimate, counted, SLICE_TTL_MS, flag, plan.pool, limit, *boosts
     )
     for run in slices(pooled):
         await rm.graph(ks, "suggest_count", m, counted, SLICE_TTL_MS, *run)
@@ -157,21 +168,9 @@ async def _rank_on_nodes(
     steps by scatter and gather on Redis Cluster: set sizes, sums and exact counts come from
     the nodes that hold the members, in one call per node each; the choices between them
     are made here, as the scripts make them."""
-    settings = rm.settings
     first = sorted(await rm.connections(ks, m))
-    if bound is Bound.EXACT:
-        sample, reach, sliced = EXACT, 0, False
-    elif bound is Bound.BACKGROUND:
-        sample, reach, sliced = settings.suggestions_background_sample, 0, True
-    elif len(first) > settings.suggestions_sample:
-        sample, reach = settings.suggestions_sample, settings.suggestions_sampled_reach
-        sliced = True
-    else:
-        sample, reach, sliced = settings.suggestions_sample, settings.suggestions_reach, False
-    if bound is Bound.REQUEST and not sliced:
-        pool = max(2 * limit, 40)
-    else:
-        pool = max(10 * limit, 200)
+    plan = _plan(rm.settings, bound, len(first), limit)
+    sample, reach, pool, sliced = plan.sample, plan.reach, plan.pool, plan.sliced
     start, estimated = first, False
     if len(first) > sample:
         start, estimated = await _most_engaged_and_recent(rm, ks, m, first, sample), True
