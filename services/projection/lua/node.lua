@@ -37,7 +37,7 @@ local function held(x, most)
       for i, flag in ipairs(flags) do
         if flag == 1 then found[#found + 1] = part[i] end
       end
-      if #found >= most then break end
+      if most == 1 and #found > 0 then break end  -- a hit is all `touching` asks
     end
     table.sort(found)
   end
