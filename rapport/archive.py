@@ -22,6 +22,7 @@ from shared.archive import ArchivedRecord, LogArchive
 from shared.kafka import ensure_topics
 from shared.topics import TopicNames
 
+RESTORE_METADATA_WAIT_S = 30.0
 log = logging.getLogger("rapport.archive")
 
 ARCHIVER_GROUP = "rapport-log-archive"
@@ -80,6 +81,7 @@ async def restore(bootstrap: str, redis_url: str, namespace: str = "") -> int:
     await producer.start()
     restored = 0
     try:
+        await _until_known(producer, topics.partitions())
         for key in await archive.partitions():
             records = await archive.records(key)
             sent = [
@@ -109,6 +111,19 @@ async def restore(bootstrap: str, redis_url: str, namespace: str = "") -> int:
         await redis.delete(archive.restoring_key)
         await redis.aclose()
     return restored
+
+
+async def _until_known(producer: AIOKafkaProducer, counts: dict[str, int]) -> None:
+    """Until the producer's metadata holds every partition of the topics just created: a
+    fresh broker may report a topic before all its partitions, and a send to one it has not
+    reported fails (aiokafka: "Unrecognized partition")."""
+    deadline = asyncio.get_running_loop().time() + RESTORE_METADATA_WAIT_S
+    for topic, count in counts.items():
+        while len(await producer.partitions_for(topic)) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"the broker does not report {count} partitions of {topic}")
+            await asyncio.sleep(0.05)  # a backoff between metadata requests
+            await producer.client.force_metadata_update()
 
 
 def main() -> None:
