@@ -202,6 +202,13 @@ class ReadModelStore:
             )
         )
 
+    async def found_on_nodes(
+        self, ks: Keyspace, step: str, members: Iterable[str], others: Iterable[str] = ()
+    ) -> set[str]:
+        """The members every node's `step` answered (a step that answers members)."""
+        answers = await self.on_nodes(ks, step, members, others)
+        return {str(x) for found in answers for x in found}
+
     async def mark_active(self, ks: Keyspace, viewer: str) -> None:
         """The viewer asked: the background refresh keeps their network and suggestions
         (on one node graph.lua marks them in the same call as the query)."""

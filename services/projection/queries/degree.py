@@ -110,8 +110,7 @@ async def is_third_degree(rm: ReadModelStore, ks: Keyspace, a: str, b: str) -> b
     targets = await rm.connections(ks, far)
     if not targets:
         return False
-    found = await rm.on_nodes(ks, "touching", await rm.connections(ks, near), targets)
-    return any(found)
+    return bool(await rm.found_on_nodes(ks, "touching", await rm.connections(ks, near), targets))
 
 
 async def badges_on_nodes(
@@ -135,13 +134,10 @@ async def badges_on_nodes(
             known[x] = 1
     rest = sorted({x for x in ids if x not in known})
     if rest and first:
-        for touching in await rm.on_nodes(ks, "touching", rest, first):
-            known.update(dict.fromkeys(touching, 2))
+        known.update(dict.fromkeys(await rm.found_on_nodes(ks, "touching", rest, first), 2))
     rest = [x for x in rest if x not in known]
     if rest and first:
         sets = {m: found async for m, found in rm.sets_of(ks, "c", rest)}
-        reached = set()
-        for touching in await rm.on_nodes(ks, "touching", set().union(*sets.values()), first):
-            reached.update(touching)
+        reached = await rm.found_on_nodes(ks, "touching", set().union(*sets.values()), first)
         known.update({x: 3 for x in rest if not reached.isdisjoint(sets[x])})
     return [known.get(x) for x in ids]

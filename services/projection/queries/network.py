@@ -53,17 +53,11 @@ async def third_degree_page(
         if scanned + len(chunk) > NETWORK_SCAN_CAP:
             chunk, capped = chunk[: NETWORK_SCAN_CAP - scanned], True
         scanned += len(chunk)
-        matching: set[str] = set()
         wanted = [x for x in chunk if x not in skip and x not in first]
-        for hits in await rm.on_nodes(ks, "matching", wanted, filters.keys()):
-            matching.update(str(x) for x in hits)
-        second: set[str] = set()
-        for hits in await rm.on_nodes(ks, "touching", matching, first):
-            second.update(str(x) for x in hits)
+        matching = await rm.found_on_nodes(ks, "matching", wanted, filters.keys())
+        second = await rm.found_on_nodes(ks, "touching", matching, first)
         rest = {x: found_set async for x, found_set in rm.sets_of(ks, "c", matching - second)}
-        reached: set[str] = set()
-        for hits in await rm.on_nodes(ks, "touching", set().union(*rest.values()), first):
-            reached.update(str(x) for x in hits)
+        reached = await rm.found_on_nodes(ks, "touching", set().union(*rest.values()), first)
         found += [x for x in chunk if x in rest and not reached.isdisjoint(rest[x])]
         if capped or len(chunk) < 500:
             break
@@ -95,9 +89,7 @@ async def second_degree_page(
         ordered = sorted({str(x) for ids, _ in answers for x in ids})
         if horizon is not None:
             ordered = [x for x in ordered if x <= horizon]
-        matching: set[str] = set()
-        for hits in await rm.on_nodes(ks, "matching", ordered, filters.keys()):
-            matching.update(str(x) for x in hits)
+        matching = await rm.found_on_nodes(ks, "matching", ordered, filters.keys())
         found += [x for x in ordered if x in matching]
         if horizon is None:
             break
