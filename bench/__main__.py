@@ -210,7 +210,9 @@ def _query_rows(size: Size, rows: Rows, infra: Any, tmp: Path) -> None:
     )
     for name, by_peer in res.rows.items():
         redis_ = by_peer["redis"]
-        http = f"HTTP {ms(by_peer['http'])}; " if "http" in by_peer else ""
+        http = f"HTTP (wrk, 1 conn) {ms(by_peer['http'])}; " if "http" in by_peer else ""
+        if "http client" in by_peer:
+            http = f"HTTP (Python client) {ms(by_peer['http client'])}; "
         peers = [f"{p}: {ms(by_peer[p])}" for p in ("postgres", "networkx") if p in by_peer]
         ratio = (
             f"PG/Redis p99 {by_peer['postgres'][1] / redis_[1]:.1f}x"

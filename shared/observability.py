@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -222,3 +225,27 @@ def configure_logging(level: str) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RepeatFilter) for f in handler.filters):
             handler.addFilter(RepeatFilter())
+
+
+def dump_tasks_on_signal(signum: int = signal.SIGUSR1) -> None:
+    """`kill -USR1 <pid>` writes every asyncio task of the process, with the chain of awaits
+    it is suspended in, to stderr (the service's log): where a stuck consumer or request
+    waits, without a debugger. (A suspended task's own stack shows only its outer frame.)"""
+
+    def dump() -> None:
+        for task in asyncio.all_tasks():
+            print(f"task {task.get_name()}:", file=sys.stderr)
+            awaited: Any = task.get_coro()
+            while awaited is not None:
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+                if frame is not None:
+                    code = frame.f_code
+                    print(
+                        f"    {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr
+                    )
+                awaited = getattr(awaited, "cr_await", None) or getattr(
+                    awaited, "gi_yieldfrom", None
+                )
+        sys.stderr.flush()
+
+    asyncio.get_running_loop().add_signal_handler(signum, dump)

@@ -39,6 +39,7 @@ from shared.observability import (
     LoopFailing,
     configure_logging,
     describe,
+    dump_tasks_on_signal,
     health_router,
     install_request_metrics,
 )
@@ -212,6 +213,7 @@ class Runtime:
             raise LoopFailing("; ".join(failing))
 
     async def start(self, timeout_s: float = 30.0) -> None:
+        dump_tasks_on_signal()
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -289,8 +289,8 @@ async def degree(
 ) -> Degree:
     """1, 2, 3 or null (further or unknown); 0 for yourself. With mutual connections."""
     me = _own(member_id, acting)
-    await model.spend_read_quota(me, 1, "degree")
-    answer = await queries.degree.degree(model, await model.current(), me, other)
+    ks = await model.spend_read_quota(me, 1, "degree")
+    answer = await queries.degree.degree(model, ks, me, other)
     return Degree(
         degree=answer.degree,
         mutual_connections=answer.mutual_connections,
@@ -323,8 +323,8 @@ async def degrees(
     for a block either way, and for unknown members), from your cached network."""
     me = _own(member_id, acting)
     wanted = list(dict.fromkeys(ids.split(",")))
-    await model.spend_read_quota(me, len(wanted), "badges")
-    found = await queries.degree.badges(model, await model.current(), me, wanted)
+    ks = await model.spend_read_quota(me, len(wanted), "badges")
+    found = await queries.degree.badges(model, ks, me, wanted)
     return Badges(degrees=dict(zip(wanted, found, strict=True)))
 
 
@@ -347,8 +347,7 @@ async def paths(
     """Shortest paths you -> X -> Y -> them, those along your most engaged connections first;
     never through a member who blocked or was blocked by either of you."""
     me = _own(member_id, acting)
-    await model.spend_read_quota(me, 1, "paths")
-    ks = await model.current()
+    ks = await model.spend_read_quota(me, 1, "paths")
     found = await queries.paths.paths(model, ks, me, other, limit)
     degree = len(found[0].members) - 1 if found else None
     return Paths(
@@ -372,8 +371,7 @@ async def mutual(
     limit: Limit = 50,
 ) -> MutualPage:
     me = _own(member_id, acting)
-    await model.spend_read_quota(me, 1, "mutual")
-    ks = await model.current()
+    ks = await model.spend_read_quota(me, 1, "mutual")
     total, page, more = await queries.degree.mutual_page(model, ks, me, other, cursor, limit)
     return MutualPage(items=page, total=total, next_cursor=page[-1] if more and page else None)
 
@@ -429,9 +427,9 @@ async def network(
 ) -> NetworkPage:
     """Bounded in cost: past a scan cap the result is partial and says `capped: true`."""
     me = _own(member_id, acting)
-    await model.spend_read_quota(me, limit, "network")
+    ks = await model.spend_read_quota(me, limit, "network")
     filters = Filters(industry, location, employer, title)
-    page = await queries.network.network(model, me, degree, filters, cursor, limit)
+    page = await queries.network.network(model, ks, me, degree, filters, cursor, limit)
     return NetworkPage.model_validate(page)
 
 

@@ -237,20 +237,23 @@ class ReadModelStore:
     def quota_refused_key(self) -> str:
         return self.settings.key("p", "quota-refused")
 
-    async def spend_read_quota(self, member: str, cost: int, endpoint: str) -> None:
+    async def spend_read_quota(self, member: str, cost: int, endpoint: str) -> Keyspace:
         """Count `cost` members looked up by `member` this minute (shared by every replica);
-        429 with Retry-After past `read_quota_per_minute`."""
+        429 with Retry-After past `read_quota_per_minute`. Answers the current keyspace,
+        read in the same round trip: the lookup that follows reads there."""
         now = time.time()
         key = self.settings.key("p", "quota", member, str(int(now // 60)))
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.incrby(key, cost)
             pipe.expire(key, 120)
-            used, _ = await pipe.execute()
+            pipe.get(self.current_key)
+            used, _, version = await pipe.execute()
         limit = self.settings.read_quota_per_minute
         if int(used) > limit:
             READ_QUOTA_REFUSED.labels(endpoint).inc()
             await self.redis.hincrby(self.quota_refused_key, endpoint, 1)
             raise RateLimited(f"at most {limit} member lookups per minute", int(60 - now % 60) + 1)
+        return self.keyspace(int(version or 1))
 
     async def quota_refused(self) -> dict[str, int]:
         return {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rapport.client import BlockingClient, Unauthorized, is_ready
+from rapport.client import BlockingClient, Conflict, Unauthorized, is_ready
 from rapport.localstack import free_port, port_is_free
 from rapport.supervisor import SERVICES
 from tests.e2e.driver import agrees_with_a_rebuild
@@ -207,9 +207,12 @@ class LocalStack:
         with self.api() as api:
             api.register(member, member, industry)
 
-    def figures(self, after: str | None = None) -> dict:
-        """What a user and an operator see: summaries, degrees, industries, dashboard."""
+    def figures(self, after: str | None = None, wait_s: float = 10.0) -> dict:
+        """What a user and an operator see: summaries, degrees, industries, dashboard; once
+        the event `after` is in the read model (waiting up to `wait_s`)."""
         with self.api() as api, self.api("ops-token") as ops:
+            if after is not None:
+                _wait(lambda: _applied(api, "ada", after), wait_s, f"event {after} applied")
             seen: dict = {
                 m: api.summary(m, after=after).model_dump() for m in ("ada", "grace", "alan")
             }
@@ -218,6 +221,28 @@ class LocalStack:
             board = ops.dashboard_data()
         seen["dashboard"] = {"totals": board["totals"], "industries": board["industries"]}
         return seen
+
+    def diagnostics(self, lines: int = 200) -> str:
+        """The tail of each log of the stack, with every service's asyncio tasks (where each
+        waits, shared.observability.dump_tasks_on_signal): what a failed run leaves to read."""
+        logs = [self.log, *sorted((self.state / "logs").glob("*.log"))]
+        for port in self.ports.values():
+            subprocess.run(["pkill", "-USR1", "-f", f"uvicorn .* --port {port} "], check=False)
+        time.sleep(1)  # the dumps are written by other processes; nothing here to await
+        return "\n".join(
+            f"--- {path.name}\n" + "\n".join(path.read_text().splitlines()[-lines:])
+            for path in logs
+            if path.exists()
+        )
+
+
+def _applied(api: BlockingClient, member: str, after: str) -> bool:
+    """Whether the projection has applied `after` (each call waits up to the server's limit)."""
+    try:
+        api.summary(member, after=after)
+    except Conflict:
+        return False
+    return True
 
 
 @pytest.mark.timeout(300)
@@ -248,7 +273,9 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
         _wait(lambda: "broker back" in stack.log.read_text(), 60, "the broker's restart")
         assert _broker_pid(stack.kafka_port) != broker
         stack.register("ken", "Mathematics")
-        after = stack.figures(after=stack.connect("ken", "ada"))
+        # Consumers rejoin their groups on the new broker first: the first event through
+        # both hops may take longer than a read's wait on a loaded machine.
+        after = stack.figures(after=stack.connect("ken", "ada"), wait_s=60)
         with stack.api("ops-token") as ops:
             status = ops.status().model_dump()
         # Nothing lost, nothing counted twice: the read models equal a clean rebuild.
@@ -259,6 +286,9 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
             ops=stack.token("ops-token"),
             admin=stack.token("admin-token"),
         )
+    except BaseException:
+        print(stack.diagnostics())  # pytest shows it with the failure
+        raise
     finally:
         if stack.proc is not None and stack.proc.poll() is None:
             stack.stop()

@@ -40,14 +40,14 @@ async def answers(model: ReadModelStore) -> dict:
         "badges again": await queries.degree.badges(model, ks, "ann", list(OTHERS)),
         "mutual": [await queries.degree.mutual(model, ks, "ann", x) for x in OTHERS],
         "paths": [await queries.paths.paths(model, ks, "ann", x, 3) for x in OTHERS],
-        "network 2": await queries.network.network(model, "ann", 2, Filters(), None, 50),
-        "network 2 paged": await queries.network.network(model, "ann", 2, Filters(), "cat", 2),
+        "network 2": await queries.network.network(model, ks, "ann", 2, Filters(), None, 50),
+        "network 2 paged": await queries.network.network(model, ks, "ann", 2, Filters(), "cat", 2),
         "network 2 filtered": await queries.network.network(
-            model, "ann", 2, Filters(industry=" technology"), None, 50
+            model, ks, "ann", 2, Filters(industry=" technology"), None, 50
         ),
         "suggestions": (await queries.suggestions.suggestions(model, "ann", 10))["items"],
         "industries": await queries.industries.industries(model),
-        "network": await queries.network.network(model, "ann", 3, Filters(), None, 50),
+        "network": await queries.network.network(model, ks, "ann", 3, Filters(), None, 50),
         "connections": await queries.network.connection_page(
             model, "fay", Filters(industry="finance"), None, None, 50
         ),
@@ -175,8 +175,9 @@ async def paged(
 ) -> list[list[str]]:
     """Every page of the viewer's 2nd (or 3rd) degree, three at a time."""
     pages, cursor = [], None
+    ks = await model.current()
     while True:
-        page = await queries.network.network(model, viewer, degree, filters, cursor, 3)
+        page = await queries.network.network(model, ks, viewer, degree, filters, cursor, 3)
         pages.append([i["member_id"] for i in page["items"]])
         cursor = page["next_cursor"]
         if cursor is None:

@@ -37,3 +37,36 @@ def test_a_repeated_warning_is_logged_once_per_window_with_a_count(
         "another message is its own",
         "broker unavailable ('attempt 140'); retrying [139 more like this in the last 10s]",
     ]
+
+
+async def test_sigusr1_writes_where_each_task_waits(capfd: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+    import os
+    import signal
+
+    from shared.observability import dump_tasks_on_signal
+
+    release = asyncio.Event()
+
+    async def waits_for_the_coordinator() -> None:
+        await release.wait()
+
+    async def consumer_loop() -> None:
+        await waits_for_the_coordinator()
+
+    task = asyncio.create_task(consumer_loop(), name="consumer")
+    await asyncio.sleep(0)  # the task starts and suspends in the inner await
+    dump_tasks_on_signal()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        err = ""
+        async with asyncio.timeout(5):
+            while "task consumer:" not in err:  # the loop runs the handler on a later turn
+                await asyncio.sleep(0)
+                err += capfd.readouterr().err
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
+        release.set()
+        await task
+    dumped = err[err.index("task consumer:") :]
+    assert "consumer_loop" in dumped and "waits_for_the_coordinator" in dumped

@@ -367,8 +367,13 @@ end
 -- its boosts, until no later count can reach the list.
 local function rank_counts(v, counts, members, limit, boosts)
   local me = call('HMGET', k('m', v), 'ki', 'ke', 'kl')
-  for f = 1, 3 do if me[f] == '' then me[f] = false end end
-  local max_boost = boosts[1] * boosts[2] * boosts[3]
+  -- The largest boost anyone can get: only for fields v has (a field v left empty is shared
+  -- with no one), so a profile without them stops the scan at a higher count.
+  local max_boost = 1
+  for f = 1, 3 do
+    if me[f] == '' then me[f] = false end
+    if me[f] then max_boost = max_boost * boosts[f] end
+  end
   -- best: entries {member, count, score, flags}, best first, at most `limit`
   local best, worst = {}, nil
   local function better(p, q)

@@ -12,12 +12,17 @@ NETWORK_SCAN_CAP = 50_000
 
 
 async def network(
-    rm: ReadModelStore, m: str, degree: int, filters: Filters, cursor: str | None, limit: int
+    rm: ReadModelStore,
+    ks: Keyspace,
+    m: str,
+    degree: int,
+    filters: Filters,
+    cursor: str | None,
+    limit: int,
 ) -> dict[str, Any]:
     """One page of `m`'s 2nd (or 3rd) degree, in member order after `cursor`, filtered: on
     the server (lua/graph.lua `network`, from the viewer's cached network when it is valid);
     on Redis Cluster by scatter and gather."""
-    ks = await rm.current()
     if await rm.cluster_mode():
         if degree == 2:
             return await second_degree_page(rm, ks, m, filters, cursor, limit)

@@ -261,7 +261,8 @@ async def _rank_counted(
     until no later count can reach the list."""
     me = await rm.redis.hmget(ks.member("m", m), "ki", "ke", "kl")
     mine = [value or None for value in me]
-    max_boost = math.prod(boosts)
+    # Only the fields m has can be shared (as graph.lua's rank_counts bounds its scan).
+    max_boost = math.prod(b for b, wanted in zip(boosts, mine, strict=True) if wanted)
     best: list[tuple[str, int, float, int]] = []
     ordered = sorted(counts, key=lambda x: (-counts[x], x))
     for start in range(0, len(ordered), READ_CHUNK):
