@@ -322,9 +322,27 @@ local function known_of(v)
   return known
 end
 
--- An iterator over `members` by falling count, ties by id: (member, count). The counts take
--- few values, so members go in buckets, and a bucket is sorted only when reached.
-local function falling(counts, members)
+-- The `n` smallest of `bucket`, in order: one pass keeping a short sorted list (a count's
+-- bucket holds thousands, of which a pool takes a few dozen; sorting it all costs more).
+local function smallest(bucket, n)
+  local top = {}
+  if n < 1 then return top end
+  for _, x in ipairs(bucket) do
+    if #top < n or x < top[#top] then
+      local at = #top + 1
+      while at > 1 and x < top[at - 1] do top[at] = top[at - 1]; at = at - 1 end
+      top[at] = x
+      if #top > n then top[#top] = nil end
+    end
+  end
+  return top
+end
+
+-- An iterator over `members` by falling count: (member, count). The counts take few values,
+-- so members go in buckets. With `wanted` (how many more the caller can take), a bucket goes
+-- by id, only as far as the caller can take when it is reached; without it, in no set order:
+-- for a caller whose answer does not depend on the order among equal counts.
+local function falling(counts, members, wanted)
   local buckets, values = {}, {}
   for _, x in ipairs(members) do
     local n = counts[x]
@@ -333,14 +351,19 @@ local function falling(counts, members)
     bucket[#bucket + 1] = x
   end
   table.sort(values, function(p, q) return p > q end)
-  local vi, bi, sorted = 1, 0, false
+  local vi, bi, bucket = 1, 0, nil
   return function()
     while vi <= #values do
-      local bucket = buckets[values[vi]]
-      if not sorted then table.sort(bucket); sorted = true end
+      if not bucket then
+        bucket = buckets[values[vi]]
+        if wanted then
+          local n = wanted()
+          if n < #bucket then bucket = smallest(bucket, n) else table.sort(bucket) end
+        end
+      end
       bi = bi + 1
       if bi <= #bucket then return bucket[bi], values[vi] end
-      vi, bi, sorted = vi + 1, 0, false
+      vi, bi, bucket = vi + 1, 0, nil
     end
   end
 end
@@ -350,7 +373,7 @@ end
 -- the smaller of the two sets. Returns their counts and the members.
 local function count_pool(v, counts, seen, pool, limit, budget)
   local degree, spent, picked, exact = call('SCARD', k('c', v)), 0, {}, {}
-  for x in falling(counts, seen) do
+  for x in falling(counts, seen, function() return pool - #picked end) do
     if #picked == pool then break end
     if budget > 0 then
       local cost = math.min(call('SCARD', k('c', x)), degree)
@@ -509,7 +532,7 @@ local function suggest_pool(v, tmp, counted, ttl, estimated, pool, limit, boosts
   local out = {}
   if estimated then
     local degree = call('SCARD', k('c', v))
-    for x in falling(counts, members) do
+    for x in falling(counts, members, function() return pool - #out end) do
       if #out == pool then break end
       out[#out + 1] = {x, math.min(call('SCARD', k('c', x)), degree)}
     end
