@@ -583,6 +583,21 @@ local function suggestions_read(v)
   return {raw, gone}
 end
 
+-- suggestions v want sample pool limit boosts... reach: v's list as a request finds it, in one
+-- call where it can be: {1, the precomputed list, its members gone since} when one holds at
+-- least `want` entries; {2} when v has more than `sample` connections (computed in slices);
+-- else {3, the clock, ranked as `suggest` ranks them, {name, headline} of each} -----------
+local function suggestions(v, want, sample, pool, limit, boosts, reach)
+  local cached = suggestions_read(v)
+  if cached and cjson.decode(cached[1])['limit'] >= want then return {1, cached[1], cached[2]} end
+  if call('SCARD', k('c', v)) > sample then return {2} end
+  local clock = call('GET', CLOCK) or '0'
+  local ranked = suggest(v, sample, pool, limit, boosts, reach)
+  local profiles = {}
+  for i, e in ipairs(ranked) do profiles[i] = call('HMGET', k('m', e[1]), 'name', 'headline') end
+  return {3, clock, ranked, profiles}
+end
+
 -- fresh v clock: neither v nor any of v's connections changed after `clock` (the later of
 -- lc:{m}, any other change, and cc:{m}, connections) --------------------------------------
 local function changed_after(x, clock)
@@ -637,6 +652,11 @@ elseif query == 'warm_keep' then
 elseif query == 'suggestions_read' then
   mark_active(ARGV[3])
   return suggestions_read(ARGV[3])
+elseif query == 'suggestions' then
+  mark_active(ARGV[3])
+  return suggestions(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                     tonumber(ARGV[7]), {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])},
+                     tonumber(ARGV[11]))
 elseif query == 'suggest' then
   return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
                  {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}, tonumber(ARGV[10]))

@@ -36,13 +36,24 @@ async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
     computed, bounded, when there is none yet."""
     ks = await rm.current()
     if not await rm.cluster_mode():
-        found = await rm.graph(ks, "suggestions_read", m)
-        if found:
-            raw, gone = found
-            entry = json.loads(raw)
-            if entry["limit"] >= limit:
-                items = [i for i in entry["items"] if i["member_id"] not in set(gone)]
-                return {"items": items[:limit], "cached": True}
+        # One call: the list kept, else (within the sample) computed (lua/graph.lua).
+        computed = max(limit, 20)
+        plan = _plan(rm.settings, Bound.REQUEST, 0, computed)
+        boosts = list(domain.BOOSTS.values())
+        args = (limit, plan.sample, plan.pool, computed, *boosts, plan.reach)
+        found = await rm.graph(ks, "suggestions", m, *args)
+        if int(found[0]) == 1:
+            raw, gone = found[1], set(found[2])
+            items = [i for i in json.loads(raw)["items"] if i["member_id"] not in gone]
+            return {"items": items[:limit], "cached": True}
+        if int(found[0]) == 3:
+            clock, ranked, profiles = int(found[1]), _ranked(found[2]), found[3]
+            named = {
+                c: {"name": n, "headline": h}
+                for (c, *_), (n, h) in zip(ranked, profiles, strict=True)
+            }
+            items = await _keep(rm, ks, m, computed, clock, ranked, named)
+            return {"items": items[:limit], "cached": False}
     else:
         await rm.mark_active(ks, m)
         cached = await rm.redis.get(ks.member("sg", m))
@@ -69,6 +80,19 @@ async def compute(
     clock = int(await rm.redis.get(ks.clock) or 0)
     ranked = await rank(rm, ks, m, limit, bound)
     profiles = await rm.profiles(ks, [c for c, *_ in ranked])
+    return await _keep(rm, ks, m, limit, clock, ranked, profiles)
+
+
+async def _keep(
+    rm: ReadModelStore,
+    ks: Keyspace,
+    m: str,
+    limit: int,
+    clock: int,
+    ranked: list[tuple[str, int, float, list[str]]],
+    profiles: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Store `m`'s list, as computed at `clock` (a change after it leaves it stale)."""
     items = [
         {
             "member_id": c,
@@ -101,6 +125,11 @@ async def rank(
         else:
             args = (plan.sample, plan.pool, limit, *boosts, plan.reach)
             found = await rm.graph(ks, "suggest", m, *args)
+    return _ranked(found)
+
+
+def _ranked(found: Any) -> list[tuple[str, int, float, list[str]]]:
+    """A ranking as the scripts answer it: (member, mutual count, score, shared fields)."""
     fields = list(domain.BOOSTS)
     return [
         (str(c), int(n), float(score), [f for i, f in enumerate(fields) if int(flags) >> i & 1])
