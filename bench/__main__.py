@@ -51,7 +51,8 @@ PG_DSN = os.environ.get("RAPPORT_BENCH_PG", "host=127.0.0.1 port=5432 user=postg
 async def outbox_relay(bootstrap: str, redis_url: str, n: int) -> tuple[float, float]:
     """Seconds for the relay to publish n committed events, and for bare aiokafka to send n."""
     topics = TopicNames(f"bench{time.time_ns()}.")
-    await ensure_topics(bootstrap, topics.partitions())
+    # The bare peer's topic too: no client has the broker create a topic (shared.kafka).
+    await ensure_topics(bootstrap, {**topics.partitions(), topics("raw"): 12})
     redis = connect(redis_url)
     outbox = RedisStateStore(redis, topics("outbox"), topics)
     envelopes = [

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+import shared.kafka  # noqa: F401  (its clients never have the broker create a topic)
 from shared.topics import ALL_TOPICS, TopicNames, dlq
 
 REPLAY_GROUP = "rapport-dlq-replay"

@@ -7,15 +7,40 @@ import logging
 import time
 from typing import Any
 
+import aiokafka.admin.client
+import aiokafka.client
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 from faststream.kafka import KafkaBroker
 
 from shared.events import Envelope
 from shared.topics import TopicNames
 
 log = logging.getLogger("rapport.kafka")
+
+
+class MetadataWithoutAutoCreate(MetadataRequest):
+    """A metadata request that never has the broker create a topic it does not know.
+
+    Topics are created by `ensure_topics`, each with its partition count. aiokafka asks for
+    metadata with auto-creation on and has no setting for it, and the embedded broker creates
+    a topic it is asked about (with 4 partitions). After the embedded broker restarts empty,
+    a consumer's first metadata refresh would create the topics with the wrong partitions
+    before the refill creates them right (the refill then timed out, or a consumer was left on
+    partitions that do not exist). A client asking about a missing topic is told so, and
+    retries until it exists.
+    """
+
+    def __init__(self, topics: list[str] | None = None, allow_auto_topic_creation: bool = False):
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+# Every aiokafka client of this process (producers, consumers, admin) builds its metadata
+# requests from these names.
+aiokafka.client.MetadataRequest = MetadataWithoutAutoCreate  # type: ignore[misc]
+aiokafka.admin.client.MetadataRequest = MetadataWithoutAutoCreate  # type: ignore[misc]
 
 
 def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:

@@ -149,3 +149,29 @@ async def test_only_one_relay_publishes_at_a_time(
             await outbox.commit([AggregateWrite(f"{namespace}a{i}", 0, i)], [envelope])
         records = await read_topic(infra.kafka_bootstrap, topics(sent[0].topic), expect=30)
     assert [json.loads(r.value)["event_id"] for r in records] == [str(e.event_id) for e in sent]
+
+
+async def test_a_publish_to_a_topic_the_broker_lacks_fails_and_creates_no_topic(
+    infra: Infra, namespace: str
+) -> None:
+    """Topics come from `ensure_topics` with their partition counts: a client asking about a
+    missing one (after an embedded broker restarted empty, say) must not have the broker
+    create it with its own default count (shared.kafka.MetadataWithoutAutoCreate)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    missing = f"{namespace}never-created"
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, request_timeout_ms=1000)
+    await producer.start()
+    try:
+        with pytest.raises(KafkaError):  # UnknownTopicOrPartition, once the wait is over
+            await producer.send_and_wait(missing, b"lost?")
+    finally:
+        await producer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        assert missing not in await admin.list_topics()
+    finally:
+        await admin.close()
