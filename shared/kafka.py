@@ -11,6 +11,7 @@ import aiokafka.admin.client
 import aiokafka.client
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import AIOKafkaConnection, CloseReason
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.protocol.metadata import MetadataRequest
 from faststream.kafka import KafkaBroker
@@ -41,6 +42,28 @@ class MetadataWithoutAutoCreate(MetadataRequest):
 # requests from these names.
 aiokafka.client.MetadataRequest = MetadataWithoutAutoCreate  # type: ignore[misc]
 aiokafka.admin.client.MetadataRequest = MetadataWithoutAutoCreate  # type: ignore[misc]
+
+_send = AIOKafkaConnection.send
+
+
+def _send_or_fail_as_broken(
+    conn: AIOKafkaConnection, request: Any, expect_response: bool = True
+) -> Any:
+    """`AIOKafkaConnection.send`, where a write on a connection the broker closed fails as a
+    broken connection (KafkaConnectionError, which every caller retries) under uvloop too.
+
+    aiokafka catches the OSError asyncio's own loop raises there; uvloop raises RuntimeError
+    ("unable to perform operation on <TCPTransport closed=True ...>"), which escaped and
+    ended the client's metadata task for good: the consumer then waited for metadata for
+    ever (seen after the embedded broker's restart). aio-libs/aiokafka#1038, still open."""
+    try:
+        return _send(conn, request, expect_response)
+    except RuntimeError as exc:
+        conn.close(reason=CloseReason.CONNECTION_BROKEN, exc=exc)
+        raise KafkaConnectionError(f"Connection at {conn.host}:{conn.port} broken: {exc}") from exc
+
+
+AIOKafkaConnection.send = _send_or_fail_as_broken  # type: ignore[method-assign]
 
 
 def make_broker(bootstrap_servers: str, client_id: str) -> KafkaBroker:
