@@ -40,3 +40,18 @@ function headers_for(member)
     ["Content-Type"] = "application/json",
   }
 end
+
+-- The lines "a b" of the file named by the environment variable `env`, handed out as {a, b}
+-- in order by the function returned, round and round.
+function cycle_pairs(env)
+  local items = {}
+  for line in io.lines(os.getenv(env)) do
+    local a, b = line:match("(%S+) (%S+)")
+    table.insert(items, {a, b})
+  end
+  local i = 0
+  return function()
+    i = i % #items + 1
+    return items[i]
+  end
+end

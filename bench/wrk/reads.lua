@@ -2,18 +2,13 @@
 -- as that member; past the end of the list they repeat. One connection measures latency.
 package.path = os.getenv("WRK_DIR") .. "/?.lua;" .. package.path
 require("common")
-local reads = {}
-local next_index = 1
+local next_read
 
 function init(args)
-  for line in io.lines(os.getenv("WRK_PATHS")) do
-    local member, path = line:match("(%S+) (%S+)")
-    table.insert(reads, {member, path})
-  end
+  next_read = cycle_pairs("WRK_PATHS")
 end
 
 request = function()
-  local item = reads[next_index]
-  next_index = next_index % #reads + 1
+  local item = next_read()
   return wrk.format("GET", item[2], headers_for(item[1]), nil)
 end
