@@ -472,9 +472,6 @@ async def run_queries(
             ]
             path_reads = [(x, f"/members/{x}/paths/{y}?limit=3") for x, y in q.paths]
 
-            async def http_degree(x: str, y: str) -> Any:
-                return await api.degree(x, y)
-
             async def http_suggest(x: str) -> Any:
                 return await api.suggestions(x)
 
@@ -489,8 +486,8 @@ async def run_queries(
                 await clear_cache(x)
                 return await http_suggest(x)
 
-            await time_async(http_degree, q.degree[:20])  # warm-up (connections, scripts)
-            # The service's first seconds: its consumer joins its group and reads the topics.
+            # Warm-up: connections, scripts, and the service's first seconds (its consumer
+            # joins its group and reads the topics).
             http(degree_reads + mutual_reads)
             rows["degree"] = {
                 "http": http(degree_reads),

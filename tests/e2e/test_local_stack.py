@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -226,9 +227,16 @@ class LocalStack:
         """The tail of each log of the stack, with every service's asyncio tasks (where each
         waits, shared.observability.dump_tasks_on_signal): what a failed run leaves to read."""
         logs = [self.log, *sorted((self.state / "logs").glob("*.log"))]
+        services = [self.state / "logs" / f"{name}.log" for name in self.ports]
+        sizes = {path: path.stat().st_size for path in services if path.exists()}
         for port in self.ports.values():
             subprocess.run(["pkill", "-USR1", "-f", f"uvicorn .* --port {port} "], check=False)
-        time.sleep(1)  # the dumps are written by other processes; nothing here to await
+
+        def dumped() -> bool:
+            return all(b"task " in path.read_bytes()[size:] for path, size in sizes.items())
+
+        with contextlib.suppress(AssertionError):  # a process that is gone dumps nothing
+            _wait(dumped, 5, "the services' task dumps")
         return "\n".join(
             f"--- {path.name}\n" + "\n".join(path.read_text().splitlines()[-lines:])
             for path in logs

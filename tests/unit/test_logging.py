@@ -46,16 +46,17 @@ async def test_sigusr1_writes_where_each_task_waits(capfd: pytest.CaptureFixture
 
     from shared.observability import dump_tasks_on_signal
 
-    release = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def waits_for_the_coordinator() -> None:
+        started.set()  # the task runs on to the await below before this test resumes
         await release.wait()
 
     async def consumer_loop() -> None:
         await waits_for_the_coordinator()
 
     task = asyncio.create_task(consumer_loop(), name="consumer")
-    await asyncio.sleep(0)  # the task starts and suspends in the inner await
+    await started.wait()
     dump_tasks_on_signal()
     try:
         os.kill(os.getpid(), signal.SIGUSR1)
