@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SIZE ?= full
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit lint bench docs clean redis-server chromium wrk prometheus compose-config
+.PHONY: install run test test-unit lint bench docs clean redis-server chromium wrk prometheus compose-config docker-compose k8s-models
 
 install: $(STAMP)
 
@@ -48,10 +48,24 @@ chromium:
 prometheus:
 	$(call apt_install,promtool,--no-install-recommends prometheus,the alert-rule and Prometheus tests need it (apt-get install prometheus),exit 1)
 
+# The compose files' validation (`docker-compose config`): Debian's compose CLI.
+docker-compose:
+	$(call apt_install,docker-compose,docker-compose,the compose files' validation will be skipped (apt-get install docker-compose),true)
+
+# Strimzi's resource schemas (compiled from its CRDs, kubernetes-models on npm) for the
+# scaled manifests' check; nothing of it is committed.
+K8S_MODELS := .cache/k8s-models
+k8s-models:
+	@test -d $(K8S_MODELS)/node_modules/@kubernetes-models/strimzi-kafka-operator && exit 0; \
+	if command -v npm >/dev/null; then \
+	  npm install --silent --prefix $(K8S_MODELS) --no-save --no-audit --no-fund --loglevel=error \
+	    @kubernetes-models/strimzi-kafka-operator@1.0.1; \
+	else echo "npm is missing: the Strimzi schema check will be skipped" >&2; fi
+
 run: install redis-server
 	$(BIN)/rapport run $(if $(filter 1 yes true,$(DEMO)),--demo) $(if $(REPLICAS),--replicas $(REPLICAS))
 
-test: install redis-server chromium prometheus
+test: install redis-server chromium prometheus docker-compose k8s-models
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -73,5 +87,5 @@ compose-config:
 	else docker-compose config --quiet; fi
 
 clean:
-	rm -rf .rapport .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf .rapport .pytest_cache .mypy_cache .ruff_cache .hypothesis .cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

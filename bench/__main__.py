@@ -11,15 +11,16 @@ import asyncio
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench import projection, queries, writes
+from bench import growth, projection, queries, scale, writes
 from rapport.localstack import EmbeddedRedisCluster, embedded_infra
 from shared import events as ev
 from shared.commands import AggregateWrite
@@ -39,11 +40,21 @@ class Size:
     max_degree: int
     queries: int
     invitations: int
+    growth: tuple[int, ...]  # members at each point of the cost-growth run
 
 
 SIZES = {
-    "small": Size(20_000, 50_000, 10_000, 40, 1_000, 200, 1_000),
-    "full": Size(200_000, 1_000_000, 100_000, 200, 5_000, 1_000, 10_000),
+    "small": Size(20_000, 50_000, 10_000, 40, 1_000, 200, 1_000, (10_000, 30_000, 100_000)),
+    "full": Size(
+        200_000,
+        1_000_000,
+        100_000,
+        200,
+        5_000,
+        1_000,
+        10_000,
+        (10_000, 100_000, 300_000, 1_000_000),
+    ),
 }
 PG_DSN = os.environ.get("RAPPORT_BENCH_PG", "host=127.0.0.1 port=5432 user=postgres dbname=test")
 
@@ -110,20 +121,28 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated sections to run (relay, projection, queries, writes); all if empty",
+        help=f"comma-separated sections to run ({', '.join(SECTIONS)}); all if empty",
+    )
+    parser.add_argument(
+        "--growth",
+        default="",
+        help="members at each point of the cost-growth run, comma-separated (default: by size)",
     )
     args = parser.parse_args()
     size = SIZES[args.size]
     started = time.monotonic()
     rows = Rows(["| benchmark | Rapport | peer(s) | ratio |", "|---|---|---|---|"])
     try:
-        measure(size, rows, set(args.only.split(",")) - {""} or set(SECTIONS))
+        if args.growth:
+            size = replace(size, growth=tuple(int(n) for n in args.growth.split(",")))
+        command = " ".join(["python -m bench", *sys.argv[1:]])
+        measure(size, rows, set(args.only.split(",")) - {""} or set(SECTIONS), command)
     finally:
         table = "\n".join(
             [machine(), f"size: {args.size}, took {time.monotonic() - started:.0f}s", "", *rows]
         )
         print(table)
-        out = Path(__file__).parent / "results" / "latest.md"
+        out = RESULTS / "latest.md"
         out.write_text(table + "\n")
 
 
@@ -140,19 +159,41 @@ class Rows(list[str]):
         return self
 
 
-SECTIONS = ("relay", "projection", "queries", "writes")
+SECTIONS = ("relay", "projection", "queries", "writes", "scale", "growth")
+RESULTS = Path(__file__).parent / "results"
+SCALING_DOC = Path(__file__).parents[1] / "docs" / "scaling.md"
 
 
-def measure(size: Size, rows: Rows, sections: set[str]) -> None:
+def measure(size: Size, rows: Rows, sections: set[str], command: str) -> None:
+    if "scale" in sections and not {"projection", "writes"} <= sections:
+        # The model's per-replica throughput comes from those rows of the same run.
+        raise SystemExit("the scale section needs the projection and writes sections too")
     with tempfile.TemporaryDirectory() as tmp, embedded_infra(Path(tmp), use_env=False) as infra:
         if "relay" in sections:
             _relay_rows(size, rows, infra)
         if "projection" in sections:
-            _projection_rows(size, rows, infra)
+            projection_rate = _projection_rows(size, rows, infra)
         if "queries" in sections:
             _query_rows(size, rows, infra, Path(tmp))
         if "writes" in sections:
-            rows += write_rows(writes.run_writes(infra.kafka_bootstrap, infra.redis_url, Path(tmp)))
+            w = writes.run_writes(infra.kafka_bootstrap, infra.redis_url, Path(tmp))
+            rows += write_rows(w)
+        if "scale" in sections:
+            footprint = scale.measure_footprint(infra.kafka_bootstrap, infra.redis_url, Path(tmp))
+            rows += scale.footprint_rows(footprint)
+            # Per process: the write rows ran RAPPORT_<SERVICE>_WORKERS processes of each.
+            inv, con = w.workers["invitation"], w.workers["connection"]
+            per_replica = scale.Throughput(
+                w.register.rps / con, w.invite.rps / inv, w.accept.rps / inv, projection_rate
+            )
+            model = scale.model_markdown(footprint, per_replica, command)
+            scale.update_doc(SCALING_DOC, "scale-model", model)
+            rows.append("| scale model | written to docs/scaling.md | - | - |")
+        if "growth" in sections:
+            points = growth.run(infra.redis_url, list(size.growth))
+            growth.plot(points, RESULTS / "growth.svg")
+            rows += growth.rows(points)
+            scale.update_doc(SCALING_DOC, "growth", growth.markdown(points, command))
 
 
 def _relay_rows(size: Size, rows: Rows, infra: Any) -> None:
@@ -166,7 +207,8 @@ def _relay_rows(size: Size, rows: Rows, infra: Any) -> None:
     )
 
 
-def _projection_rows(size: Size, rows: Rows, infra: Any) -> None:
+def _projection_rows(size: Size, rows: Rows, infra: Any) -> float:
+    """The projection rows; returns the steady one-node rate (events/s)."""
     proj = projection.run(infra.kafka_bootstrap, infra.redis_url, size.projection_events)
     rate = proj.steady_events / proj.steady_s
     bare = proj.events / proj.bare_s
@@ -197,6 +239,7 @@ def _projection_rows(size: Size, rows: Rows, infra: Any) -> None:
         f"(events/s) | {cluster_rate:,.0f} | one node, above: {rate:,.0f} "
         f"| {cluster_rate / rate:.2f} |"
     )
+    return rate
 
 
 def _query_rows(size: Size, rows: Rows, infra: Any, tmp: Path) -> None:

@@ -127,6 +127,12 @@ def raise_for_error(response: httpx.Response) -> None:
     )
 
 
+# An idle pooled connection is dropped after this long: under the services' keep-alive
+# (uvicorn closes an idle connection after 5 s), so a busy client never sends a request on a
+# connection the server is closing at that moment (a ReadError, with httpx's default of 5 s).
+KEEPALIVE_EXPIRY_S = 2.0
+
+
 class RapportClient:
     def __init__(
         self,
@@ -143,7 +149,11 @@ class RapportClient:
         self.read_your_writes = read_your_writes
         self.wait_ms = wait_ms  # how long a read waits for the write it follows
         self.last_event_id: str | None = None
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S),
+        )
 
     async def __aenter__(self) -> RapportClient:
         return self

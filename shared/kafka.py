@@ -107,15 +107,22 @@ async def publish_envelopes(
 KEEP_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
-async def ensure_topics(bootstrap_servers: str, partitions: dict[str, int]) -> list[str]:
-    """Create missing topics with their partition counts, kept forever (`KEEP_FOREVER`);
-    returns the ones created."""
+async def ensure_topics(
+    bootstrap_servers: str, partitions: dict[str, int], replication_factor: int = 1
+) -> list[str]:
+    """Create missing topics with their partition counts, kept forever (`KEEP_FOREVER`), on
+    `replication_factor` brokers each; returns the ones created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="rapport-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=n, replication_factor=1, topic_configs=KEEP_FOREVER)
+            NewTopic(
+                name,
+                num_partitions=n,
+                replication_factor=replication_factor,
+                topic_configs=KEEP_FOREVER,
+            )
             for name, n in partitions.items()
             if name not in existing
         ]

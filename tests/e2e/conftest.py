@@ -27,9 +27,14 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    infra: Infra, logs: Path, workers: int = 1, extra_env: dict[str, str] | None = None
+    infra: Infra,
+    logs: Path,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[Stack]:
-    """The four services in a fresh namespace, each as `workers` processes (replicas)."""
+    """The four services in a fresh namespace, each as `workers` processes (replicas);
+    `service_env` adds settings of one service only (the projection on a Redis Cluster)."""
     namespace = f"e{random_id(8)}."
     asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
     env = {
@@ -41,7 +46,11 @@ def running_stack(
         "RAPPORT_PROJECTION_DASHBOARD_SAMPLE_S": "1",  # charts fill within seconds
         **(extra_env or {}),
     }
-    services = [ServiceProcess(name, free_port(), env, logs, workers) for name in SERVICES]
+    own = service_env or {}
+    services = [
+        ServiceProcess(name, free_port(), {**env, **own.get(name, {})}, logs, workers)
+        for name in SERVICES
+    ]
     supervisor = Supervisor(services)
     try:
         supervisor.start_all(timeout_s=90)

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import httpx
-from redis.asyncio import Redis
 
 from rapport.authorization import Row
 from rapport.client import BlockingClient
 from rapport.replay import read_through
 from services.projection.queries.status import digest
 from services.projection.store import ReadModelStore
+from shared.redis import connect
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 from tests.helpers import ADMIN_TOKEN, OPS_TOKEN, TOKEN, poll_until, random_id
@@ -125,10 +125,12 @@ def agrees_with_a_rebuild(
     ops: str,
     admin: str,
     namespace: str = "",
+    cluster: bool = False,
 ) -> None:
     """Once every event is on the log and applied: no event was dead-lettered (transient
     errors are retried, never set aside), and the read models equal a clean rebuild (nothing
-    lost, nothing counted twice). `ops` and `admin` are the stack's tokens."""
+    lost, nothing counted twice). `ops` and `admin` are the stack's tokens; `cluster` says
+    the read models are on the Redis Cluster at `redis_url`."""
     with BlockingClient(urls, ops, timeout=15) as api:
         for name in ("invitation", "connection", "engagement"):
             backlog = f'rapport_outbox_backlog{{service="{name}"}} 0.0'
@@ -145,7 +147,7 @@ def agrees_with_a_rebuild(
 
         poll_until(applied_all, timeout=30, what="the projection at the log's end")
         dead = api.dashboard_data()["dlq_total"]
-        live = asyncio.run(_digest(redis_url, namespace))
+        live = asyncio.run(_digest(redis_url, namespace, cluster))
         # One rebuild at a time: one an earlier call started (the matrix's own row, or its
         # lock taken just as Redis came back) ends or lapses first (409 until then).
         poll_until(
@@ -161,14 +163,14 @@ def agrees_with_a_rebuild(
         poll_until(
             lambda: api.status().rebuild["state"] == "done", timeout=60, what="the rebuild done"
         )
-        rebuilt = asyncio.run(_digest(redis_url, namespace))
+        rebuilt = asyncio.run(_digest(redis_url, namespace, cluster))
     assert dead == 0
     assert rebuilt == live
 
 
-async def _digest(redis_url: str, namespace: str) -> str:
+async def _digest(redis_url: str, namespace: str, cluster: bool = False) -> str:
     """The live read models' digest, as the projection computes it."""
-    client = Redis.from_url(redis_url, decode_responses=True)
+    client = connect(redis_url, cluster=cluster, socket_timeout_s=30)
     try:
         settings = ProjectionSettings(redis_url=redis_url, namespace=namespace)
         store = ReadModelStore(client, settings, ScoringModel())

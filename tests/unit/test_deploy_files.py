@@ -1,4 +1,6 @@
-"""The production-shaped compose file: checked structurally, and by the compose CLI if present."""
+"""The production-shaped deployment files: the compose files and the Kubernetes manifests
+(single-node and scaled), checked structurally, by the compose CLI, against the Kubernetes
+schema and against the schemas of the operators' resources."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from rapport.localstack import REDIS_TUNING
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def _compose(name: str = "docker-compose.yml") -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
 
 
 def test_compose_runs_kafka_in_kraft_mode_and_redis_with_aof() -> None:
@@ -59,8 +61,9 @@ def _compose_cli() -> list[str] | None:
     _compose_cli() is None,
     reason="no compose CLI here (apt-get install docker-compose); structure checked above",
 )
-def test_compose_config_validates() -> None:
-    cmd = [*(_compose_cli() or []), "config", "--quiet"]
+@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.scaled.yml"])
+def test_compose_config_validates(name: str) -> None:
+    cmd = [*(_compose_cli() or []), "-f", name, "config", "--quiet"]
     result = subprocess.run(
         cmd,
         cwd=ROOT,
@@ -72,6 +75,34 @@ def test_compose_config_validates() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_scaled_compose_runs_three_brokers_a_six_node_redis_cluster_and_two_replicas() -> None:
+    services = _compose("docker-compose.scaled.yml")["services"]
+    brokers = [services[f"kafka-{n}"]["environment"] for n in (1, 2, 3)]
+    voters = {b["KAFKA_CONTROLLER_QUORUM_VOTERS"] for b in brokers}
+    assert voters == {"1@kafka-1:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert sorted(b["KAFKA_NODE_ID"] for b in brokers) == [1, 2, 3]
+    assert len({b["CLUSTER_ID"] for b in brokers}) == 1
+    assert all(b["KAFKA_MIN_INSYNC_REPLICAS"] == 2 for b in brokers)
+    assert services["topics"]["environment"]["RAPPORT_TOPIC_REPLICATION_FACTOR"] == 3
+    nodes = [services[f"redis-{n}"] for n in range(1, 7)]
+    for node in nodes:
+        command = " ".join(node["command"])
+        assert "--cluster-enabled yes" in command and "--appendonly yes" in command
+        assert " ".join(REDIS_TUNING) in command
+    create = " ".join(services["redis-cluster"]["command"])
+    assert "--cluster-replicas 1" in create
+    assert all(f"redis-{n}:6379" in create for n in range(1, 7))
+    for name in ("invitation", "connection", "engagement", "projection"):
+        svc = services[name]
+        assert svc["deploy"]["replicas"] == 2
+        assert svc["environment"]["KAFKA_BOOTSTRAP_SERVERS"].count("kafka-") == 3
+    projection = services["projection"]["environment"]
+    assert projection["RAPPORT_PROJECTION_REDIS_CLUSTER"] == "true"
+    assert projection["REDIS_URL"].startswith("redis://redis-")
+    # The write services keep one primary until the write side is partitioned.
+    assert services["invitation"]["environment"]["REDIS_URL"] == "redis://redis-writes:6379/0"
+
+
 # --- Kubernetes (deploy/k8s) -----------------------------------------------------------------
 
 K8S = ROOT / "deploy" / "k8s"
@@ -79,10 +110,10 @@ K8S_VERSION = "1.32.0"
 SERVICE_PARTITIONS = {"invitation": 12, "connection": 12, "engagement": 12, "projection": 12}
 
 
-def _rendered() -> list[dict]:
-    """What `kubectl apply -k deploy/k8s` would send, rendered offline by kubectl's kustomize."""
+def _rendered(root: Path = K8S) -> list[dict]:
+    """What `kubectl apply -k <root>` would send, rendered offline by kubectl's kustomize."""
     out = subprocess.run(
-        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True
+        ["kubectl", "kustomize", str(root)], capture_output=True, text=True, timeout=60, check=True
     )
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
@@ -146,6 +177,91 @@ def test_each_service_has_probes_resources_and_bounded_autoscaling() -> None:
         hpa = by_kind["HorizontalPodAutoscaler"][f"rapport-{name}"]
         assert hpa["spec"]["scaleTargetRef"]["name"] == f"rapport-{name}"
         assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions
+
+
+# --- Kubernetes, scaled (deploy/k8s-scaled): Strimzi and redis-operator resources ----------
+
+K8S_SCALED = ROOT / "deploy" / "k8s-scaled"
+K8S_MODELS = ROOT / ".cache" / "k8s-models"
+STRIMZI = "kafka.strimzi.io/v1"
+OT_REDIS = "redis.redis.opstreelabs.in/v1beta2"
+
+
+@needs_kubectl
+def test_the_scaled_manifests_run_kafka_and_redis_through_their_operators() -> None:
+    import kubernetes_validate
+
+    from shared.kafka import KEEP_FOREVER
+    from shared.topics import TopicNames
+
+    docs = _rendered(K8S_SCALED)
+    builtin = [d for d in docs if d["apiVersion"] not in (STRIMZI, OT_REDIS)]
+    for doc in builtin:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    by_kind: dict[str, dict[str, dict]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    assert len(by_kind["Deployment"]) == 4
+    # Every topic Rapport needs, with its partition count, on 3 brokers, kept forever.
+    topics = by_kind["KafkaTopic"]
+    assert {n: t["spec"]["partitions"] for n, t in topics.items()} == TopicNames("").partitions()
+    for topic in topics.values():
+        assert topic["spec"]["replicas"] == 3
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "rapport"
+        assert {k: str(v) for k, v in topic["spec"]["config"].items()} == KEEP_FOREVER
+    [pool] = by_kind["KafkaNodePool"].values()
+    assert pool["spec"]["replicas"] == 3 and set(pool["spec"]["roles"]) == {"controller", "broker"}
+    kafka = by_kind["Kafka"]["rapport"]["spec"]["kafka"]
+    assert kafka["config"]["min.insync.replicas"] == 2
+    assert kafka["config"]["auto.create.topics.enable"] is False
+    # 3 leaders with a follower each for the read models; a primary and a replica for writes.
+    cluster = by_kind["RedisCluster"]["rapport-read-models"]["spec"]
+    assert cluster["clusterSize"] == cluster["redisLeader"]["replicas"] == 3
+    assert cluster["redisFollower"]["replicas"] == 3 and cluster["persistenceEnabled"]
+    assert by_kind["RedisReplication"]["rapport-writes"]["spec"]["clusterSize"] == 2
+    tuning = by_kind["ConfigMap"]["rapport-redis-config"]["data"]["redis-additional.conf"]
+    assert " ".join(REDIS_TUNING).removeprefix("--") in tuning
+    # The services find them through the operators' Services.
+    config = by_kind["ConfigMap"]["rapport-config"]["data"]
+    assert config["KAFKA_BOOTSTRAP_SERVERS"] == "rapport-kafka-bootstrap:9092"
+    assert config["REDIS_URL"] == "redis://rapport-writes-master:6379/0"
+    env = by_kind["Deployment"]["rapport-projection"]["spec"]["template"]["spec"]["containers"][0]
+    settings = {e["name"]: e["value"] for e in env["env"]}
+    assert settings["RAPPORT_PROJECTION_REDIS_CLUSTER"] == "true"
+    assert settings["REDIS_URL"] == "redis://rapport-read-models-leader:6379/0"
+
+
+def _strimzi_errors(docs: list[dict]) -> dict[str, str | None]:
+    """Each Strimzi resource's schema error (None when it passes), by kind/name."""
+    out = subprocess.run(
+        ["node", str(ROOT / "tests/unit/strimzi_validate.mjs"), str(K8S_MODELS)],
+        input=json.dumps(docs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {f"{r['kind']}/{r['name']}": r["error"] for r in json.loads(out.stdout)}
+
+
+needs_strimzi_models = pytest.mark.skipif(
+    shutil.which("kubectl") is None
+    or shutil.which("node") is None
+    or not (K8S_MODELS / "node_modules/@kubernetes-models/strimzi-kafka-operator").is_dir(),
+    reason="needs kubectl, node and Strimzi's schemas (`make k8s-models` installs them)",
+)
+
+
+@needs_strimzi_models
+def test_the_strimzi_resources_pass_strimzis_schemas_and_a_broken_one_does_not() -> None:
+    strimzi = [d for d in _rendered(K8S_SCALED) if d["apiVersion"] == STRIMZI]
+    assert {d["kind"] for d in strimzi} == {"Kafka", "KafkaNodePool", "KafkaTopic"}
+    errors = _strimzi_errors(strimzi)
+    assert len(errors) == len(strimzi)
+    assert not {k: e for k, e in errors.items() if e}, errors
+    pool = next(d for d in strimzi if d["kind"] == "KafkaNodePool")
+    pool["spec"]["storage"]["volumes"][0]["type"] = "persistent-volume"
+    assert _strimzi_errors([pool])[f"KafkaNodePool/{pool['metadata']['name']}"]
 
 
 # --- Prometheus and Grafana -------------------------------------------------------------------
