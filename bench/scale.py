@@ -161,17 +161,14 @@ class LogMeter:
 
     async def start(self) -> None:
         await self.consumer.start()
+        await self.consumer.topics()  # the cluster's metadata: every topic's partitions
         parts = [
             TopicPartition(t, p)
             for t in self.topics.all
-            for p in sorted(self.consumer.partitions_for_topic(t) or await self._partitions(t))
+            for p in sorted(self.consumer.partitions_for_topic(t) or ())
         ]
         self.consumer.assign(parts)
         self.offsets = dict(await self.consumer.beginning_offsets(parts))
-
-    async def _partitions(self, topic: str) -> set[int]:
-        await self.consumer._client.force_metadata_update()  # the topic was just created
-        return self.consumer.partitions_for_topic(topic) or set()
 
     async def added(self) -> tuple[int, int]:
         """(records, bytes) since the last call: everything up to the current end offsets."""
