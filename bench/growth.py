@@ -123,23 +123,12 @@ def plot(points: list[GrowthPoint], out: Path) -> None:
     fig, (latency, memory) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=[2, 1])
     for kind in KINDS:
         latency.plot(xs, [p.p99_ms[kind] for p in points], marker="o", label=kind)
-    latency.set(
-        xscale="log",
-        yscale="log",
-        xlabel="members (mean degree 40)",
-        ylabel="p99, ms (Redis path)",
-        title="Query p99 as the graph grows",
+    _log_log(
+        latency, "members (mean degree 40)", "p99, ms (Redis path)", "Query p99 as the graph grows"
     )
-    latency.grid(True, which="both", alpha=0.3)
     latency.legend(fontsize=8)
     memory.plot(xs, [p.used_bytes / 2**20 for p in points], marker="o", color="tab:gray")
-    memory.set(
-        xscale="log",
-        yscale="log",
-        xlabel="members",
-        ylabel="MiB",
-        title="Read models' Redis memory",
-    )
+    _log_log(memory, "members", "MiB", "Read models' Redis memory")
     for p in points:
         memory.annotate(
             f"{p.bytes_per_directed_edge:.0f} B/edge",
@@ -148,11 +137,15 @@ def plot(points: list[GrowthPoint], out: Path) -> None:
             xytext=(4, -12),
             fontsize=8,
         )
-    memory.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format=out.suffix.lstrip("."))
     plt.close(fig)
+
+
+def _log_log(axes: Any, xlabel: str, ylabel: str, title: str) -> None:
+    axes.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    axes.grid(True, which="both", alpha=0.3)
 
 
 def rows(points: list[GrowthPoint]) -> list[str]:
