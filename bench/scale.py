@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,18 +206,23 @@ async def _scenario(
     members = [f"s{i:05d}" for i in range(SCENARIO_MEMBERS)]
     try:
         async with RapportClient(urls, TOKEN, timeout=60) as api:
-            before = await redis_bytes(redis, namespace)
+            last = await redis_bytes(redis, namespace)
+
+            async def phase_of(calls: list[Awaitable[None]]) -> Phase:
+                """Run one phase's calls; what it added to the log and to Redis."""
+                nonlocal last
+                await asyncio.gather(*calls)
+                phase = Phase()
+                await _settled(meter, phase)
+                now = await redis_bytes(redis, namespace)
+                phase.redis_bytes, last = _minus(now, last), now
+                return phase
 
             async def register(m: str) -> None:
                 async with gate:
                     created = await api.register(m, m, "Technology", location="Lisbon")
                     # In the read models before the phase is read.
                     await api.summary(m, after=created.event_id)
-
-            await asyncio.gather(*(register(m) for m in members))
-            registered = Phase()
-            await _settled(meter, registered)
-            registered.redis_bytes = _minus(await redis_bytes(redis, namespace), before)
 
             async def connect(a: str, b: str) -> None:
                 async with gate:
@@ -226,15 +231,12 @@ async def _scenario(
                     seen = await api.degree(a, b, after=accepted.event_id, wait_ms=30_000)
                     assert seen.degree == 1, (a, b)
 
+            registered = await phase_of([register(m) for m in members])
             pairs = _pairs(members, 2 * SCENARIO_CONNECTIONS)
-            phases = []
-            for batch in (pairs[:SCENARIO_CONNECTIONS], pairs[SCENARIO_CONNECTIONS:]):
-                start = await redis_bytes(redis, namespace)
-                await asyncio.gather(*(connect(a, b) for a, b in batch))
-                phase = Phase()
-                await _settled(meter, phase)
-                phase.redis_bytes = _minus(await redis_bytes(redis, namespace), start)
-                phases.append(phase)
+            phases = [
+                await phase_of([connect(a, b) for a, b in batch])
+                for batch in (pairs[:SCENARIO_CONNECTIONS], pairs[SCENARIO_CONNECTIONS:])
+            ]
     finally:
         await meter.stop()
         await redis.aclose()
