@@ -30,6 +30,7 @@ from services.invitation.store import InvitationStore
 from shared.commands import CommandLoop
 from shared.consumer import admit
 from shared.events import Envelope, Event, InvalidEvent
+from shared.groups import KeyLayout
 from shared.outbox import RedisStateStore
 from shared.settings import (
     ConnectionSettings,
@@ -106,9 +107,23 @@ def settings_of(service: str, namespace: str) -> ServiceSettings:
     return cls(namespace=namespace)  # type: ignore[call-arg]
 
 
+STORES: dict[str, type[CommandLoop[Any, Any]]] = {
+    "connection": ConnectionStore,
+    "invitation": InvitationStore,
+    "engagement": EngagementStore,
+}
+
+
 def loop_of(service: str, redis: Redis, settings: ServiceSettings) -> CommandLoop[Any, Any]:
-    stream = settings.key(settings.service, "outbox")
-    state = RedisStateStore(redis, stream, settings.topics, settings.dedupe_ttl_s)
+    layout = STORES[service].layout
+    state = RedisStateStore(
+        redis,
+        settings.key(settings.service, "outbox"),
+        settings.topics,
+        settings.dedupe_ttl_s,
+        groups=settings.groups if layout is KeyLayout.SLOT_GROUPS else None,
+        cluster=settings.redis_cluster,
+    )
     if service == "connection":
         return ConnectionStore(state, settings)  # type: ignore[arg-type]
     if service == "invitation":

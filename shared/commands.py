@@ -20,11 +20,12 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from shared.events import Envelope, Event
+from shared.groups import KeyLayout
 
 CommitResult = Literal["ok", "conflict", "duplicate"]
 IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL", "HSETNX"]
@@ -103,9 +104,11 @@ class StateStore(Protocol):
         *,
         index_ops: Sequence[IndexOp] = (),
         dedupe_key: str | None = None,
+        group: str | None = None,
     ) -> CommitResult:
         """All or nothing: `conflict` if any aggregate moved past its expected version,
-        `duplicate` if `dedupe_key` was committed before (the causing event was applied)."""
+        `duplicate` if `dedupe_key` was committed before (the causing event was applied).
+        `group`: the slot group every key is in; the events go to its outbox."""
         ...
 
     async def set_members(self, key: str) -> set[str]: ...
@@ -145,11 +148,14 @@ class Follow:
 @dataclass(frozen=True)
 class Plan:
     """What a command reads: aggregates by name (key, model), set-membership checks, and
-    aggregates found through another one's field."""
+    aggregates found through another one's field. `group`: the slot group (shared.groups)
+    of what the command is about, where every aggregate it writes lives and its events go;
+    None for a service whose keys are not laid out in groups."""
 
     aggregates: Mapping[str, tuple[str, type[BaseModel]]] = field(default_factory=dict)
     checks: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     follows: Sequence[Follow] = ()
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,9 @@ class Outcome(Generic[S]):
 
 
 class CommandLoop(Generic[S, C]):
+    # How the service lays out its keys (shared.groups): what its runtime builds on.
+    layout: ClassVar[KeyLayout] = KeyLayout.ONE_NODE
+
     def __init__(
         self,
         store: StateStore,
@@ -259,7 +268,8 @@ class CommandLoop(Generic[S, C]):
         now: datetime | None,
     ) -> tuple[CommitResult, Outcome[S]]:
         at = now or self.clock()
-        loaded, rows = await self._load(await self.model.plan(command, observed))
+        plan = await self.model.plan(command, observed)
+        loaded, rows = await self._load(plan)
         state = self.model.slice(command, rows, at)
         if observed is not None:
             state = self.model.evolve(state, observed)
@@ -278,7 +288,11 @@ class CommandLoop(Generic[S, C]):
             correlation_id=correlation_id,
         )
         result = await self.store.commit(
-            writes, envelopes, index_ops=self.model.index_ops(events, at), dedupe_key=dedupe_key
+            writes,
+            envelopes,
+            index_ops=self.model.index_ops(events, at),
+            dedupe_key=dedupe_key,
+            group=plan.group,
         )
         return result, Outcome(envelopes, after)
 
@@ -293,7 +307,7 @@ class CommandLoop(Generic[S, C]):
             after = self.model.evolve(self.model.slice(None, rows, at), event)
             writes = self._writes(loaded, after)
             index_ops = self.model.index_ops([event], at)
-            if await self.store.commit(writes, [], index_ops=index_ops) == "ok":
+            if await self.store.commit(writes, [], index_ops=index_ops, group=plan.group) == "ok":
                 return
             await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
         raise ContendedWrite()
@@ -374,6 +388,7 @@ class InMemoryStateStore:
         *,
         index_ops: Sequence[IndexOp] = (),
         dedupe_key: str | None = None,
+        group: str | None = None,
     ) -> CommitResult:
         async with self._lock:
             if dedupe_key and dedupe_key in self.dedupe:

@@ -29,6 +29,7 @@ from shared import scripts
 from shared.archive import ArchivedRecord, LogArchive
 from shared.commands import AggregateWrite, CommitResult, FollowKey, IndexOp, Loaded, Snapshot
 from shared.events import Envelope
+from shared.groups import SlotGroups, slot, tag
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from shared.topics import TopicNames
 
@@ -37,7 +38,11 @@ log = logging.getLogger("rapport.outbox")
 
 class RedisStateStore:
     """The `StateStore` on Redis: aggregates are hashes (`v` version, `s` JSON state), the
-    outbox is a stream, and `commit` is one Lua script (shared/lua/outbox_commit.lua)."""
+    outbox is a stream, and `commit` is one Lua script (shared/lua/outbox_commit.lua).
+
+    With `groups` the service's keys are laid out in slot groups (shared.groups): each group
+    has its own outbox stream, a commit names its group, and on Redis Cluster (`cluster`) a
+    load reads each slot it touches with one call, all of them at once."""
 
     def __init__(
         self,
@@ -45,19 +50,76 @@ class RedisStateStore:
         stream_key: str,
         topics: TopicNames,
         dedupe_ttl_s: int = 30 * 24 * 3600,
+        *,
+        groups: SlotGroups | None = None,
+        cluster: bool = False,
     ) -> None:
         self.redis = redis
         self.stream_key = stream_key
         self.topics = topics
         self.dedupe_ttl_s = dedupe_ttl_s
+        self.groups = groups
+        self.cluster = cluster
         self._commit = scripts.register(redis, "shared", "outbox_commit")
         self._load = scripts.register(redis, "shared", "state_load")
+
+    @property
+    def streams(self) -> list[str]:
+        """Every outbox stream of this store: one per group, or the one."""
+        if self.groups is None:
+            return [self.stream_key]
+        return [in_group(self.stream_key, g) for g in self.groups.all()]
 
     async def load(
         self,
         keys: Sequence[str],
         checks: Sequence[tuple[str, str]] = (),
         follows: Sequence[FollowKey] = (),
+    ) -> Snapshot:
+        if not self.cluster:
+            return await self._load_on_one_node(keys, checks, follows)
+        # One call per slot, all at once: a followed key is in its source's slot (an id
+        # carries its group), and checks read other groups' keys, never written here.
+        slots: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        for i, key in enumerate(keys):
+            slots.setdefault(slot(key), ([], [], []))[0].append(i)
+        for j, (key, _) in enumerate(checks):
+            slots.setdefault(slot(key), ([], [], []))[1].append(j)
+        for f_index, f in enumerate(follows):
+            slots[slot(keys[f.source])][2].append(f_index)
+
+        async def one_slot(
+            at: tuple[list[int], list[int], list[int]],
+        ) -> tuple[tuple[list[int], list[int], list[int]], Snapshot]:
+            k_at, c_at, f_at = at
+            local = {i: n for n, i in enumerate(k_at)}
+            part = await self._load_on_one_node(
+                [keys[i] for i in k_at],
+                [checks[j] for j in c_at],
+                [
+                    FollowKey(local[follows[n].source], follows[n].field, follows[n].key_prefix)
+                    for n in f_at
+                ],
+            )
+            return at, part
+
+        rows: list[Loaded] = [Loaded(0, None)] * len(keys)
+        flags = [False] * len(checks)
+        followed: list[tuple[str | None, Loaded]] = [(None, Loaded(0, None))] * len(follows)
+        for (k_at, c_at, f_at), part in await asyncio.gather(*map(one_slot, slots.values())):
+            for i, row in zip(k_at, part.rows, strict=True):
+                rows[i] = row
+            for j, flag in zip(c_at, part.checks, strict=True):
+                flags[j] = flag
+            for n, entry in zip(f_at, part.followed, strict=True):
+                followed[n] = entry
+        return Snapshot(rows, flags, followed)
+
+    async def _load_on_one_node(
+        self,
+        keys: Sequence[str],
+        checks: Sequence[tuple[str, str]],
+        follows: Sequence[FollowKey],
     ) -> Snapshot:
         args: list[Any] = [len(keys), len(checks), len(follows), *(m for _, m in checks)]
         for f in follows:
@@ -77,9 +139,17 @@ class RedisStateStore:
         *,
         index_ops: Sequence[IndexOp] = (),
         dedupe_key: str | None = None,
+        group: str | None = None,
     ) -> CommitResult:
-        keys = [self.stream_key, dedupe_key or "", *(w.key for w in writes)]
+        if self.groups is not None and group is None:
+            raise ValueError("this store is laid out in slot groups: a commit names its group")
+        stream = in_group(self.stream_key, group) if group else self.stream_key
+        # A consumer's mark that it applied an event lives with what the event changed.
+        mark = (in_group(dedupe_key, group) if group else dedupe_key) if dedupe_key else stream
+        keys = [stream, mark, *(w.key for w in writes)]
         keys += [op.key for op in index_ops]
+        if self.cluster and len({slot(k) for k in keys}) > 1:
+            raise ValueError(f"a commit spans several hash slots (group {group}): {keys}")
         payload = [
             self.dedupe_ttl_s,
             [[w.expected_version, w.encoded()] for w in writes],
@@ -88,6 +158,7 @@ class RedisStateStore:
                 for e in envelopes
             ],
             [[op.op, repr(op.score), op.member, op.field] for op in index_ops],
+            1 if dedupe_key else 0,
         ]
         args = [json.dumps(payload, separators=(",", ":"))]
         result = _s(await self._commit(keys=keys, args=args))
@@ -110,7 +181,19 @@ class RedisStateStore:
         return _s(stored)
 
     async def backlog(self) -> int:
-        return int(await self.redis.xlen(self.stream_key))
+        if len(self.streams) == 1:
+            return int(await self.redis.xlen(self.stream_key))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.streams:
+                pipe.xlen(stream)
+            return sum(int(n) for n in await pipe.execute())
+
+
+def in_group(key: str, group: str) -> str:
+    """`key` moved into `group`'s slot: the group's hash tag before its last part
+    (`rapport:engagement:outbox` -> `rapport:engagement:{g0003}:outbox`)."""
+    head, _, last = key.rpartition(":")
+    return f"{head}:{tag(group)}:{last}" if head else f"{tag(group)}:{last}"
 
 
 @dataclass

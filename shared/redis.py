@@ -36,8 +36,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, ResponseError):
         return any(
-            (m.group(1) or m.group(2)) in TRANSIENT_REPLIES
-            for m in _REPLY_CODE.finditer(str(exc))
+            (m.group(1) or m.group(2)) in TRANSIENT_REPLIES for m in _REPLY_CODE.finditer(str(exc))
         )
     return False
 
@@ -53,7 +52,7 @@ def connect(
     The pool blocks (up to POOL_WAIT_S) when all connections are busy, so a burst of requests
     queues for a connection instead of failing. Background work whose single calls may be
     long (a projection batch, a rebuild) passes a longer `socket_timeout_s`. With `cluster`,
-    a Redis Cluster client (only the projection's read models are laid out for a cluster).
+    a Redis Cluster client (for a service whose keys are laid out for one: shared.groups).
     """
     if cluster:
         return RedisCluster.from_url(  # type: ignore[return-value]
@@ -79,3 +78,12 @@ def connect(
         ),
     )
     return Redis.from_pool(pool)
+
+
+async def initialize(client: Redis) -> None:
+    """Let a Redis Cluster client learn the cluster's layout before its first concurrent
+    commands: in redis-py 8.1 each of those would start that discovery and disconnect the
+    others' connections halfway through their handshake (AttributeError on a None writer).
+    Nothing to do for a one-node client."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -32,6 +33,7 @@ from shared.consumer import (
     transient,
 )
 from shared.errors import ERROR_RESPONSES, error_response, install_error_handlers
+from shared.groups import KeyLayout, group_of_key
 from shared.instances import HEARTBEAT_S, InstanceReporter
 from shared.kafka import make_broker
 from shared.observability import (
@@ -44,7 +46,7 @@ from shared.observability import (
     install_request_metrics,
 )
 from shared.outbox import OutboxRelay, RedisStateStore
-from shared.redis import BACKGROUND_SOCKET_TIMEOUT_S, connect
+from shared.redis import BACKGROUND_SOCKET_TIMEOUT_S, connect, initialize
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("rapport.service")
@@ -111,7 +113,8 @@ class Runtime:
     redis: Redis
     broker: KafkaBroker
     state: RedisStateStore
-    relay: OutboxRelay
+    # One relay per outbox stream (per slot group), each publishing under its own lease.
+    relays: list[OutboxRelay]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # Background loops by name: their consecutive unexpected failures and the last error.
@@ -120,27 +123,41 @@ class Runtime:
     # Set at shutdown: periodic loops (`every`, also in `tasks`) end between two runs.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     periodic: list[asyncio.Task[Any]] = field(default_factory=list)
+    background_clients: list[Redis] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: ServiceSettings) -> Runtime:
-        redis = connect(settings.redis_url, cluster=getattr(settings, "redis_cluster", False))
+    def build(cls, settings: ServiceSettings, layout: KeyLayout = KeyLayout.ONE_NODE) -> Runtime:
+        if settings.redis_cluster and layout is KeyLayout.ONE_NODE:
+            raise ValueError(
+                f"the {settings.service} service's keys are not laid out for Redis Cluster "
+                "yet (docs/scaling.md): run it on one Redis node"
+            )
+        redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
-        stream = settings.key(settings.service, "outbox")
-        state = RedisStateStore(redis, stream, settings.topics, settings.dedupe_ttl_s)
+        state = RedisStateStore(
+            redis,
+            settings.key(settings.service, "outbox"),
+            settings.topics,
+            settings.dedupe_ttl_s,
+            groups=settings.groups if layout is KeyLayout.SLOT_GROUPS else None,
+            cluster=settings.redis_cluster,
+        )
         archive = LogArchive(redis, settings.key()) if settings.log_archive else None
-        relay = OutboxRelay(redis, broker, stream, settings.service, archive=archive)
-        return cls(settings, redis, broker, state, relay)
+        relays = [
+            OutboxRelay(redis, broker, stream, settings.service, archive=archive)
+            for stream in state.streams
+        ]
+        return cls(settings, redis, broker, state, relays)
 
     def background_redis(self) -> Redis:
         """A client for background work whose single calls may take long (batches, rebuilds):
         the request client's short timeout would call those an outage."""
         s = self.settings
         client = connect(
-            s.redis_url,
-            cluster=getattr(s, "redis_cluster", False),
-            socket_timeout_s=BACKGROUND_SOCKET_TIMEOUT_S,
+            s.redis_url, cluster=s.redis_cluster, socket_timeout_s=BACKGROUND_SOCKET_TIMEOUT_S
         )
         self.closers.append(client.aclose)
+        self.background_clients.append(client)
         return client
 
     def subscribe(self, *subscriptions: Subscription) -> None:
@@ -215,16 +232,13 @@ class Runtime:
     async def start(self, timeout_s: float = 30.0) -> None:
         dump_tasks_on_signal()
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                await self.broker.start()
-                break
-            except Exception as exc:  # the broker may still be booting; give up at the deadline
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("broker not ready (%s); retrying", describe(exc))
-                await asyncio.sleep(0.5)
-        self.spawn(self.relay.run, f"{self.settings.service}-outbox-relay")
+        for client in (self.redis, *self.background_clients):
+            await _retried_until(deadline, "redis", functools.partial(initialize, client))
+        await _retried_until(deadline, "broker", self.broker.start)
+        for relay in self.relays:
+            name = f"{self.settings.service}-outbox-relay"
+            group = group_of_key(relay.stream_key)
+            self.spawn(relay.run, f"{name}-{group}" if group else name)
         s = self.settings
         self.reporter = InstanceReporter(
             self.redis,
@@ -247,7 +261,8 @@ class Runtime:
         }
 
     async def stop(self) -> None:
-        self.relay.stop()
+        for relay in self.relays:
+            relay.stop()
         self.stopping.set()
         # Periodic jobs finish the run they are in; whatever is still going is cancelled.
         running = [task for task in self.periodic if not task.done()]
@@ -256,7 +271,9 @@ class Runtime:
         await cancel_and_wait(self.tasks)
         # What requests committed just before shutdown goes out now, not at the next start.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.relay.drain(), timeout=5.0)
+            await asyncio.wait_for(
+                asyncio.gather(*(relay.drain() for relay in self.relays)), timeout=5.0
+            )
         # Stopping the broker drains in-flight handlers before leaving the group; only then
         # go the clients they may still use (the background Redis client among them).
         with contextlib.suppress(Exception):
@@ -277,6 +294,20 @@ class Runtime:
             raise ConnectionError("broker did not answer")
 
 
+async def _retried_until(deadline: float, name: str, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` until it succeeds: what it reaches may still be booting; give up at the
+    deadline."""
+    while True:
+        try:
+            await step()
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s not ready (%s); retrying", name, describe(exc))
+            await asyncio.sleep(0.5)  # backoff before the next try
+
+
 def create_service_app(
     settings: ServiceSettings,
     *,
@@ -285,15 +316,16 @@ def create_service_app(
     routers: Sequence[APIRouter] = (),
     wire: Callable[[Runtime], object],
     on_started: Callable[[Runtime], Awaitable[None]] | None = None,
+    layout: KeyLayout = KeyLayout.ONE_NODE,
 ) -> FastAPI:
     """Build a service app. `wire` builds the service's parts from the runtime (declaring
     consumers and background loops before start); its result is what the service's
-    `deps.py` hands to routes, as `app.state.wired`."""
+    `deps.py` hands to routes, as `app.state.wired`. `layout`: how its keys are laid out."""
     configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(settings)
+        runtime = Runtime.build(settings, layout)
         app.state.wired = wire(runtime)
         await runtime.start()
         app.state.runtime = runtime

@@ -6,12 +6,14 @@ Shared fields read the unprefixed names operators expect (`KAFKA_BOOTSTRAP_SERVE
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+import os
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.events import MESSAGE_MAX_CHARS
+from shared.groups import SlotGroups
 from shared.topics import TopicNames
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
@@ -74,6 +76,15 @@ class ServiceSettings(BaseSettings):
     # Keep a copy of the log in Redis (shared.archive): the local stack's embedded broker
     # keeps nothing on disk. Off in production (a replicated Kafka holds the log).
     log_archive: bool = Field(False, validation_alias=AliasChoices("RAPPORT_LOG_ARCHIVE"))
+    # Talk to a Redis Cluster (REDIS_URL then names any node): `RAPPORT_REDIS_CLUSTER` for
+    # every service, or `RAPPORT_<SERVICE>_REDIS_CLUSTER` for one. A service whose keys are
+    # not laid out for a cluster refuses to start with it.
+    redis_cluster: bool = False
+    # How many slot groups a write service's keys and outbox are spread over
+    # (shared.groups): fixed when a deployment is created, the same for every service.
+    slot_groups: int = Field(
+        1, ge=1, le=16384, validation_alias=AliasChoices("RAPPORT_SLOT_GROUPS")
+    )
 
     def consumer_options(self) -> dict[str, int]:
         """The Kafka consumer options every batch subscriber of this service uses."""
@@ -83,6 +94,15 @@ class ServiceSettings(BaseSettings):
             "fetch_max_wait_ms": self.kafka_fetch_max_wait_ms,
             "batch_timeout_ms": self.consumer_batch_timeout_ms,
         }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cluster_for_every_service(cls, data: Any) -> Any:
+        # The deployment-wide switch, unless the service's own setting says otherwise.
+        everywhere = os.environ.get("RAPPORT_REDIS_CLUSTER")
+        if isinstance(data, dict) and everywhere is not None and "redis_cluster" not in data:
+            return {**data, "redis_cluster": everywhere}
+        return data
 
     @field_validator("api_tokens", "ops_tokens", "admin_tokens", mode="before")
     @classmethod
@@ -101,6 +121,10 @@ class ServiceSettings(BaseSettings):
     @property
     def topics(self) -> TopicNames:
         return TopicNames(self.namespace)
+
+    @property
+    def groups(self) -> SlotGroups:
+        return SlotGroups(self.slot_groups)
 
     def key(self, *parts: str) -> str:
         """A Redis key under this deployment's namespace."""
@@ -140,9 +164,6 @@ class ProjectionSettings(ServiceSettings):
     service: ClassVar[str] = "projection"
     port: int = Field(8004, ge=1, le=65535)
     batch_max_records: int = Field(2000, ge=1)
-    # The read models' keys are laid out for Redis Cluster (hash tag per member); set this
-    # to talk to one (REDIS_URL then names any node).
-    redis_cluster: bool = False
     suggestions_cache_ttl_s: int = Field(600, ge=1)
     after_wait_max_ms: int = Field(10_000, ge=0, le=60_000)
     # Active viewers' 2nd-degree networks, cached in Redis within this many bytes (LRU).

@@ -25,4 +25,5 @@ def create_app(settings: ConnectionSettings | None = None) -> FastAPI:
         description="Members, connections, follows, blocks and lists (write side).",
         routers=[api.router],
         wire=wire,
+        layout=ConnectionStore.layout,
     )

@@ -14,12 +14,15 @@ from services.connection.domain import Lists, Member, Pair, Slice
 from shared import events as ev
 from shared.commands import CommandLoop, IndexOp, IndexOpName, Plan, Rows, StateStore
 from shared.directory import Directory
+from shared.groups import KeyLayout
 from shared.settings import ConnectionSettings
 from shared.topics import pair_key
 
 
 class ConnectionStore(CommandLoop[Slice, domain.Command]):
     producer = "connection"
+    # One commit spans a pair, both members and the directory: one Redis node (issue #17).
+    layout = KeyLayout.ONE_NODE
 
     def __init__(self, store: StateStore, settings: ConnectionSettings) -> None:
         super().__init__(store, self)

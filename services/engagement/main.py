@@ -25,4 +25,5 @@ def create_app(settings: EngagementSettings | None = None) -> FastAPI:
         description="Engagement and milestones (write side).",
         routers=[api.router],
         wire=wire,
+        layout=EngagementStore.layout,
     )

@@ -1,5 +1,9 @@
 """Engagement state on the kit's command loop: the actor's and the pair's counters, and the
-member directory (who is active, who blocked whom) that its rules check."""
+member directory (who is active, who blocked whom) that its rules check.
+
+Every key is in the actor's slot group (shared.groups): an engagement's counters and its
+event commit in one slot, so the service runs on Redis Cluster. The directory is read, in the
+same load, from wherever it lives."""
 
 from __future__ import annotations
 
@@ -13,11 +17,13 @@ from services.engagement.domain import ActorState, Limits, PairDayState, Slice
 from shared import events as ev
 from shared.commands import CommandLoop, IndexOp, Plan, Rows, StateStore
 from shared.directory import Directory
+from shared.groups import KeyLayout, tag
 from shared.settings import EngagementSettings
 
 
 class EngagementStore(CommandLoop[Slice, domain.Command]):
     producer = "engagement"
+    layout = KeyLayout.SLOT_GROUPS
 
     def __init__(self, store: StateStore, settings: EngagementSettings) -> None:
         super().__init__(store, self)
@@ -25,7 +31,10 @@ class EngagementStore(CommandLoop[Slice, domain.Command]):
             per_actor_per_minute=settings.per_actor_per_minute,
             per_target_per_day=settings.per_target_per_day,
         )
-        self.key = lambda *parts: settings.key("engagement", *parts)
+        self.groups = settings.groups
+        self.key = lambda actor, *parts: settings.key(
+            "engagement", tag(self.groups.of(actor)), *parts
+        )
         self.directory = Directory.of(settings)
 
     # the loop's WriteModel -----------------------------------------------------------------
@@ -34,31 +43,31 @@ class EngagementStore(CommandLoop[Slice, domain.Command]):
         match command:
             case domain.RecordEngagement(actor=a, target=t):
                 return Plan(
-                    {
-                        "actor": (self.key("actor", a), ActorState),
-                        "pair_day": (self.key("pair-day", f"{a}>{t}"), PairDayState),
-                    },
+                    self._counters(a, t),
                     {
                         "actor_known": d.is_active(a),
                         "target_known": d.is_active(t),
                         "blocks": d.blocks_from(a, t),
                         "blocked_by": d.blocks_from(t, a),
                     },
+                    group=self.groups.of(a),
                 )
             case domain.AnnounceMilestone(member_id=m):
-                return Plan({}, {"actor_known": d.is_active(m)})
+                return Plan({}, {"actor_known": d.is_active(m)}, group=self.groups.of(m))
         raise TypeError(f"unknown command {command!r}")
 
     def plan_event(self, event: ev.Event) -> Plan:
         if isinstance(event, ev.EngagementRecorded):
-            a, t = event.actor, event.target
             return Plan(
-                {
-                    "actor": (self.key("actor", a), ActorState),
-                    "pair_day": (self.key("pair-day", f"{a}>{t}"), PairDayState),
-                }
+                self._counters(event.actor, event.target), group=self.groups.of(event.actor)
             )
         return Plan()
+
+    def _counters(self, a: str, t: str) -> dict[str, tuple[str, type[BaseModel]]]:
+        return {
+            "actor": (self.key(a, "actor", a), ActorState),
+            "pair_day": (self.key(a, "pair-day", f"{a}>{t}"), PairDayState),
+        }
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
         return Slice(

@@ -41,4 +41,5 @@ def create_app(settings: InvitationSettings | None = None) -> FastAPI:
         description="Invitation lifecycle (write side).",
         routers=[api.router],
         wire=wire,
+        layout=InvitationStore.layout,
     )

@@ -22,6 +22,7 @@ from shared.commands import (
     StateStore,
 )
 from shared.directory import Directory
+from shared.groups import KeyLayout
 from shared.settings import InvitationSettings
 from shared.topics import pair_key
 
@@ -37,6 +38,8 @@ FOLDED_FROM_OTHERS = (
 
 class InvitationStore(CommandLoop[Slice, domain.Command]):
     producer = "invitation"
+    # One commit spans a pair, both members and the directory: one Redis node (issue #17).
+    layout = KeyLayout.ONE_NODE
 
     def __init__(self, store: StateStore, settings: InvitationSettings, rules: Rules) -> None:
         super().__init__(store, self)

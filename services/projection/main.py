@@ -13,6 +13,7 @@ from services.projection.queries.status import Throughput
 from services.projection.rebuild import Rebuilder, TopicEnds
 from services.projection.store import ReadModelStore
 from shared.consumer import broker_dead_letter_sink
+from shared.groups import KeyLayout
 from shared.scoring import ScoringModel
 from shared.service import Runtime, create_service_app
 from shared.settings import ProjectionSettings
@@ -56,4 +57,5 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
         description="Redis read models and the query API.",
         routers=[api.router, dashboard.router],
         wire=wire,
+        layout=KeyLayout.HASH_TAGGED,
     )

@@ -1,13 +1,15 @@
 -- One write-service command, all or nothing: check versions, write states, append events to
 -- the outbox stream, apply index ops, mark the causing event as applied.
--- KEYS: outbox stream, dedupe key ('' for none), aggregate hashes..., index keys...
+-- KEYS: outbox stream, dedupe key (the stream again for none: every key in one slot),
+--       aggregate hashes..., index keys...
 -- ARGV[1]: JSON [dedupe_ttl, [[expected_version, state_json], ...],
---                [[topic, key, type, event_id, value], ...], [[op, score, member, field], ...]]
+--                [[topic, key, type, event_id, value], ...], [[op, score, member, field], ...],
+--                1 if KEYS[2] is a dedupe key else 0]
 -- (one argument: packing many small arguments costs the client more than Lua's decode)
 -- [op, score, member, field]; op: ZADD | ZREM | SADD | SREM | DEL | HSETNX (field := member)
 local a = cjson.decode(ARGV[1])
-local ttl, writes, envs, ops = a[1], a[2], a[3], a[4]
-if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
+local ttl, writes, envs, ops, dedupe = a[1], a[2], a[3], a[4], a[5] == 1
+if dedupe and redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
 for i, w in ipairs(writes) do
   if tonumber(redis.call('HGET', KEYS[2 + i], 'v') or '0') ~= w[1] then return 'conflict' end
 end
@@ -29,5 +31,5 @@ for i, o in ipairs(ops) do
   elseif op == 'HSETNX' then redis.call('HSETNX', key, o[4], o[3])
   end
 end
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], '1', 'EX', ttl) end
+if dedupe then redis.call('SET', KEYS[2], '1', 'EX', ttl) end
 return 'ok'

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -19,6 +20,7 @@ from shared import events as ev
 from shared.commands import (
     AggregateWrite,
     CommandLoop,
+    CommitResult,
     FollowKey,
     IndexOp,
     InMemoryStateStore,
@@ -28,7 +30,9 @@ from shared.commands import (
 )
 from shared.domain import Conflict
 from shared.events import Envelope
+from shared.groups import SlotGroups
 from shared.outbox import RedisStateStore
+from shared.redis import connect, initialize
 from shared.topics import TopicNames
 
 
@@ -57,12 +61,13 @@ class Follow:
 class CounterModel:
     producer = "test"
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, group: str | None = None) -> None:
         self.prefix = prefix
+        self.group = group
 
     async def plan(self, command: Follow | None, observed: ev.Event | None) -> Plan:
         assert command is not None
-        return Plan({"counter": (f"{self.prefix}counter:b", Counter)})
+        return Plan({"counter": (f"{self.prefix}counter:b", Counter)}, group=self.group)
 
     def slice(self, command: Follow | None, rows: Rows, now: datetime) -> CounterSlice:
         return CounterSlice(now, rows.get("counter") or Counter())
@@ -89,6 +94,10 @@ class StateStoreContract:
     """The cases; a subclass provides `store` (and `prefix` for its keys)."""
 
     prefix = "c:"
+    group: str | None = None  # the slot group every key of the cases is in, if any
+
+    async def commit(self, store: StateStore, *args: Any, **kwargs: Any) -> CommitResult:
+        return await store.commit(*args, group=self.group, **kwargs)
 
     async def test_absent_aggregates_load_as_version_zero(self, store: StateStore) -> None:
         snap = await store.load([f"{self.prefix}nothing"], [(f"{self.prefix}s", "x")])
@@ -99,7 +108,8 @@ class StateStoreContract:
         self, store: StateStore
     ) -> None:
         key, members = f"{self.prefix}agg", f"{self.prefix}members"
-        result = await store.commit(
+        result = await self.commit(
+            store,
             [AggregateWrite(key, 0, {"n": 1})],
             [_follow(1), _follow(2)],
             index_ops=[IndexOp("SADD", members, "ann"), IndexOp("SADD", members, "bob")],
@@ -113,8 +123,9 @@ class StateStoreContract:
 
     async def test_a_stale_version_changes_nothing(self, store: StateStore) -> None:
         key, members = f"{self.prefix}agg", f"{self.prefix}members"
-        assert await store.commit([AggregateWrite(key, 0, {"n": 1})], [_follow(1)]) == "ok"
-        stale = await store.commit(
+        assert await self.commit(store, [AggregateWrite(key, 0, {"n": 1})], [_follow(1)]) == "ok"
+        stale = await self.commit(
+            store,
             [AggregateWrite(key, 0, {"n": 99})],
             [_follow(2)],
             index_ops=[IndexOp("SADD", members, "eve")],
@@ -127,9 +138,9 @@ class StateStoreContract:
 
     async def test_a_dedupe_key_commits_once(self, store: StateStore) -> None:
         key, mark = f"{self.prefix}agg", f"{self.prefix}seen:e1"
-        first = await store.commit([AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
+        first = await self.commit(store, [AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
         assert first == "ok"
-        again = await store.commit([AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
+        again = await self.commit(store, [AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
         assert again == "duplicate"
         [row0] = (await store.load([key])).rows
         assert (row0.version, row0.state) == (1, 1)
@@ -137,8 +148,10 @@ class StateStoreContract:
 
     async def test_a_followed_aggregate_loads_in_the_same_snapshot(self, store: StateStore) -> None:
         pointer, target = f"{self.prefix}pointer", f"{self.prefix}target:t1"
-        await store.commit(
-            [AggregateWrite(pointer, 0, {"next": "t1", "n": 5}), AggregateWrite(target, 0, 7)], []
+        await self.commit(
+            store,
+            [AggregateWrite(pointer, 0, {"next": "t1", "n": 5}), AggregateWrite(target, 0, 7)],
+            [],
         )
         snap = await store.load(
             [pointer, f"{self.prefix}absent"],
@@ -159,18 +172,18 @@ class StateStoreContract:
     ) -> None:
         due = f"{self.prefix}due"
         ops = [IndexOp("ZADD", due, m, score) for m, score in (("c", 30), ("a", 10), ("b", 20))]
-        assert await store.commit([], [], index_ops=ops) == "ok"
+        assert await self.commit(store, [], [], index_ops=ops) == "ok"
         assert await store.lowest(due, 25, 10) == ["a", "b"]
         assert await store.lowest(due, 100, 2) == ["a", "b"]
-        await store.commit([], [], index_ops=[IndexOp("ZREM", due, "a")])
+        await self.commit(store, [], [], index_ops=[IndexOp("ZREM", due, "a")])
         assert await store.lowest(due, 100, 10) == ["b", "c"]
 
     async def test_removing_from_a_set_and_deleting_an_index(self, store: StateStore) -> None:
         members = f"{self.prefix}members"
-        await store.commit([], [], index_ops=[IndexOp("SADD", members, m) for m in "xyz"])
-        await store.commit([], [], index_ops=[IndexOp("SREM", members, "y")])
+        await self.commit(store, [], [], index_ops=[IndexOp("SADD", members, m) for m in "xyz"])
+        await self.commit(store, [], [], index_ops=[IndexOp("SREM", members, "y")])
         assert await store.set_members(members) == {"x", "z"}
-        await store.commit([], [], index_ops=[IndexOp("DEL", members)])
+        await self.commit(store, [], [], index_ops=[IndexOp("DEL", members)])
         assert await store.set_members(members) == set()
 
     async def test_claim_keeps_the_first_value(self, store: StateStore) -> None:
@@ -179,7 +192,7 @@ class StateStoreContract:
         assert await store.claim(names, "finance", "FINANCE") == "Finance"
 
     async def test_the_command_loop_serialises_concurrent_commands(self, store: StateStore) -> None:
-        loop = CommandLoop(store, CounterModel(self.prefix))
+        loop = CommandLoop(store, CounterModel(self.prefix, self.group))
         outcomes = await asyncio.gather(*(loop.run(Follow(f"m{i}")) for i in range(20)))
         assert all(len(o.envelopes) == 1 for o in outcomes)
         [row0] = (await store.load([f"{self.prefix}counter:b"])).rows
@@ -190,7 +203,7 @@ class StateStoreContract:
     async def test_the_command_loop_commits_nothing_when_the_domain_refuses(
         self, store: StateStore
     ) -> None:
-        loop = CommandLoop(store, CounterModel(self.prefix))
+        loop = CommandLoop(store, CounterModel(self.prefix, self.group))
         await loop.run(Follow("m1", limit=1))
         with pytest.raises(Conflict):
             await loop.run(Follow("m2", limit=1))
@@ -198,7 +211,7 @@ class StateStoreContract:
         assert await store.backlog() == 1
 
     async def test_the_command_loop_applies_a_consumed_event_once(self, store: StateStore) -> None:
-        loop = CommandLoop(store, CounterModel(self.prefix))
+        loop = CommandLoop(store, CounterModel(self.prefix, self.group))
         mark = f"{self.prefix}seen:e9"
         first = await loop.run(Follow("m1"), dedupe_key=mark, now=datetime.now(UTC))
         again = await loop.run(Follow("m1"), dedupe_key=mark)
@@ -218,3 +231,34 @@ class TestRedisStateStore(StateStoreContract):
     async def store(self, redis_client: Redis, namespace: str) -> AsyncIterator[StateStore]:
         self.prefix = f"{namespace}c:"
         yield RedisStateStore(redis_client, f"{namespace}outbox", TopicNames(namespace))
+
+
+@pytest.mark.integration
+class TestRedisStateStoreInSlotGroups(StateStoreContract):
+    """Keys in slot groups on one node: each group's events in its own outbox stream."""
+
+    group = "g0003"
+
+    @pytest_asyncio.fixture
+    async def store(self, redis_client: Redis, namespace: str) -> AsyncIterator[StateStore]:
+        self.prefix = f"{namespace}{{{self.group}}}:c:"
+        yield RedisStateStore(
+            redis_client, f"{namespace}outbox", TopicNames(namespace), groups=SlotGroups(8)
+        )
+
+
+@pytest.mark.integration
+class TestRedisStateStoreOnACluster(StateStoreContract):
+    """The same on a real three-node Redis Cluster: every commit within one hash slot."""
+
+    group = "g0005"
+
+    @pytest_asyncio.fixture
+    async def store(self, redis_cluster_url: str, namespace: str) -> AsyncIterator[StateStore]:
+        self.prefix = f"{namespace}{{{self.group}}}:c:"
+        client = connect(redis_cluster_url, cluster=True)
+        await initialize(client)
+        yield RedisStateStore(
+            client, f"{namespace}outbox", TopicNames(namespace), groups=SlotGroups(8), cluster=True
+        )
+        await client.aclose()
