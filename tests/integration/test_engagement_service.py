@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 
 from services.connection.main import create_app as connection_app
 from services.engagement.main import create_app as engagement_app
 from shared import events as ev
+from shared.directory import Directory
 from shared.events import decode
+from shared.redis import connect, initialize
+from shared.settings import EngagementSettings
 from shared.topics import ENGAGEMENTS, TopicNames
 from tests.helpers import Infra, auth, read_topic, running_app
 
@@ -78,3 +84,59 @@ async def test_engagements_and_milestones_with_rules_and_limits(
     assert ev.EngagementRecorded(actor="ann", target="bob", kind="like", ref="p1") in events
     assert ev.MilestoneAnnounced(member_id="bob", kind="promotion", detail="CTO") in events
     assert liked.json()["event_id"] in {str(decode(r.value)[0].event_id) for r in records}
+
+
+async def test_the_engagement_service_runs_on_a_redis_cluster_in_slot_groups(
+    infra: Infra, namespace: str, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every actor's counters and events commit within the actor's slot group on a real
+    three-node cluster; each group's outbox is relayed under its own lease, in order."""
+    monkeypatch.setenv("REDIS_URL", redis_cluster_url)
+    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
+    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "8")
+    monkeypatch.setenv("RAPPORT_ENGAGEMENT_PER_TARGET_PER_DAY", "2")
+    settings = EngagementSettings()
+    actors = [f"actor{i}" for i in range(12)]
+    assert len({settings.groups.of(a) for a in actors}) >= 4  # the actors span several groups
+    # The member directory, as the connection service keeps it.
+    directory = Directory.of(settings)
+    cluster = connect(redis_cluster_url, cluster=True)
+    await initialize(cluster)
+    await cluster.sadd(directory.active_members, *actors, "star", "shy")
+    await cluster.sadd(directory.blocks, "shy>actor0")
+    await cluster.aclose()
+
+    async def engage(client: httpx.AsyncClient, actor: str) -> list[int]:
+        codes = []
+        for n in range(3):  # one actor's engagements one after another: their order holds
+            r = await client.post(
+                "/engagements",
+                json={"target": "star", "kind": "like", "ref": f"{actor}-{n}"},
+                headers=auth(actor),
+            )
+            codes.append(r.status_code)
+        return codes
+
+    app = engagement_app()
+    async with running_app(app) as eng:
+        codes = await asyncio.gather(*(engage(eng, a) for a in actors))
+        blocked = await eng.post(
+            "/engagements", json={"target": "shy", "kind": "like"}, headers=auth("actor0")
+        )
+        records = await read_topic(
+            infra.kafka_bootstrap, TopicNames(namespace)(ENGAGEMENTS), expect=2 * len(actors)
+        )
+        runtime = app.state.runtime
+        backlog = await runtime.state.backlog()
+        relays = len(runtime.relays)
+
+    # The per-target limit (2 a day) holds per actor, on whichever node the actor lives.
+    assert codes == [[201, 201, 429]] * len(actors)
+    assert blocked.status_code == 404
+    assert (backlog, relays) == (0, 8)
+    refs: dict[str, list[str]] = {}
+    for r in records:
+        event = decode(r.value)[1]
+        assert isinstance(event, ev.EngagementRecorded)
+        refs.setdefault(event.actor, []).append(str(event.ref))
+    assert refs == {a: [f"{a}-0", f"{a}-1"] for a in actors}

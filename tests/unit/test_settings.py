@@ -6,7 +6,14 @@ import pytest
 from pydantic import ValidationError
 
 from shared import events as ev
-from shared.settings import EngagementSettings, InvitationSettings, ProjectionSettings
+from shared.groups import KeyLayout, group_of_key
+from shared.service import Runtime
+from shared.settings import (
+    SETTINGS_BY_SERVICE,
+    EngagementSettings,
+    InvitationSettings,
+    ProjectionSettings,
+)
 
 
 def test_a_message_limit_above_what_an_event_carries_is_refused_at_start() -> None:
@@ -43,3 +50,32 @@ def test_one_token_cannot_hold_two_roles(monkeypatch: pytest.MonkeyPatch) -> Non
         ["c"],
         [],
     )
+
+
+def test_one_switch_puts_every_service_on_a_redis_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
+    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "64")
+    monkeypatch.setenv("RAPPORT_INVITATION_REDIS_CLUSTER", "0")  # a service's own says otherwise
+    assert [cls().redis_cluster for cls in SETTINGS_BY_SERVICE.values()] == [
+        False,  # invitation
+        True,  # connection
+        True,  # engagement
+        True,  # projection
+    ]
+    assert {cls().slot_groups for cls in SETTINGS_BY_SERVICE.values()} == {64}
+
+
+def test_a_service_whose_keys_span_slots_refuses_a_cluster() -> None:
+    cluster = "redis://127.0.0.1:1/0"
+    with pytest.raises(ValueError, match="invitation service's keys are not laid out"):
+        Runtime.build(InvitationSettings(redis_cluster=True, redis_url=cluster))
+    built = Runtime.build(
+        EngagementSettings(redis_cluster=True, redis_url=cluster, slot_groups=4),
+        KeyLayout.SLOT_GROUPS,
+    )
+    assert [group_of_key(r.stream_key) for r in built.relays] == [
+        "g0000",
+        "g0001",
+        "g0002",
+        "g0003",
+    ]
