@@ -184,7 +184,13 @@ def measure(size: Size, rows: Rows, sections: set[str], command: str) -> None:
             # Per process: the write rows ran RAPPORT_<SERVICE>_WORKERS processes of each.
             inv, con = w.workers["invitation"], w.workers["connection"]
             per_replica = scale.Throughput(
-                w.register.rps / con, w.invite.rps / inv, w.accept.rps / inv, projection_rate
+                w.register.rps / con,
+                w.invite.rps / inv,
+                w.accept.rps / inv,
+                projection_rate,
+                w.engage.rps / w.workers["engagement"],
+                w.engage_cluster.rps,
+                w.connection_drain.per_s / con,
             )
             model = scale.model_markdown(footprint, per_replica, command)
             scale.update_doc(SCALING_DOC, "scale-model", model)
@@ -323,6 +329,18 @@ def write_rows(w: writes.WriteResults) -> list[str]:
         fresh("freshness, idle", w.idle),
         fresh("freshness, under invitation load", w.loaded),
         row("POST /invitations during the loaded freshness run", w.loaded_invite, "-"),
+        row("POST /engagements", w.engage, "-"),
+        row(
+            f"POST /engagements, one process on a 3-node Redis Cluster "
+            f"({writes.CLUSTER_SLOT_GROUPS} slot groups)",
+            w.engage_cluster,
+            f"one node, above: {w.engage.rps:,.0f} req/s",
+        ),
+        f"| connection service alone through a backlog of {w.connection_drain.accepted:,} "
+        f"accepted invitations (answers/s while they flowed) "
+        f"| {w.connection_drain.per_s:,.0f}; {w.connection_drain.answered:,} answered in "
+        f"{w.connection_drain.busy_s:.1f} s (+ {w.connection_drain.stalled_s:.1f} s of pauses "
+        f"over {writes.DRAIN_STALL_S} s: group join) | - | - |",
     ]
 
 

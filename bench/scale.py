@@ -328,6 +328,11 @@ class Throughput:
     invite_per_s: float
     accept_per_s: float
     projection_events_per_s: float
+    engage_per_s: float
+    engage_on_cluster_per_s: float
+    # The connection service's consumer: accepted invitations answered (a connection or a
+    # rejection) per second, working alone through a backlog.
+    connection_answers_per_s: float
 
 
 @dataclass
@@ -375,10 +380,9 @@ def plan(target: Target, f: Footprint, t: Throughput) -> Plan:
     invitation_replicas = math.ceil(
         (invites / t.invite_per_s + accepts / t.accept_per_s) / UTILISATION
     )
-    # The connection service consumes every invitation event and answers the accepted ones;
-    # its per-event cost is taken as the projection's, which does more per event (several
-    # read models per event), so this is an upper bound.
-    connection_replicas = math.ceil(events / t.projection_events_per_s / UTILISATION)
+    # The connection service answers every accepted invitation (its consumer skips the
+    # other invitation events after decoding them).
+    connection_replicas = math.ceil(accepts / t.connection_answers_per_s / UTILISATION)
     projection_replicas = math.ceil(events / t.projection_events_per_s / UTILISATION)
     consumers = max(invitation_replicas, connection_replicas, projection_replicas, 1)
     # Partitions cap a consumer group's parallelism and cannot shrink: twice the need.
@@ -436,6 +440,11 @@ def model_markdown(f: Footprint, t: Throughput, command: str) -> str:
         f"| invite, one invitation-service process | {t.invite_per_s:,.0f} req/s |",
         f"| accept, one invitation-service process | {t.accept_per_s:,.0f} req/s |",
         f"| projection, one process, one Redis node | {t.projection_events_per_s:,.0f} events/s |",
+        f"| connection consumer, one process, accepted invitations answered "
+        f"| {t.connection_answers_per_s:,.0f} /s |",
+        f"| engage, one engagement-service process, one Redis node | {t.engage_per_s:,.0f} req/s |",
+        f"| engage, one engagement-service process, 3-node Redis Cluster "
+        f"| {t.engage_on_cluster_per_s:,.0f} req/s |",
         f"| events per registration | {f.events_per_member:.2f} |",
         f"| events per connection (invite + accept) | {f.events_per_connection:.2f} |",
         f"| bytes per event as produced (key, value, headers) | {f.bytes_per_event:,.0f} B |",

@@ -12,6 +12,8 @@ under the invitation load), with each hop measured apart from the Kafka records'
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -20,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,14 +34,19 @@ from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
 from rapport.client import RapportClient, RapportError
-from rapport.localstack import ChildProcess, free_port
+from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
+from shared.directory import Directory
 from shared.kafka import ensure_topics
+from shared.redis import connect, initialize
+from shared.settings import EngagementSettings
 from shared.topics import CONNECTIONS, INVITATIONS, TopicNames
 
 WRK_DIR = Path(__file__).parent / "wrk"
 MEMBERS = 1000
 PREFIX = "w"
+# The engagement service's slot groups on the bench's cluster: a few per primary.
+CLUSTER_SLOT_GROUPS = 12
 
 
 @dataclass
@@ -68,6 +76,32 @@ class Freshness:
     failures: int = 0
 
 
+# A pause between two answers longer than this is a group join or rebalance, not work.
+DRAIN_STALL_S = 0.5
+
+
+@dataclass
+class Drain:
+    """The connection service working off a backlog of accepted invitations alone: its
+    consumer's own rate, over the time answers flowed (their log timestamps)."""
+
+    accepted: int
+    answered: int
+    busy_s: float
+    stalled_s: float
+
+    @property
+    def per_s(self) -> float:
+        return self.answered / self.busy_s if self.busy_s else 0.0
+
+    @classmethod
+    def of(cls, accepted: int, answered_at: list[float]) -> Drain:
+        times = sorted(answered_at)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        busy = sum(min(g, DRAIN_STALL_S) for g in gaps)
+        return cls(accepted, len(times), busy, sum(gaps) - busy)
+
+
 @dataclass
 class WriteResults:
     seconds: int
@@ -80,6 +114,9 @@ class WriteResults:
     idle: Freshness
     loaded: Freshness
     loaded_invite: WrkRun
+    engage: WrkRun
+    engage_cluster: WrkRun
+    connection_drain: Drain
 
 
 def wrk(url: str, script: str, seconds: int, connections: int, **env: str) -> WrkRun:
@@ -142,6 +179,42 @@ async def _pending_invitations(redis_url: str, namespace: str, path: Path) -> in
     await asyncio.to_thread(path.write_text, "\n".join(lines) + "\n")
     await redis.aclose()
     return len(lines)
+
+
+class AnswerClock:
+    """When the connection service answered each accepted invitation (ConnectionAccepted or
+    ConnectionRejected entered the log), by invitation id, from now on."""
+
+    def __init__(self, bootstrap: str, topics: TopicNames, expected: int) -> None:
+        self.consumer = AIOKafkaConsumer(
+            topics(CONNECTIONS),
+            bootstrap_servers=bootstrap,
+            fetch_max_wait_ms=5,
+            auto_offset_reset="latest",
+        )
+        self.at: dict[str, float] = {}
+        self.expected = expected
+        self.all_answered = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        await self.consumer.getmany(timeout_ms=500)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for record in self.consumer:
+            env = json.loads(record.value)
+            inv = env.get("payload", {}).get("invitation_id")
+            if inv and env["type"] in ("ConnectionAccepted", "ConnectionRejected"):
+                self.at.setdefault(inv, record.timestamp / 1000)
+                if len(self.at) >= self.expected:
+                    self.all_answered.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.consumer.stop()
 
 
 class HopClock:
@@ -225,7 +298,14 @@ def run_writes(
         raise SystemExit("wrk is missing: `make wrk` installs Debian's package")
     namespace = f"w{time.time_ns()}."
     asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions()))
-    env = service_env(bootstrap, redis_url, namespace, RAPPORT_INVITATION_WEEKLY_LIMIT="1000000")
+    env = service_env(
+        bootstrap,
+        redis_url,
+        namespace,
+        RAPPORT_INVITATION_WEEKLY_LIMIT="1000000",
+        RAPPORT_ENGAGEMENT_PER_ACTOR_PER_MINUTE="1000000",
+        RAPPORT_ENGAGEMENT_PER_TARGET_PER_DAY="1000000",
+    )
     workers = {
         name: int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1")) for name in SERVICES
     }
@@ -263,6 +343,8 @@ def run_writes(
             urls["connection"], "register", seconds, connections, WRK_PREFIX=f"r{namespace[1:8]}"
         )
         invite = wrk(urls["invitation"], "invite", seconds, connections, **load)
+        engage = wrk(urls["engagement"], "engage", seconds, connections, **load)
+        engage_cluster = _engage_on_cluster(env, members, logs, seconds, connections, load)
         _, loaded, loaded_invite = asyncio.run(
             _measure_freshness(bootstrap, namespace, urls, seconds, connections, load)
         )
@@ -270,6 +352,8 @@ def run_writes(
         accepts = logs / "accepts.txt"
         asyncio.run(_pending_invitations(redis_url, namespace, accepts))
         accept = wrk(urls["invitation"], "accept", seconds, connections, WRK_ACCEPTS=str(accepts))
+        connection = next(p for p in procs if p.name == "connection")
+        drain = _connection_drain(bootstrap, redis_url, namespace, urls, connection, logs)
     finally:
         bare.stop()
         supervisor.stop()
@@ -284,7 +368,83 @@ def run_writes(
         idle,
         loaded,
         loaded_invite,
+        engage,
+        engage_cluster,
+        drain,
     )
+
+
+def _engage_on_cluster(
+    env: dict[str, str],
+    members: list[str],
+    logs: Path,
+    seconds: int,
+    connections: int,
+    load: dict[str, str],
+) -> WrkRun:
+    """`POST /engagements` on one engagement process whose keys live on a 3-node Redis
+    Cluster, in slot groups, with the same members in the cluster's member directory."""
+    with tempfile.TemporaryDirectory(dir=logs) as tmp:
+        cluster = EmbeddedRedisCluster(Path(tmp))
+        cluster.start()
+        try:
+            settings = EngagementSettings(namespace=env["RAPPORT_NAMESPACE"])
+            asyncio.run(_seed_directory(cluster.url, Directory.of(settings), members))
+            on_cluster = {
+                **env,
+                "REDIS_URL": cluster.url,
+                "RAPPORT_REDIS_CLUSTER": "1",
+                "RAPPORT_SLOT_GROUPS": str(CLUSTER_SLOT_GROUPS),
+            }
+            proc = ServiceProcess("engagement", free_port(), on_cluster, Path(tmp))
+            supervisor = Supervisor([proc])
+            supervisor.start_all(timeout_s=60)
+            try:
+                return wrk(proc.url, "engage", seconds, connections, **load)
+            finally:
+                supervisor.stop()
+        finally:
+            cluster.stop()
+
+
+async def _seed_directory(url: str, directory: Directory, members: list[str]) -> None:
+    """The members as the connection service registers them in the directory."""
+    client = connect(url, cluster=True)
+    await initialize(client)
+    await client.sadd(directory.active_members, *members)
+    await client.aclose()
+
+
+def _connection_drain(
+    bootstrap: str,
+    redis_url: str,
+    namespace: str,
+    urls: dict[str, str],
+    connection: ServiceProcess,
+    logs: Path,
+    seconds: int = 5,
+) -> Drain:
+    """Stop the connection service, accept invitations for `seconds` (the log holds them),
+    start it again and time its consumer through the backlog."""
+    assert connection.child is not None
+    connection.child.stop(timeout=15)
+    accepts = logs / "drain-accepts.txt"
+    asyncio.run(_pending_invitations(redis_url, namespace, accepts))
+    run = wrk(urls["invitation"], "accept", seconds, 32, WRK_ACCEPTS=str(accepts))
+    accepted = run.statuses.get(200, 0)
+
+    async def drained() -> Drain:
+        answers = AnswerClock(bootstrap, TopicNames(namespace), accepted)
+        await answers.start()
+        try:
+            connection.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answers.all_answered.wait(), timeout=120)
+            return Drain.of(accepted, list(answers.at.values()))
+        finally:
+            await answers.stop()
+
+    return asyncio.run(drained())
 
 
 def _wait_up(url: str, timeout_s: float = 20) -> None:
