@@ -329,7 +329,7 @@ def wrk_reads(url: str, reads: list[tuple[str, str]]) -> tuple[float, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listed:
         listed.writelines(f"{member} {path}\n" for member, path in reads)
     try:
-        run = writes.wrk(url, "reads", WRK_READ_S, 1, WRK_PATHS=listed.name)
+        run = writes.wrk(url, writes.READS, WRK_READ_S, 1, WRK_PATHS=listed.name)
     finally:
         Path(listed.name).unlink()
     refused = {status: n for status, n in run.statuses.items() if status != 200}

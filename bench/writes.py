@@ -25,8 +25,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer
@@ -119,7 +121,23 @@ class WriteResults:
     connection_drain: Drain
 
 
-def wrk(url: str, script: str, seconds: int, connections: int, **env: str) -> WrkRun:
+@dataclass(frozen=True)
+class WrkScript:
+    """A script of bench/wrk/ and its settings (environment variables)."""
+
+    name: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+# A random member invites, or likes something of, a random other one.
+INVITE = WrkScript("to_other", {"WRK_PATH": "/invitations", "WRK_BODY": '{"to":"%s"}'})
+ENGAGE = WrkScript(
+    "to_other", {"WRK_PATH": "/engagements", "WRK_BODY": '{"target":"%s","kind":"like"}'}
+)
+REGISTER, ACCEPT, READS = WrkScript("register"), WrkScript("accept"), WrkScript("reads")
+
+
+def wrk(url: str, script: WrkScript, seconds: int, connections: int, **env: str) -> WrkRun:
     """One wrk run; its result line comes from bench/wrk/common.lua's `done`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
@@ -130,13 +148,13 @@ def wrk(url: str, script: str, seconds: int, connections: int, **env: str) -> Wr
             f"-d{seconds}s",
             "--latency",
             "-s",
-            str(WRK_DIR / f"{script}.lua"),
+            str(WRK_DIR / f"{script.name}.lua"),
             url,
         ],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "WRK_DIR": str(WRK_DIR), "WRK_TOKEN": TOKEN, **env},
+        env={**os.environ, "WRK_DIR": str(WRK_DIR), "WRK_TOKEN": TOKEN, **script.env, **env},
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next(x for x in out.splitlines() if x.startswith("WRK_RESULT "))
@@ -181,77 +199,68 @@ async def _pending_invitations(redis_url: str, namespace: str, path: Path) -> in
     return len(lines)
 
 
-class AnswerClock:
+class LogClock:
+    """Reads topics from their end as records arrive, handing each envelope and its record
+    timestamp (set by the relay's producer) to `saw`."""
+
+    def __init__(self, bootstrap: str, *topics: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            *topics, bootstrap_servers=bootstrap, fetch_max_wait_ms=5, auto_offset_reset="latest"
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def saw(self, envelope: dict[str, Any], at: float) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        await self.consumer.getmany(timeout_ms=500)
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for record in self.consumer:
+            self.saw(json.loads(record.value), record.timestamp / 1000)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.consumer.stop()
+
+
+class AnswerClock(LogClock):
     """When the connection service answered each accepted invitation (ConnectionAccepted or
-    ConnectionRejected entered the log), by invitation id, from now on."""
+    ConnectionRejected entered the log), by invitation id."""
 
     def __init__(self, bootstrap: str, topics: TopicNames, expected: int) -> None:
-        self.consumer = AIOKafkaConsumer(
-            topics(CONNECTIONS),
-            bootstrap_servers=bootstrap,
-            fetch_max_wait_ms=5,
-            auto_offset_reset="latest",
-        )
+        super().__init__(bootstrap, topics(CONNECTIONS))
         self.at: dict[str, float] = {}
         self.expected = expected
         self.all_answered = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.consumer.start()
-        await self.consumer.getmany(timeout_ms=500)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for record in self.consumer:
-            env = json.loads(record.value)
-            inv = env.get("payload", {}).get("invitation_id")
-            if inv and env["type"] in ("ConnectionAccepted", "ConnectionRejected"):
-                self.at.setdefault(inv, record.timestamp / 1000)
-                if len(self.at) >= self.expected:
-                    self.all_answered.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await self.consumer.stop()
+    def saw(self, envelope: dict[str, Any], at: float) -> None:
+        inv = envelope.get("payload", {}).get("invitation_id")
+        if inv and envelope["type"] in ("ConnectionAccepted", "ConnectionRejected"):
+            self.at.setdefault(inv, at)
+            if len(self.at) >= self.expected:
+                self.all_answered.set()
 
 
-class HopClock:
-    """When each InvitationAccepted / ConnectionAccepted entered the log (record timestamps,
-    set by the relay's producer), keyed by invitation id."""
+class HopClock(LogClock):
+    """When each InvitationAccepted / ConnectionAccepted entered the log, keyed by
+    invitation id."""
 
     def __init__(self, bootstrap: str, topics: TopicNames) -> None:
-        self.consumer = AIOKafkaConsumer(
-            topics(INVITATIONS),
-            topics(CONNECTIONS),
-            bootstrap_servers=bootstrap,
-            fetch_max_wait_ms=5,
-            auto_offset_reset="latest",
-        )
+        super().__init__(bootstrap, topics(INVITATIONS), topics(CONNECTIONS))
         self.seen: dict[tuple[str, str], float] = {}
         self.events: dict[str, asyncio.Event] = {}
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.consumer.start()
-        await self.consumer.getmany(timeout_ms=500)
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for record in self.consumer:
-            env = json.loads(record.value)
-            inv = env.get("payload", {}).get("invitation_id")
-            if inv and env["type"] in ("InvitationAccepted", "ConnectionAccepted"):
-                self.seen[(env["type"], inv)] = record.timestamp / 1000
-                self.events.setdefault(inv, asyncio.Event())
-                if ("ConnectionAccepted", inv) in self.seen:
-                    self.events[inv].set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await self.consumer.stop()
+    def saw(self, envelope: dict[str, Any], at: float) -> None:
+        inv = envelope.get("payload", {}).get("invitation_id")
+        if inv and envelope["type"] in ("InvitationAccepted", "ConnectionAccepted"):
+            self.seen[(envelope["type"], inv)] = at
+            self.events.setdefault(inv, asyncio.Event())
+            if ("ConnectionAccepted", inv) in self.seen:
+                self.events[inv].set()
 
 
 async def _freshness(
@@ -338,12 +347,12 @@ def run_writes(
         load = {"WRK_MEMBERS": str(MEMBERS), "WRK_PREFIX": PREFIX}
         # Idle freshness first, while no consumer has a backlog from the load runs.
         idle = asyncio.run(_measure_freshness(bootstrap, namespace, urls, 0, connections, load))[0]
-        bare_run = wrk(f"http://127.0.0.1:{bare_port}", "invite", seconds, connections, **load)
+        bare_run = wrk(f"http://127.0.0.1:{bare_port}", INVITE, seconds, connections, **load)
         register = wrk(
-            urls["connection"], "register", seconds, connections, WRK_PREFIX=f"r{namespace[1:8]}"
+            urls["connection"], REGISTER, seconds, connections, WRK_PREFIX=f"r{namespace[1:8]}"
         )
-        invite = wrk(urls["invitation"], "invite", seconds, connections, **load)
-        engage = wrk(urls["engagement"], "engage", seconds, connections, **load)
+        invite = wrk(urls["invitation"], INVITE, seconds, connections, **load)
+        engage = wrk(urls["engagement"], ENGAGE, seconds, connections, **load)
         engage_cluster = _engage_on_cluster(env, members, logs, seconds, connections, load)
         _, loaded, loaded_invite = asyncio.run(
             _measure_freshness(bootstrap, namespace, urls, seconds, connections, load)
@@ -351,7 +360,7 @@ def run_writes(
         # Accept last: its acceptances keep the connection service busy for a while after.
         accepts = logs / "accepts.txt"
         asyncio.run(_pending_invitations(redis_url, namespace, accepts))
-        accept = wrk(urls["invitation"], "accept", seconds, connections, WRK_ACCEPTS=str(accepts))
+        accept = wrk(urls["invitation"], ACCEPT, seconds, connections, WRK_ACCEPTS=str(accepts))
         connection = next(p for p in procs if p.name == "connection")
         drain = _connection_drain(bootstrap, redis_url, namespace, urls, connection, logs)
     finally:
@@ -400,7 +409,7 @@ def _engage_on_cluster(
             supervisor = Supervisor([proc])
             supervisor.start_all(timeout_s=60)
             try:
-                return wrk(proc.url, "engage", seconds, connections, **load)
+                return wrk(proc.url, ENGAGE, seconds, connections, **load)
             finally:
                 supervisor.stop()
         finally:
@@ -430,7 +439,7 @@ def _connection_drain(
     connection.child.stop(timeout=15)
     accepts = logs / "drain-accepts.txt"
     asyncio.run(_pending_invitations(redis_url, namespace, accepts))
-    run = wrk(urls["invitation"], "accept", seconds, 32, WRK_ACCEPTS=str(accepts))
+    run = wrk(urls["invitation"], ACCEPT, seconds, 32, WRK_ACCEPTS=str(accepts))
     accepted = run.statuses.get(200, 0)
 
     async def drained() -> Drain:
@@ -484,7 +493,7 @@ async def _measure_freshness(
                 idle = await _freshness(api, clock, 100, rng)
                 return idle, Freshness(), WrkRun(0, 1, 0, 0, 0, {}, 0)
             background = asyncio.create_task(
-                asyncio.to_thread(wrk, urls["invitation"], "invite", seconds, connections, **load)
+                asyncio.to_thread(wrk, urls["invitation"], INVITE, seconds, connections, **load)
             )
             await asyncio.sleep(1)  # let the load reach its steady state first
             loaded = Freshness(hops_ms={"relay": [], "connection": [], "projection": []})

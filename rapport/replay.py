@@ -30,7 +30,6 @@ from services.invitation.store import InvitationStore
 from shared.commands import CommandLoop
 from shared.consumer import admit
 from shared.events import Envelope, Event, InvalidEvent
-from shared.groups import KeyLayout
 from shared.outbox import RedisStateStore
 from shared.settings import (
     ConnectionSettings,
@@ -115,15 +114,7 @@ STORES: dict[str, type[CommandLoop[Any, Any]]] = {
 
 
 def loop_of(service: str, redis: Redis, settings: ServiceSettings) -> CommandLoop[Any, Any]:
-    layout = STORES[service].layout
-    state = RedisStateStore(
-        redis,
-        settings.key(settings.service, "outbox"),
-        settings.topics,
-        settings.dedupe_ttl_s,
-        groups=settings.groups if layout is KeyLayout.SLOT_GROUPS else None,
-        cluster=settings.redis_cluster,
-    )
+    state = RedisStateStore.of(redis, settings, STORES[service].layout)
     if service == "connection":
         return ConnectionStore(state, settings)  # type: ignore[arg-type]
     if service == "invitation":

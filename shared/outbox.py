@@ -29,8 +29,9 @@ from shared import scripts
 from shared.archive import ArchivedRecord, LogArchive
 from shared.commands import AggregateWrite, CommitResult, FollowKey, IndexOp, Loaded, Snapshot
 from shared.events import Envelope
-from shared.groups import SlotGroups, slot, tag
+from shared.groups import KeyLayout, SlotGroups, slot, tag
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from shared.settings import ServiceSettings
 from shared.topics import TopicNames
 
 log = logging.getLogger("rapport.outbox")
@@ -62,6 +63,18 @@ class RedisStateStore:
         self.cluster = cluster
         self._commit = scripts.register(redis, "shared", "outbox_commit")
         self._load = scripts.register(redis, "shared", "state_load")
+
+    @classmethod
+    def of(cls, redis: Redis, settings: ServiceSettings, layout: KeyLayout) -> RedisStateStore:
+        """The state store of `settings.service`, its keys laid out as `layout` says."""
+        return cls(
+            redis,
+            settings.key(settings.service, "outbox"),
+            settings.topics,
+            settings.dedupe_ttl_s,
+            groups=settings.groups if layout is KeyLayout.SLOT_GROUPS else None,
+            cluster=settings.redis_cluster,
+        )
 
     @property
     def streams(self) -> list[str]:

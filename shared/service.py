@@ -134,14 +134,7 @@ class Runtime:
             )
         redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
-        state = RedisStateStore(
-            redis,
-            settings.key(settings.service, "outbox"),
-            settings.topics,
-            settings.dedupe_ttl_s,
-            groups=settings.groups if layout is KeyLayout.SLOT_GROUPS else None,
-            cluster=settings.redis_cluster,
-        )
+        state = RedisStateStore.of(redis, settings, layout)
         archive = LogArchive(redis, settings.key()) if settings.log_archive else None
         relays = [
             OutboxRelay(redis, broker, stream, settings.service, archive=archive)

@@ -33,12 +33,27 @@ end
 
 token = os.getenv("WRK_TOKEN")
 
+-- Each wrk thread its own random sequence.
+function seed_random()
+  math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6))
+end
+
 function headers_for(member)
   return {
     ["Authorization"] = "Bearer " .. token,
     ["X-Member-Id"] = member,
     ["Content-Type"] = "application/json",
   }
+end
+
+-- Two different random members among WRK_MEMBERS registered ones named
+-- <WRK_PREFIX><index, 6 digits>: the acting one and the other.
+local members, prefix = tonumber(os.getenv("WRK_MEMBERS") or "2"), os.getenv("WRK_PREFIX")
+function random_pair()
+  local a = math.random(0, members - 1)
+  local b = math.random(0, members - 2)
+  if b >= a then b = b + 1 end
+  return string.format("%s%06d", prefix, a), string.format("%s%06d", prefix, b)
 end
 
 -- The lines "a b" of the file named by the environment variable `env`, handed out as {a, b}

@@ -6,7 +6,7 @@ local counter = 0
 local tag = ""
 
 function init(args)
-  math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6))
+  seed_random()
   tag = string.format("%05d", math.random(0, 99999))
 end
 

@@ -233,32 +233,37 @@ class TestRedisStateStore(StateStoreContract):
         yield RedisStateStore(redis_client, f"{namespace}outbox", TopicNames(namespace))
 
 
+class InSlotGroups(StateStoreContract):
+    """The cases with every key in one slot group of eight."""
+
+    def grouped(self, client: Redis, namespace: str, cluster: bool) -> RedisStateStore:
+        self.prefix = f"{namespace}{{{self.group}}}:c:"
+        topics = TopicNames(namespace)
+        return RedisStateStore(
+            client, f"{namespace}outbox", topics, groups=SlotGroups(8), cluster=cluster
+        )
+
+
 @pytest.mark.integration
-class TestRedisStateStoreInSlotGroups(StateStoreContract):
-    """Keys in slot groups on one node: each group's events in its own outbox stream."""
+class TestRedisStateStoreInSlotGroups(InSlotGroups):
+    """On one node: each group's events in its own outbox stream."""
 
     group = "g0003"
 
     @pytest_asyncio.fixture
     async def store(self, redis_client: Redis, namespace: str) -> AsyncIterator[StateStore]:
-        self.prefix = f"{namespace}{{{self.group}}}:c:"
-        yield RedisStateStore(
-            redis_client, f"{namespace}outbox", TopicNames(namespace), groups=SlotGroups(8)
-        )
+        yield self.grouped(redis_client, namespace, cluster=False)
 
 
 @pytest.mark.integration
-class TestRedisStateStoreOnACluster(StateStoreContract):
-    """The same on a real three-node Redis Cluster: every commit within one hash slot."""
+class TestRedisStateStoreOnACluster(InSlotGroups):
+    """On a real three-node Redis Cluster: every commit within one hash slot."""
 
     group = "g0005"
 
     @pytest_asyncio.fixture
     async def store(self, redis_cluster_url: str, namespace: str) -> AsyncIterator[StateStore]:
-        self.prefix = f"{namespace}{{{self.group}}}:c:"
         client = connect(redis_cluster_url, cluster=True)
         await initialize(client)
-        yield RedisStateStore(
-            client, f"{namespace}outbox", TopicNames(namespace), groups=SlotGroups(8), cluster=True
-        )
+        yield self.grouped(client, namespace, cluster=True)
         await client.aclose()
