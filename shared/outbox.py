@@ -78,10 +78,11 @@ class RedisStateStore:
 
     @property
     def streams(self) -> list[str]:
-        """Every outbox stream of this store: one per group, or the one."""
+        """Every outbox stream of this store: one per group, or the one. In groups, the one
+        stream too: what it held when the service moved to groups is relayed from there."""
         if self.groups is None:
             return [self.stream_key]
-        return [in_group(self.stream_key, g) for g in self.groups.all()]
+        return [*(in_group(self.stream_key, g) for g in self.groups.all()), self.stream_key]
 
     async def load(
         self,

@@ -6,12 +6,14 @@ import asyncio
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from services.connection.main import create_app as connection_app
 from services.engagement.main import create_app as engagement_app
 from shared import events as ev
 from shared.directory import Directory
-from shared.events import decode
+from shared.events import Envelope, decode
+from shared.outbox import RedisStateStore
 from shared.redis import connect, initialize
 from shared.settings import EngagementSettings
 from shared.topics import ENGAGEMENTS, TopicNames
@@ -133,10 +135,29 @@ async def test_the_engagement_service_runs_on_a_redis_cluster_in_slot_groups(
     # The per-target limit (2 a day) holds per actor, on whichever node the actor lives.
     assert codes == [[201, 201, 429]] * len(actors)
     assert blocked.status_code == 404
-    assert (backlog, relays) == (0, 8)
+    assert (backlog, relays) == (0, 8 + 1)  # a relay per group, and the pre-groups stream
     refs: dict[str, list[str]] = {}
     for r in records:
         event = decode(r.value)[1]
         assert isinstance(event, ev.EngagementRecorded)
         refs.setdefault(event.actor, []).append(str(event.ref))
     assert refs == {a: [f"{a}-0", f"{a}-1"] for a in actors}
+
+
+async def test_events_left_in_the_outbox_of_before_the_slot_groups_are_published(
+    infra: Infra, namespace: str, redis_client: Redis
+) -> None:
+    """An upgrade from the one outbox stream to one per group: what a stopped process left
+    unpublished in the old stream still reaches the log."""
+    settings = EngagementSettings()
+    left = Envelope.wrap(
+        ev.EngagementRecorded(actor="ann", target="bob", kind="like", ref="before"),
+        producer="engagement",
+    )
+    old = RedisStateStore(redis_client, settings.key("engagement", "outbox"), settings.topics)
+    assert await old.commit([], [left]) == "ok"
+    async with running_app(engagement_app()):
+        records = await read_topic(infra.kafka_bootstrap, settings.topics(ENGAGEMENTS), expect=1)
+        backlog = await redis_client.xlen(settings.key("engagement", "outbox"))
+    assert [decode(r.value)[0].event_id for r in records] == [left.event_id]
+    assert backlog == 0
