@@ -120,10 +120,6 @@ class ConsumedEvent:
 EventHandler = Callable[[ConsumedEvent], Awaitable[None]]
 
 
-# Keys of one batch whose events are handled at once (each key's events in order).
-CONCURRENT_KEYS = 32
-
-
 @dataclass(frozen=True)
 class Subscription:
     """One consumer group of a service: its topics and the explicit map from event type to
@@ -134,27 +130,14 @@ class Subscription:
     handlers: Mapping[type[Event], EventHandler]
 
     async def dispatch(self, events: list[ConsumedEvent]) -> None:
-        """Each key's events one after another, in log order; different keys at once. A
-        handler's work is a round trip or two to Redis, so one event at a time would leave
-        the process waiting; events of different keys touching one aggregate (a member's
-        count) meet the command loop's version check and retry, as concurrent requests do.
-        The batch fails if any handler did, after the others finished (the consumer then
-        retries it; what committed is deduped)."""
-        by_key: dict[str, list[ConsumedEvent]] = {}
+        # One at a time, in log order. Handling keys at once (tried: the connection consumer
+        # went from 383 to 520-650 answers/s) made the invitation service miss a rejection
+        # now and then (test_rejection_from_the_connection_service_changes_the_invitation);
+        # not understood yet.
         for consumed in events:
-            if type(consumed.event) in self.handlers:
-                by_key.setdefault(consumed.envelope.key, []).append(consumed)
-        gate = asyncio.Semaphore(CONCURRENT_KEYS)
-
-        async def in_order(run: list[ConsumedEvent]) -> None:
-            async with gate:
-                for consumed in run:
-                    await self.handlers[type(consumed.event)](consumed)
-
-        outcomes = await asyncio.gather(*map(in_order, by_key.values()), return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+            handler = self.handlers.get(type(consumed.event))
+            if handler is not None:
+                await handler(consumed)
 
 
 class BatchHandler(Protocol):
