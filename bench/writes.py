@@ -11,6 +11,7 @@ under the invitation load), with each hop measured apart from the Kafka records'
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -199,7 +200,7 @@ async def _pending_invitations(redis_url: str, namespace: str, path: Path) -> in
     return len(lines)
 
 
-class LogClock:
+class LogClock(abc.ABC):
     """Reads topics from their end as records arrive, handing each envelope and its record
     timestamp (set by the relay's producer) to `saw`."""
 
@@ -209,8 +210,9 @@ class LogClock:
         )
         self._task: asyncio.Task[None] | None = None
 
+    @abc.abstractmethod
     def saw(self, envelope: dict[str, Any], at: float) -> None:
-        raise NotImplementedError
+        """One record of the topics: its envelope and when it entered the log."""
 
     async def start(self) -> None:
         await self.consumer.start()
