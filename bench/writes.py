@@ -399,7 +399,9 @@ def _engage_on_cluster(
         cluster = EmbeddedRedisCluster(Path(tmp))
         cluster.start()
         try:
-            settings = EngagementSettings(namespace=env["RAPPORT_NAMESPACE"])
+            settings = EngagementSettings(
+                namespace=env["RAPPORT_NAMESPACE"], slot_groups=CLUSTER_SLOT_GROUPS
+            )
             asyncio.run(_seed_directory(cluster.url, Directory.of(settings), members))
             on_cluster = {
                 **env,
@@ -422,7 +424,12 @@ async def _seed_directory(url: str, directory: Directory, members: list[str]) ->
     """The members as the connection service registers them in the directory."""
     client = connect(url, cluster=True)
     await initialize(client)
-    await client.sadd(directory.active_members, *members)
+    by_key: dict[str, list[str]] = {}
+    for m in members:
+        key, entry = directory.is_active(m)
+        by_key.setdefault(key, []).append(entry)
+    for key, entries in by_key.items():
+        await client.sadd(key, *entries)
     await client.aclose()
 
 

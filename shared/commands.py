@@ -24,10 +24,15 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from shared.domain import LocalChange
 from shared.events import Envelope, Event
-from shared.groups import KeyLayout
+from shared.groups import KeyLayout, outside
 
 CommitResult = Literal["ok", "conflict", "duplicate"]
+
+
+# What a decision returns and `evolve` folds: catalog events (published) and local changes.
+Change = Event | LocalChange
 IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL", "HSETNX"]
 
 
@@ -150,12 +155,15 @@ class Plan:
     """What a command reads: aggregates by name (key, model), set-membership checks, and
     aggregates found through another one's field. `group`: the slot group (shared.groups)
     of what the command is about, where every aggregate it writes lives and its events go;
-    None for a service whose keys are not laid out in groups."""
+    None for a service whose keys are not laid out in groups. `reads`: aggregates loaded in
+    the same snapshot but never written back nor guarded by their version (another owner's,
+    in another group); a rule that needs one exact makes a reservation there instead."""
 
     aggregates: Mapping[str, tuple[str, type[BaseModel]]] = field(default_factory=dict)
     checks: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     follows: Sequence[Follow] = ()
     group: str | None = None
+    reads: Mapping[str, tuple[str, type[BaseModel]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,7 @@ class WriteModel(Protocol[S, C_contra]):
 
     async def plan(self, command: C_contra | None, observed: Event | None) -> Plan: ...
 
-    def plan_event(self, event: Event) -> Plan:
+    def plan_event(self, event: Change) -> Plan:
         """The aggregates `event` changes when folded from the log (a replay)."""
         ...
 
@@ -193,11 +201,11 @@ class WriteModel(Protocol[S, C_contra]):
         """The state's aggregates by plan name, to write back what changed."""
         ...
 
-    def decide(self, state: S, command: C_contra) -> list[Event]: ...
+    def decide(self, state: S, command: C_contra) -> Sequence[Change]: ...
 
-    def evolve(self, state: S, event: Event) -> S: ...
+    def evolve(self, state: S, event: Change) -> S: ...
 
-    def index_ops(self, events: Sequence[Event], now: datetime) -> list[IndexOp]: ...
+    def index_ops(self, events: Sequence[Change], now: datetime) -> list[IndexOp]: ...
 
 
 @dataclass(frozen=True)
@@ -279,9 +287,9 @@ class CommandLoop(Generic[S, C]):
             after = self.model.evolve(after, event)
         if not events and dedupe_key is None and observed is None:
             return "ok", Outcome([], after)
-        writes = self._writes(loaded, after)
+        writes = self._writes(loaded, after, plan)
         envelopes = Envelope.wrap_all(
-            events,
+            [e for e in events if isinstance(e, Event)],
             producer=self.model.producer,
             occurred_at=at,
             causation=causation,
@@ -296,7 +304,7 @@ class CommandLoop(Generic[S, C]):
         )
         return result, Outcome(envelopes, after)
 
-    async def fold(self, event: Event, at: datetime) -> None:
+    async def fold(self, event: Change, at: datetime) -> None:
         """Fold one event read from the log into the state, as it was when it happened: no
         decision, no outbox. Replaying a service's topics this way rebuilds its state."""
         plan = self.model.plan_event(event)
@@ -305,7 +313,7 @@ class CommandLoop(Generic[S, C]):
         for n in range(self.tries):
             loaded, rows = await self._load(plan)
             after = self.model.evolve(self.model.slice(None, rows, at), event)
-            writes = self._writes(loaded, after)
+            writes = self._writes(loaded, after, plan)
             index_ops = self.model.index_ops([event], at)
             if await self.store.commit(writes, [], index_ops=index_ops, group=plan.group) == "ok":
                 return
@@ -315,14 +323,15 @@ class CommandLoop(Generic[S, C]):
     async def _load(
         self, plan: Plan
     ) -> tuple[dict[str, tuple[tuple[str, type[BaseModel]], Loaded]], Rows]:
-        names = list(plan.aggregates)
+        every = {**plan.aggregates, **plan.reads}
+        names = list(every)
         check_names = list(plan.checks)
         snapshot = await self.store.load(
-            [plan.aggregates[n][0] for n in names],
+            [every[n][0] for n in names],
             [plan.checks[n] for n in check_names],
             [FollowKey(names.index(f.source), f.field, f.key_prefix) for f in plan.follows],
         )
-        loaded = {n: (plan.aggregates[n], row) for n, row in zip(names, snapshot.rows, strict=True)}
+        loaded = {n: (every[n], row) for n, row in zip(names, snapshot.rows, strict=True)}
         for f, (ident, row) in zip(plan.follows, snapshot.followed, strict=True):
             if ident is not None:
                 loaded.setdefault(f.name.format(id=ident), ((f.key_prefix + ident, f.model), row))
@@ -336,14 +345,18 @@ class CommandLoop(Generic[S, C]):
         return loaded, rows
 
     def _writes(
-        self, loaded: Mapping[str, tuple[tuple[str, type[BaseModel]], Loaded]], after: S
+        self,
+        loaded: Mapping[str, tuple[tuple[str, type[BaseModel]], Loaded]],
+        after: S,
+        plan: Plan,
     ) -> list[AggregateWrite]:
         """Every aggregate of the slice, at the version it was loaded at, changed or not:
         a decision that read an aggregate must fail if that aggregate moved meanwhile. One
-        that did not exist and still does not stays absent (no placeholder)."""
+        that did not exist and still does not stays absent (no placeholder). The plan's
+        `reads` are another owner's and stay as they are."""
         writes = []
         for name, state in self.model.aggregates(after).items():
-            if name in loaded and state is not None:
+            if name in loaded and name not in plan.reads and state is not None:
                 (key, _), row = loaded[name]
                 writes.append(AggregateWrite(key, row.version, state_json=state.model_dump_json()))
         return writes
@@ -390,6 +403,9 @@ class InMemoryStateStore:
         dedupe_key: str | None = None,
         group: str | None = None,
     ) -> CommitResult:
+        keys = [w.key for w in writes] + [op.key for op in index_ops]
+        if group is not None and (stray := outside(keys, group)):
+            raise ValueError(f"a commit in group {group} writes keys outside it: {stray}")
         async with self._lock:
             if dedupe_key and dedupe_key in self.dedupe:
                 return "duplicate"

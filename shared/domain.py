@@ -45,6 +45,12 @@ class RateLimited(DomainError):
         self.retry_after_s = max(1, retry_after_s)
 
 
+class LocalChange:
+    """A change a decision makes to the service's own state that is no event of the catalog
+    (a place held for an invitation, one member's side of a connection): folded and
+    committed like an event, never published."""
+
+
 REFUSED_MESSAGE = "you cannot do this"
 
 

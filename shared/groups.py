@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.crc import key_slot
@@ -58,6 +59,11 @@ def group_of_key(key: str) -> str | None:
     """The group a key's hash tag names, None for a key without one."""
     found = _TAG.search(key)
     return found.group(1) if found else None
+
+
+def outside(keys: Iterable[str], group: str) -> list[str]:
+    """The keys that are not in `group` (a commit in that group must not write them)."""
+    return [k for k in keys if group_of_key(k) != group]
 
 
 def slot(key: str) -> int:

@@ -29,7 +29,7 @@ from shared import scripts
 from shared.archive import ArchivedRecord, LogArchive
 from shared.commands import AggregateWrite, CommitResult, FollowKey, IndexOp, Loaded, Snapshot
 from shared.events import Envelope
-from shared.groups import KeyLayout, SlotGroups, slot, tag
+from shared.groups import KeyLayout, SlotGroups, outside, slot, tag
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
 from shared.settings import ServiceSettings
 from shared.topics import TopicNames
@@ -162,6 +162,9 @@ class RedisStateStore:
         mark = (in_group(dedupe_key, group) if group else dedupe_key) if dedupe_key else stream
         keys = [stream, mark, *(w.key for w in writes)]
         keys += [op.key for op in index_ops]
+        if group is not None and (stray := outside(keys, group)):
+            # On one node too, so that a key laid out wrong fails before a cluster would.
+            raise ValueError(f"a commit in group {group} writes keys outside it: {stray}")
         if self.cluster and len({slot(k) for k in keys}) > 1:
             raise ValueError(f"a commit spans several hash slots (group {group}): {keys}")
         payload = [

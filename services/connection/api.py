@@ -117,11 +117,10 @@ async def update_member(
 async def deactivate_member(
     member_id: MemberPath, store: StoreDep, acting: ActingMember
 ) -> WriteResult:
-    """Removes every connection of the member, then deactivates them."""
+    """Deactivates the member (they are out of the directory at once), then removes every
+    connection of theirs; the answer comes once all are removed."""
     require_self(member_id, acting)
-    connections = tuple(await store.connections(member_id))
-    outcome = await store.run(domain.DeactivateMember(member_id, connections))
-    return WriteResult.of(outcome.envelopes)
+    return WriteResult.of(await store.deactivate(member_id))
 
 
 relations = APIRouter(tags=["connections"], responses=ERRORS)
@@ -132,14 +131,13 @@ async def remove_connection(
     other: MemberPath, store: StoreDep, acting: ActingMember
 ) -> WriteResult:
     """Silent to the other member; also ends the follows and list entries between the two."""
-    outcome = await store.run(domain.RemoveConnection(acting, other))
-    return WriteResult.of(outcome.envelopes)
+    return WriteResult.of(await store.remove(acting, other))
 
 
 @relations.post("/blocks/{other}", response_model=WriteResult, summary="Block a member")
 async def block(other: MemberPath, store: StoreDep, acting: ActingMember) -> WriteResult:
     """Removes the connection and follows both ways; pending invitations are cancelled."""
-    return WriteResult.of((await store.run(domain.Block(acting, other))).envelopes)
+    return WriteResult.of(await store.block(acting, other))
 
 
 @relations.delete("/blocks/{other}", response_model=WriteResult, summary="Unblock a member")

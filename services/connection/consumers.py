@@ -1,13 +1,14 @@
-"""What the connection service does with other services' events: an accepted invitation
-becomes a connection (or a rejection the invitation service folds back)."""
+"""What the connection service does with events: an accepted invitation becomes a connection
+(or a rejection the invitation service folds back); and its own events finish the sagas a
+request started (members' sides of a pair, a deactivated member's connections), in case the
+process stopped half-way. A request makes those steps at once, so here they are no-ops."""
 
 from __future__ import annotations
 
-from services.connection import domain
 from services.connection.store import ConnectionStore
 from shared import events as ev
 from shared.consumer import ConsumedEvent, Subscription
-from shared.topics import INVITATIONS
+from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS
 
 
 class ConnectionConsumers:
@@ -21,19 +22,35 @@ class ConnectionConsumers:
                 "invitations",
                 [INVITATIONS],
                 {ev.InvitationAccepted: self.connect_accepted_invitation},
-            )
+            ),
+            Subscription(
+                "own-sagas",
+                [CONNECTIONS, MEMBERS],
+                {
+                    ev.ConnectionAccepted: self.settle_members,
+                    ev.ConnectionRemoved: self.settle_members,
+                    ev.MemberDeactivated: self.end_connections_of_deactivated_member,
+                },
+            ),
         ]
 
     async def connect_accepted_invitation(self, consumed: ConsumedEvent) -> None:
         invitation = consumed.event
         assert isinstance(invitation, ev.InvitationAccepted)
-        await self.store.run(
-            domain.AcceptConnection(
-                invitation_id=invitation.invitation_id,
-                sender=invitation.sender,
-                recipient=invitation.recipient,
-                cap=self.connection_cap,
-            ),
+        await self.store.accept(
+            invitation,
+            self.connection_cap,
             causation=consumed.envelope,
             dedupe_key=consumed.dedupe_key,
         )
+
+    async def settle_members(self, consumed: ConsumedEvent) -> None:
+        event = consumed.event
+        assert isinstance(event, ev.ConnectionAccepted | ev.ConnectionRemoved)
+        # No touch: a commit only where a side still differs from its pair.
+        await self.store.settle(event.member_a, event.member_b, touch=False)
+
+    async def end_connections_of_deactivated_member(self, consumed: ConsumedEvent) -> None:
+        event = consumed.event
+        assert isinstance(event, ev.MemberDeactivated)
+        await self.store.end_connections(event.member_id)

@@ -1,23 +1,40 @@
 """Pure decisions of the connection service: who is a member, who is connected, follows,
-blocks and lists. `decide(state, command)` returns events; `evolve(state, event)` folds one.
+blocks and lists. `decide(state, command)` returns changes (catalog events, and local changes
+that are committed but not published); `evolve(state, change)` folds one.
 
-The state a command sees is a `Slice`: the aggregates that command touches (the members
-involved, the pair between two of them, their lists), loaded and written back together.
+The state a command sees is a `Slice`: the aggregates of one owner that the command writes
+(a member with their lists, or a pair), with what it only reads from other owners (a pair,
+the member directory). Each owner's keys are in its own slot group, so a command commits in
+one slot and the service runs on Redis Cluster. A rule over two members is a saga of such
+commands (docs/scaling.md, "The write side on a cluster"):
+
+- accepting: each member holds a place for the invitation (`HoldPlace`: the cap counts
+  connections and places held), then the pair decides (`AcceptConnection`: connected, or
+  rejected with the reason a hold gave), then each member's side follows the pair
+  (`Reconcile`: the count, the connections index, the place let go);
+- removing, blocking: the pair first, then each member's side (`Reconcile`, which also takes
+  the other out of the member's lists);
+- deactivating: the member first, then each connection ends (`EndConnection`) and both sides
+  follow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import singledispatch
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from shared import events as ev
-from shared.domain import Conflict, Invalid, NotFound, refused, unknown_member
+from shared.domain import Conflict, Invalid, LocalChange, NotFound, refused, unknown_member
 from shared.topics import pair_key
+
+# How long a place held for an accept counts against the cap if the saga stops half-way
+# (a crash between the hold and the pair's decision): then the place frees itself.
+PLACE_HOLD = timedelta(seconds=60)
 
 # --- state -----------------------------------------------------------------------------------
 
@@ -34,6 +51,11 @@ class Member(BaseModel):
     title: str | None = None
     active: bool = True
     connections: int = 0
+    # Places held for accepts being decided: invitation id -> until when (PLACE_HOLD).
+    places: dict[str, datetime] = {}
+
+    def live_places(self, now: datetime, besides: str | None = None) -> int:
+        return sum(1 for i, until in self.places.items() if until > now and i != besides)
 
 
 class Pair(BaseModel):
@@ -63,6 +85,8 @@ class Lists(BaseModel):
 class Slice:
     now: datetime
     actor_known: bool = True  # the acting member is registered and active (member directory)
+    other_known: bool = True  # the other member is registered and active (member directory)
+    indexed: bool = False  # the other member is in the member's connections index
     members: dict[str, Member | None] = field(default_factory=dict)
     pairs: dict[str, Pair] = field(default_factory=dict)
     lists: dict[str, Lists] = field(default_factory=dict)
@@ -99,16 +123,50 @@ class UpdateProfile:
 
 @dataclass(frozen=True)
 class DeactivateMember:
+    """The member's own step; their connections then end one by one (`EndConnection`)."""
+
     member_id: str
-    connections: tuple[str, ...]  # the member's current connections, from the index
+
+
+@dataclass(frozen=True)
+class HoldPlace:
+    """Hold a place below the cap for an accept being decided (kept if already held)."""
+
+    member_id: str
+    invitation_id: str
+    cap: int
 
 
 @dataclass(frozen=True)
 class AcceptConnection:
+    """The pair's decision, given what each member's `HoldPlace` refused (if anything)."""
+
     invitation_id: str
     sender: str
     recipient: str
-    cap: int
+    refusals: tuple[tuple[str, ev.RejectionReason], ...] = ()
+
+
+@dataclass(frozen=True)
+class EndConnection:
+    """A connection of a deactivated member ends (no-op if it already did)."""
+
+    member_id: str
+    other: str
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """One member's side of their pair with `other` follows the pair: the count and the
+    connections index, the other out of the member's lists once disconnected, the places
+    held for the pair's decided invitations (and `invitation_id`) let go. State-based, so it may run any number of times, in any
+    order. `touch`: commit even when nothing changed, so that a reconcile that read the pair
+    before its last change (and commits later) meets a version conflict and reads again."""
+
+    member_id: str
+    other: str
+    invitation_id: str | None = None
+    touch: bool = True
 
 
 @dataclass(frozen=True)
@@ -159,7 +217,10 @@ Command = (
     RegisterMember
     | UpdateProfile
     | DeactivateMember
+    | HoldPlace
     | AcceptConnection
+    | EndConnection
+    | Reconcile
     | RemoveConnection
     | Block
     | Unblock
@@ -168,6 +229,55 @@ Command = (
     | ListConnection
     | UnlistConnection
 )
+
+# --- local changes (committed, never published) ---------------------------------------------
+
+Change = ev.Event | LocalChange
+
+
+@dataclass(frozen=True)
+class PlaceHeld(LocalChange):
+    member_id: str
+    invitation_id: str
+    until: datetime
+
+
+@dataclass(frozen=True)
+class PlaceReleased(LocalChange):
+    member_id: str
+    invitation_id: str
+
+
+@dataclass(frozen=True)
+class MemberConnected(LocalChange):
+    """The member's side of a connection: counted and in their connections index."""
+
+    member_id: str
+    other: str
+
+
+@dataclass(frozen=True)
+class MemberDisconnected(LocalChange):
+    member_id: str
+    other: str
+
+
+@dataclass(frozen=True)
+class Reconciled(LocalChange):
+    """Nothing changed; committed only to move the member's version (see `Reconcile`)."""
+
+    member_id: str
+
+
+def member_sides(event: ev.Event) -> list[LocalChange]:
+    """The members' sides of a pair's event, as a replay of the log folds them."""
+    match event:
+        case ev.ConnectionAccepted(member_a=a, member_b=b):
+            return [MemberConnected(a, b), MemberConnected(b, a)]
+        case ev.ConnectionRemoved(member_a=a, member_b=b):
+            return [MemberDisconnected(a, b), MemberDisconnected(b, a)]
+    return []
+
 
 # --- decide ----------------------------------------------------------------------------------
 
@@ -196,23 +306,37 @@ def _not_self(actor: str, other: str) -> None:
         raise Invalid("a member cannot do this to themselves", "self_reference")
 
 
-def _teardown(state: Slice, a: str, b: str, by: str, reason: ev.RemovalReason) -> list[ev.Event]:
-    """Events that end a connection: removal, unfollows both ways, out of both members' lists."""
+def _teardown(state: Slice, a: str, b: str, by: str, reason: ev.RemovalReason) -> list[Change]:
+    """The pair's events that end a connection: removal and unfollows both ways (each
+    member's side, lists included, follows by `Reconcile`)."""
     pair = state.pair(a, b)
     low, high = sorted((a, b))
-    out: list[ev.Event] = []
+    out: list[Change] = []
     if pair.connected:
         out.append(ev.ConnectionRemoved(member_a=low, member_b=high, removed_by=by, reason=reason))
     for follower in sorted(pair.followers):
         followee = b if follower == a else a
         out.append(ev.FollowStopped(follower=follower, followee=followee))
-    for owner, other in ((a, b), (b, a)):
-        for name in state.lists_of(owner).containing(other):
-            out.append(ev.ConnectionUnlisted(owner=owner, list_name=name, member_id=other))
     return out
 
 
-def decide(state: Slice, command: Command) -> list[ev.Event]:
+def place_refusal(
+    member: Member | None, invitation_id: str, cap: int, now: datetime
+) -> ev.RejectionReason | None:
+    """Why `member` has no place for this invitation's connection (None: they have one)."""
+    if member is None:
+        return "unknown_member"
+    if not member.active:
+        return "deactivated"
+    held = member.places.get(invitation_id)
+    if held is not None and held > now:
+        return None
+    if member.connections + member.live_places(now, besides=invitation_id) >= cap:
+        return "cap_reached"
+    return None
+
+
+def decide(state: Slice, command: Command) -> list[Change]:
     if not state.actor_known and actor_of(command) is not None:
         raise refused()
     match command:
@@ -236,15 +360,28 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
                 ev.MemberProfileUpdated(member_id=member_id, previous_industry=previous, **changed)
             ]
 
-        case DeactivateMember(member_id=member_id, connections=connections):
+        case DeactivateMember(member_id=member_id):
             _active(state, member_id)
-            out: list[ev.Event] = []
-            for other in connections:
-                out += _teardown(state, member_id, other, member_id, "deactivated")
-            return [*out, ev.MemberDeactivated(member_id=member_id)]
+            return [ev.MemberDeactivated(member_id=member_id)]
+
+        case HoldPlace(member_id=m, invitation_id=i, cap=cap):
+            holder = state.member(m)
+            if holder is None or place_refusal(holder, i, cap, state.now) is not None:
+                return []
+            if i in holder.places and holder.places[i] > state.now:
+                return []
+            return [PlaceHeld(m, i, state.now + PLACE_HOLD)]
 
         case AcceptConnection():
             return _decide_accept(state, command)
+
+        case EndConnection(member_id=m, other=other):
+            if not state.pair(m, other).connected:
+                return []
+            return _teardown(state, m, other, m, "deactivated")
+
+        case Reconcile():
+            return _reconcile(state, command)
 
         case RemoveConnection(actor=actor, other=other):
             _not_self(actor, other)
@@ -254,7 +391,8 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
 
         case Block(actor=actor, other=other):
             _not_self(actor, other)
-            _active(state, other)
+            if not state.other_known:
+                raise unknown_member(other)
             if actor in state.pair(actor, other).blockers:
                 return []
             return [
@@ -270,7 +408,8 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
 
         case Follow(actor=actor, other=other):
             _not_self(actor, other)
-            _active(state, other)
+            if not state.other_known:
+                raise unknown_member(other)
             pair = state.pair(actor, other)
             if pair.blockers:
                 # Either way, a block answers as a member that does not exist.
@@ -286,7 +425,7 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
             return [ev.FollowStopped(follower=actor, followee=other)]
 
         case ListConnection(owner=owner, list_name=name, other=other):
-            if not state.pair(owner, other).connected:
+            if not state.indexed:  # the owner's connections index
                 raise NotFound(f"{other} is not a connection", "not_connected")
             if other in state.lists_of(owner).lists.get(name, frozenset()):
                 return []
@@ -300,13 +439,13 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
     raise TypeError(f"unknown command {command!r}")
 
 
-def _decide_accept(state: Slice, command: AcceptConnection) -> list[ev.Event]:
+def _decide_accept(state: Slice, command: AcceptConnection) -> list[Change]:
     sender, recipient = command.sender, command.recipient
     pair = state.pair(sender, recipient)
     if command.invitation_id in pair.processed_invitations or pair.connected:
         return []  # already decided for this invitation, or connected by another route
 
-    def reject(reason: ev.RejectionReason) -> list[ev.Event]:
+    def reject(reason: ev.RejectionReason) -> list[Change]:
         return [
             ev.ConnectionRejected(
                 invitation_id=command.invitation_id,
@@ -316,17 +455,17 @@ def _decide_accept(state: Slice, command: AcceptConnection) -> list[ev.Event]:
             )
         ]
 
-    members = [state.member(sender), state.member(recipient)]
-    if sender == recipient or any(m is None for m in members):
+    refused = {reason for _, reason in command.refusals}
+    if sender == recipient or "unknown_member" in refused:
         return reject("unknown_member")
-    if any(m is not None and not m.active for m in members):
+    if "deactivated" in refused:
         return reject("deactivated")
     if pair.blockers:
         return reject("blocked")
-    if any(m is not None and m.connections >= command.cap for m in members):
+    if "cap_reached" in refused:
         return reject("cap_reached")
     low, high = sorted((sender, recipient))
-    out: list[ev.Event] = [
+    out: list[Change] = [
         ev.ConnectionAccepted(member_a=low, member_b=high, invitation_id=command.invitation_id)
     ]
     for follower, followee in ((sender, recipient), (recipient, sender)):
@@ -335,21 +474,46 @@ def _decide_accept(state: Slice, command: AcceptConnection) -> list[ev.Event]:
     return out
 
 
+def _reconcile(state: Slice, command: Reconcile) -> list[Change]:
+    m, other = command.member_id, command.other
+    member = state.member(m)
+    if member is None:
+        return []
+    pair = state.pair(m, other)
+    # A place is let go once its invitation is decided (whoever reconciles first: the
+    # request, or the consumer of the pair's event), so that it never counts twice.
+    out: list[Change] = [
+        PlaceReleased(m, i)
+        for i in sorted(member.places)
+        if i == command.invitation_id or i in pair.processed_invitations
+    ]
+    connected = pair.connected
+    if connected and not state.indexed:
+        out.append(MemberConnected(m, other))
+    elif not connected and state.indexed:
+        out.append(MemberDisconnected(m, other))
+        for name in state.lists_of(m).containing(other):
+            out.append(ev.ConnectionUnlisted(owner=m, list_name=name, member_id=other))
+    if not out and command.touch:
+        out.append(Reconciled(m))
+    return out
+
+
 # --- evolve ----------------------------------------------------------------------------------
 
 
-def evolve(state: Slice, event: ev.Event) -> Slice:
+def evolve(state: Slice, event: Change) -> Slice:
     return _evolve(event, state, state.now)
 
 
-def fold(state: Slice, events: Iterable[ev.Event]) -> Slice:
+def fold(state: Slice, events: Iterable[Change]) -> Slice:
     for event in events:
         state = evolve(state, event)
     return state
 
 
 @singledispatch
-def _evolve(event: ev.Event, state: Slice, at: datetime) -> Slice:
+def _evolve(event: Change, state: Slice, at: datetime) -> Slice:
     raise TypeError(f"connection service does not fold {type(event).__name__}")
 
 
@@ -406,10 +570,7 @@ def _(event: ev.ConnectionAccepted, state: Slice, at: datetime) -> Slice:
     processed = state.pair(a, b).processed_invitations
     if event.invitation_id:
         processed = processed | {event.invitation_id}
-    state = _with_pair(
-        state, a, b, connected=True, connected_at=at, processed_invitations=processed
-    )
-    return _count(_count(state, a, 1), b, 1)
+    return _with_pair(state, a, b, connected=True, connected_at=at, processed_invitations=processed)
 
 
 @_evolve.register
@@ -425,9 +586,7 @@ def _(event: ev.ConnectionRejected, state: Slice, at: datetime) -> Slice:
 
 @_evolve.register
 def _(event: ev.ConnectionRemoved, state: Slice, at: datetime) -> Slice:
-    a, b = event.member_a, event.member_b
-    state = _with_pair(state, a, b, connected=False, connected_at=None)
-    return _count(_count(state, a, -1), b, -1)
+    return _with_pair(state, event.member_a, event.member_b, connected=False, connected_at=None)
 
 
 @_evolve.register
@@ -468,3 +627,39 @@ def _(event: ev.ConnectionListed, state: Slice, at: datetime) -> Slice:
 def _(event: ev.ConnectionUnlisted, state: Slice, at: datetime) -> Slice:
     current = state.lists_of(event.owner).lists.get(event.list_name, frozenset())
     return _with_lists(state, event.owner, event.list_name, current - {event.member_id})
+
+
+@_evolve.register
+def _(change: PlaceHeld, state: Slice, at: datetime) -> Slice:
+    member = state.member(change.member_id)
+    assert member is not None
+    places = {i: until for i, until in member.places.items() if until > at}
+    places[change.invitation_id] = change.until
+    return _with_member(state, member.model_copy(update={"places": places}))
+
+
+def _without_place(member: Member, invitation_id: str) -> Member:
+    places = {i: until for i, until in member.places.items() if i != invitation_id}
+    return member.model_copy(update={"places": places})
+
+
+@_evolve.register
+def _(change: PlaceReleased, state: Slice, at: datetime) -> Slice:
+    member = state.member(change.member_id)
+    assert member is not None
+    return _with_member(state, _without_place(member, change.invitation_id))
+
+
+@_evolve.register
+def _(change: MemberConnected, state: Slice, at: datetime) -> Slice:
+    return _count(state, change.member_id, 1)
+
+
+@_evolve.register
+def _(change: MemberDisconnected, state: Slice, at: datetime) -> Slice:
+    return _count(state, change.member_id, -1)
+
+
+@_evolve.register
+def _(change: Reconciled, state: Slice, at: datetime) -> Slice:
+    return state

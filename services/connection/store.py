@@ -1,10 +1,13 @@
-"""Connection state on the kit's command loop: the members, pairs and lists a command
-touches, and the connections index its events keep."""
+"""Connection state on the kit's command loop, laid out in slot groups so that the service
+runs on Redis Cluster: a member's aggregate, lists and connections index in the member's
+group, a pair's aggregate in the pair's group, each commit in one of them. The sagas that
+span a pair and its two members (accept, remove, block, deactivate) run here, one command per
+owner, in the order `services.connection.domain` describes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -12,21 +15,37 @@ from pydantic import BaseModel
 from services.connection import domain
 from services.connection.domain import Lists, Member, Pair, Slice
 from shared import events as ev
-from shared.commands import CommandLoop, IndexOp, IndexOpName, Plan, Rows, StateStore
+from shared.commands import (
+    Change,
+    CommandLoop,
+    IndexOp,
+    IndexOpName,
+    Outcome,
+    Plan,
+    Rows,
+    StateStore,
+)
 from shared.directory import Directory
-from shared.groups import KeyLayout
+from shared.events import Envelope
+from shared.groups import KeyLayout, tag
 from shared.settings import ConnectionSettings
 from shared.topics import pair_key
+
+Aggregates = dict[str, tuple[str, type[BaseModel]]]
 
 
 class ConnectionStore(CommandLoop[Slice, domain.Command]):
     producer = "connection"
-    # One commit spans a pair, both members and the directory: one Redis node (issue #17).
-    layout = KeyLayout.ONE_NODE
+    layout = KeyLayout.SLOT_GROUPS
 
     def __init__(self, store: StateStore, settings: ConnectionSettings) -> None:
         super().__init__(store, self)
-        self.key = lambda *parts: settings.key("connection", *parts)
+        self.groups = settings.groups
+        # Every key carries its owner's group tag: a member's keys, or a pair's.
+        self.key = lambda kind, owner: settings.key(
+            "connection", tag(self.groups.of(owner)), kind, owner
+        )
+        self.industries = settings.key("connection", "industries")
         self.directory = Directory.of(settings)
 
     async def member(self, member_id: str) -> Member | None:
@@ -50,28 +69,159 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         return sorted(await self.store.set_members(self.key("connections", member_id)))
 
     async def canonical_industry(self, industry: str) -> str:
-        """The first spelling seen of this industry's group, so aggregates group by one name."""
+        """The first spelling seen of this industry's group, so aggregates group by one name.
+        Claimed before the command that names it (one key, outside the member's group)."""
         text = " ".join(industry.split())
-        return await self.store.claim(self.key("industries"), ev.grouping_key(text), text)
+        return await self.store.claim(self.industries, ev.grouping_key(text), text)
+
+    # the sagas across a pair and its members ------------------------------------------------
+    async def accept(
+        self,
+        invitation: ev.InvitationAccepted,
+        cap: int,
+        *,
+        causation: Envelope | None = None,
+        dedupe_key: str | None = None,
+    ) -> Outcome[Slice]:
+        """An accepted invitation: both members hold a place (at once), the pair decides,
+        both members' sides follow. Each step is keyed by the invitation, so a retry of the
+        whole (the consumer's redelivery) repeats them harmlessly."""
+        s, r, i = invitation.sender, invitation.recipient, invitation.invitation_id
+        holds = await asyncio.gather(self._hold(s, i, cap), self._hold(r, i, cap))
+        refusals = tuple((m, why) for m, why in zip((s, r), holds, strict=True) if why)
+        outcome = await self.run(
+            domain.AcceptConnection(i, s, r, refusals), causation=causation, dedupe_key=dedupe_key
+        )
+        await self.settle(s, r, invitation_id=i)
+        return outcome
+
+    async def _hold(
+        self, member_id: str, invitation_id: str, cap: int
+    ) -> ev.RejectionReason | None:
+        outcome = await self.run(domain.HoldPlace(member_id, invitation_id, cap))
+        assert outcome.state is not None
+        return domain.place_refusal(
+            outcome.state.member(member_id), invitation_id, cap, outcome.state.now
+        )
+
+    async def settle(
+        self, a: str, b: str, *, invitation_id: str | None = None, touch: bool = True
+    ) -> list[Envelope]:
+        """Both members' sides of their pair follow the pair (at once); a member who was
+        deactivated meanwhile loses the connection. The events this published (lists)."""
+        sides = await asyncio.gather(
+            self.run(domain.Reconcile(a, b, invitation_id, touch)),
+            self.run(domain.Reconcile(b, a, invitation_id, touch)),
+        )
+        envelopes = [e for side in sides for e in side.envelopes]
+        for (member, other), side in zip(((a, b), (b, a)), sides, strict=True):
+            state = side.state
+            who = state.member(member) if state else None
+            if state and who and not who.active and state.pair(member, other).connected:
+                envelopes += await self.end(member, other)
+        return envelopes
+
+    async def end(self, member_id: str, other: str) -> list[Envelope]:
+        """A deactivated member's connection ends, then both sides follow."""
+        ended = await self.run(domain.EndConnection(member_id, other))
+        return ended.envelopes + await self.settle(member_id, other)
+
+    async def remove(self, actor: str, other: str) -> list[Envelope]:
+        removed = await self.run(domain.RemoveConnection(actor, other))
+        return removed.envelopes + await self.settle(actor, other)
+
+    async def block(self, actor: str, other: str) -> list[Envelope]:
+        blocked = await self.run(domain.Block(actor, other))
+        if blocked.first(ev.ConnectionRemoved) is None:
+            return blocked.envelopes
+        return blocked.envelopes + await self.settle(actor, other)
+
+    async def deactivate(self, member_id: str) -> list[Envelope]:
+        """The member first (out of the directory at once), then each connection ends."""
+        deactivated = await self.run(domain.DeactivateMember(member_id))
+        return deactivated.envelopes + await self.end_connections(member_id)
+
+    async def end_connections(self, member_id: str) -> list[Envelope]:
+        envelopes: list[Envelope] = []
+        for other in await self.connections(member_id):
+            envelopes += await self.end(member_id, other)
+        return envelopes
+
+    async def fold(self, event: Change, at: datetime) -> None:
+        """A replay folds the pair's event, then each member's side of it, each in its group;
+        and claims an industry's first spelling as the API did."""
+        industry = getattr(event, "industry", None)
+        if isinstance(event, ev.MemberRegistered | ev.MemberProfileUpdated) and industry:
+            await self.store.claim(self.industries, ev.grouping_key(industry), industry)
+        await super().fold(event, at)
+        if isinstance(event, ev.Event):
+            for side in domain.member_sides(event):
+                await super().fold(side, at)
 
     # the loop's WriteModel -----------------------------------------------------------------
     async def plan(self, command: domain.Command | None, observed: ev.Event | None) -> Plan:
-        members, pairs, lists = slice_of(command)
+        d = self.directory
         actor = domain.actor_of(command) if command is not None else None
-        return Plan(
-            {f"member:{m}": (self.key("member", m), Member) for m in members}
-            | {f"pair:{pair_key(a, b)}": (self.key("pair", pair_key(a, b)), Pair) for a, b in pairs}
-            | {f"lists:{o}": (self.key("lists", o), Lists) for o in lists},
-            {"actor_known": self.directory.is_active(actor)} if actor else {},
-        )
+        checks = {"actor_known": d.is_active(actor)} if actor else {}
+        match command:
+            case (
+                domain.RegisterMember(member_id=m)
+                | domain.UpdateProfile(member_id=m)
+                | domain.DeactivateMember(member_id=m)
+                | domain.HoldPlace(member_id=m)
+            ):
+                return Plan(self._member(m), checks, group=self.groups.of(m))
+            case domain.Reconcile(member_id=m, other=o):
+                return Plan(
+                    self._member(m) | self._lists(m),
+                    {"indexed": (self.key("connections", m), o)},
+                    group=self.groups.of(m),
+                    reads=self._pair(m, o),
+                )
+            case (
+                domain.ListConnection(owner=m, other=o) | domain.UnlistConnection(owner=m, other=o)
+            ):
+                indexed = {"indexed": (self.key("connections", m), o)}
+                return Plan(
+                    self._member(m) | self._lists(m), checks | indexed, group=self.groups.of(m)
+                )
+            case (
+                domain.AcceptConnection(sender=a, recipient=b)
+                | domain.EndConnection(member_id=a, other=b)
+                | domain.RemoveConnection(actor=a, other=b)
+                | domain.Unblock(actor=a, other=b)
+                | domain.Unfollow(actor=a, other=b)
+            ):
+                return Plan(self._pair(a, b), checks, group=self.groups.of(pair_key(a, b)))
+            case domain.Block(actor=a, other=b) | domain.Follow(actor=a, other=b):
+                known = {"other_known": d.is_active(b)}
+                return Plan(self._pair(a, b), checks | known, group=self.groups.of(pair_key(a, b)))
+        raise TypeError(f"unknown command {command!r}")
 
-    def plan_event(self, event: ev.Event) -> Plan:
-        members, pairs, lists = touched_by(event)
-        return Plan(
-            {f"member:{m}": (self.key("member", m), Member) for m in members}
-            | {f"pair:{pair_key(a, b)}": (self.key("pair", pair_key(a, b)), Pair) for a, b in pairs}
-            | {f"lists:{o}": (self.key("lists", o), Lists) for o in lists}
-        )
+    def plan_event(self, event: Change) -> Plan:
+        """The owner a change of this service belongs to (a replay folds each in its group)."""
+        match event:
+            case (
+                ev.MemberRegistered(member_id=m)
+                | ev.MemberProfileUpdated(member_id=m)
+                | ev.MemberDeactivated(member_id=m)
+                | domain.MemberConnected(member_id=m)
+                | domain.MemberDisconnected(member_id=m)
+            ):
+                return Plan(self._member(m), group=self.groups.of(m))
+            case ev.ConnectionListed(owner=o) | ev.ConnectionUnlisted(owner=o):
+                return Plan(self._lists(o), group=self.groups.of(o))
+            case (
+                ev.ConnectionAccepted(member_a=a, member_b=b)
+                | ev.ConnectionRemoved(member_a=a, member_b=b)
+                | ev.ConnectionRejected(sender=a, recipient=b)
+                | ev.MemberBlocked(blocker=a, blocked=b)
+                | ev.MemberUnblocked(blocker=a, blocked=b)
+                | ev.FollowStarted(follower=a, followee=b)
+                | ev.FollowStopped(follower=a, followee=b)
+            ):
+                return Plan(self._pair(a, b), group=self.groups.of(pair_key(a, b)))
+        return Plan()  # another service's event: nothing of ours changes
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
         by_kind: dict[str, dict[str, BaseModel | None]] = {"member": {}, "pair": {}, "lists": {}}
@@ -81,6 +231,8 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         return Slice(
             now=now,
             actor_known=rows.checks.get("actor_known", True),
+            other_known=rows.checks.get("other_known", True),
+            indexed=rows.checks.get("indexed", False),
             members=by_kind["member"],  # type: ignore[arg-type]
             pairs={k: v or Pair() for k, v in by_kind["pair"].items()},  # type: ignore[misc]
             lists={k: v or Lists() for k, v in by_kind["lists"].items()},  # type: ignore[misc]
@@ -96,18 +248,17 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
     decide = staticmethod(domain.decide)
     evolve = staticmethod(domain.evolve)
 
-    def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
-        """The connections index, and the member directory other services read."""
+    def index_ops(self, events: Sequence[Change], now: datetime) -> list[IndexOp]:
+        """The connections index (each member's side, in their group), and the member
+        directory other services read (a member's entry in theirs, a block in the pair's)."""
         ops: list[IndexOp] = []
         d = self.directory
         for e in events:
             match e:
-                case ev.ConnectionAccepted(member_a=a, member_b=b):
-                    ops += [IndexOp("SADD", self.key("connections", a), b)]
-                    ops += [IndexOp("SADD", self.key("connections", b), a)]
-                case ev.ConnectionRemoved(member_a=a, member_b=b):
-                    ops += [IndexOp("SREM", self.key("connections", a), b)]
-                    ops += [IndexOp("SREM", self.key("connections", b), a)]
+                case domain.MemberConnected(member_id=m, other=o):
+                    ops.append(IndexOp("SADD", self.key("connections", m), o))
+                case domain.MemberDisconnected(member_id=m, other=o):
+                    ops.append(IndexOp("SREM", self.key("connections", m), o))
                 case ev.MemberRegistered(member_id=m) | ev.MemberDeactivated(member_id=m):
                     op: IndexOpName = "SADD" if isinstance(e, ev.MemberRegistered) else "SREM"
                     ops.append(IndexOp(op, *d.is_active(m)))
@@ -117,57 +268,14 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
                 ):
                     op = "SADD" if isinstance(e, ev.MemberBlocked) else "SREM"
                     ops.append(IndexOp(op, *d.blocks_from(a, b)))
-            # The first spelling of an industry names its group (claimed by the API before
-            # the command; kept here too, so a replay of the log claims the same).
-            industry = getattr(e, "industry", None)
-            if isinstance(e, ev.MemberRegistered | ev.MemberProfileUpdated) and industry:
-                claim = IndexOp("HSETNX", self.key("industries"), industry)
-                ops.append(replace(claim, field=ev.grouping_key(industry)))
         return ops
 
+    def _member(self, m: str) -> Aggregates:
+        return {f"member:{m}": (self.key("member", m), Member)}
 
-def touched_by(
-    event: ev.Event,
-) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """The members, pairs and lists an event of this service changes (a replay's plan)."""
-    match event:
-        case ev.MemberRegistered(member_id=m) | ev.MemberProfileUpdated(member_id=m):
-            return (m,), (), ()
-        case ev.MemberDeactivated(member_id=m):
-            return (m,), (), ()
-        case (
-            ev.ConnectionAccepted(member_a=a, member_b=b)
-            | ev.ConnectionRemoved(member_a=a, member_b=b)
-        ):
-            return (a, b), ((a, b),), ()
-        case ev.ConnectionRejected(sender=a, recipient=b):
-            return (), ((a, b),), ()
-        case ev.MemberBlocked(blocker=a, blocked=b) | ev.MemberUnblocked(blocker=a, blocked=b):
-            return (), ((a, b),), ()
-        case ev.FollowStarted(follower=a, followee=b) | ev.FollowStopped(follower=a, followee=b):
-            return (), ((a, b),), ()
-        case ev.ConnectionListed(owner=o) | ev.ConnectionUnlisted(owner=o):
-            return (), (), (o,)
-    return (), (), ()  # another service's event: nothing of ours changes
+    def _lists(self, owner: str) -> Aggregates:
+        return {f"lists:{owner}": (self.key("lists", owner), Lists)}
 
-
-def slice_of(
-    command: domain.Command | None,
-) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """The members, pairs and lists a command reads and writes."""
-    match command:
-        case domain.RegisterMember(member_id=m) | domain.UpdateProfile(member_id=m):
-            return (m,), (), ()
-        case domain.DeactivateMember(member_id=m, connections=conns):
-            return (m, *conns), tuple((m, c) for c in conns), (m, *conns)
-        case domain.AcceptConnection(sender=s, recipient=r):
-            return (s, r), ((s, r),), ()
-        case domain.RemoveConnection(actor=a, other=o) | domain.Block(actor=a, other=o):
-            return (a, o), ((a, o),), (a, o)
-        case domain.Unblock(actor=a, other=o) | domain.Unfollow(actor=a, other=o):
-            return (), ((a, o),), ()
-        case domain.Follow(actor=a, other=o):
-            return (o,), ((a, o),), ()
-        case domain.ListConnection(owner=a, other=o) | domain.UnlistConnection(owner=a, other=o):
-            return (), ((a, o),), (a,)
-    raise TypeError(f"unknown command {command!r}")
+    def _pair(self, a: str, b: str) -> Aggregates:
+        p = pair_key(a, b)
+        return {f"pair:{p}": (self.key("pair", p), Pair)}

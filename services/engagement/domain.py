@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from shared import events as ev
-from shared.domain import Invalid, RateLimited, refused, unknown_member
+from shared.domain import Invalid, LocalChange, RateLimited, refused, unknown_member
 
 
 class ActorState(BaseModel):
@@ -107,7 +107,7 @@ def decide(state: Slice, command: Command) -> list[ev.Event]:
     ]
 
 
-def evolve(state: Slice, event: ev.Event) -> Slice:
+def evolve(state: Slice, event: ev.Event | LocalChange) -> Slice:
     if not isinstance(event, ev.EngagementRecorded):
         return state
     now = state.now

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from services.engagement import domain
 from services.engagement.domain import ActorState, Limits, PairDayState, Slice
 from shared import events as ev
-from shared.commands import CommandLoop, IndexOp, Plan, Rows, StateStore
+from shared.commands import Change, CommandLoop, IndexOp, Plan, Rows, StateStore
 from shared.directory import Directory
 from shared.groups import KeyLayout, tag
 from shared.settings import EngagementSettings
@@ -56,7 +56,7 @@ class EngagementStore(CommandLoop[Slice, domain.Command]):
                 return Plan({}, {"actor_known": d.is_active(m)}, group=self.groups.of(m))
         raise TypeError(f"unknown command {command!r}")
 
-    def plan_event(self, event: ev.Event) -> Plan:
+    def plan_event(self, event: Change) -> Plan:
         if isinstance(event, ev.EngagementRecorded):
             return Plan(
                 self._counters(event.actor, event.target), group=self.groups.of(event.actor)
@@ -86,5 +86,5 @@ class EngagementStore(CommandLoop[Slice, domain.Command]):
     decide = staticmethod(domain.decide)
     evolve = staticmethod(domain.evolve)
 
-    def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
+    def index_ops(self, events: Sequence[Change], now: datetime) -> list[IndexOp]:
         return []

@@ -23,6 +23,7 @@ from shared.domain import (
     Conflict,
     Forbidden,
     Invalid,
+    LocalChange,
     NotFound,
     RateLimited,
     refused,
@@ -308,7 +309,7 @@ def _decide_answer(state: Slice, command: Accept | Decline | Withdraw | Report) 
 # --- evolve ----------------------------------------------------------------------------------
 
 
-def evolve(state: Slice, event: ev.Event) -> Slice:
+def evolve(state: Slice, event: ev.Event | LocalChange) -> Slice:
     return _evolve(event, state, state.now)
 
 
@@ -319,7 +320,7 @@ def fold(state: Slice, events: list[ev.Event]) -> Slice:
 
 
 @singledispatch
-def _evolve(event: ev.Event, state: Slice, now: datetime) -> Slice:
+def _evolve(event: ev.Event | LocalChange, state: Slice, now: datetime) -> Slice:
     return state  # events this service does not keep state for
 
 

@@ -13,6 +13,7 @@ from services.invitation import domain
 from services.invitation.domain import Invitation, PairState, Rules, SenderState, Slice
 from shared import events as ev
 from shared.commands import (
+    Change,
     CommandLoop,
     Follow,
     IndexOp,
@@ -93,7 +94,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                 return Plan(self._inv(command.invitation_id), checks, follows=through)
         raise TypeError(f"unknown command {command!r}")
 
-    def plan_event(self, event: ev.Event) -> Plan:
+    def plan_event(self, event: Change) -> Plan:
         """An invitation event changes its pair, itself and its sender's counters; another
         service's pair event (a connection, a block) changes the pair and, if it names one,
         the invitation."""
@@ -127,7 +128,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
     decide = staticmethod(domain.decide)
     evolve = staticmethod(domain.evolve)
 
-    def index_ops(self, events: Sequence[ev.Event], now: datetime) -> list[IndexOp]:
+    def index_ops(self, events: Sequence[Change], now: datetime) -> list[IndexOp]:
         ops: list[IndexOp] = []
         for e in events:
             if isinstance(e, ev.InvitationEvent) and not e.hidden_from_sender:

@@ -158,14 +158,19 @@ async def test_cap_holds_under_100_concurrent_accepts(redis_client: Redis) -> No
         store = app.state.wired
         hub = Member(member_id="hub", name="Hub", industry="Technology", connections=29_950)
         await store.store.commit(
-            [AggregateWrite(store.key("member", "hub"), 0, hub.model_dump(mode="json"))], []
+            [AggregateWrite(store.key("member", "hub"), 0, hub.model_dump(mode="json"))],
+            [],
+            group=store.groups.of("hub"),
         )
         others = [f"m{i}" for i in range(100)]
         for m in others:
             await store.run(domain.RegisterMember(member_id=m, name=m, industry="Technology"))
         outcomes = await asyncio.gather(
             *(
-                store.run(domain.AcceptConnection(f"i-{m}", m, "hub", cap=30_000))
+                store.accept(
+                    ev.InvitationAccepted(invitation_id=f"i-{m}", sender=m, recipient="hub"),
+                    cap=30_000,
+                )
                 for m in others
             )
         )
@@ -173,7 +178,7 @@ async def test_cap_holds_under_100_concurrent_accepts(redis_client: Redis) -> No
 
     accepted = [o for o in outcomes if o.first(ev.ConnectionAccepted)]
     rejected = [o for o in outcomes if o.first(ev.ConnectionRejected)]
-    assert final.connections == 30_000
+    assert (len(accepted), len(rejected), final.connections) == (50, 50, 30_000)
     assert (len(accepted), len(rejected)) == (50, 50)
     assert all(
         json.loads(o.first(ev.ConnectionRejected).to_bytes())["payload"]["reason"] == "cap_reached"
@@ -222,7 +227,8 @@ async def test_lists_follows_and_deactivation_through_http(infra: Infra, namespa
             await register(client, m)
         store = client._transport.app.state.wired  # type: ignore[attr-defined]
         for i, other in enumerate(("bob", "cat")):
-            await store.run(domain.AcceptConnection(f"i{i}", "ann", other, cap=30_000))
+            accepted = ev.InvitationAccepted(invitation_id=f"i{i}", sender="ann", recipient=other)
+            await store.accept(accepted, cap=30_000)
         not_connected = await client.put("/lists/close/members/cat", headers=auth("bob"))
         listed = await client.put("/lists/close/members/bob", headers=auth("ann"))
         again = await client.put("/lists/close/members/bob", headers=auth("ann"))

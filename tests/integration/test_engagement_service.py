@@ -104,8 +104,9 @@ async def test_the_engagement_service_runs_on_a_redis_cluster_in_slot_groups(
     directory = Directory.of(settings)
     cluster = connect(redis_cluster_url, cluster=True)
     await initialize(cluster)
-    await cluster.sadd(directory.active_members, *actors, "star", "shy")
-    await cluster.sadd(directory.blocks, "shy>actor0")
+    for m in (*actors, "star", "shy"):
+        await cluster.sadd(*directory.is_active(m))
+    await cluster.sadd(*directory.blocks_from("shy", "actor0"))
     await cluster.aclose()
 
     async def engage(client: httpx.AsyncClient, actor: str) -> list[int]:

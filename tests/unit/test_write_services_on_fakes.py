@@ -116,17 +116,22 @@ async def test_a_sender_who_is_no_member_and_a_block_in_the_directory_refuse() -
 
 async def test_connection_register_connect_and_block() -> None:
     state = InMemoryStateStore()
-    store = ConnectionStore(state, ConnectionSettings())
+    # In four groups: the fake, like Redis, refuses a commit that writes outside its group.
+    store = ConnectionStore(state, ConnectionSettings(slot_groups=4))
     for m in ("ann", "bob"):
-        await store.run(cd.RegisterMember(member_id=m, name=m, industry="Tech"))
-    outcome = await store.run(cd.AcceptConnection("i1", "ann", "bob", cap=30_000))
+        industry = await store.canonical_industry("Tech")  # as the API claims it first
+        await store.run(cd.RegisterMember(member_id=m, name=m, industry=industry))
+    accepted = ev.InvitationAccepted(invitation_id="i1", sender="ann", recipient="bob")
+    outcome = await store.accept(accepted, cap=30_000)
     assert outcome.first(ev.ConnectionAccepted) is not None
     assert await store.connections("ann") == ["bob"]
-    assert (await store.member("bob")).connections == 1  # type: ignore[union-attr]
-    directory_ = Directory.of(ConnectionSettings())
-    assert state.sets[directory_.active_members] == {"ann", "bob"}
-    await store.run(cd.Block("bob", "ann"))
-    assert state.sets[directory_.blocks] == {"bob>ann"}
+    bob = await store.member("bob")
+    assert bob is not None and bob.connections == 1 and bob.places == {}
+    d = Directory.of(ConnectionSettings(slot_groups=4))
+    assert all(m in state.sets[d.is_active(m)[0]] for m in ("ann", "bob"))
+    await store.block("bob", "ann")
+    key, entry = d.blocks_from("bob", "ann")
+    assert state.sets[key] == {entry}
     assert await store.connections("ann") == []
     assert (await store.member("bob")).connections == 0  # type: ignore[union-attr]
     # The first spelling registered names the group, whoever spells it later.
