@@ -83,6 +83,15 @@ class FollowKey:
 
 
 @dataclass(frozen=True)
+class LoadedSlice:
+    """A command's aggregates as loaded (name -> ((key, model), row)), and which of them it
+    may only read."""
+
+    rows: Mapping[str, tuple[tuple[str, type[BaseModel]], Loaded]]
+    readonly: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Snapshot:
     rows: list[Loaded]
     checks: list[bool]
@@ -287,7 +296,7 @@ class CommandLoop(Generic[S, C]):
             after = self.model.evolve(after, event)
         if not events and dedupe_key is None and observed is None:
             return "ok", Outcome([], after)
-        writes = self._writes(loaded, after, plan)
+        writes = self._writes(loaded, after)
         envelopes = Envelope.wrap_all(
             [e for e in events if isinstance(e, Event)],
             producer=self.model.producer,
@@ -313,17 +322,16 @@ class CommandLoop(Generic[S, C]):
         for n in range(self.tries):
             loaded, rows = await self._load(plan)
             after = self.model.evolve(self.model.slice(None, rows, at), event)
-            writes = self._writes(loaded, after, plan)
+            writes = self._writes(loaded, after)
             index_ops = self.model.index_ops([event], at)
             if await self.store.commit(writes, [], index_ops=index_ops, group=plan.group) == "ok":
                 return
             await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
         raise ContendedWrite()
 
-    async def _load(
-        self, plan: Plan
-    ) -> tuple[dict[str, tuple[tuple[str, type[BaseModel]], Loaded]], Rows]:
+    async def _load(self, plan: Plan) -> tuple[LoadedSlice, Rows]:
         every = {**plan.aggregates, **plan.reads}
+        readonly = set(plan.reads)
         names = list(every)
         check_names = list(plan.checks)
         snapshot = await self.store.load(
@@ -334,7 +342,10 @@ class CommandLoop(Generic[S, C]):
         loaded = {n: (every[n], row) for n, row in zip(names, snapshot.rows, strict=True)}
         for f, (ident, row) in zip(plan.follows, snapshot.followed, strict=True):
             if ident is not None:
-                loaded.setdefault(f.name.format(id=ident), ((f.key_prefix + ident, f.model), row))
+                name = f.name.format(id=ident)
+                loaded.setdefault(name, ((f.key_prefix + ident, f.model), row))
+                if f.source in plan.reads:  # found through a read-only aggregate: read-only
+                    readonly.add(name)
         rows = Rows(
             {
                 n: model.model_validate(row.state) if row.state else None
@@ -342,22 +353,17 @@ class CommandLoop(Generic[S, C]):
             },
             dict(zip(check_names, snapshot.checks, strict=True)),
         )
-        return loaded, rows
+        return LoadedSlice(loaded, frozenset(readonly)), rows
 
-    def _writes(
-        self,
-        loaded: Mapping[str, tuple[tuple[str, type[BaseModel]], Loaded]],
-        after: S,
-        plan: Plan,
-    ) -> list[AggregateWrite]:
+    def _writes(self, loaded: LoadedSlice, after: S) -> list[AggregateWrite]:
         """Every aggregate of the slice, at the version it was loaded at, changed or not:
         a decision that read an aggregate must fail if that aggregate moved meanwhile. One
         that did not exist and still does not stays absent (no placeholder). The plan's
-        `reads` are another owner's and stay as they are."""
+        `reads` (and what was found through them) are another owner's and stay as they are."""
         writes = []
         for name, state in self.model.aggregates(after).items():
-            if name in loaded and name not in plan.reads and state is not None:
-                (key, _), row = loaded[name]
+            if name in loaded.rows and name not in loaded.readonly and state is not None:
+                (key, _), row = loaded.rows[name]
                 writes.append(AggregateWrite(key, row.version, state_json=state.model_dump_json()))
         return writes
 

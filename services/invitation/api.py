@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -109,7 +108,7 @@ async def send_invitation(
     body: InvitationCreate, store: InvitationStoreDep, acting: ActingMember
 ) -> InvitationPublic:
     """If the recipient already invited you, this accepts their invitation (status `accepted`)."""
-    command = domain.SendInvitation(uuid.uuid4().hex, acting, body.to, body.message)
+    command = domain.SendInvitation(store.new_id(acting, body.to), acting, body.to, body.message)
     return InvitationPublic.from_outcome(await store.run(command), acting)
 
 

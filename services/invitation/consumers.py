@@ -1,6 +1,8 @@
-"""What the invitation service does with other services' events: one map from event type to
-handler per subscription. Also the expiry sweep, safe on several replicas because each
-expiry is an optimistic commit."""
+"""What the invitation service does with events: one map from event type to handler per
+subscription. Other services' decisions fold into the pairs; its own events finish the sagas
+a request started (both members' sides of an invitation), in case the process stopped
+half-way (a request makes those steps at once, so here they are no-ops). Also the expiry
+sweep, safe on several replicas because each expiry is an optimistic commit."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from services.invitation import domain
 from services.invitation.store import InvitationStore
 from shared import events as ev
 from shared.consumer import ConsumedEvent, Subscription
-from shared.topics import CONNECTIONS, MEMBERS
+from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS
 
 
 class InvitationConsumers:
@@ -32,7 +34,27 @@ class InvitationConsumers:
                     ev.MemberUnblocked: react,
                 },
             ),
+            Subscription(
+                "own-sagas",
+                [INVITATIONS],
+                {
+                    kind: self.settle_members
+                    for kind in (
+                        ev.InvitationSent,
+                        ev.InvitationAccepted,
+                        ev.InvitationDeclined,
+                        ev.InvitationWithdrawn,
+                        ev.InvitationExpired,
+                    )
+                },
+            ),
         ]
+
+    async def settle_members(self, consumed: ConsumedEvent) -> None:
+        event = consumed.event
+        assert isinstance(event, ev.InvitationEvent)
+        # No touch: a commit only where a side still differs from its invitation.
+        await self.store.settle(event.sender, event.recipient, event.invitation_id, touch=False)
 
     async def cancel_invitations_of_deactivated_member(self, consumed: ConsumedEvent) -> None:
         event = consumed.event

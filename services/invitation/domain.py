@@ -7,6 +7,16 @@
 The state a command sees is a `Slice`: the pair aggregate (everything between two members),
 one invitation, the sender's counters, whether the recipient is a known member, the rules
 in force (their defaults are settings: `InvitationSettings`) and the time of the decision.
+
+A pair (with its invitations) and a member (their counters as a sender, the invitations
+pending for them) are different owners, each in its own slot group, so the service runs on
+Redis Cluster. What spans both is a saga of one-owner commands (docs/scaling.md):
+
+- sending: the sender holds a place in their weekly window (`HoldSend`, which decides the
+  whole send against the pair as it reads it), then the pair decides (`SendInvitation`),
+  then each member's side follows the invitation (`SettleSide`: the place becomes a send or
+  is let go, the invitation joins or leaves their pending list, a report is counted);
+- every other change to an invitation: the pair's command, then `SettleSide` for both.
 """
 
 from __future__ import annotations
@@ -33,6 +43,9 @@ from shared.topics import pair_key
 
 # The weekly invitation limit counts sends over this rolling window.
 WEEKLY_WINDOW = timedelta(days=7)
+# How long a place held in the sender's window counts if the saga stops before the pair
+# decides (a crash): then it frees itself.
+SEND_HOLD = timedelta(seconds=60)
 
 Status = Literal["pending", "accepted", "declined", "withdrawn", "expired", "rejected", "cancelled"]
 
@@ -105,6 +118,25 @@ class SenderState(BaseModel):
 
     recent: tuple[float, ...] = ()  # send times (epoch seconds) inside the rolling window
     reports: int = 0
+    reported: frozenset[str] = frozenset()  # the reported invitations counted in `reports`
+    # Places held for sends being decided: invitation id -> until (epoch seconds).
+    held: dict[str, float] = {}
+
+    def counted(self, now: datetime, window: timedelta, besides: str) -> list[float]:
+        """When each send that counts against the limit frees its place: the sends inside
+        the window, and the places held (but for `besides`) until they free themselves."""
+        opened = (now - window).timestamp()
+        sends = [t + window.total_seconds() for t in self.recent if t > opened]
+        holds = [u for i, u in self.held.items() if u > now.timestamp() and i != besides]
+        return sends + holds
+
+
+class PendingOf(BaseModel):
+    """The invitations a member has pending, sent or received (their own aggregate)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +158,7 @@ class Slice:
     pair: PairState = field(default_factory=PairState)
     invitation: Invitation | None = None
     sender: SenderState = field(default_factory=SenderState)
+    pending_of: PendingOf = field(default_factory=PendingOf)  # one member's (`SettleSide`)
     actor_known: bool = True  # the acting member is a registered, active member
     recipient_known: bool = True
     blocked: bool = False  # a block either way, from the member directory
@@ -185,18 +218,133 @@ class React:
     event: ev.Event
 
 
-Command = SendInvitation | Accept | Decline | Withdraw | Report | Expire | Cancel | React
+@dataclass(frozen=True)
+class HoldSend:
+    """The sender's step of a send: decided in full against the pair as read, it holds a
+    place in the sender's weekly window when the send would go out (nothing when it would
+    accept the recipient's invitation instead)."""
+
+    send: SendInvitation
 
 
-def decide(state: Slice, command: Command) -> list[ev.Event]:
+@dataclass(frozen=True)
+class SettleSide:
+    """One member's side follows an invitation (state-based: any number of times, in any
+    order): its place in the sender's window becomes a send (or is let go if it was never
+    sent), it is on the member's pending list while it is pending to anyone, and a report
+    counts once. `touch`: commit even when nothing changed, so that a settle that read the
+    invitation before its last change (and commits later) meets a version conflict."""
+
+    member_id: str
+    invitation_id: str
+    touch: bool = True
+
+
+Command = (
+    SendInvitation
+    | Accept
+    | Decline
+    | Withdraw
+    | Report
+    | Expire
+    | Cancel
+    | React
+    | HoldSend
+    | SettleSide
+)
+
+
+# --- local changes (committed, never published) ---------------------------------------------
+
+Change = ev.Event | LocalChange
+
+
+@dataclass(frozen=True)
+class SendHeld(LocalChange):
+    sender: str
+    invitation_id: str
+    until: float
+
+
+@dataclass(frozen=True)
+class SendConfirmed(LocalChange):
+    """A send counted in the sender's window (its place, if held, let go)."""
+
+    sender: str
+    invitation_id: str
+    at: float
+
+
+@dataclass(frozen=True)
+class SendReleased(LocalChange):
+    sender: str
+    invitation_id: str
+
+
+@dataclass(frozen=True)
+class PendingListed(LocalChange):
+    member_id: str
+    invitation_id: str
+
+
+@dataclass(frozen=True)
+class PendingUnlisted(LocalChange):
+    member_id: str
+    invitation_id: str
+
+
+@dataclass(frozen=True)
+class ReportCounted(LocalChange):
+    sender: str
+    invitation_id: str
+
+
+@dataclass(frozen=True)
+class SideTouched(LocalChange):
+    """Nothing changed; committed only to move the member's versions (see `SettleSide`)."""
+
+    member_id: str
+
+
+def lists_pending(inv: Invitation) -> bool:
+    """On both members' pending lists (and due for expiry): pending, or finished but still
+    pending to its sender."""
+    return inv.status == "pending" or inv.awaits_sender_view
+
+
+def member_sides(event: ev.Event, at: datetime) -> list[LocalChange]:
+    """The members' sides of an invitation's event, as a replay of the log folds them."""
+    if not isinstance(event, ev.InvitationEvent):
+        return []
+    s, r, i = event.sender, event.recipient, event.invitation_id
+    if isinstance(event, ev.InvitationSent):
+        return [SendConfirmed(s, i, at.timestamp()), PendingListed(s, i), PendingListed(r, i)]
+    sides: list[LocalChange] = []
+    if isinstance(event, ev.InvitationDeclined) and event.reported:
+        sides.append(ReportCounted(s, i))
+    if not event.hidden_from_sender:
+        sides += [PendingUnlisted(s, i), PendingUnlisted(r, i)]
+    return sides
+
+
+def decide(state: Slice, command: Command) -> list[Change]:
     rules, now = state.rules, state.now
     match command:
         case SendInvitation():
-            return _decide_send(state, command)
+            return list(_decide_send(state, command))
+        case HoldSend(send=send):
+            decided = _decide_send(state, send)
+            held = send.invitation_id in state.sender.held
+            if held or not isinstance(decided[0], ev.InvitationSent):
+                return []
+            until = (now + SEND_HOLD).timestamp()
+            return [SendHeld(send.sender, send.invitation_id, until)]
+        case SettleSide():
+            return _settle_side(state, command)
         case Accept() | Decline() | Withdraw() | Report():
             if not state.actor_known:
                 raise refused()
-            return _decide_answer(state, command)
+            return list(_decide_answer(state, command))
         case Expire():
             inv = state.invitation
             if inv is None or inv.sent_at + rules.expiry > now:
@@ -260,13 +408,11 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
             f"you withdrew an invitation to this member; you can invite again on {opens}",
             "reinvite_cooldown",
         )
-    opened = (now - rules.window).timestamp()
-    recent = [t for t in state.sender.recent if t > opened]
-    if len(recent) >= rules.weekly_limit:
-        retry = datetime.fromtimestamp(min(recent), now.tzinfo) + rules.window - now
+    frees = state.sender.counted(now, rules.window, besides=command.invitation_id)
+    if len(frees) >= rules.weekly_limit:
         raise RateLimited(
             f"at most {rules.weekly_limit} invitations per {rules.window.days} days",
-            int(retry.total_seconds()) + 1,
+            int(min(frees) - now.timestamp()) + 1,
         )
     return [
         ev.InvitationSent(
@@ -280,6 +426,31 @@ def _decide_send(state: Slice, command: SendInvitation) -> list[ev.Event]:
 
 def already_pending() -> Conflict:
     return Conflict("an invitation to this member is already pending", "already_pending")
+
+
+def _settle_side(state: Slice, command: SettleSide) -> list[Change]:
+    m, i = command.member_id, command.invitation_id
+    inv = state.invitation
+    sender = state.sender
+    out: list[Change] = []
+    if i in sender.held:
+        # The pair decided (the invitation exists: it was sent) or never will (it does not).
+        sent = inv is not None and inv.sender == m
+        if inv is not None and sent:
+            out.append(SendConfirmed(m, i, inv.sent_at.timestamp()))
+        else:
+            out.append(SendReleased(m, i))
+    reported = inv is not None and inv.sender == m and inv.reason == "reported"
+    if reported and i not in sender.reported:
+        out.append(ReportCounted(m, i))
+    listed = inv is not None and inv.involves(m) and lists_pending(inv)
+    if listed and i not in state.pending_of.ids:
+        out.append(PendingListed(m, i))
+    elif not listed and i in state.pending_of.ids:
+        out.append(PendingUnlisted(m, i))
+    if not out and command.touch:
+        out.append(SideTouched(m))
+    return out
 
 
 def _decide_answer(state: Slice, command: Accept | Decline | Withdraw | Report) -> list[ev.Event]:
@@ -313,7 +484,7 @@ def evolve(state: Slice, event: ev.Event | LocalChange) -> Slice:
     return _evolve(event, state, state.now)
 
 
-def fold(state: Slice, events: list[ev.Event]) -> Slice:
+def fold(state: Slice, events: list[Change]) -> Slice:
     for event in events:
         state = evolve(state, event)
     return state
@@ -399,9 +570,7 @@ def _(event: ev.InvitationDeclined, state: Slice, now: datetime) -> Slice:
         _finish(state, "declined", now, "reported" if event.reported else None)
     )
     if event.reported:
-        state = replace(
-            state, sender=state.sender.model_copy(update={"reports": state.sender.reports + 1})
-        )
+        state = _evolve(ReportCounted(event.sender, event.invitation_id), state, now)
     return state
 
 
@@ -463,3 +632,55 @@ def _(event: ev.MemberBlocked, state: Slice, now: datetime) -> Slice:
 def _(event: ev.MemberUnblocked, state: Slice, now: datetime) -> Slice:
     blockers = state.pair.blockers - {event.blocker}
     return replace(state, pair=state.pair.model_copy(update={"blockers": blockers}))
+
+
+@_evolve.register
+def _(change: SendHeld, state: Slice, now: datetime) -> Slice:
+    # Places long past their time (a saga that never came back) are not kept either.
+    stale = now.timestamp() - state.rules.window.total_seconds()
+    held = {i: u for i, u in state.sender.held.items() if u > stale}
+    held[change.invitation_id] = change.until
+    return replace(state, sender=state.sender.model_copy(update={"held": held}))
+
+
+@_evolve.register
+def _(change: SendConfirmed, state: Slice, now: datetime) -> Slice:
+    sender = state.sender
+    opened = (now - state.rules.window).timestamp()
+    recent = tuple(t for t in sender.recent if t > opened)
+    if change.at not in recent:
+        recent = (*recent, change.at)
+    held = {i: u for i, u in sender.held.items() if i != change.invitation_id}
+    return replace(state, sender=sender.model_copy(update={"recent": recent, "held": held}))
+
+
+@_evolve.register
+def _(change: SendReleased, state: Slice, now: datetime) -> Slice:
+    held = {i: u for i, u in state.sender.held.items() if i != change.invitation_id}
+    return replace(state, sender=state.sender.model_copy(update={"held": held}))
+
+
+@_evolve.register
+def _(change: ReportCounted, state: Slice, now: datetime) -> Slice:
+    sender = state.sender
+    if change.invitation_id in sender.reported:
+        return state
+    update = {"reports": sender.reports + 1, "reported": sender.reported | {change.invitation_id}}
+    return replace(state, sender=sender.model_copy(update=update))
+
+
+@_evolve.register
+def _(change: PendingListed, state: Slice, now: datetime) -> Slice:
+    ids = state.pending_of.ids | {change.invitation_id}
+    return replace(state, pending_of=PendingOf(ids=ids))
+
+
+@_evolve.register
+def _(change: PendingUnlisted, state: Slice, now: datetime) -> Slice:
+    ids = state.pending_of.ids - {change.invitation_id}
+    return replace(state, pending_of=PendingOf(ids=ids))
+
+
+@_evolve.register
+def _(change: SideTouched, state: Slice, now: datetime) -> Slice:
+    return state

@@ -1,16 +1,30 @@
-"""Invitation state on the kit's command loop: which aggregates a command touches (the pair,
-the invitations, the sender's counters, the member directory), and the pending-invitation
-indexes its events keep."""
+"""Invitation state on the kit's command loop, laid out in slot groups so that the service
+runs on Redis Cluster: a pair's aggregate, its invitations and the expiry queue in the pair's
+group; a member's counters as a sender and their pending list in the member's group. An
+invitation id starts with its pair's group (`g0417-...`), so a command about it finds the
+pair in one round trip. The sagas that span a pair and its members run here (`run`), in the
+order `services.invitation.domain` describes."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 
 from services.invitation import domain
-from services.invitation.domain import Invitation, PairState, Rules, SenderState, Slice
+from services.invitation.domain import (
+    Invitation,
+    PairState,
+    PendingOf,
+    Rules,
+    SenderState,
+    Slice,
+)
 from shared import events as ev
 from shared.commands import (
     Change,
@@ -18,12 +32,14 @@ from shared.commands import (
     Follow,
     IndexOp,
     IndexOpName,
+    Outcome,
     Plan,
     Rows,
     StateStore,
 )
 from shared.directory import Directory
-from shared.groups import KeyLayout
+from shared.events import Envelope
+from shared.groups import KeyLayout, tag
 from shared.settings import InvitationSettings
 from shared.topics import pair_key
 
@@ -36,74 +52,181 @@ FOLDED_FROM_OTHERS = (
     ev.MemberUnblocked,
 )
 
+Aggregates = dict[str, tuple[str, type[BaseModel]]]
+_GROUP_PREFIX = re.compile(r"g(\d{4})")
+
 
 class InvitationStore(CommandLoop[Slice, domain.Command]):
     producer = "invitation"
-    # One commit spans a pair, both members and the directory: one Redis node (issue #17).
-    layout = KeyLayout.ONE_NODE
+    layout = KeyLayout.SLOT_GROUPS
 
     def __init__(self, store: StateStore, settings: InvitationSettings, rules: Rules) -> None:
         super().__init__(store, self)
         self.rules = rules
-        self.key = lambda *parts: settings.key("invitation", *parts)
-        self.pending_key = self.key("pending")
+        self.groups = settings.groups
+        self.key = lambda group, kind, ident: settings.key("invitation", tag(group), kind, ident)
+        self.pending_key = lambda group: settings.key("invitation", tag(group), "pending")
         self.directory = Directory.of(settings)
 
+    def new_id(self, sender: str, recipient: str) -> str:
+        return f"{self.groups.of(pair_key(sender, recipient))}-{uuid.uuid4().hex}"
+
+    def group_of_id(self, invitation_id: str) -> str | None:
+        """The pair's group an invitation id names. An id issued before the groups (no
+        prefix) is found with one group only."""
+        head, _, _ = invitation_id.partition("-")
+        found = _GROUP_PREFIX.fullmatch(head)
+        if found and int(found.group(1)) < self.groups.count:
+            return head
+        return self.groups.of("") if self.groups.count == 1 else None
+
     async def invitation(self, invitation_id: str) -> Invitation | None:
-        [row] = (await self.store.load([self.key("inv", invitation_id)])).rows
+        about = self._inv(invitation_id)
+        if not about:
+            return None
+        [(key, _)] = about.values()
+        [row] = (await self.store.load([key])).rows
         return Invitation.model_validate(row.state) if row.state else None
 
     async def pending_of(self, member: str) -> list[str]:
-        return sorted(await self.store.set_members(self.key("pending-of", member)))
+        key = self.key(self.groups.of(member), "pending-of", member)
+        [row] = (await self.store.load([key])).rows
+        return sorted(PendingOf.model_validate(row.state).ids) if row.state else []
 
     async def due_for_expiry(self, now: datetime, limit: int = 200) -> list[str]:
-        return await self.store.lowest(
-            self.pending_key, (now - self.rules.expiry).timestamp(), limit
+        """Pending invitations past their age, from every group's expiry queue."""
+        until = (now - self.rules.expiry).timestamp()
+        due = await asyncio.gather(
+            *(self.store.lowest(self.pending_key(g), until, limit) for g in self.groups.all())
         )
+        return [i for ids in due for i in ids]
+
+    # the sagas across a pair and its members ------------------------------------------------
+    async def run(
+        self,
+        command: domain.Command | None = None,
+        *,
+        observed: ev.Event | None = None,
+        causation: Envelope | None = None,
+        correlation_id: str | None = None,
+        dedupe_key: str | None = None,
+        now: datetime | None = None,
+    ) -> Outcome[Slice]:
+        """A command about an invitation, then both members' sides (a send first holds a
+        place in the sender's window)."""
+        options: dict[str, Any] = {
+            "observed": observed,
+            "causation": causation,
+            "correlation_id": correlation_id,
+            "dedupe_key": dedupe_key,
+            "now": now,
+        }
+        if isinstance(command, domain.SendInvitation):
+            return await self._send(command, **options)
+        outcome = await super().run(command, **options)
+        await self._settle(outcome)
+        return outcome
+
+    async def _send(self, command: domain.SendInvitation, **options: Any) -> Outcome[Slice]:
+        held = await super().run(domain.HoldSend(command))  # refuses as the send would
+        assert held.state is not None
+        try:
+            outcome = await super().run(command, **options)
+        finally:
+            if command.invitation_id in held.state.sender.held:
+                # Sent: the place becomes the send; refused meanwhile: it is let go.
+                await super().run(domain.SettleSide(command.sender, command.invitation_id))
+        await self._settle(outcome)
+        return outcome
+
+    async def _settle(self, outcome: Outcome[Slice], touch: bool = True) -> None:
+        inv = outcome.state.invitation if outcome.state else None
+        if outcome.envelopes and inv is not None:
+            await self.settle(inv.sender, inv.recipient, inv.invitation_id, touch=touch)
+
+    async def settle(
+        self, sender: str, recipient: str, invitation_id: str, *, touch: bool = True
+    ) -> None:
+        """Both members' sides follow the invitation (at once, each in its group)."""
+        await asyncio.gather(
+            *(
+                super(InvitationStore, self).run(domain.SettleSide(m, invitation_id, touch))
+                for m in (sender, recipient)
+            )
+        )
+
+    async def fold(self, event: Change, at: datetime) -> None:
+        """A replay folds the pair's event, then each member's side of it, each in its group."""
+        await super().fold(event, at)
+        if isinstance(event, ev.Event):
+            for side in domain.member_sides(event, at):
+                await super().fold(side, at)
 
     # the loop's WriteModel -----------------------------------------------------------------
     async def plan(self, command: domain.Command | None, observed: ev.Event | None) -> Plan:
         """The pair, invitations and sender a command touches, the one it is about first,
         and the pair's pending invitation (followed from the pair, in the same snapshot)."""
-        pending = Follow("pair", "pending", "inv:{id}", self.key("inv", ""), Invitation)
         match command:
-            case domain.SendInvitation(invitation_id=i, sender=s, recipient=r):
-                sender = {"sender": (self.key("sender", s), SenderState)}
-                d = self.directory
-                checks = {
-                    "actor_known": d.is_active(s),
-                    "recipient_known": d.is_active(r),
-                    "blocks": d.blocks_from(s, r),
-                    "blocked_by": d.blocks_from(r, s),
-                }
+            case domain.HoldSend(send=domain.SendInvitation(sender=s, recipient=r)):
                 return Plan(
-                    {**self._pair(pair_key(s, r)), **self._inv(i), **sender}, checks, [pending]
+                    self._sender(s),
+                    self._send_checks(s, r),
+                    [self._pending(self._pair_group(s, r))],
+                    group=self.groups.of(s),
+                    reads=self._pair(s, r),
+                )
+            case domain.SendInvitation(invitation_id=i, sender=s, recipient=r):
+                return Plan(
+                    {**self._pair(s, r), **self._inv(i)},
+                    self._send_checks(s, r),
+                    [self._pending(self._pair_group(s, r))],
+                    group=self._pair_group(s, r),
+                    reads=self._sender(s),
+                )
+            case domain.SettleSide(member_id=m, invitation_id=i):
+                return Plan(
+                    {**self._sender(m), **self._pending_of(m)},
+                    group=self.groups.of(m),
+                    reads=self._inv(i),
                 )
             case domain.React(event=event):  # events keyed by the pair they are about
-                about = self._inv(getattr(event, "invitation_id", None))
-                return Plan({**self._pair(event.partition_key), **about}, follows=[pending])
+                group = self.groups.of(event.partition_key)
+                about = self._inv(getattr(event, "invitation_id", None), within=group)
+                return Plan(
+                    {**self._pair_key(event.partition_key), **about},
+                    follows=[self._pending(group)],
+                    group=group,
+                )
             case (domain.Accept() | domain.Decline() | domain.Withdraw() | domain.Report()
                   | domain.Expire() | domain.Cancel()):  # fmt: skip
+                home = self.group_of_id(command.invitation_id)  # None: it cannot be found
                 name = f"inv:{command.invitation_id}"
                 through = [
-                    Follow(name, "pair", "pair", self.key("pair", ""), PairState),
-                    Follow(name, "sender", "sender", self.key("sender", ""), SenderState),
+                    Follow(name, "pair", "pair", self.key(home or "", "pair", ""), PairState)
                 ]
                 actor = getattr(command, "actor", None)
                 checks = {"actor_known": self.directory.is_active(actor)} if actor else {}
-                return Plan(self._inv(command.invitation_id), checks, follows=through)
+                return Plan(self._inv(command.invitation_id), checks, through, group=home)
         raise TypeError(f"unknown command {command!r}")
 
     def plan_event(self, event: Change) -> Plan:
-        """An invitation event changes its pair, itself and its sender's counters; another
-        service's pair event (a connection, a block) changes the pair and, if it names one,
-        the invitation."""
-        about = self._inv(getattr(event, "invitation_id", None))
-        if isinstance(event, ev.InvitationEvent):
-            sender = {"sender": (self.key("sender", event.sender), SenderState)}
-            return Plan({**self._pair(event.partition_key), **about, **sender})
-        if isinstance(event, FOLDED_FROM_OTHERS):
-            return Plan({**self._pair(event.partition_key), **about})
+        """The owner a change belongs to: an invitation event (and another service's pair
+        event) to the pair, with the invitation it names; a member's side to the member."""
+        match event:
+            case ev.InvitationEvent() | (
+                ev.ConnectionAccepted()
+                | ev.ConnectionRemoved()
+                | ev.ConnectionRejected()
+                | ev.MemberBlocked()
+                | ev.MemberUnblocked()
+            ):
+                group = self.groups.of(event.partition_key)
+                about = self._inv(getattr(event, "invitation_id", None), within=group)
+                return Plan({**self._pair_key(event.partition_key), **about}, group=group)
+            case domain.SendConfirmed(sender=s) | domain.ReportCounted(sender=s):
+                return Plan(self._sender(s), group=self.groups.of(s))
+            case domain.PendingListed(member_id=m) | domain.PendingUnlisted(member_id=m):
+                return Plan(self._pending_of(m), group=self.groups.of(m))
         return Plan()
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
@@ -114,6 +237,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             pair=rows.get("pair") or PairState(),
             invitation=next(invitations, None),
             sender=rows.get("sender") or SenderState(),
+            pending_of=rows.get("pending_of") or PendingOf(),
             actor_known=rows.checks.get("actor_known", True),
             recipient_known=rows.checks.get("recipient_known", True),
             blocked=rows.checks.get("blocks", False) or rows.checks.get("blocked_by", False),
@@ -121,7 +245,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
 
     def aggregates(self, state: Slice) -> Mapping[str, BaseModel | None]:
         inv = state.invitation
-        return {"pair": state.pair, "sender": state.sender} | (
+        return {"pair": state.pair, "sender": state.sender, "pending_of": state.pending_of} | (
             {f"inv:{inv.invitation_id}": inv} if inv else {}
         )
 
@@ -129,23 +253,50 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
     evolve = staticmethod(domain.evolve)
 
     def index_ops(self, events: Sequence[Change], now: datetime) -> list[IndexOp]:
+        """The pair group's expiry queue: a sent invitation joins it; every other invitation
+        event takes it out, except one its sender still sees pending (it stays due)."""
         ops: list[IndexOp] = []
         for e in events:
             if isinstance(e, ev.InvitationEvent) and not e.hidden_from_sender:
-                # Sent joins the pending indexes; every other invitation event leaves them,
-                # except one its sender still sees pending (it stays due for expiry).
-                sent = isinstance(e, ev.InvitationSent)
-                zop: IndexOpName = "ZADD" if sent else "ZREM"
-                sop: IndexOpName = "SADD" if sent else "SREM"
-                ops.append(IndexOp(zop, self.pending_key, e.invitation_id, now.timestamp()))
-                for member in (e.sender, e.recipient):
-                    ops.append(IndexOp(sop, self.key("pending-of", member), e.invitation_id))
+                op: IndexOpName = "ZADD" if isinstance(e, ev.InvitationSent) else "ZREM"
+                queue = self.pending_key(self.groups.of(e.partition_key))
+                ops.append(IndexOp(op, queue, e.invitation_id, now.timestamp()))
         return ops
 
-    def _pair(self, pair: str) -> dict[str, tuple[str, type[BaseModel]]]:
-        return {"pair": (self.key("pair", pair), PairState)}
+    def _send_checks(self, s: str, r: str) -> dict[str, tuple[str, str]]:
+        d = self.directory
+        return {
+            "actor_known": d.is_active(s),
+            "recipient_known": d.is_active(r),
+            "blocks": d.blocks_from(s, r),
+            "blocked_by": d.blocks_from(r, s),
+        }
 
-    def _inv(self, invitation_id: str | None) -> dict[str, tuple[str, type[BaseModel]]]:
-        if not invitation_id:
+    def _pair_group(self, a: str, b: str) -> str:
+        return self.groups.of(pair_key(a, b))
+
+    def _pair(self, a: str, b: str) -> Aggregates:
+        return self._pair_key(pair_key(a, b))
+
+    def _pair_key(self, pair: str) -> Aggregates:
+        return {"pair": (self.key(self.groups.of(pair), "pair", pair), PairState)}
+
+    def _pending(self, group: str) -> Follow:
+        """The pair's pending invitation, found through the pair (in the pair's group)."""
+        return Follow("pair", "pending", "inv:{id}", self.key(group, "inv", ""), Invitation)
+
+    def _sender(self, member: str) -> Aggregates:
+        return {"sender": (self.key(self.groups.of(member), "sender", member), SenderState)}
+
+    def _pending_of(self, member: str) -> Aggregates:
+        key = self.key(self.groups.of(member), "pending-of", member)
+        return {"pending_of": (key, PendingOf)}
+
+    def _inv(self, invitation_id: str | None, within: str | None = None) -> Aggregates:
+        """The invitation's aggregate (nothing for no id, an id this layout cannot place,
+        or one outside the group `within`)."""
+        group = self.group_of_id(invitation_id) if invitation_id else None
+        if group is None or (within is not None and group != within):
             return {}
-        return {f"inv:{invitation_id}": (self.key("inv", invitation_id), Invitation)}
+        key = self.key(group, "inv", invitation_id)
+        return {f"inv:{invitation_id}": (key, Invitation)}

@@ -14,11 +14,13 @@ from redis.asyncio import Redis
 from services.connection import domain
 from services.connection.domain import Member
 from services.connection.main import create_app
+from services.connection.store import ConnectionStore
+from services.engagement.main import create_app as engagement_app
 from shared import events as ev
 from shared.commands import AggregateWrite
 from shared.events import Envelope, decode
 from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS, TopicNames
-from tests.helpers import Infra, auth, read_topic, running_app
+from tests.helpers import Infra, auth, read_topic, running_app, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
 
@@ -251,3 +253,73 @@ async def test_lists_follows_and_deactivation_through_http(infra: Infra, namespa
     assert await store.connections("bob") == [] and await store.connections("cat") == []
     assert (await store.member("bob")).connections == 0
     assert any(isinstance(e, ev.MemberDeactivated) for e in events_of(records))
+
+
+async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
+    infra: Infra, namespace: str, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members and pairs in their own slot groups on a real three-node cluster: accepts
+    through the consumer hold places on both members (the cap stays exact), removals, blocks
+    and a deactivation reach both members' sides; the engagement service on the same cluster
+    reads the directory the connection service keeps there."""
+    monkeypatch.setenv("REDIS_URL", redis_cluster_url)
+    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
+    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "8")
+    monkeypatch.setenv("RAPPORT_CONNECTION_CONNECTION_CAP", "4")
+    topics = TopicNames(namespace)
+    others = [f"m{i}" for i in range(8)]
+    app = create_app()
+    async with running_app(app) as conn, running_app(engagement_app()) as eng:
+        store = app.state.wired
+        assert len({store.groups.of(m) for m in ["hub", *others]}) >= 4
+        for m in ["hub", *others]:
+            await register(conn, m)
+        # Eight accepted invitations to the hub at once, through the consumer: four places.
+        for m in others:
+            accepted = ev.InvitationAccepted(invitation_id=f"i-{m}", sender=m, recipient="hub")
+            await publish(infra, topics(INVITATIONS), Envelope.wrap(accepted, producer="test"))
+        decided = await read_topic(
+            infra.kafka_bootstrap, topics(CONNECTIONS), expect=4 * 3 + 4, timeout=30
+        )
+        # Each member's side follows its pair's commit at once (the relay may be quicker).
+        await wait_until(lambda: _has_connections(store, "hub", 4))
+        connected = await store.connections("hub")
+        listed = await conn.put(f"/lists/close/members/{connected[0]}", headers=auth("hub"))
+        liked = await eng.post(
+            "/engagements", json={"target": "hub", "kind": "like"}, headers=auth(connected[0])
+        )
+        blocked = await conn.post(f"/blocks/{connected[0]}", headers=auth("hub"))
+        blocked_likes = await eng.post(
+            "/engagements", json={"target": "hub", "kind": "like"}, headers=auth(connected[0])
+        )
+        removed = await conn.delete(f"/connections/{connected[1]}", headers=auth("hub"))
+        gone = await conn.delete(f"/members/{connected[2]}", headers=auth(connected[2]))
+        gone_likes = await eng.post(
+            "/engagements", json={"target": "hub", "kind": "like"}, headers=auth(connected[2])
+        )
+        hub = await store.member("hub")
+        unlisted = await conn.delete(f"/lists/close/members/{connected[0]}", headers=auth("hub"))
+        counts = {m: (await store.member(m)).connections for m in connected}  # type: ignore[union-attr]
+        runtime = app.state.runtime
+        backlog = await runtime.state.backlog()
+        relays = len(runtime.relays)
+
+    decisions = [e for e in events_of(decided) if not isinstance(e, ev.FollowStarted)]
+    outcomes = sorted(type(e).__name__ for e in decisions)
+    assert outcomes == ["ConnectionAccepted"] * 4 + ["ConnectionRejected"] * 4
+    assert {e.reason for e in decisions if isinstance(e, ev.ConnectionRejected)} == {"cap_reached"}
+    assert len(connected) == 4
+    assert listed.status_code == 200 and liked.status_code == 201
+    assert blocked.status_code == 200 and blocked_likes.status_code == 404
+    assert removed.status_code == 200 and gone.status_code == 200
+    assert gone_likes.status_code == 403
+    # The hub kept one of four: the block, the removal and the deactivation each took one.
+    assert hub is not None and hub.connections == 1 and hub.places == {}
+    assert counts == {connected[0]: 0, connected[1]: 0, connected[2]: 0, connected[3]: 1}
+    # The block took the blocked member out of the hub's list, too.
+    assert unlisted.status_code == 404 and unlisted.json()["error"]["code"] == "not_listed"
+    assert (backlog, relays) == (0, 8 + 1)
+
+
+async def _has_connections(store: ConnectionStore, member: str, n: int) -> bool:
+    return len(await store.connections(member)) == n

@@ -27,6 +27,7 @@ class Stack:
         self.inv = invitations
         self.conn = connections
         self.store = app.state.wired
+        self.runtime = app.state.runtime
 
     async def members(self, *ids: str) -> None:
         for m in ids:
@@ -253,3 +254,48 @@ async def test_bad_invitations_are_4xx_and_write_nothing(
     assert response.status_code == 422, response.text
     assert set(response.json()["error"]) == {"code", "message"}
     assert after == before
+
+
+async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
+    infra: Infra, namespace: str, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairs, senders and members in their own slot groups on a real three-node cluster:
+    the weekly limit holds exactly under concurrent sends (places held in the sender's
+    window), one invitation per pair, accepts become connections, pending lists follow."""
+    monkeypatch.setenv("REDIS_URL", redis_cluster_url)
+    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
+    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "8")
+    monkeypatch.setenv("RAPPORT_INVITATION_WEEKLY_LIMIT", "3")
+    others = [f"p{i}" for i in range(6)]
+    async with stack() as s:
+        store = s.store
+        assert len({store.groups.of(pair_key("ann", o)) for o in others}) >= 3
+        await s.members("ann", "bob", "cat", *others)
+        sends = await asyncio.gather(*(s.invite("ann", o) for o in others))
+        pair_race = await asyncio.gather(*(s.invite("bob", "cat") for _ in range(50)))
+        to = {r.json()["invitation_id"]: r.json()["recipient"] for r in sends if r.is_success}
+        sent = list(to)
+        accepted = await s.answer("accept", sent[0], to[sent[0]])
+        reported = await s.answer("report", sent[1], to[sent[1]])
+        await wait_until(lambda: _status(s, sent[0], "ann", "accepted"))
+        made = await read_topic(infra.kafka_bootstrap, TopicNames(namespace)(CONNECTIONS), expect=1)
+        pending_ann = await store.pending_of("ann")
+        pending_first = await store.pending_of(to[sent[0]])
+        sender = (
+            await store.store.load([store.key(store.groups.of("ann"), "sender", "ann")])
+        ).rows[0]
+        runtime = s.runtime
+        backlog = await runtime.state.backlog()
+        relays = len(runtime.relays)
+
+    # The weekly limit (3) holds exactly, on whichever node each pair and the sender live.
+    assert sorted(r.status_code for r in sends) == [201] * 3 + [429] * 3
+    assert sorted(r.status_code for r in pair_race) == [201] + [409] * 49
+    assert accepted.status_code == 200 and reported.status_code == 200
+    assert isinstance(decode(made[0].value)[1], ev.ConnectionAccepted)
+    # The accepted one left both pending lists; the reported one stays pending to ann.
+    assert pending_ann == sorted(sent[1:]) and pending_first == []
+    assert sender.state["reports"] == 1 and sender.state["held"] == {}
+    assert len(sender.state["recent"]) == 3
+    assert all(i.startswith(store.groups.of(pair_key("ann", to[i])) + "-") for i in sent)
+    assert (backlog, relays) == (0, 8 + 1)
