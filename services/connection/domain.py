@@ -160,8 +160,9 @@ class Reconcile:
     """One member's side of their pair with `other` follows the pair: the count and the
     connections index, the other out of the member's lists once disconnected, the places
     held for the pair's decided invitations (and `invitation_id`) let go. State-based, so
-    it may run any number of times, in any order. `touch`: commit even when nothing changed, so that a reconcile that read the pair
-    before its last change (and commits later) meets a version conflict and reads again."""
+    it may run any number of times, in any order. `touch`: commit even when nothing
+    changed, so that a reconcile that read the pair before its last change (and commits
+    later) meets a version conflict and reads again."""
 
     member_id: str
     other: str
