@@ -474,7 +474,7 @@ def model_markdown(f: Footprint, t: Throughput, command: str) -> str:
     row("events/s at peak", (f"{p.peak_events_per_s:,.0f}" for p in plans))
     row("write side Redis data", (f"{p.write_redis_gib:,.1f} GiB" for p in plans))
     row(
-        "write side Redis, nodes (once partitioned: today one primary)",
+        "write side Redis, nodes",
         (
             f"{p.write_primaries} primaries + {p.write_primaries * REDIS_REPLICAS_PER_PRIMARY} replicas"
             for p in plans

@@ -1,9 +1,9 @@
 """Two replicas of every service (`rapport run --replicas 2`: two processes behind each port,
-each with its own consumers, outbox relay and sweeps), the projection's read models on a real
-three-node Redis Cluster, under the races the single-process tests hold: one invitation per
-pair, the connection cap, accept against withdraw; then 10,000 accepted invitations (some
-refused at the cap), after which the read models must equal a clean rebuild. (The write
-services keep one Redis node: docs/scaling.md, "The write side on a cluster".)"""
+each with its own consumers, outbox relays and sweeps), every service's keys on a real
+three-node Redis Cluster (the write services' in slot groups, the projection's by member),
+under the races the single-process tests hold: one invitation per pair, the connection cap,
+accept against withdraw; then 10,000 accepted invitations (some refused at the cap), after
+which the read models must equal a clean rebuild."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tests.helpers import ADMIN_TOKEN, OPS_TOKEN, TOKEN, Infra, random_id
 pytestmark = pytest.mark.e2e
 
 CAP = 50  # the connection cap of this stack, small enough to reach over HTTP
+SLOT_GROUPS = 12  # the write services' groups, spread over the cluster's three primaries
 # Accepted invitations of the busy-network test, among 500 members (some refused at the cap):
 # about 4 minutes here, most of it the client's 20,000 requests on the same two cores.
 CONNECTIONS = 10_000
@@ -35,11 +36,13 @@ def replicated(
     infra: Infra, redis_cluster_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     logs = Path(tmp_path_factory.mktemp("replica-logs"))
-    extra = {"RAPPORT_CONNECTION_CONNECTION_CAP": str(CAP)}
     on_cluster = {
-        "projection": {"REDIS_URL": redis_cluster_url, "RAPPORT_PROJECTION_REDIS_CLUSTER": "1"}
+        "REDIS_URL": redis_cluster_url,
+        "RAPPORT_REDIS_CLUSTER": "1",  # every service
+        "RAPPORT_SLOT_GROUPS": str(SLOT_GROUPS),
+        "RAPPORT_CONNECTION_CONNECTION_CAP": str(CAP),
     }
-    with running_stack(infra, logs, workers=2, extra_env=extra, service_env=on_cluster) as stack:
+    with running_stack(infra, logs, workers=2, extra_env=on_cluster) as stack:
         # The client reads the read models' digest on the cluster.
         yield replace(stack, env={**stack.env, "CLUSTER_URL": redis_cluster_url})
 

@@ -96,11 +96,11 @@ def test_the_scaled_compose_runs_three_brokers_a_six_node_redis_cluster_and_two_
         svc = services[name]
         assert svc["deploy"]["replicas"] == 2
         assert svc["environment"]["KAFKA_BOOTSTRAP_SERVERS"].count("kafka-") == 3
-    projection = services["projection"]["environment"]
-    assert projection["RAPPORT_PROJECTION_REDIS_CLUSTER"] == "true"
-    assert projection["REDIS_URL"].startswith("redis://redis-")
-    # The write services keep one primary until the write side is partitioned.
-    assert services["invitation"]["environment"]["REDIS_URL"] == "redis://redis-writes:6379/0"
+        # Every service on the cluster, the write services in the same slot groups.
+        assert svc["environment"]["RAPPORT_REDIS_CLUSTER"] == "true"
+        assert svc["environment"]["REDIS_URL"].startswith("redis://redis-")
+        assert svc["environment"]["RAPPORT_SLOT_GROUPS"] == "12"
+    assert not [name for name in services if name.startswith("redis-writes")]
 
 
 # --- Kubernetes (deploy/k8s) -----------------------------------------------------------------
@@ -214,21 +214,18 @@ def test_the_scaled_manifests_run_kafka_and_redis_through_their_operators() -> N
     kafka = by_kind["Kafka"]["rapport"]["spec"]["kafka"]
     assert kafka["config"]["min.insync.replicas"] == 2
     assert kafka["config"]["auto.create.topics.enable"] is False
-    # 3 leaders with a follower each for the read models; a primary and a replica for writes.
-    cluster = by_kind["RedisCluster"]["rapport-read-models"]["spec"]
+    # 3 leaders with a follower each, for every service's keys.
+    cluster = by_kind["RedisCluster"]["rapport"]["spec"]
     assert cluster["clusterSize"] == cluster["redisLeader"]["replicas"] == 3
     assert cluster["redisFollower"]["replicas"] == 3 and cluster["persistenceEnabled"]
-    assert by_kind["RedisReplication"]["rapport-writes"]["spec"]["clusterSize"] == 2
+    assert "RedisReplication" not in by_kind
     tuning = by_kind["ConfigMap"]["rapport-redis-config"]["data"]["redis-additional.conf"]
     assert " ".join(REDIS_TUNING).removeprefix("--") in tuning
-    # The services find them through the operators' Services.
+    # The services find them through the operators' Services, every one on the cluster.
     config = by_kind["ConfigMap"]["rapport-config"]["data"]
     assert config["KAFKA_BOOTSTRAP_SERVERS"] == "rapport-kafka-bootstrap:9092"
-    assert config["REDIS_URL"] == "redis://rapport-writes-master:6379/0"
-    env = by_kind["Deployment"]["rapport-projection"]["spec"]["template"]["spec"]["containers"][0]
-    settings = {e["name"]: e["value"] for e in env["env"]}
-    assert settings["RAPPORT_PROJECTION_REDIS_CLUSTER"] == "true"
-    assert settings["REDIS_URL"] == "redis://rapport-read-models-leader:6379/0"
+    assert config["REDIS_URL"] == "redis://rapport-leader:6379/0"
+    assert config["RAPPORT_REDIS_CLUSTER"] == "true" and config["RAPPORT_SLOT_GROUPS"] == "12"
 
 
 def _strimzi_errors(docs: list[dict]) -> dict[str, str | None]:
