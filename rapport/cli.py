@@ -37,10 +37,11 @@ from rapport.localstack import (
     embedded_infra,
     pick_port,
 )
-from rapport.replay import WRITE_SERVICES, digest, has_state, read_log, replay
+from rapport.replay import WRITE_SERVICES, digest, has_state, read_log, replay, settings_of
 from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
 from services.projection.api import ProjectionStatus
 from shared.events import InvalidEvent, decode
+from shared.redis import connect, initialize
 from shared.settings import DEFAULT_REDIS
 from shared.topics import PARTITIONS, TopicNames
 
@@ -438,7 +439,9 @@ def replay_command(
 
 
 async def _replay(service: str, into: str, bootstrap: str, redis_url: str, namespace: str) -> int:
-    redis = Redis.from_url(redis_url)
+    # On a Redis Cluster (RAPPORT_REDIS_CLUSTER) the keyspace spans every node.
+    redis = connect(redis_url, cluster=settings_of(service, namespace).redis_cluster)
+    await initialize(redis)
     try:
         live = await digest(service, redis, namespace)
         if into == "live" and await has_state(service, redis, namespace):

@@ -14,6 +14,9 @@ import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from fastapi import FastAPI
 
+from rapport.replay import digest, read_log, replay
+from shared.redis import connect, initialize
+
 T = TypeVar("T")
 
 TOKEN = "test-token"
@@ -150,3 +153,19 @@ async def publish_raw(
             await (await producer.send(topic, value, key=key, headers=headers))
     finally:
         await producer.stop()
+
+
+async def live_and_replayed(
+    service: str, infra: Infra, namespace: str, redis_url: str
+) -> tuple[str, str]:
+    """A write service's state digest on the Redis Cluster at `redis_url`, and that of the
+    log replayed into a fresh keyspace there (`rapport replay`)."""
+    cluster = connect(redis_url, cluster=True)
+    await initialize(cluster)
+    try:
+        live = await digest(service, cluster, namespace)
+        fresh = f"{namespace}replay."
+        await replay(service, cluster, await read_log(infra.kafka_bootstrap, namespace), fresh)
+        return live, await digest(service, cluster, fresh)
+    finally:
+        await cluster.aclose()

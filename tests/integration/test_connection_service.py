@@ -20,7 +20,7 @@ from shared import events as ev
 from shared.commands import AggregateWrite
 from shared.events import Envelope, decode
 from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS, TopicNames
-from tests.helpers import Infra, auth, read_topic, running_app, wait_until
+from tests.helpers import Infra, auth, live_and_replayed, read_topic, running_app, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
 
@@ -303,6 +303,7 @@ async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
         runtime = app.state.runtime
         backlog = await runtime.state.backlog()
         relays = len(runtime.relays)
+        live, replayed = await live_and_replayed("connection", infra, namespace, redis_cluster_url)
 
     decisions = [e for e in events_of(decided) if not isinstance(e, ev.FollowStarted)]
     outcomes = sorted(type(e).__name__ for e in decisions)
@@ -319,6 +320,8 @@ async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
     # The block took the blocked member out of the hub's list, too.
     assert unlisted.status_code == 404 and unlisted.json()["error"]["code"] == "not_listed"
     assert (backlog, relays) == (0, 8 + 1)
+    # What the sagas left in every group is what the log's events make of it (`rapport replay`).
+    assert replayed == live
 
 
 async def _has_connections(store: ConnectionStore, member: str, n: int) -> bool:

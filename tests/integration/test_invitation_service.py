@@ -17,7 +17,7 @@ from services.invitation.main import create_app as invitation_app
 from shared import events as ev
 from shared.events import decode
 from shared.topics import CONNECTIONS, INVITATIONS, TopicNames, pair_key
-from tests.helpers import Infra, auth, read_topic, running_app, wait_until
+from tests.helpers import Infra, auth, live_and_replayed, read_topic, running_app, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
 
@@ -287,6 +287,7 @@ async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
         runtime = s.runtime
         backlog = await runtime.state.backlog()
         relays = len(runtime.relays)
+        live, replayed = await live_and_replayed("invitation", infra, namespace, redis_cluster_url)
 
     # The weekly limit (3) holds exactly, on whichever node each pair and the sender live.
     assert sorted(r.status_code for r in sends) == [201] * 3 + [429] * 3
@@ -299,3 +300,4 @@ async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
     assert len(sender.state["recent"]) == 3
     assert all(i.startswith(store.groups.of(pair_key("ann", to[i])) + "-") for i in sent)
     assert (backlog, relays) == (0, 8 + 1)
+    assert replayed == live  # what the sagas left is what the log's events make of it
