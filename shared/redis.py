@@ -18,6 +18,8 @@ SOCKET_TIMEOUT_S = 1.0
 # The same for background work (batches, rebuilds, refreshes), whose calls may be long.
 BACKGROUND_SOCKET_TIMEOUT_S = 30.0
 POOL_WAIT_S = 0.5
+# A cluster client's pool per node, as a multiple of a one-node client's (see `connect`).
+CLUSTER_CONNECTIONS_FACTOR = 16
 
 # Redis answers that mean "not now" (a script running, loading, a failover, out of memory),
 # not "this request is wrong": retried by consumers, 503 with Retry-After at the HTTP edge.
@@ -60,7 +62,10 @@ def connect(
             decode_responses=True,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
             socket_timeout=socket_timeout_s,
-            max_connections=max_connections,
+            # Per node. redis-py's async cluster client does not queue for a connection: a
+            # full pool fails the command at once (MaxConnectionsError, redis-py #3135). A
+            # burst of sagas runs many commands at once, so give it room.
+            max_connections=max_connections * CLUSTER_CONNECTIONS_FACTOR,
         )
     pool = BlockingConnectionPool.from_url(
         url,

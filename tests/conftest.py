@@ -12,14 +12,16 @@ import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from rapport.localstack import EMBEDDED_BROKER_TUNING, EmbeddedRedisCluster, embedded_infra
 from shared.kafka import ensure_topics
+from shared.redis import initialize
 from shared.topics import TopicNames
 from tests.helpers import TOKEN_ENV, Infra, random_id
 
@@ -94,6 +96,48 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield cluster.url
     finally:
         cluster.stop()
+
+
+@dataclass(frozen=True)
+class WriteSide:
+    """Where a write service's test keeps its state: one Redis node, or the 3-node cluster."""
+
+    redis_url: str
+    cluster: bool
+
+    def client(self) -> Redis:
+        """A client that sees every key of this layout (every node of a cluster)."""
+        if self.cluster:
+            return RedisCluster.from_url(self.redis_url, decode_responses=True)  # type: ignore[return-value]
+        return Redis.from_url(self.redis_url, decode_responses=True)
+
+
+@pytest.fixture(params=["one node", "cluster"])
+def write_side(
+    request: pytest.FixtureRequest,
+    infra: Infra,
+    service_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> WriteSide:
+    """Runs a write service's test twice: on one Redis node, and with every service on the
+    3-node Redis Cluster in 8 slot groups (a test of one layout only parametrizes this
+    fixture itself, indirectly)."""
+    if request.param == "one node":
+        return WriteSide(infra.redis_url, cluster=False)
+    url = request.getfixturevalue("redis_cluster_url")
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
+    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "8")
+    return WriteSide(url, cluster=True)
+
+
+@pytest_asyncio.fixture
+async def state_client(write_side: WriteSide) -> AsyncIterator[Redis]:
+    client = write_side.client()
+    if write_side.cluster:
+        await initialize(client)
+    yield client
+    await client.aclose()
 
 
 # A test that hangs on an await (not on the CPU) shows nothing useful in pytest-timeout's

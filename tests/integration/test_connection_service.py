@@ -20,9 +20,11 @@ from shared import events as ev
 from shared.commands import AggregateWrite
 from shared.events import Envelope, decode
 from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS, TopicNames
+from tests.conftest import WriteSide
 from tests.helpers import Infra, auth, live_and_replayed, read_topic, running_app, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
+# Every test on one Redis node and on the 3-node cluster in slot groups (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env", "write_side")]
 
 
 async def register(client: httpx.AsyncClient, member: str, industry: str = "Technology") -> dict:
@@ -154,7 +156,7 @@ async def test_rejection_when_blocked_reaches_the_topic(infra: Infra, namespace:
     ]
 
 
-async def test_cap_holds_under_100_concurrent_accepts(redis_client: Redis) -> None:
+async def test_cap_holds_under_100_concurrent_accepts() -> None:
     app = create_app()
     async with running_app(app):
         store = app.state.wired
@@ -203,14 +205,15 @@ async def test_cap_holds_under_100_concurrent_accepts(redis_client: Redis) -> No
     ],
 )
 async def test_bad_input_is_a_4xx_and_writes_nothing(
-    method: str, path: str, body: dict | None, redis_client: Redis, namespace: str
+    method: str, path: str, body: dict | None, state_client: Redis, namespace: str
 ) -> None:
     # Every key but the registry of running instances, which each process's heartbeat
     # writes on a timer, input or not (its first beat can land between the two reads).
     heartbeats = f"{namespace}rapport:instances"
 
     async def state_keys() -> list[str]:
-        return sorted(k for k in await redis_client.keys(f"{namespace}*") if k != heartbeats)
+        keys = state_client.scan_iter(match=f"{namespace}*", count=1000)
+        return sorted([k async for k in keys if k != heartbeats])
 
     async with running_app(create_app()) as client:
         await register(client, "ann")
@@ -255,16 +258,14 @@ async def test_lists_follows_and_deactivation_through_http(infra: Infra, namespa
     assert any(isinstance(e, ev.MemberDeactivated) for e in events_of(records))
 
 
+@pytest.mark.parametrize("write_side", ["cluster"], indirect=True)
 async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
-    infra: Infra, namespace: str, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+    infra: Infra, namespace: str, write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Members and pairs in their own slot groups on a real three-node cluster: accepts
     through the consumer hold places on both members (the cap stays exact), removals, blocks
     and a deactivation reach both members' sides; the engagement service on the same cluster
     reads the directory the connection service keeps there."""
-    monkeypatch.setenv("REDIS_URL", redis_cluster_url)
-    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
-    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "8")
     monkeypatch.setenv("RAPPORT_CONNECTION_CONNECTION_CAP", "4")
     topics = TopicNames(namespace)
     others = [f"m{i}" for i in range(8)]
@@ -303,7 +304,9 @@ async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
         runtime = app.state.runtime
         backlog = await runtime.state.backlog()
         relays = len(runtime.relays)
-        live, replayed = await live_and_replayed("connection", infra, namespace, redis_cluster_url)
+        live, replayed = await live_and_replayed(
+            "connection", infra, namespace, write_side.redis_url
+        )
 
     decisions = [e for e in events_of(decided) if not isinstance(e, ev.FollowStarted)]
     outcomes = sorted(type(e).__name__ for e in decisions)

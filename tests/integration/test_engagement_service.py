@@ -17,9 +17,11 @@ from shared.outbox import RedisStateStore
 from shared.redis import connect, initialize
 from shared.settings import EngagementSettings
 from shared.topics import ENGAGEMENTS, TopicNames
+from tests.conftest import WriteSide
 from tests.helpers import Infra, auth, read_topic, running_app
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
+# Every test on one Redis node and on the 3-node cluster in slot groups (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env", "write_side")]
 
 
 async def test_engagements_and_milestones_with_rules_and_limits(
@@ -88,21 +90,19 @@ async def test_engagements_and_milestones_with_rules_and_limits(
     assert liked.json()["event_id"] in {str(decode(r.value)[0].event_id) for r in records}
 
 
+@pytest.mark.parametrize("write_side", ["cluster"], indirect=True)
 async def test_the_engagement_service_runs_on_a_redis_cluster_in_slot_groups(
-    infra: Infra, namespace: str, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+    infra: Infra, namespace: str, write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every actor's counters and events commit within the actor's slot group on a real
     three-node cluster; each group's outbox is relayed under its own lease, in order."""
-    monkeypatch.setenv("REDIS_URL", redis_cluster_url)
-    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
-    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "8")
     monkeypatch.setenv("RAPPORT_ENGAGEMENT_PER_TARGET_PER_DAY", "2")
     settings = EngagementSettings()
     actors = [f"actor{i}" for i in range(12)]
     assert len({settings.groups.of(a) for a in actors}) >= 4  # the actors span several groups
     # The member directory, as the connection service keeps it.
     directory = Directory.of(settings)
-    cluster = connect(redis_cluster_url, cluster=True)
+    cluster = connect(write_side.redis_url, cluster=True)
     await initialize(cluster)
     for m in (*actors, "star", "shy"):
         await cluster.sadd(*directory.is_active(m))
@@ -145,6 +145,7 @@ async def test_the_engagement_service_runs_on_a_redis_cluster_in_slot_groups(
     assert refs == {a: [f"{a}-0", f"{a}-1"] for a in actors}
 
 
+@pytest.mark.parametrize("write_side", ["one node"], indirect=True)
 async def test_events_left_in_the_outbox_of_before_the_slot_groups_are_published(
     infra: Infra, namespace: str, redis_client: Redis
 ) -> None:

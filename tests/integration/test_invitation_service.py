@@ -17,9 +17,11 @@ from services.invitation.main import create_app as invitation_app
 from shared import events as ev
 from shared.events import decode
 from shared.topics import CONNECTIONS, INVITATIONS, TopicNames, pair_key
+from tests.conftest import WriteSide
 from tests.helpers import Infra, auth, live_and_replayed, read_topic, running_app, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env")]
+# Every test on one Redis node and on the 3-node cluster in slot groups (tests/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env", "write_side")]
 
 
 class Stack:
@@ -244,27 +246,26 @@ async def test_expiry_sweep_on_two_replicas_expires_once(infra: Infra, namespace
     ],
 )
 async def test_bad_invitations_are_4xx_and_write_nothing(
-    body: object, redis_client: Redis, namespace: str
+    body: object, state_client: Redis, namespace: str
 ) -> None:
+    pattern = f"{namespace}rapport:invitation:*"
     async with stack() as s:
         await s.members("ann", "bob")
-        before = {k for k in await redis_client.keys(f"{namespace}rapport:invitation:*")}
+        before = {k async for k in state_client.scan_iter(match=pattern, count=1000)}
         response = await s.inv.post("/invitations", json=body, headers=auth("ann"))
-        after = {k for k in await redis_client.keys(f"{namespace}rapport:invitation:*")}
+        after = {k async for k in state_client.scan_iter(match=pattern, count=1000)}
     assert response.status_code == 422, response.text
     assert set(response.json()["error"]) == {"code", "message"}
     assert after == before
 
 
+@pytest.mark.parametrize("write_side", ["cluster"], indirect=True)
 async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
-    infra: Infra, namespace: str, redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch
+    infra: Infra, namespace: str, write_side: WriteSide, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pairs, senders and members in their own slot groups on a real three-node cluster:
     the weekly limit holds exactly under concurrent sends (places held in the sender's
     window), one invitation per pair, accepts become connections, pending lists follow."""
-    monkeypatch.setenv("REDIS_URL", redis_cluster_url)
-    monkeypatch.setenv("RAPPORT_REDIS_CLUSTER", "1")
-    monkeypatch.setenv("RAPPORT_SLOT_GROUPS", "8")
     monkeypatch.setenv("RAPPORT_INVITATION_WEEKLY_LIMIT", "3")
     others = [f"p{i}" for i in range(6)]
     async with stack() as s:
@@ -287,7 +288,9 @@ async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
         runtime = s.runtime
         backlog = await runtime.state.backlog()
         relays = len(runtime.relays)
-        live, replayed = await live_and_replayed("invitation", infra, namespace, redis_cluster_url)
+        live, replayed = await live_and_replayed(
+            "invitation", infra, namespace, write_side.redis_url
+        )
 
     # The weekly limit (3) holds exactly, on whichever node each pair and the sender live.
     assert sorted(r.status_code for r in sends) == [201] * 3 + [429] * 3
