@@ -120,8 +120,11 @@ async def redis_bytes(redis: Redis, namespace: str) -> dict[str, int]:
     """MEMORY USAGE summed over every key of the namespace, by store and kind of key
     ("store/kind": the segment naming the store, then the one naming the key's kind)."""
     totals: dict[str, int] = defaultdict(int)
-    # rapport:<store>:<kind>:...; the projection's keys are rapport:p:<version>:<kind>:...
-    pattern = re.compile(rf"^{re.escape(namespace)}rapport:([^:]+):(?:\d+:)?([^:{{]+)")
+    # rapport:<store>:<kind>:...; the projection's keys are rapport:p:<version>:<kind>:...,
+    # a write service's rapport:<store>:{<slot group>}:<kind>:...
+    pattern = re.compile(
+        rf"^{re.escape(namespace)}rapport:([^:]+):(?:\d+:)?(?:\{{[^}}]*\}}:)?([^:{{]+)"
+    )
     keys = [k async for k in redis.scan_iter(match=f"{namespace}rapport:*", count=2000)]
     for start in range(0, len(keys), 1000):
         chunk = keys[start : start + 1000]

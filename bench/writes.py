@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,10 @@ from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
 from shared.directory import Directory
+from shared.groups import tag
 from shared.kafka import ensure_topics
 from shared.redis import connect, initialize
-from shared.settings import EngagementSettings
+from shared.settings import EngagementSettings, InvitationSettings
 from shared.topics import CONNECTIONS, INVITATIONS, TopicNames
 
 WRK_DIR = Path(__file__).parent / "wrk"
@@ -185,15 +187,18 @@ async def _register(api: RapportClient, members: list[str]) -> None:
 async def _pending_invitations(redis_url: str, namespace: str, path: Path) -> int:
     """Write 'invitation_id recipient' for every pending invitation (the accept run's input)."""
     redis = Redis.from_url(redis_url, decode_responses=True)
-    prefix = f"{namespace}rapport:invitation:"
-    ids = await redis.zrange(f"{prefix}pending", 0, -1)
+    settings = InvitationSettings(namespace=namespace)  # the services' slot groups (one)
     lines = []
-    for start in range(0, len(ids), 1000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in ids[start : start + 1000]:
-                pipe.hget(f"{prefix}inv:{i}", "s")
-            for i, raw in zip(ids[start : start + 1000], await pipe.execute(), strict=True):
-                lines.append(f"{i} {json.loads(raw)['recipient']}")
+    for group in settings.groups.all():  # an invitation is in its pair's group
+        key = partial(settings.key, "invitation", tag(group))
+        ids = await redis.zrange(key("pending"), 0, -1)
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in chunk:
+                    pipe.hget(key("inv", i), "s")
+                for i, raw in zip(chunk, await pipe.execute(), strict=True):
+                    lines.append(f"{i} {json.loads(raw)['recipient']}")
     random.Random(7).shuffle(lines)
     await asyncio.to_thread(path.write_text, "\n".join(lines) + "\n")
     await redis.aclose()

@@ -130,13 +130,18 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
     async def _send(self, command: domain.SendInvitation, **options: Any) -> Outcome[Slice]:
         held = await super().run(domain.HoldSend(command))  # refuses as the send would
         assert held.state is not None
+        placed = command.invitation_id in held.state.sender.held
         try:
             outcome = await super().run(command, **options)
-        finally:
-            if command.invitation_id in held.state.sender.held:
-                # Sent: the place becomes the send; refused meanwhile: it is let go.
+        except BaseException:
+            if placed:  # refused meanwhile: the place is let go
                 await super().run(domain.SettleSide(command.sender, command.invitation_id))
-        await self._settle(outcome)
+            raise
+        inv = outcome.state.invitation if outcome.state else None
+        if placed and (inv is None or inv.invitation_id != command.invitation_id):
+            # The recipient's invitation was accepted instead: the place is let go.
+            await super().run(domain.SettleSide(command.sender, command.invitation_id))
+        await self._settle(outcome)  # sent: the place becomes the send, both lists follow
         return outcome
 
     async def _settle(self, outcome: Outcome[Slice], touch: bool = True) -> None:
