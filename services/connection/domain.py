@@ -86,7 +86,8 @@ class Slice:
     now: datetime
     actor_known: bool = True  # the acting member is registered and active (member directory)
     other_known: bool = True  # the other member is registered and active (member directory)
-    indexed: bool = False  # the other member is in the member's connections index
+    # The members whose connections index holds the other member of the command's pair.
+    indexed: frozenset[str] = frozenset()
     members: dict[str, Member | None] = field(default_factory=dict)
     pairs: dict[str, Pair] = field(default_factory=dict)
     lists: dict[str, Lists] = field(default_factory=dict)
@@ -130,9 +131,10 @@ class DeactivateMember:
 
 @dataclass(frozen=True)
 class HoldPlace:
-    """Hold a place below the cap for an accept being decided (kept if already held)."""
+    """Each member (of one slot group) holds a place below the cap for an accept being
+    decided (kept if already held)."""
 
-    member_id: str
+    members: tuple[str, ...]
     invitation_id: str
     cap: int
 
@@ -157,17 +159,21 @@ class EndConnection:
 
 @dataclass(frozen=True)
 class Reconcile:
-    """One member's side of their pair with `other` follows the pair: the count and the
-    connections index, the other out of the member's lists once disconnected, the places
-    held for the pair's decided invitations (and `invitation_id`) let go. State-based, so
-    it may run any number of times, in any order. `touch`: commit even when nothing
-    changed, so that a reconcile that read the pair before its last change (and commits
-    later) meets a version conflict and reads again."""
+    """The sides of `members` (those of the pair in one slot group) follow the pair: the
+    count and the connections index, the other out of the member's lists once
+    disconnected, the places held for the pair's decided invitations (and `invitation_id`)
+    let go. State-based, so it may run any number of times, in any order. `touch`: commit
+    even when nothing changed, so that a reconcile that read the pair before its last
+    change (and commits later) meets a version conflict and reads again."""
 
-    member_id: str
-    other: str
+    pair: tuple[str, str]
+    members: tuple[str, ...]
     invitation_id: str | None = None
     touch: bool = True
+
+    def other(self, member: str) -> str:
+        a, b = self.pair
+        return b if member == a else a
 
 
 @dataclass(frozen=True)
@@ -365,13 +371,15 @@ def decide(state: Slice, command: Command) -> list[Change]:
             _active(state, member_id)
             return [ev.MemberDeactivated(member_id=member_id)]
 
-        case HoldPlace(member_id=m, invitation_id=i, cap=cap):
-            holder = state.member(m)
-            if holder is None or place_refusal(holder, i, cap, state.now) is not None:
-                return []
-            if i in holder.places and holder.places[i] > state.now:
-                return []
-            return [PlaceHeld(m, i, state.now + PLACE_HOLD)]
+        case HoldPlace(members=members, invitation_id=i, cap=cap):
+            held: list[Change] = []
+            for m in dict.fromkeys(members):
+                holder = state.member(m)
+                if holder is None or place_refusal(holder, i, cap, state.now) is not None:
+                    continue
+                if i not in holder.places or holder.places[i] <= state.now:
+                    held.append(PlaceHeld(m, i, state.now + PLACE_HOLD))
+            return held
 
         case AcceptConnection():
             return _decide_accept(state, command)
@@ -426,7 +434,7 @@ def decide(state: Slice, command: Command) -> list[Change]:
             return [ev.FollowStopped(follower=actor, followee=other)]
 
         case ListConnection(owner=owner, list_name=name, other=other):
-            if not state.indexed:  # the owner's connections index
+            if owner not in state.indexed:  # the owner's connections index
                 raise NotFound(f"{other} is not a connection", "not_connected")
             if other in state.lists_of(owner).lists.get(name, frozenset()):
                 return []
@@ -476,27 +484,29 @@ def _decide_accept(state: Slice, command: AcceptConnection) -> list[Change]:
 
 
 def _reconcile(state: Slice, command: Reconcile) -> list[Change]:
-    m, other = command.member_id, command.other
-    member = state.member(m)
-    if member is None:
-        return []
-    pair = state.pair(m, other)
-    # A place is let go once its invitation is decided (whoever reconciles first: the
-    # request, or the consumer of the pair's event), so that it never counts twice.
-    out: list[Change] = [
-        PlaceReleased(m, i)
-        for i in sorted(member.places)
-        if i == command.invitation_id or i in pair.processed_invitations
-    ]
-    connected = pair.connected
-    if connected and not state.indexed:
-        out.append(MemberConnected(m, other))
-    elif not connected and state.indexed:
-        out.append(MemberDisconnected(m, other))
-        for name in state.lists_of(m).containing(other):
-            out.append(ev.ConnectionUnlisted(owner=m, list_name=name, member_id=other))
-    if not out and command.touch:
-        out.append(Reconciled(m))
+    out: list[Change] = []
+    for m in dict.fromkeys(command.members):
+        member = state.member(m)
+        if member is None:
+            continue
+        other = command.other(m)
+        pair = state.pair(m, other)
+        # A place is let go once its invitation is decided (whoever reconciles first: the
+        # request, or the consumer of the pair's event), so that it never counts twice.
+        out += [
+            PlaceReleased(m, i)
+            for i in sorted(member.places)
+            if i == command.invitation_id or i in pair.processed_invitations
+        ]
+        indexed = m in state.indexed
+        if pair.connected and not indexed:
+            out.append(MemberConnected(m, other))
+        elif not pair.connected and indexed:
+            out.append(MemberDisconnected(m, other))
+            for name in state.lists_of(m).containing(other):
+                out.append(ev.ConnectionUnlisted(owner=m, list_name=name, member_id=other))
+    if not out and command.touch and any(state.member(m) for m in command.members):
+        out.append(Reconciled(command.members[0]))
     return out
 
 

@@ -87,38 +87,55 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         both members' sides follow. Each step is keyed by the invitation, so a retry of the
         whole (the consumer's redelivery) repeats them harmlessly."""
         s, r, i = invitation.sender, invitation.recipient, invitation.invitation_id
-        holds = await asyncio.gather(self._hold(s, i, cap), self._hold(r, i, cap))
-        refusals = tuple((m, why) for m, why in zip((s, r), holds, strict=True) if why)
+        why = await self._hold((s, r), i, cap)
+        refusals = tuple((m, reason) for m in dict.fromkeys((s, r)) if (reason := why[m]))
         outcome = await self.run(
             domain.AcceptConnection(i, s, r, refusals), causation=causation, dedupe_key=dedupe_key
         )
         await self.settle(s, r, invitation_id=i)
         return outcome
 
+    def _by_group(self, members: Sequence[str]) -> list[tuple[str, ...]]:
+        """The members in groups of one slot group each (one commit per group)."""
+        groups: dict[str, list[str]] = {}
+        for m in dict.fromkeys(members):
+            groups.setdefault(self.groups.of(m), []).append(m)
+        return [tuple(ms) for ms in groups.values()]
+
     async def _hold(
-        self, member_id: str, invitation_id: str, cap: int
-    ) -> ev.RejectionReason | None:
-        outcome = await self.run(domain.HoldPlace(member_id, invitation_id, cap))
-        assert outcome.state is not None
-        return domain.place_refusal(
-            outcome.state.member(member_id), invitation_id, cap, outcome.state.now
+        self, members: Sequence[str], invitation_id: str, cap: int
+    ) -> dict[str, ev.RejectionReason | None]:
+        """Each member holds a place (one commit per group, at once); what each refused."""
+        held = await asyncio.gather(
+            *(self.run(domain.HoldPlace(ms, invitation_id, cap)) for ms in self._by_group(members))
         )
+        why: dict[str, ev.RejectionReason | None] = {}
+        for ms, outcome in zip(self._by_group(members), held, strict=True):
+            assert outcome.state is not None
+            for m in ms:
+                why[m] = domain.place_refusal(
+                    outcome.state.member(m), invitation_id, cap, outcome.state.now
+                )
+        return why
 
     async def settle(
         self, a: str, b: str, *, invitation_id: str | None = None, touch: bool = True
     ) -> list[Envelope]:
-        """Both members' sides of their pair follow the pair (at once); a member who was
-        deactivated meanwhile loses the connection. The events this published (lists)."""
+        """Both members' sides of their pair follow the pair (one commit per group, at
+        once); a member who was deactivated meanwhile loses the connection. The events this
+        published (lists)."""
+        groups = self._by_group((a, b))
         sides = await asyncio.gather(
-            self.run(domain.Reconcile(a, b, invitation_id, touch)),
-            self.run(domain.Reconcile(b, a, invitation_id, touch)),
+            *(self.run(domain.Reconcile((a, b), ms, invitation_id, touch)) for ms in groups)
         )
         envelopes = [e for side in sides for e in side.envelopes]
-        for (member, other), side in zip(((a, b), (b, a)), sides, strict=True):
+        for ms, side in zip(groups, sides, strict=True):
             state = side.state
-            who = state.member(member) if state else None
-            if state and who and not who.active and state.pair(member, other).connected:
-                envelopes += await self.end(member, other)
+            for member in ms:
+                other = b if member == a else a
+                who = state.member(member) if state else None
+                if state and who and not who.active and state.pair(member, other).connected:
+                    return envelopes + await self.end(member, other)
         return envelopes
 
     async def end(self, member_id: str, other: str) -> list[Envelope]:
@@ -168,20 +185,23 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
                 domain.RegisterMember(member_id=m)
                 | domain.UpdateProfile(member_id=m)
                 | domain.DeactivateMember(member_id=m)
-                | domain.HoldPlace(member_id=m)
             ):
                 return Plan(self._member(m), checks, group=self.groups.of(m))
-            case domain.Reconcile(member_id=m, other=o):
+            case domain.HoldPlace(members=ms):
+                members = {k: v for m in ms for k, v in self._member(m).items()}
+                return Plan(members, group=self.groups.of(ms[0]))
+            case domain.Reconcile(pair=(a, b), members=ms):
+                sides = {k: v for m in ms for k, v in (self._member(m) | self._lists(m)).items()}
                 return Plan(
-                    self._member(m) | self._lists(m),
-                    {"indexed": (self.key("connections", m), o)},
-                    group=self.groups.of(m),
-                    reads=self._pair(m, o),
+                    sides,
+                    {f"indexed:{m}": self._indexed(m, command.other(m)) for m in ms},
+                    group=self.groups.of(ms[0]),
+                    reads=self._pair(a, b),
                 )
             case (
                 domain.ListConnection(owner=m, other=o) | domain.UnlistConnection(owner=m, other=o)
             ):
-                indexed = {"indexed": (self.key("connections", m), o)}
+                indexed = {f"indexed:{m}": self._indexed(m, o)}
                 return Plan(
                     self._member(m) | self._lists(m), checks | indexed, group=self.groups.of(m)
                 )
@@ -232,7 +252,11 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
             now=now,
             actor_known=rows.checks.get("actor_known", True),
             other_known=rows.checks.get("other_known", True),
-            indexed=rows.checks.get("indexed", False),
+            indexed=frozenset(
+                name.removeprefix("indexed:")
+                for name, found in rows.checks.items()
+                if name.startswith("indexed:") and found
+            ),
             members=by_kind["member"],  # type: ignore[arg-type]
             pairs={k: v or Pair() for k, v in by_kind["pair"].items()},  # type: ignore[misc]
             lists={k: v or Lists() for k, v in by_kind["lists"].items()},  # type: ignore[misc]
@@ -269,6 +293,10 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
                     op = "SADD" if isinstance(e, ev.MemberBlocked) else "SREM"
                     ops.append(IndexOp(op, *d.blocks_from(a, b)))
         return ops
+
+    def _indexed(self, member: str, other: str) -> tuple[str, str]:
+        """A set-membership check: `other` is in `member`'s connections index."""
+        return self.key("connections", member), other
 
     def _member(self, m: str) -> Aggregates:
         return {f"member:{m}": (self.key("member", m), Member)}

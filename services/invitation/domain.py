@@ -158,10 +158,13 @@ class Slice:
     pair: PairState = field(default_factory=PairState)
     invitation: Invitation | None = None
     sender: SenderState = field(default_factory=SenderState)
-    pending_of: PendingOf = field(default_factory=PendingOf)  # one member's (`SettleSide`)
+    pending_of: dict[str, PendingOf] = field(default_factory=dict)  # by member (`SettleSide`)
     actor_known: bool = True  # the acting member is a registered, active member
     recipient_known: bool = True
     blocked: bool = False  # a block either way, from the member directory
+
+    def pending_list(self, member: str) -> PendingOf:
+        return self.pending_of.get(member, PendingOf())
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -229,14 +232,17 @@ class HoldSend:
 
 @dataclass(frozen=True)
 class SettleSide:
-    """One member's side follows an invitation (state-based: any number of times, in any
-    order): its place in the sender's window becomes a send (or is let go if it was never
-    sent), it is on the member's pending list while it is pending to anyone, and a report
-    counts once. `touch`: commit even when nothing changed, so that a settle that read the
-    invitation before its last change (and commits later) meets a version conflict."""
+    """The sides of `members` (those of the invitation in one slot group) follow it
+    (state-based: any number of times, in any order): the place held in the window of
+    `sender` (when they are one of `members`) becomes a send, or is let go if it was never
+    sent, and a report of theirs counts once; it is on each member's pending list while it
+    is pending to anyone. `touch`: commit even when nothing changed, so that a settle that
+    read the invitation before its last change (and commits later) meets a version
+    conflict."""
 
-    member_id: str
+    members: tuple[str, ...]
     invitation_id: str
+    sender: str | None = None
     touch: bool = True
 
 
@@ -429,27 +435,28 @@ def already_pending() -> Conflict:
 
 
 def _settle_side(state: Slice, command: SettleSide) -> list[Change]:
-    m, i = command.member_id, command.invitation_id
-    inv = state.invitation
-    sender = state.sender
+    i, inv = command.invitation_id, state.invitation
     out: list[Change] = []
-    if i in sender.held:
-        # The pair decided (the invitation exists: it was sent) or never will (it does not).
-        sent = inv is not None and inv.sender == m
-        if inv is not None and sent:
-            out.append(SendConfirmed(m, i, inv.sent_at.timestamp()))
-        else:
-            out.append(SendReleased(m, i))
-    reported = inv is not None and inv.sender == m and inv.reason == "reported"
-    if reported and i not in sender.reported:
-        out.append(ReportCounted(m, i))
-    listed = inv is not None and inv.involves(m) and lists_pending(inv)
-    if listed and i not in state.pending_of.ids:
-        out.append(PendingListed(m, i))
-    elif not listed and i in state.pending_of.ids:
-        out.append(PendingUnlisted(m, i))
+    if (s := command.sender) is not None:
+        sender = state.sender
+        if i in sender.held:
+            # The pair decided (the invitation exists: it was sent) or never will (it does not).
+            if inv is not None and inv.sender == s:
+                out.append(SendConfirmed(s, i, inv.sent_at.timestamp()))
+            else:
+                out.append(SendReleased(s, i))
+        reported = inv is not None and inv.sender == s and inv.reason == "reported"
+        if reported and i not in sender.reported:
+            out.append(ReportCounted(s, i))
+    for m in dict.fromkeys(command.members):
+        listed = inv is not None and inv.involves(m) and lists_pending(inv)
+        have = i in state.pending_list(m).ids
+        if listed and not have:
+            out.append(PendingListed(m, i))
+        elif not listed and have:
+            out.append(PendingUnlisted(m, i))
     if not out and command.touch:
-        out.append(SideTouched(m))
+        out.append(SideTouched(command.members[0]))
     return out
 
 
@@ -671,14 +678,14 @@ def _(change: ReportCounted, state: Slice, now: datetime) -> Slice:
 
 @_evolve.register
 def _(change: PendingListed, state: Slice, now: datetime) -> Slice:
-    ids = state.pending_of.ids | {change.invitation_id}
-    return replace(state, pending_of=PendingOf(ids=ids))
+    ids = state.pending_list(change.member_id).ids | {change.invitation_id}
+    return replace(state, pending_of={**state.pending_of, change.member_id: PendingOf(ids=ids)})
 
 
 @_evolve.register
 def _(change: PendingUnlisted, state: Slice, now: datetime) -> Slice:
-    ids = state.pending_of.ids - {change.invitation_id}
-    return replace(state, pending_of=PendingOf(ids=ids))
+    ids = state.pending_list(change.member_id).ids - {change.invitation_id}
+    return replace(state, pending_of={**state.pending_of, change.member_id: PendingOf(ids=ids)})
 
 
 @_evolve.register

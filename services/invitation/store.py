@@ -135,12 +135,12 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             outcome = await super().run(command, **options)
         except BaseException:
             if placed:  # refused meanwhile: the place is let go
-                await super().run(domain.SettleSide(command.sender, command.invitation_id))
+                await super().run(self._sender_side(command))
             raise
         inv = outcome.state.invitation if outcome.state else None
         if placed and (inv is None or inv.invitation_id != command.invitation_id):
             # The recipient's invitation was accepted instead: the place is let go.
-            await super().run(domain.SettleSide(command.sender, command.invitation_id))
+            await super().run(self._sender_side(command))
         await self._settle(outcome)  # sent: the place becomes the send, both lists follow
         return outcome
 
@@ -152,13 +152,24 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
     async def settle(
         self, sender: str, recipient: str, invitation_id: str, *, touch: bool = True
     ) -> None:
-        """Both members' sides follow the invitation (at once, each in its group)."""
+        """Both members' sides follow the invitation (one commit per group, at once)."""
+        groups: dict[str, list[str]] = {}
+        for m in dict.fromkeys((sender, recipient)):
+            groups.setdefault(self.groups.of(m), []).append(m)
         await asyncio.gather(
             *(
-                super(InvitationStore, self).run(domain.SettleSide(m, invitation_id, touch))
-                for m in (sender, recipient)
+                super(InvitationStore, self).run(
+                    domain.SettleSide(
+                        tuple(ms), invitation_id, sender if sender in ms else None, touch
+                    )
+                )
+                for ms in groups.values()
             )
         )
+
+    @staticmethod
+    def _sender_side(command: domain.SendInvitation) -> domain.SettleSide:
+        return domain.SettleSide((command.sender,), command.invitation_id, command.sender)
 
     async def fold(self, event: Change, at: datetime) -> None:
         """A replay folds the pair's event, then each member's side of it, each in its group."""
@@ -188,10 +199,11 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                     group=self._pair_group(s, r),
                     reads=self._sender(s),
                 )
-            case domain.SettleSide(member_id=m, invitation_id=i):
+            case domain.SettleSide(members=ms, invitation_id=i, sender=s):
+                sides = {k: v for m in ms for k, v in self._pending_of(m).items()}
                 return Plan(
-                    {**self._sender(m), **self._pending_of(m)},
-                    group=self.groups.of(m),
+                    {**(self._sender(s) if s else {}), **sides},
+                    group=self.groups.of(ms[0]),
                     reads=self._inv(i),
                 )
             case domain.React(event=event):  # events keyed by the pair they are about
@@ -242,7 +254,11 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             pair=rows.get("pair") or PairState(),
             invitation=next(invitations, None),
             sender=rows.get("sender") or SenderState(),
-            pending_of=rows.get("pending_of") or PendingOf(),
+            pending_of={
+                name.removeprefix("pending_of:"): value
+                for name, value in rows.aggregates.items()
+                if name.startswith("pending_of:") and isinstance(value, PendingOf)
+            },
             actor_known=rows.checks.get("actor_known", True),
             recipient_known=rows.checks.get("recipient_known", True),
             blocked=rows.checks.get("blocks", False) or rows.checks.get("blocked_by", False),
@@ -250,7 +266,8 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
 
     def aggregates(self, state: Slice) -> Mapping[str, BaseModel | None]:
         inv = state.invitation
-        return {"pair": state.pair, "sender": state.sender, "pending_of": state.pending_of} | (
+        pending = {f"pending_of:{m}": p for m, p in state.pending_of.items()}
+        return {"pair": state.pair, "sender": state.sender, **pending} | (
             {f"inv:{inv.invitation_id}": inv} if inv else {}
         )
 
@@ -295,7 +312,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
 
     def _pending_of(self, member: str) -> Aggregates:
         key = self.key(self.groups.of(member), "pending-of", member)
-        return {"pending_of": (key, PendingOf)}
+        return {f"pending_of:{member}": (key, PendingOf)}
 
     def _inv(self, invitation_id: str | None, within: str | None = None) -> Aggregates:
         """The invitation's aggregate (nothing for no id, an id this layout cannot place,

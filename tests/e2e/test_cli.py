@@ -47,14 +47,14 @@ def test_invite_accept_degree_summary_suggest_and_tail(stack: Stack, tmp_path: P
         )
 
     sent = invite(ada, grace)
-    invitation_id = re.search(r"invitation (\w+) ", sent.stdout).group(1)  # type: ignore[union-attr]
+    invitation_id = re.search(r"invitation ([\w-]+) ", sent.stdout).group(1)  # type: ignore[union-attr]
     assert f"{ada} → {grace}: pending" in sent.stdout
 
     accepted = rapport(stack, tmp_path, "accept", invitation_id, "--as", grace)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert "accepted" in accepted.stdout
     sent = invite(grace, alan)
-    invitation_id = re.search(r"invitation (\w+) ", sent.stdout).group(1)  # type: ignore[union-attr]
+    invitation_id = re.search(r"invitation ([\w-]+) ", sent.stdout).group(1)  # type: ignore[union-attr]
     assert rapport(stack, tmp_path, "accept", invitation_id, "--as", alan).returncode == 0
 
     poll_until(

@@ -294,7 +294,10 @@ async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
 
     # The weekly limit (3) holds exactly, on whichever node each pair and the sender live.
     assert sorted(r.status_code for r in sends) == [201] * 3 + [429] * 3
-    assert sorted(r.status_code for r in pair_race) == [201] + [409] * 49
+    # One invitation for the pair. With only 3 places in bob's window, a concurrent send
+    # may find them all held by the others' sends and answer 429 rather than 409.
+    race = sorted(r.status_code for r in pair_race)
+    assert race[0] == 201 and set(race[1:]) <= {409, 429} and race.count(201) == 1
     assert accepted.status_code == 200 and reported.status_code == 200
     assert isinstance(decode(made[0].value)[1], ev.ConnectionAccepted)
     # The accepted one left both pending lists; the reported one stays pending to ann.

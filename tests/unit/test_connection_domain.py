@@ -56,12 +56,17 @@ class World:
     def do(self, command: d.Command) -> list[d.Change]:
         actor = d.actor_of(command)
         other = getattr(command, "other", None)
-        owner = getattr(command, "member_id", None) or getattr(command, "owner", None)
+        if isinstance(command, d.Reconcile):
+            sides = {m: command.other(m) for m in command.members}
+        elif isinstance(command, d.ListConnection | d.UnlistConnection):
+            sides = {command.owner: command.other}
+        else:
+            sides = {}
         state = replace(
             self.state,
             actor_known=actor is None or self.known(actor),
-            other_known=other is None or self.known(other),
-            indexed=other is not None and other in self.index.get(owner or "", set()),
+            other_known=not isinstance(other, str) or self.known(other),
+            indexed=frozenset(m for m, o in sides.items() if o in self.index.get(m, set())),
         )
         changes = d.decide(state, command)
         self.state = replace(d.fold(state, changes), actor_known=True)
@@ -78,14 +83,13 @@ class World:
         return self.published[start:]
 
     def settle(self, a: str, b: str, invitation_id: str | None = None) -> None:
-        for member, other in ((a, b), (b, a)):
-            self.do(d.Reconcile(member, other, invitation_id))
+        self.do(d.Reconcile((a, b), (a, b), invitation_id))
 
     def accept(self, invitation_id: str, s: str, r: str, cap: int = 30_000) -> list[ev.Event]:
         start = len(self.published)
         refusals = []
+        self.do(d.HoldPlace((s, r), invitation_id, cap))
         for m in (s, r):
-            self.do(d.HoldPlace(m, invitation_id, cap))
             why = d.place_refusal(self.state.member(m), invitation_id, cap, self.state.now)
             if why:
                 refusals.append((m, why))
@@ -211,7 +215,7 @@ def test_cap_applies_to_either_side() -> None:
 
 def test_a_place_held_for_an_accept_counts_against_the_cap_until_it_frees_itself() -> None:
     w = world("ann", "bob", "cat")
-    w.do(d.HoldPlace("ann", "i1", cap=1))  # ann-bob being decided, the saga stopped here
+    w.do(d.HoldPlace(("ann",), "i1", cap=1))  # ann-bob being decided, the saga stopped here
     assert d.place_refusal(w.state.member("ann"), "i2", 1, NOW) == "cap_reached"
     assert [e.reason for e in w.accept("i2", "cat", "ann", cap=1)] == ["cap_reached"]  # type: ignore[attr-defined]
     w.state = replace(w.state, now=NOW + d.PLACE_HOLD + timedelta(seconds=1))
@@ -220,12 +224,11 @@ def test_a_place_held_for_an_accept_counts_against_the_cap_until_it_frees_itself
 
 def test_a_place_is_let_go_by_whichever_reconcile_comes_first() -> None:
     w = world("ann", "bob")
-    for m in ("ann", "bob"):
-        w.do(d.HoldPlace(m, "i1", cap=30_000))
+    w.do(d.HoldPlace(("ann", "bob"), "i1", cap=30_000))
     w.do(d.AcceptConnection("i1", "ann", "bob"))
     # The consumer of ConnectionAccepted reconciles before the request does (no invitation
     # named): the connection counts once, not once more as a place still held.
-    w.do(d.Reconcile("ann", "bob", None, touch=False))
+    w.do(d.Reconcile(("ann", "bob"), ("ann",), None, touch=False))
     ann = w.state.member("ann")
     assert ann and ann.connections == 1 and ann.places == {}
 
@@ -322,7 +325,8 @@ def test_follow_without_connection_and_unfollow() -> None:
 def test_lists_only_hold_connections() -> None:
     with pytest.raises(NotFound):
         d.decide(with_members("ann", "bob"), d.ListConnection("ann", "close", "bob"))
-    state, events = run(replace(connected(), indexed=True), d.ListConnection("ann", "close", "bob"))
+    owns_bob = replace(connected(), indexed=frozenset({"ann"}))
+    state, events = run(owns_bob, d.ListConnection("ann", "close", "bob"))
     assert events == [ev.ConnectionListed(owner="ann", list_name="close", member_id="bob")]
     with pytest.raises(NotFound):
         d.decide(state, d.UnlistConnection("ann", "other", "bob"))
