@@ -204,6 +204,8 @@ async def test_cap_holds_under_100_concurrent_accepts() -> None:
         ("put", "/lists/" + "x" * 65 + "/members/bob", None),
     ],
 )
+# Validation at the edge, before any store: the same on every layout (one run is enough).
+@pytest.mark.parametrize("write_side", ["one node"], indirect=True)
 async def test_bad_input_is_a_4xx_and_writes_nothing(
     method: str, path: str, body: dict | None, state_client: Redis, namespace: str
 ) -> None:

@@ -245,6 +245,8 @@ async def test_expiry_sweep_on_two_replicas_expires_once(infra: Infra, namespace
         [],
     ],
 )
+# Validation at the edge, before any store: the same on every layout (one run is enough).
+@pytest.mark.parametrize("write_side", ["one node"], indirect=True)
 async def test_bad_invitations_are_4xx_and_write_nothing(
     body: object, state_client: Redis, namespace: str
 ) -> None:
