@@ -156,16 +156,17 @@ async def publish_raw(
 
 
 async def live_and_replayed(
-    service: str, infra: Infra, namespace: str, redis_url: str
+    service: str, infra: Infra, namespace: str, redis_url: str | None = None
 ) -> tuple[str, str]:
-    """A write service's state digest on the Redis Cluster at `redis_url`, and that of the
-    log replayed into a fresh keyspace there (`rapport replay`)."""
-    cluster = connect(redis_url, cluster=True)
-    await initialize(cluster)
+    """A write service's state digest, and that of the log replayed into a fresh keyspace
+    (`rapport replay`): the clean rebuild of a write service. On the test's Redis, or on the
+    Redis Cluster at `redis_url`."""
+    redis = connect(redis_url or infra.redis_url, cluster=redis_url is not None)
+    await initialize(redis)
     try:
-        live = await digest(service, cluster, namespace)
+        live = await digest(service, redis, namespace)
         fresh = f"{namespace}replay."
-        await replay(service, cluster, await read_log(infra.kafka_bootstrap, namespace), fresh)
-        return live, await digest(service, cluster, fresh)
+        await replay(service, redis, await read_log(infra.kafka_bootstrap, namespace), fresh)
+        return live, await digest(service, redis, fresh)
     finally:
-        await cluster.aclose()
+        await redis.aclose()

@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from redis.asyncio import Redis
 
 from rapport.dlq import DeadLetters
-from rapport.replay import digest as replay_digest
-from rapport.replay import read_log, replay
 from services.connection.main import create_app as connection_app
 from services.invitation.main import create_app as invitation_app
 from services.projection import queries
@@ -23,6 +20,7 @@ from shared.topics import CONNECTIONS, INVITATIONS, TopicNames, dlq, pair_key
 from tests.helpers import (
     Infra,
     auth,
+    live_and_replayed,
     publish_envelopes,
     publish_raw,
     read_topic,
@@ -92,19 +90,6 @@ async def _dead_letters(infra: Infra, topic: str, expect: int) -> dict[str, list
             headers["dlq_reason"].decode()
         )
     return by_consumer
-
-
-async def _live_and_replayed(infra: Infra, namespace: str, service: str) -> tuple[str, str]:
-    """A write service's state digest, and that of the log replayed into a fresh keyspace
-    (`rapport replay`): the clean rebuild of a write service."""
-    redis = Redis.from_url(infra.redis_url, decode_responses=True)
-    try:
-        live = await replay_digest(service, redis, namespace)
-        fresh = f"{namespace}replay."
-        await replay(service, redis, await read_log(infra.kafka_bootstrap, namespace), fresh)
-        return live, await replay_digest(service, redis, fresh)
-    finally:
-        await redis.aclose()
 
 
 def _assert_reasons(reasons: list[str], expected: dict[str, str]) -> None:
@@ -237,7 +222,7 @@ async def test_the_connection_service_sets_each_poison_aside_and_connects_what_f
         )
         decided = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=1)
         dead = await _dead_letters(infra, topics(INVITATIONS), expect=len(poison))
-        live, replayed = await _live_and_replayed(infra, namespace, "connection")
+        live, replayed = await live_and_replayed("connection", infra, namespace)
 
     assert "ConnectionAccepted" in {dict(r.headers)["type"].decode() for r in decided}
     assert set(dead) == {"connection.invitations"}
@@ -281,7 +266,7 @@ async def test_the_invitation_service_sets_each_poison_aside_and_folds_what_foll
         # Both services consume the connections topic (the connection service its own
         # events, to finish its sagas): each sets every poison record aside.
         dead = await _dead_letters(infra, topics(CONNECTIONS), expect=2 * len(poison))
-        live, replayed = await _live_and_replayed(infra, namespace, "invitation")
+        live, replayed = await live_and_replayed("invitation", infra, namespace)
 
     assert set(dead) == {"invitation.decisions", "connection.own-sagas"}
     for reasons in dead.values():
