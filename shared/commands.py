@@ -29,11 +29,9 @@ from shared.events import Envelope, Event
 from shared.groups import KeyLayout, outside
 
 CommitResult = Literal["ok", "conflict", "duplicate"]
-
-
+IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL", "HSETNX"]
 # What a decision returns and `evolve` folds: catalog events (published) and local changes.
 Change = Event | LocalChange
-IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL", "HSETNX"]
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,13 @@ class SlotGroups:
         """The group of `owner`'s keys, e.g. `g0417`."""
         return f"g{zlib.crc32(owner.encode()) % self.count:04d}"
 
+    def split(self, owners: Iterable[str]) -> list[tuple[str, ...]]:
+        """The owners (each once, in order) by group: one commit per group."""
+        by_group: dict[str, list[str]] = {}
+        for owner in dict.fromkeys(owners):
+            by_group.setdefault(self.of(owner), []).append(owner)
+        return [tuple(owners) for owners in by_group.values()]
+
     def all(self) -> list[str]:
         return [f"g{i:04d}" for i in range(self.count)]
 

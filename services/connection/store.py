@@ -95,22 +95,16 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         await self.settle(s, r, invitation_id=i)
         return outcome
 
-    def _by_group(self, members: Sequence[str]) -> list[tuple[str, ...]]:
-        """The members in groups of one slot group each (one commit per group)."""
-        groups: dict[str, list[str]] = {}
-        for m in dict.fromkeys(members):
-            groups.setdefault(self.groups.of(m), []).append(m)
-        return [tuple(ms) for ms in groups.values()]
-
     async def _hold(
         self, members: Sequence[str], invitation_id: str, cap: int
     ) -> dict[str, ev.RejectionReason | None]:
         """Each member holds a place (one commit per group, at once); what each refused."""
+        groups = self.groups.split(members)
         held = await asyncio.gather(
-            *(self.run(domain.HoldPlace(ms, invitation_id, cap)) for ms in self._by_group(members))
+            *(self.run(domain.HoldPlace(ms, invitation_id, cap)) for ms in groups)
         )
         why: dict[str, ev.RejectionReason | None] = {}
-        for ms, outcome in zip(self._by_group(members), held, strict=True):
+        for ms, outcome in zip(groups, held, strict=True):
             assert outcome.state is not None
             for m in ms:
                 why[m] = domain.place_refusal(
@@ -124,7 +118,7 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         """Both members' sides of their pair follow the pair (one commit per group, at
         once); a member who was deactivated meanwhile loses the connection. The events this
         published (lists)."""
-        groups = self._by_group((a, b))
+        groups = self.groups.split((a, b))
         sides = await asyncio.gather(
             *(self.run(domain.Reconcile((a, b), ms, invitation_id, touch)) for ms in groups)
         )

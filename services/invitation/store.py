@@ -153,17 +153,12 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         self, sender: str, recipient: str, invitation_id: str, *, touch: bool = True
     ) -> None:
         """Both members' sides follow the invitation (one commit per group, at once)."""
-        groups: dict[str, list[str]] = {}
-        for m in dict.fromkeys((sender, recipient)):
-            groups.setdefault(self.groups.of(m), []).append(m)
         await asyncio.gather(
             *(
                 super(InvitationStore, self).run(
-                    domain.SettleSide(
-                        tuple(ms), invitation_id, sender if sender in ms else None, touch
-                    )
+                    domain.SettleSide(ms, invitation_id, sender if sender in ms else None, touch)
                 )
-                for ms in groups.values()
+                for ms in self.groups.split((sender, recipient))
             )
         )
 
