@@ -172,6 +172,16 @@ class Plan:
     group: str | None = None
     reads: Mapping[str, tuple[str, type[BaseModel]]] = field(default_factory=dict)
 
+    def merged(self, other: Plan) -> Plan:
+        """What both plans read, as one plan in their (common) group: an aggregate one of
+        them writes is written, whoever else only reads it."""
+        if other.group != self.group:
+            raise ValueError(f"plans in groups {self.group} and {other.group} cannot merge")
+        aggregates = {**self.aggregates, **other.aggregates}
+        reads = {n: a for n, a in {**self.reads, **other.reads}.items() if n not in aggregates}
+        follows = list(dict.fromkeys([*self.follows, *other.follows]))
+        return Plan(aggregates, {**self.checks, **other.checks}, follows, self.group, reads)
+
 
 @dataclass(frozen=True)
 class Rows:
@@ -213,6 +223,16 @@ class WriteModel(Protocol[S, C_contra]):
     def evolve(self, state: S, event: Change) -> S: ...
 
     def index_ops(self, events: Sequence[Change], now: datetime) -> list[IndexOp]: ...
+
+
+@dataclass(frozen=True)
+class Steps(Generic[S, C]):
+    """The steps that follow a command in its commit: `widen` loads what they need with the
+    command's slice (a followed key can name an owner only once the slice is read), and
+    `after` names them from the state the command left."""
+
+    widen: Plan
+    after: Callable[[S], Sequence[C]]
 
 
 @dataclass(frozen=True)
@@ -258,12 +278,15 @@ class CommandLoop(Generic[S, C]):
         correlation_id: str | None = None,
         dedupe_key: str | None = None,
         now: datetime | None = None,
+        then: Steps[S, C] | None = None,
     ) -> Outcome[S]:
         """Decide `command` and commit. `observed` is another service's event, folded into
-        the state first (and its reactions decided when the command is None)."""
+        the state first (and its reactions decided when the command is None). `then`: the
+        steps that follow the command in the same group, decided on the state it leaves and
+        committed with it (a saga whose owners share one group takes one commit)."""
         for n in range(self.tries):
             result, outcome = await self._attempt(
-                command, observed, causation, correlation_id, dedupe_key, now
+                command, observed, causation, correlation_id, dedupe_key, now, then
             )
             if result == "duplicate":
                 return Outcome([], outcome.state, duplicate=True)
@@ -281,17 +304,27 @@ class CommandLoop(Generic[S, C]):
         correlation_id: str | None,
         dedupe_key: str | None,
         now: datetime | None,
+        then: Steps[S, C] | None = None,
     ) -> tuple[CommitResult, Outcome[S]]:
         at = now or self.clock()
         plan = await self.model.plan(command, observed)
+        if then is not None:
+            plan = plan.merged(then.widen)
         loaded, rows = await self._load(plan)
         state = self.model.slice(command, rows, at)
         if observed is not None:
             state = self.model.evolve(state, observed)
-        events = self.model.decide(state, command) if command is not None else []
+        events = list(self.model.decide(state, command)) if command is not None else []
         after = state
         for event in events:
             after = self.model.evolve(after, event)
+        if then is not None:
+            for step in then.after(after):
+                await self._covers(loaded, rows, step)
+                decided = self.model.decide(after, step)
+                events += decided
+                for event in decided:
+                    after = self.model.evolve(after, event)
         if not events and dedupe_key is None and observed is None:
             return "ok", Outcome([], after)
         writes = self._writes(loaded, after)
@@ -310,6 +343,18 @@ class CommandLoop(Generic[S, C]):
             group=plan.group,
         )
         return result, Outcome(envelopes, after)
+
+    async def _covers(self, loaded: LoadedSlice, rows: Rows, step: C) -> None:
+        """A step decided in another command's commit must find what it writes written by
+        that commit, and what it checks checked, or its changes would be lost."""
+        plan = await self.model.plan(step, None)
+        writable = {n: key for n, ((key, _), _) in loaded.rows.items() if n not in loaded.readonly}
+        readable = {n: key for n, ((key, _), _) in loaded.rows.items()}
+        stray = [n for n, (key, _) in plan.aggregates.items() if writable.get(n) != key]
+        stray += [n for n, (key, _) in plan.reads.items() if readable.get(n) != key]
+        stray += [n for n in plan.checks if n not in rows.checks]
+        if stray:
+            raise ValueError(f"step {step!r} needs what its commit did not load: {stray}")
 
     async def fold(self, event: Change, at: datetime) -> None:
         """Fold one event read from the log into the state, as it was when it happened: no

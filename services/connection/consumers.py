@@ -1,13 +1,14 @@
 """What the connection service does with events: an accepted invitation becomes a connection
 (or a rejection the invitation service folds back); and its own events finish the sagas a
-request started (members' sides of a pair, a deactivated member's connections), in case the
-process stopped half-way. A request makes those steps at once, so here they are no-ops."""
+request started (members' sides of a pair, with several slot groups; a deactivated member's
+connections), in case the process stopped half-way. A request makes those steps at once, so
+here they are no-ops."""
 
 from __future__ import annotations
 
 from services.connection.store import ConnectionStore
 from shared import events as ev
-from shared.consumer import ConsumedEvent, Subscription
+from shared.consumer import ConsumedEvent, EventHandler, Subscription
 from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS
 
 
@@ -17,21 +18,24 @@ class ConnectionConsumers:
         self.connection_cap = connection_cap
 
     def subscriptions(self) -> list[Subscription]:
+        ending: dict[type[ev.Event], EventHandler] = {
+            ev.MemberDeactivated: self.end_connections_of_deactivated_member
+        }
+        sides: dict[type[ev.Event], EventHandler] = {
+            ev.ConnectionAccepted: self.settle_members,
+            ev.ConnectionRemoved: self.settle_members,
+        }
         return [
             Subscription(
                 "invitations",
                 [INVITATIONS],
                 {ev.InvitationAccepted: self.connect_accepted_invitation},
             ),
-            Subscription(
-                "own-sagas",
-                [CONNECTIONS, MEMBERS],
-                {
-                    ev.ConnectionAccepted: self.settle_members,
-                    ev.ConnectionRemoved: self.settle_members,
-                    ev.MemberDeactivated: self.end_connections_of_deactivated_member,
-                },
-            ),
+            # With one group a pair and its members' sides commit at once: only a
+            # deactivated member's connections (one commit each) can be left half-way.
+            Subscription("own-sagas", [MEMBERS], ending)
+            if self.store.at_once
+            else Subscription("own-sagas", [CONNECTIONS, MEMBERS], sides | ending),
         ]
 
     async def connect_accepted_invitation(self, consumed: ConsumedEvent) -> None:

@@ -24,6 +24,7 @@ from shared.commands import (
     Plan,
     Rows,
     StateStore,
+    Steps,
 )
 from shared.directory import Directory
 from shared.events import Envelope
@@ -47,6 +48,8 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         )
         self.industries = settings.key("connection", "industries")
         self.directory = Directory.of(settings)
+        # One group holds every key: what spans a pair and its members takes one commit.
+        self.at_once = self.groups.count == 1
 
     async def member(self, member_id: str) -> Member | None:
         [row] = (await self.store.load([self.key("member", member_id)])).rows
@@ -87,6 +90,19 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         both members' sides follow. Each step is keyed by the invitation, so a retry of the
         whole (the consumer's redelivery) repeats them harmlessly."""
         s, r, i = invitation.sender, invitation.recipient, invitation.invitation_id
+        if self.at_once:
+
+            def decided(state: Slice) -> list[domain.Command]:
+                refusals = tuple(
+                    (m, reason)
+                    for m in dict.fromkeys((s, r))
+                    if (reason := domain.place_refusal(state.member(m), i, cap, state.now))
+                )
+                return [domain.AcceptConnection(i, s, r, refusals), self._reconcile(s, r, i)]
+
+            steps: Steps[Slice, domain.Command] = Steps(self._sides(s, r), decided)
+            hold = domain.HoldPlace((s, r), i, cap)
+            return await self.run(hold, then=steps, causation=causation, dedupe_key=dedupe_key)
         why = await self._hold((s, r), i, cap)
         refusals = tuple((m, reason) for m in dict.fromkeys((s, r)) if (reason := why[m]))
         outcome = await self.run(
@@ -134,18 +150,36 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
 
     async def end(self, member_id: str, other: str) -> list[Envelope]:
         """A deactivated member's connection ends, then both sides follow."""
-        ended = await self.run(domain.EndConnection(member_id, other))
-        return ended.envelopes + await self.settle(member_id, other)
+        return await self._then_sides(domain.EndConnection(member_id, other), member_id, other)
 
     async def remove(self, actor: str, other: str) -> list[Envelope]:
-        removed = await self.run(domain.RemoveConnection(actor, other))
-        return removed.envelopes + await self.settle(actor, other)
+        return await self._then_sides(domain.RemoveConnection(actor, other), actor, other)
 
     async def block(self, actor: str, other: str) -> list[Envelope]:
-        blocked = await self.run(domain.Block(actor, other))
-        if blocked.first(ev.ConnectionRemoved) is None:
-            return blocked.envelopes
-        return blocked.envelopes + await self.settle(actor, other)
+        return await self._then_sides(domain.Block(actor, other), actor, other)
+
+    async def _then_sides(self, command: domain.Command, a: str, b: str) -> list[Envelope]:
+        """The pair's command, then both members' sides: in its commit with one group, else
+        as the next steps of a saga (when the pair changed)."""
+        if self.at_once:
+            sides: Steps[Slice, domain.Command] = Steps(
+                self._sides(a, b), lambda _: [self._reconcile(a, b)]
+            )
+            return (await self.run(command, then=sides)).envelopes
+        outcome = await self.run(command)
+        if outcome.first(ev.ConnectionRemoved) is None:
+            return outcome.envelopes  # the pair stays as it was: so do its sides
+        return outcome.envelopes + await self.settle(a, b)
+
+    def _sides(self, a: str, b: str) -> Plan:
+        """What both members' sides read beside their pair's command (one group)."""
+        members = {k: v for m in (a, b) for k, v in (self._member(m) | self._lists(m)).items()}
+        indexed = {f"indexed:{m}": self._indexed(m, o) for m, o in ((a, b), (b, a))}
+        return Plan(members | self._pair(a, b), indexed, group=self.groups.of(""))
+
+    @staticmethod
+    def _reconcile(a: str, b: str, invitation_id: str | None = None) -> domain.Reconcile:
+        return domain.Reconcile((a, b), (a, b), invitation_id, touch=False)
 
     async def deactivate(self, member_id: str) -> list[Envelope]:
         """The member first (out of the directory at once), then each connection ends."""

@@ -1,8 +1,9 @@
 """What the invitation service does with events: one map from event type to handler per
-subscription. Other services' decisions fold into the pairs; its own events finish the sagas
-a request started (both members' sides of an invitation), in case the process stopped
-half-way (a request makes those steps at once, so here they are no-ops). Also the expiry
-sweep, safe on several replicas because each expiry is an optimistic commit."""
+subscription. Other services' decisions fold into the pairs; with several slot groups, its
+own events finish the sagas a request started (both members' sides of an invitation), in
+case the process stopped half-way (a request makes those steps at once, so here they are
+no-ops); with one group a request commits them all at once, leaving nothing to finish. Also
+the expiry sweep, safe on several replicas because each expiry is an optimistic commit."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class InvitationConsumers:
 
     def subscriptions(self) -> list[Subscription]:
         react = self.fold_connection_decision
-        return [
+        decisions = [
             Subscription(
                 "decisions",
                 [MEMBERS, CONNECTIONS],
@@ -33,7 +34,12 @@ class InvitationConsumers:
                     ev.MemberBlocked: react,
                     ev.MemberUnblocked: react,
                 },
-            ),
+            )
+        ]
+        if self.store.at_once:
+            return decisions  # every saga took one commit: nothing is ever left half-way
+        return [
+            *decisions,
             Subscription(
                 "own-sagas",
                 [INVITATIONS],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from shared.commands import (
     Plan,
     Rows,
     StateStore,
+    Steps,
 )
 from shared.directory import Directory
 from shared.events import Envelope
@@ -67,6 +68,8 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         self.key = lambda group, kind, ident: settings.key("invitation", tag(group), kind, ident)
         self.pending_key = lambda group: settings.key("invitation", tag(group), "pending")
         self.directory = Directory.of(settings)
+        # One group holds every key: what spans a pair and its members takes one commit.
+        self.at_once = self.groups.count == 1
 
     def new_id(self, sender: str, recipient: str) -> str:
         return f"{self.groups.of(pair_key(sender, recipient))}-{uuid.uuid4().hex}"
@@ -111,9 +114,11 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         correlation_id: str | None = None,
         dedupe_key: str | None = None,
         now: datetime | None = None,
+        then: Steps[Slice, domain.Command] | None = None,
     ) -> Outcome[Slice]:
-        """A command about an invitation, then both members' sides (a send first holds a
-        place in the sender's window)."""
+        """A command about an invitation, then both members' sides: in the same commit with
+        one slot group (one node), else as a saga (a send first holds a place in the sender's
+        window)."""
         options: dict[str, Any] = {
             "observed": observed,
             "causation": causation,
@@ -121,11 +126,66 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             "dedupe_key": dedupe_key,
             "now": now,
         }
+        if self.at_once:
+            return await super().run(command, then=then or self._sides(command), **options)
+        if then is not None or isinstance(command, domain.HoldSend | domain.SettleSide):
+            return await super().run(command, then=then, **options)
         if isinstance(command, domain.SendInvitation):
             return await self._send(command, **options)
         outcome = await super().run(command, **options)
         await self._settle(outcome)
         return outcome
+
+    def _sides(self, command: domain.Command | None) -> Steps[Slice, domain.Command] | None:
+        """With one group, both members' sides as steps of `command`'s commit, for the
+        invitation it leaves: what they need is loaded with the command's slice (found
+        through the invitation when the command names only its id). A send settles its
+        sender's counters, an answer those of the invitation's sender (found through it); a
+        reaction to another service's event settles only the pending lists."""
+        sender_of: Callable[[Invitation], str | None]
+        group = self.groups.of("")
+        match command:
+            case domain.SendInvitation(sender=s, recipient=r):
+                sides = self._sender(s) | self._pending_of(s) | self._pending_of(r)
+                widen = Plan(sides, group=group)
+
+                def sender_of(inv: Invitation) -> str | None:
+                    return s if inv.sender == s else None  # else it accepted theirs
+
+            case domain.React(event=event):
+                a, _, b = event.partition_key.partition("|")
+                widen = Plan(self._pending_of(a) | self._pending_of(b), group=group)
+
+                def sender_of(inv: Invitation) -> str | None:
+                    return None
+
+            case (domain.Accept() | domain.Decline() | domain.Withdraw() | domain.Report()
+                  | domain.Expire() | domain.Cancel()):  # fmt: skip
+                inv = f"inv:{command.invitation_id}"
+                lists = self.key(group, "pending-of", "")
+                found = [
+                    Follow(inv, m, "pending_of:{id}", lists, PendingOf)
+                    for m in ("sender", "recipient")
+                ]
+                counters = Follow(
+                    inv, "sender", "sender", self.key(group, "sender", ""), SenderState
+                )
+                widen = Plan(follows=[counters, *found], group=group)
+
+                def sender_of(inv: Invitation) -> str | None:
+                    return inv.sender
+
+            case _:
+                return None
+
+        def after(state: Slice) -> list[domain.Command]:
+            inv = state.invitation
+            if inv is None:
+                return []  # no invitation: no sides
+            members = (inv.sender, inv.recipient)
+            return [domain.SettleSide(members, inv.invitation_id, sender_of(inv), False)]
+
+        return Steps(widen, after)
 
     async def _send(self, command: domain.SendInvitation, **options: Any) -> Outcome[Slice]:
         held = await super().run(domain.HoldSend(command))  # refuses as the send would
