@@ -335,6 +335,9 @@ def create_service_app(
         version="0.1.0",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        # Metrics are Prometheus' (shared.observability); FastAPI's native OpenTelemetry
+        # would look its providers up in the environment on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_error_handlers(app)

@@ -17,7 +17,7 @@ from services.invitation.consumers import expire_due
 from services.invitation.main import rules_from
 from services.invitation.store import InvitationStore
 from shared import events as ev
-from shared.commands import IndexOp, InMemoryStateStore
+from shared.commands import IndexOp, InMemoryStateStore, Plan, Steps
 from shared.directory import Directory
 from shared.domain import Conflict, Forbidden, NotFound, RateLimited
 from shared.events import Envelope
@@ -153,3 +153,56 @@ async def test_engagement_limits_and_known_members() -> None:
     with pytest.raises(NotFound):
         await store.run(ed.RecordEngagement("ann", "bob", "comment"))
     assert types(state) == ["EngagementRecorded", "EngagementRecorded"]
+
+
+class CountingStore(InMemoryStateStore):
+    """Counts commits: what a request costs in Redis round trips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+
+    async def commit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.commits += 1
+        return await super().commit(*args, **kwargs)
+
+
+async def test_with_one_slot_group_a_saga_takes_one_commit() -> None:
+    """Send, accept and a connection's acceptance each commit once, members' sides included,
+    and leave what the saga over several groups leaves."""
+    state = CountingStore()
+    settings = InvitationSettings()
+    invites = InvitationStore(state, settings, rules_from(settings))
+    connections = ConnectionStore(state, ConnectionSettings())
+    await directory(state, "ann", "bob")
+    for m in ("ann", "bob"):
+        await connections.run(cd.RegisterMember(m, m.title(), "Tech"))
+    state.commits = 0
+
+    await invites.run(idom.SendInvitation("i1", "ann", "bob"))
+    assert state.commits == 1
+    assert await invites.pending_of("ann") == ["i1"] == await invites.pending_of("bob")
+    accepted = await invites.run(idom.Accept("i1", "bob"))
+    assert state.commits == 2 and await invites.pending_of("bob") == []
+    assert accepted.state is not None and len(accepted.state.sender.recent) == 1
+
+    invitation = accepted.first(ev.InvitationAccepted)
+    assert invitation is not None
+    made = await connections.accept(invitation.event(), cap=30_000)  # type: ignore[arg-type]
+    assert state.commits == 3 and made.first(ev.ConnectionAccepted) is not None
+    assert await connections.connections("ann") == ["bob"]
+    ann = await connections.member("ann")
+    assert ann is not None and ann.connections == 1 and ann.places == {}
+
+
+async def test_a_step_its_commit_did_not_load_is_refused() -> None:
+    """A step whose aggregates the command's slice lacks would lose its changes: refused."""
+    state = InMemoryStateStore()
+    settings = InvitationSettings()
+    store = InvitationStore(state, settings, rules_from(settings))
+    await directory(state, "ann", "bob")
+    settle = idom.SettleSide(("ann", "bob"), "i1", "ann", touch=False)
+    unloaded = Steps(Plan(group=store.groups.of("")), lambda _: [settle])
+    with pytest.raises(ValueError, match="did not load"):
+        await store.run(idom.SendInvitation("i1", "ann", "bob"), then=unloaded)
+    assert state.outbox == []
