@@ -338,9 +338,16 @@ def wrk_reads(url: str, reads: list[tuple[str, str]]) -> tuple[float, float]:
     return run.p50_ms, run.p99_ms
 
 
-async def time_async(fn: Callable[..., Awaitable[Any]], args: list[Any]) -> tuple[float, float]:
+async def time_async(
+    fn: Callable[..., Awaitable[Any]],
+    args: list[Any],
+    before: Callable[..., Awaitable[Any]] | None = None,
+) -> tuple[float, float]:
+    """p50 and p99 of `fn` over `args`, one call at a time; `before` (untimed) prepares each."""
     samples = []
     for a in args:
+        if before is not None:
+            await (before(*a) if isinstance(a, tuple) else before(a))
         started = time.perf_counter()
         await (fn(*a) if isinstance(a, tuple) else fn(a))
         samples.append(time.perf_counter() - started)
@@ -478,13 +485,8 @@ async def run_queries(
             async def clear_cache(x: str) -> None:
                 await redis.delete(ks.member("sg", x))
 
-            async def direct_suggest_cold(x: str) -> Any:
-                await clear_cache(x)
+            async def direct_suggest(x: str) -> Any:
                 return await queries.suggestions.suggestions(model, x, 20)
-
-            async def http_suggest_cold(x: str) -> Any:
-                await clear_cache(x)
-                return await http_suggest(x)
 
             # Warm-up: connections, scripts, and the service's first seconds (its consumer
             # joins its group and reads the topics).
@@ -506,17 +508,15 @@ async def run_queries(
                 "networkx": time_sync(nxp.mutual, q.mutual),
             }
             rows["suggestions (cold)"] = {
-                # Each request after the list is cleared: the typed Python client, in turn.
-                "http client": await time_async(http_suggest_cold, q.suggestions),
-                "redis": await time_async(direct_suggest_cold, q.suggestions),
+                # The typed Python client, in turn; each list cleared first, outside the time.
+                "http client": await time_async(http_suggest, q.suggestions, clear_cache),
+                "redis": await time_async(direct_suggest, q.suggestions, clear_cache),
                 "postgres": time_sync(pg.suggestions, q.suggestions),
                 "networkx": time_sync(nxp.suggestions, q.suggestions),
             }
             rows["suggestions (precomputed)"] = {
                 "http": http(suggest_reads),
-                "redis": await time_async(
-                    lambda x: queries.suggestions.suggestions(model, x, 20), q.suggestions
-                ),
+                "redis": await time_async(direct_suggest, q.suggestions),
             }
             pg_badges, pg_network = time_sync(pg.badges, q.badges), time_sync(pg.network, q.network)
 
