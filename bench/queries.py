@@ -486,7 +486,7 @@ async def run_queries(
                 await redis.delete(ks.member("sg", x))
 
             async def direct_suggest(x: str) -> Any:
-                return await queries.suggestions.suggestions(model, x, 20)
+                return await queries.suggestions.suggestions(model, x, 20, ks)
 
             # Warm-up: connections, scripts, and the service's first seconds (its consumer
             # joins its group and reads the topics).

@@ -31,10 +31,13 @@ REFRESH_PER_TICK = 500  # the most recent viewers one background pass looks at (
 EXACT = 100_000  # a sample no member reaches (the cap is 30,000 connections)
 
 
-async def suggestions(rm: ReadModelStore, m: str, limit: int) -> dict[str, Any]:
+async def suggestions(
+    rm: ReadModelStore, m: str, limit: int, ks: Keyspace | None = None
+) -> dict[str, Any]:
     """A read of the precomputed list (without anyone connected, blocked or invited since);
-    computed, bounded, when there is none yet."""
-    ks = await rm.current()
+    computed, bounded, when there is none yet. In `ks` when the caller read the current
+    version already (as the other queries take it), else in the current one."""
+    ks = ks or await rm.current()
     if not await rm.cluster_mode():
         # One call: the list kept, else (within the sample) computed (lua/graph.lua).
         computed = max(limit, 20)
