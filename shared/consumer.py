@@ -2,6 +2,10 @@
 
 `EventConsumer.process(records)` is what a FastStream batch subscriber calls with the records
 of one `getmany`. Its contract:
+- a record whose `type` header names an event this consumer has no handler for (`wanted`) is
+  passed over unread: no decode, no dedupe lookup. The group that handles that type checks
+  it (and dead-letters it if it is bad). Our relays write the header from the same outbox
+  entry as the value; `admit` refuses a record whose header and envelope disagree;
 - an undecodable record, an unknown `type`, a payload that fails validation, an event on a
   topic it does not belong to, a Kafka key other than the envelope's, an implausible time or
   size (`admit`) goes to `<topic>.dlq` with the reason in headers, and the batch goes on;
@@ -99,12 +103,23 @@ def admit(record: ConsumerRecord[Any, Any]) -> tuple[Envelope, Event]:
     key = record.key.decode(errors="replace") if isinstance(record.key, bytes) else record.key
     if key != envelope.key:
         raise InvalidEvent(f"key_mismatch: record key {key!r} is not {envelope.key!r}")
+    named = type_header(record.headers)
+    if named is not None and named != envelope.type:
+        raise InvalidEvent(f"type_mismatch: header type {named!r} is not {envelope.type!r}")
     at = envelope.occurred_at
     if at.tzinfo is None or not (
         EARLIEST_EVENT_TIME <= at <= datetime.now(UTC) + LATEST_EVENT_AHEAD
     ):
         raise InvalidEvent(f"implausible_time: occurred_at {at.isoformat()}")
     return envelope, event
+
+
+def type_header(headers: Sequence[tuple[str, Any]] | None) -> str | None:
+    """A record's `type` header, if it has one."""
+    for name, value in headers or ():
+        if name == "type" and value is not None:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -188,8 +203,11 @@ class EventConsumer:
         max_attempts: int = 5,
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
+        wanted: frozenset[str] | None = None,
     ) -> None:
         self.name = name
+        # Event type names this consumer handles; None: every type is decoded.
+        self.wanted = wanted
         self.redis = redis
         self.handler = handler
         self.dead_letter = dead_letter
@@ -204,6 +222,10 @@ class EventConsumer:
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         decoded: list[ConsumedEvent] = []
         for record in records:
+            if self.wanted is not None:
+                named = type_header(record.headers)
+                if named is not None and named not in self.wanted:
+                    continue  # another group's event; decoding it is most of a record's cost
             try:
                 envelope, event = admit(record)
             except InvalidEvent as exc:
@@ -343,9 +365,7 @@ async def dead_letter(
         "source_partition": str(record.partition),
         "source_offset": str(record.offset),
     }
-    for k, v in record.headers:
-        if k == "type" and type_ is None:
-            type_ = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+    type_ = type_ or type_header(record.headers)
     if type_ is not None:
         headers["type"] = type_
     if event_id is not None:

@@ -165,6 +165,7 @@ class Runtime:
                 dedupe_prefix=s.key(s.service, "seen", sub.name),
                 max_attempts=s.consumer_max_attempts,
                 backoff_s=s.consumer_backoff_s,
+                wanted=frozenset(t.__name__ for t in sub.handlers),
             )
             subscribe(
                 self.broker,

@@ -47,7 +47,11 @@ class CountingHandler:
 
 @contextlib.asynccontextmanager
 async def consuming(
-    infra: Infra, redis: Redis, namespace: str, handler: CountingHandler
+    infra: Infra,
+    redis: Redis,
+    namespace: str,
+    handler: CountingHandler,
+    wanted: frozenset[str] | None = None,
 ) -> AsyncIterator[EventConsumer]:
     broker = make_broker(infra.kafka_bootstrap, "test-consumer")
     consumer = EventConsumer(
@@ -58,6 +62,7 @@ async def consuming(
         dedupe_prefix=f"{namespace}seen",
         max_attempts=2,
         backoff_s=0.01,
+        wanted=wanted,
     )
     topics = TopicNames(namespace)
     subscribe(
@@ -75,13 +80,21 @@ async def consuming(
         await broker.stop()
 
 
-async def produce(infra: Infra, topic: str, values: list[bytes]) -> None:
+async def produce(
+    infra: Infra, topic: str, values: list[bytes], headers: list[bytes | None] | None = None
+) -> None:
+    """Each value keyed as its envelope says (a record whose key differs is dead-lettered),
+    with the `type` header given for it, if any."""
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        for value in values:
-            # Keyed as the envelope says (a record whose key differs is dead-lettered).
-            await producer.send_and_wait(topic, value, key=_envelope_key(value))
+        for value, type_ in zip(values, headers or [None] * len(values), strict=True):
+            await producer.send_and_wait(
+                topic,
+                value,
+                key=_envelope_key(value),
+                headers=[("type", type_)] if type_ is not None else None,
+            )
     finally:
         await producer.stop()
 
@@ -177,3 +190,28 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_moves_on(
     assert any("member_id" in reason for reason in reasons)  # says which field
     assert all(dict(r.headers)["source_topic"] == topic.encode() for r in dead)
     assert {r.value for r in dead} >= {values[0]}  # the original bytes, for replay after a fix
+
+
+async def test_records_of_types_it_does_not_handle_are_passed_over_unread(
+    infra: Infra, redis_client: Redis, namespace: str
+) -> None:
+    """A group handling only MemberRegistered skips another type by its header, even a body
+    it could not decode (that type's own group dead-letters it); a header that contradicts
+    the envelope is dead-lettered."""
+    topic = TopicNames(namespace)(ev.MEMBERS)
+    counter = f"{namespace}count"
+    deactivated = Envelope.wrap(ev.MemberDeactivated(member_id="m"), producer="test")
+    # One key, so one partition, in this order: the last applied means the others were seen.
+    not_ours = json.dumps({"key": "m", "garbage": True}).encode()
+    values = [not_ours, deactivated.to_bytes(), registered("m").to_bytes()]
+    headers: list[bytes | None] = [b"MemberDeactivated", b"MemberRegistered", b"MemberRegistered"]
+    handler = CountingHandler(redis_client, counter)
+    async with consuming(
+        infra, redis_client, namespace, handler, wanted=frozenset({"MemberRegistered"})
+    ):
+        await produce(infra, topic, values, headers)
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 1), timeout=15)
+        dead = await read_topic(infra.kafka_bootstrap, dlq(topic), expect=1)
+
+    assert [dict(r.headers)["dlq_reason"].decode().split(":")[0] for r in dead] == ["type_mismatch"]
+    assert dead[0].value == deactivated.to_bytes()
