@@ -15,13 +15,13 @@ means another writer won in between: the loop starts again from the load.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
+import orjson
 from pydantic import BaseModel
 
 from shared.domain import LocalChange
@@ -55,7 +55,7 @@ class AggregateWrite:
     def encoded(self) -> str:
         if self.state_json is not None:
             return self.state_json
-        return json.dumps(self.state, separators=(",", ":"))
+        return orjson.dumps(self.state, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,7 @@ class InMemoryStateStore:
 
     def _row(self, key: str) -> Loaded:
         version, raw = self.aggregates.get(key, (0, ""))
-        return Loaded(version, json.loads(raw) if raw else None)
+        return Loaded(version, orjson.loads(raw) if raw else None)
 
     async def commit(
         self,

@@ -42,9 +42,14 @@ class SlotGroups:
         if not 1 <= self.count <= 16384:
             raise ValueError("slot groups: between 1 and 16384 (Redis Cluster's slots)")
 
+    @property
+    def single(self) -> bool:
+        """One group holds every key: what spans a pair and its members can take one commit."""
+        return self.count == 1
+
     def of(self, owner: str) -> str:
         """The group of `owner`'s keys, e.g. `g0417`."""
-        if self.count == 1:
+        if self.single:
             return "g0000"  # a hot path: every key of every command asks
         return f"g{zlib.crc32(owner.encode()) % self.count:04d}"
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -20,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
@@ -177,7 +177,7 @@ class RedisStateStore:
             [[op.op, repr(op.score), op.member, op.field] for op in index_ops],
             1 if dedupe_key else 0,
         ]
-        args = [json.dumps(payload, separators=(",", ":"))]
+        args = [orjson.dumps(payload)]  # compact, as the script's cjson reads it
         result = _s(await self._commit(keys=keys, args=args))
         if result not in ("ok", "conflict", "duplicate"):
             raise RuntimeError(f"unexpected outbox commit result {result!r}")
@@ -328,7 +328,7 @@ class OutboxRelay:
 
 
 def _loaded(version: Any, state: Any) -> Loaded:
-    return Loaded(int(version) if version else 0, json.loads(state) if state else None)
+    return Loaded(int(version) if version else 0, orjson.loads(state) if state else None)
 
 
 def _archived(meta: Any, fields: Any) -> ArchivedRecord:

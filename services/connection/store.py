@@ -48,8 +48,7 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         )
         self.industries = settings.key("connection", "industries")
         self.directory = Directory.of(settings)
-        # One group holds every key: what spans a pair and its members takes one commit.
-        self.at_once = self.groups.count == 1
+        self.at_once = self.groups.single  # a saga's steps in one commit
 
     async def member(self, member_id: str) -> Member | None:
         [row] = (await self.store.load([self.key("member", member_id)])).rows

@@ -68,8 +68,7 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         self.key = lambda group, kind, ident: settings.key("invitation", tag(group), kind, ident)
         self.pending_key = lambda group: settings.key("invitation", tag(group), "pending")
         self.directory = Directory.of(settings)
-        # One group holds every key: what spans a pair and its members takes one commit.
-        self.at_once = self.groups.count == 1
+        self.at_once = self.groups.single  # a saga's steps in one commit
 
     def new_id(self, sender: str, recipient: str) -> str:
         return f"{self.groups.of(pair_key(sender, recipient))}-{uuid.uuid4().hex}"
