@@ -256,7 +256,7 @@ def _query_rows(size: Size, rows: Rows, infra: Any, tmp: Path) -> None:
     )
     rows.append(
         f"| graph | {res.members:,} members, {res.edges:,} edges, max degree {res.max_degree:,} "
-        f"| answers cross-checked on {res.checks} degree and network queries | - |"
+        f"| answers cross-checked on {res.checks} degree, mutual, badge, path and network queries | - |"
     )
     for name, by_peer in res.rows.items():
         redis_ = by_peer["redis"]

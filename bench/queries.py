@@ -420,6 +420,11 @@ async def run_queries(
         ours = (await queries.degree.degree(model, ks, x, y)).degree
         assert ours == pg.degree(x, y) == nxp.degree(x, y), (x, y)
         checks += 1
+    for x, y in q.mutual[:20]:
+        total, page, _ = await queries.degree.mutual_page(model, ks, x, y, None, 50)
+        assert total == pg.mutual(x, y) == nxp.mutual(x, y), (x, y)
+        assert page == sorted(set(nxp.g[x]) & set(nxp.g[y]))[:50], (x, y)
+        checks += 1
     for x, ids in q.badges[:5]:
         ours_b = await queries.degree.badges(model, ks, x, ids)
         assert ours_b == pg.badges(x, ids) == nxp.badges(x, ids), x

@@ -110,11 +110,21 @@ local function keep_network(v, built, clock, budget)
   return key
 end
 
-local function smallest(list, n)
-  table.sort(list)
-  local out = {}
-  for i = 1, math.min(n, #list) do out[i] = list[i] end
-  return out
+-- The `n` smallest of `bucket`, in order: one pass keeping a short sorted list (a count's
+-- bucket or a mutual list holds thousands, of which a page takes a few dozen; sorting it all
+-- costs more).
+local function smallest(bucket, n)
+  local top = {}
+  if n < 1 then return top end
+  for _, x in ipairs(bucket) do
+    if #top < n or x < top[#top] then
+      local at = #top + 1
+      while at > 1 and x < top[at - 1] do top[at] = top[at - 1]; at = at - 1 end
+      top[at] = x
+      if #top > n then top[#top] = nil end
+    end
+  end
+  return top
 end
 
 -- degree a b sample: {degree (-1: none or blocked), mutual count, mutual sample} -----------
@@ -320,22 +330,6 @@ local function known_of(v)
   known[v] = true
   for _, x in ipairs(call('SMEMBERS', k('c', v))) do known[x] = true end
   return known
-end
-
--- The `n` smallest of `bucket`, in order: one pass keeping a short sorted list (a count's
--- bucket holds thousands, of which a pool takes a few dozen; sorting it all costs more).
-local function smallest(bucket, n)
-  local top = {}
-  if n < 1 then return top end
-  for _, x in ipairs(bucket) do
-    if #top < n or x < top[#top] then
-      local at = #top + 1
-      while at > 1 and x < top[at - 1] do top[at] = top[at - 1]; at = at - 1 end
-      top[at] = x
-      if #top > n then top[#top] = nil end
-    end
-  end
-  return top
 end
 
 -- An iterator over `members` by falling count: (member, count). The counts take few values,
@@ -621,10 +615,7 @@ local function mutual(a, b, cursor, limit)
   for _, x in ipairs(common) do
     if cursor == '' or x > cursor then after[#after + 1] = x end
   end
-  table.sort(after)
-  local page = {}
-  for i = 1, math.min(limit, #after) do page[i] = after[i] end
-  return {#common, page, (#after > limit) and 1 or 0}
+  return {#common, smallest(after, limit), (#after > limit) and 1 or 0}
 end
 
 if query == 'degree' then
