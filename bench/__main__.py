@@ -219,11 +219,17 @@ def _projection_rows(size: Size, rows: Rows, infra: Any) -> float:
     rate = proj.steady_events / proj.steady_s
     bare = proj.events / proj.bare_s
     sadd = f"{proj.sadd_per_s:,.0f}" if proj.sadd_per_s else "n/a"
+    t = proj.redis_time
     rows += [
         f"| projection apply, {proj.events:,} events, steady (events/s) | {rate:,.0f} "
         f"| bare aiokafka consume+json: {bare:,.0f} | {rate / bare:.2f} |",
         f"| projection incl. process start + group join (events/s) "
         f"| {proj.events / proj.projection_s:,.0f} | redis-benchmark SADD -P64: {sadd} ops/s | - |",
+        # Where the one-node rate is bound: Redis time per event, and how much of it the
+        # commands themselves take (the rest: Lua and redis.call's dispatch).
+        f"| projection, Redis time per event (µs) | scripts {t.script_usec / proj.events:.1f}, "
+        f"of which in their commands {t.command_usec / proj.events:.1f} "
+        f"({t.command_calls / proj.events:.1f} calls) | - | - |",
     ]
     # The same events on a 3-node Redis Cluster (one script call per member and step, each
     # to its slot's node), reported beside the one-node figure.

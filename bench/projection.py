@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis as redis_sync
 from aiokafka import AIOKafkaConsumer
 
 from bench import TOKEN, service_env
@@ -37,6 +38,28 @@ class ProjectionResult:
     bare_s: float
     sadd_per_s: float | None
     redis_used_bytes: int
+    redis_time: RedisTime
+
+
+@dataclass
+class RedisTime:
+    """Where Redis spent the apply's time (INFO commandstats of the node the run used): the
+    scripts' whole time, and the part of it in the commands they called (the rest is Lua and
+    the per-call dispatch)."""
+
+    script_usec: int
+    command_usec: int
+    command_calls: int
+
+    @classmethod
+    def of(cls, commandstats: dict[str, dict[str, float]]) -> RedisTime:
+        scripts = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_fcall")
+        inside = {k: v for k, v in commandstats.items() if k not in scripts}
+        return cls(
+            int(sum(commandstats.get(k, {}).get("usec", 0) for k in scripts)),
+            int(sum(v["usec"] for v in inside.values())),
+            int(sum(v["calls"] for v in inside.values())),
+        )
 
 
 def synthetic_events(n: int, rng: random.Random) -> list[Envelope]:
@@ -124,6 +147,8 @@ def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionR
     env = service_env(bootstrap, redis_url, namespace, **extra_env)
     with tempfile.TemporaryDirectory() as logs:
         proc = ServiceProcess("projection", free_port(), env, Path(logs))
+        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+        redis_sync.Redis(port=port).config_resetstat()
         started = time.perf_counter()
         proc.start()
         api = BlockingClient({"projection": proc.url}, token, timeout=5)
@@ -148,13 +173,11 @@ def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionR
             api.close()
             if proc.child:
                 proc.child.stop()
+    redis_time = RedisTime.of(redis_sync.Redis(port=port).info("commandstats"))
     bare_s = asyncio.run(bare_consume(bootstrap, namespace, n))
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-    import redis as redis_sync
-
     used = int(redis_sync.Redis(port=port).info("memory")["used_memory"])
     return ProjectionResult(
-        n, projection_s, steady_s, steady_events, bare_s, redis_sadd_rate(port), used
+        n, projection_s, steady_s, steady_events, bare_s, redis_sadd_rate(port), used, redis_time
     )
 
 
