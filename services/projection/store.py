@@ -120,7 +120,7 @@ class ReadModelStore:
         self._cluster: bool | None = None
         # Notified after each applied batch, so `?after=` waits wake up at once.
         self.changed = asyncio.Condition()
-        self._graph = self.script("graph")
+        self._graph = scripts.library(self.redis, "services.projection", "graph")
         self._node = self.script("node")
 
     def script(self, name: str) -> Any:

@@ -22,6 +22,7 @@ import random
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from services.projection import queries
 from services.projection.main import create_app
@@ -316,6 +317,29 @@ async def test_badges_paths_and_paging(
     assert cached_network == network
     cache = status["viewer_cache"]
     assert cache["misses"] >= 1 and cache["hits"] >= 2 and cache["bytes"] > 0
+
+
+async def test_graph_queries_answer_after_redis_lost_their_functions(
+    infra: Infra, namespace: str
+) -> None:
+    """graph.lua is a function library, loaded on first use; a Redis that lost it (restarted
+    without persistence, FUNCTION FLUSH) gets it again from the next query, which answers."""
+    events = network_events()
+    redis = Redis.from_url(infra.redis_url, decode_responses=True)
+    async with running_app(create_app()) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await wait_until(lambda: _applied(client, len(events)), timeout=20)
+        before = await get(client, "/members/ann/degree/eve")
+        await redis.function_flush()
+        after = await get(client, "/members/ann/degree/eve")
+        # FUNCTION LIST answers a flat [field, value, ...] list per library.
+        loaded = [
+            dict(zip(lib[::2], lib[1::2], strict=True))["library_name"]
+            for lib in await redis.function_list()
+        ]
+    await redis.aclose()
+    assert before["degree"] == after["degree"] == 3
+    assert any(name.startswith("rapport_graph_") for name in loaded)
 
 
 async def _cache_built(client: httpx.AsyncClient) -> bool:

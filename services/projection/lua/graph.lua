@@ -13,11 +13,15 @@
 -- member.lua, against the build's `clock{g}`). Entries live within a byte budget, evicted
 -- least recently used first (`n2lru{g}`); hits, misses, builds and bytes in `n2stats{g}`.
 -- Without a valid entry, badges meet in the middle per id and search scans members in order.
-local ns, query = ARGV[1], ARGV[2]
-local call = redis.call
+-- A function library (shared/scripts.py loads it once): everything below is defined at
+-- load time, so a call runs only its query, not 600 lines of definitions and the garbage
+-- they leave for Lua's collector (whose steps were most of a mutual query's p99). `run`, the
+-- entry point, sets the call's prefix and arguments in these upvalues first.
+local ns, query, ARGV
+local call  -- redis.call, which a library may not touch while it loads
 
 local function k(kind, m) return ns .. kind .. ':{' .. m .. '}' end
-local LRU, STATS, CLOCK = ns .. 'n2lru{g}', ns .. 'n2stats{g}', ns .. 'clock{g}'
+local LRU, STATS, CLOCK
 
 local function blocked_either(a, b)
   return call('SISMEMBER', k('bl', a), b) == 1 or call('SISMEMBER', k('blby', a), b) == 1
@@ -479,7 +483,7 @@ end
 -- suggest_sum tmp ttl_ms member...: add these connections' sets into the estimate `tmp` ----
 -- A field longer than hash-max-listpack-value: the sums' hash is a hashtable from its first
 -- write (a listpack, up to 4,096 entries with REDIS_TUNING, costs O(n) per new field).
-local WIDE = string.rep('~', 65)
+local WIDE = '~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~'  -- 65 (no `string` while a library loads)
 
 local function suggest_sum(tmp, ttl, conns)
   -- A hash of counts: a sorted set would be rebuilt whole by every slice's ZUNIONSTORE.
@@ -618,6 +622,9 @@ local function mutual(a, b, cursor, limit)
   return {#common, smallest(after, limit), (#after > limit) and 1 or 0}
 end
 
+local function run(_, args)
+call, ARGV, ns, query = redis.call, args, args[1], args[2]
+LRU, STATS, CLOCK = ns .. 'n2lru{g}', ns .. 'n2stats{g}', ns .. 'clock{g}'
 if query == 'degree' then
   return degree(ARGV[3], ARGV[4], tonumber(ARGV[5]))
 elseif query == 'badges' then
@@ -688,3 +695,6 @@ elseif query == 'mutual' then
   return mutual(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
 end
 return redis.error_reply('unknown graph query ' .. tostring(query))
+end
+
+redis.register_function(FUNCTION_NAME, run)  -- FUNCTION_NAME: put before by shared/scripts.py
