@@ -152,6 +152,10 @@ class Subscription:
     name: str
     topics: Sequence[str]
     handlers: Mapping[type[Event], EventHandler]
+    # Nobody waits on these reactions (no read-your-writes path runs through them): on a
+    # broker that holds every fetch for its whole wait (the embedded one) they poll less
+    # often, where each poll costs that broker CPU per partition (ServiceSettings).
+    background: bool = False
 
     async def dispatch(self, events: list[ConsumedEvent]) -> None:
         """Each key's events one after another, in log order; different keys at once. A

@@ -172,7 +172,7 @@ class Runtime:
                 consumer,
                 [s.topics(t) for t in sub.topics],
                 group_id=f"{s.namespace}rapport-{s.service}-{sub.name}",
-                **s.consumer_options(),
+                **s.consumer_options(background=sub.background),
             )
 
     def spawn(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:

@@ -33,7 +33,7 @@ class ConnectionConsumers:
             ),
             # With one group a pair and its members' sides commit at once: only a
             # deactivated member's connections (one commit each) can be left half-way.
-            Subscription("own-sagas", [MEMBERS], ending)
+            Subscription("own-sagas", [MEMBERS], ending, background=True)
             if self.store.at_once
             else Subscription("own-sagas", [CONNECTIONS, MEMBERS], sides | ending),
         ]

@@ -34,6 +34,9 @@ class InvitationConsumers:
                     ev.MemberBlocked: react,
                     ev.MemberUnblocked: react,
                 },
+                # Folding a decision back into its invitation, and cancellations: a 2xx
+                # already answered what they change (the directory, the connection).
+                background=True,
             )
         ]
         if self.store.at_once:

@@ -81,3 +81,29 @@ def test_a_service_whose_keys_span_slots_refuses_a_cluster() -> None:
         "g0003",
         None,
     ]
+
+
+def test_background_subscriptions_poll_less_and_the_read_path_keeps_its_wait() -> None:
+    """On the embedded broker (10 ms fetch wait) a subscription nobody waits on polls every
+    100 ms; the hops of accept -> degree 1 (connection's invitations, the projection) keep
+    the short wait that the freshness bar needs."""
+    from services.connection.consumers import ConnectionConsumers
+    from services.invitation.consumers import InvitationConsumers
+
+    settings = InvitationSettings(kafka_fetch_max_wait_ms=10, consumer_batch_timeout_ms=5)
+    prompt, background = settings.consumer_options(), settings.consumer_options(background=True)
+    assert (prompt["fetch_max_wait_ms"], prompt["batch_timeout_ms"]) == (10, 5)
+    assert (background["fetch_max_wait_ms"], background["batch_timeout_ms"]) == (100, 100)
+    # A production wait longer than the background poll is kept as it is.
+    assert InvitationSettings().consumer_options(background=True)["fetch_max_wait_ms"] == 500
+
+    class OneGroup:
+        at_once = True
+
+    invitation = {s.name: s.background for s in InvitationConsumers(OneGroup()).subscriptions()}  # type: ignore[arg-type]
+    connection = {
+        s.name: s.background
+        for s in ConnectionConsumers(OneGroup(), 30_000).subscriptions()  # type: ignore[arg-type]
+    }
+    assert invitation == {"decisions": True}
+    assert connection == {"invitations": False, "own-sagas": True}
