@@ -85,8 +85,8 @@ def test_a_service_whose_keys_span_slots_refuses_a_cluster() -> None:
 
 def test_background_subscriptions_poll_less_and_the_read_path_keeps_its_wait() -> None:
     """On the embedded broker (10 ms fetch wait) a subscription nobody waits on polls every
-    100 ms; the hops of accept -> degree 1 (connection's invitations, the projection) keep
-    the short wait that the freshness bar needs."""
+    100 ms; the connection service's hop of accept -> degree 1 (its invitations
+    subscription) keeps the short wait that the freshness bar needs."""
     from services.connection.consumers import ConnectionConsumers
     from services.invitation.consumers import InvitationConsumers
 

@@ -14,9 +14,9 @@
 -- least recently used first (`n2lru{g}`); hits, misses, builds and bytes in `n2stats{g}`.
 -- Without a valid entry, badges meet in the middle per id and search scans members in order.
 -- A function library (shared/scripts.py loads it once): everything below is defined at
--- load time, so a call runs only its query, not 600 lines of definitions and the garbage
--- they leave for Lua's collector (whose steps were most of a mutual query's p99). `run`, the
--- entry point, sets the call's prefix and arguments in these upvalues first.
+-- load time, so a call runs only its query, not 600 lines of definitions (an EVALSHA would
+-- run them all on every call). `run`, the entry point, sets the call's prefix and arguments
+-- in these upvalues first.
 local ns, query, ARGV
 local call  -- redis.call, which a library may not touch while it loads
 
@@ -623,78 +623,78 @@ local function mutual(a, b, cursor, limit)
 end
 
 local function run(_, args)
-call, ARGV, ns, query = redis.call, args, args[1], args[2]
-LRU, STATS, CLOCK = ns .. 'n2lru{g}', ns .. 'n2stats{g}', ns .. 'clock{g}'
-if query == 'degree' then
-  return degree(ARGV[3], ARGV[4], tonumber(ARGV[5]))
-elseif query == 'badges' then
-  mark_active(ARGV[3])
-  local ids = {}
-  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
-  return badges(ARGV[3], ids)
-elseif query == 'paths' then
-  return paths(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-elseif query == 'network' then
-  mark_active(ARGV[3])
-  return network(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
-                 {ARGV[8], ARGV[9], ARGV[10], ARGV[11]})
-elseif query == 'warm_start' then
-  return warm_start(ARGV[3])
-elseif query == 'warm_sum' then
-  add_sets(ARGV[3], {unpack(ARGV, 5)})
-  call('PEXPIRE', ARGV[3], tonumber(ARGV[4]))  -- a refresh that stopped half way
-  return 1
-elseif query == 'warm_keep' then
-  keep_network(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
-  return 1
-elseif query == 'suggestions_read' then
-  mark_active(ARGV[3])
-  return suggestions_read(ARGV[3])
-elseif query == 'suggestions' then
-  mark_active(ARGV[3])
-  return suggestions(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-                     tonumber(ARGV[7]), {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])},
-                     tonumber(ARGV[11]))
-elseif query == 'suggest' then
-  return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-                 {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}, tonumber(ARGV[10]))
-elseif query == 'suggest_start' then
-  return suggest_start(ARGV[3], tonumber(ARGV[4]))
-elseif query == 'suggest_sum' then
-  return suggest_sum(ARGV[3], tonumber(ARGV[4]), {unpack(ARGV, 5)})
-elseif query == 'suggest_pool' then
-  return suggest_pool(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1',
-                      tonumber(ARGV[8]), tonumber(ARGV[9]),
-                      {tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])})
-elseif query == 'suggest_count' then
-  -- suggest_count v counted ttl_ms member...: their exact mutual counts with v, into the
-  -- hash `counted`
-  local v, counted, args = ARGV[3], ARGV[4], {'HSET', ARGV[4]}
-  for i = 6, #ARGV do
-    args[#args + 1] = ARGV[i]
-    args[#args + 1] = call('SINTERCARD', 2, k('c', ARGV[i]), k('c', v))
+  call, ARGV, ns, query = redis.call, args, args[1], args[2]
+  LRU, STATS, CLOCK = ns .. 'n2lru{g}', ns .. 'n2stats{g}', ns .. 'clock{g}'
+  if query == 'degree' then
+    return degree(ARGV[3], ARGV[4], tonumber(ARGV[5]))
+  elseif query == 'badges' then
+    mark_active(ARGV[3])
+    local ids = {}
+    for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+    return badges(ARGV[3], ids)
+  elseif query == 'paths' then
+    return paths(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
+  elseif query == 'network' then
+    mark_active(ARGV[3])
+    return network(ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+                   {ARGV[8], ARGV[9], ARGV[10], ARGV[11]})
+  elseif query == 'warm_start' then
+    return warm_start(ARGV[3])
+  elseif query == 'warm_sum' then
+    add_sets(ARGV[3], {unpack(ARGV, 5)})
+    call('PEXPIRE', ARGV[3], tonumber(ARGV[4]))  -- a refresh that stopped half way
+    return 1
+  elseif query == 'warm_keep' then
+    keep_network(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
+    return 1
+  elseif query == 'suggestions_read' then
+    mark_active(ARGV[3])
+    return suggestions_read(ARGV[3])
+  elseif query == 'suggestions' then
+    mark_active(ARGV[3])
+    return suggestions(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                       tonumber(ARGV[7]), {tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])},
+                       tonumber(ARGV[11]))
+  elseif query == 'suggest' then
+    return suggest(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                   {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}, tonumber(ARGV[10]))
+  elseif query == 'suggest_start' then
+    return suggest_start(ARGV[3], tonumber(ARGV[4]))
+  elseif query == 'suggest_sum' then
+    return suggest_sum(ARGV[3], tonumber(ARGV[4]), {unpack(ARGV, 5)})
+  elseif query == 'suggest_pool' then
+    return suggest_pool(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7] == '1',
+                        tonumber(ARGV[8]), tonumber(ARGV[9]),
+                        {tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])})
+  elseif query == 'suggest_count' then
+    -- suggest_count v counted ttl_ms member...: their exact mutual counts with v, into the
+    -- hash `counted`
+    local v, counted, args = ARGV[3], ARGV[4], {'HSET', ARGV[4]}
+    for i = 6, #ARGV do
+      args[#args + 1] = ARGV[i]
+      args[#args + 1] = call('SINTERCARD', 2, k('c', ARGV[i]), k('c', v))
+    end
+    if #args > 2 then call(unpack(args)) end
+    call('PEXPIRE', counted, tonumber(ARGV[5]))
+    return 1
+  elseif query == 'suggest_rank' then
+    -- suggest_rank v counted limit boosts...: v's list from the exact counts `counted`
+    -- (deleted)
+    local flat = call('HGETALL', ARGV[4])
+    call('DEL', ARGV[4])
+    local counts, members = {}, {}
+    for i = 1, #flat, 2 do
+      counts[flat[i]] = tonumber(flat[i + 1])
+      members[#members + 1] = flat[i]
+    end
+    return rank_counts(ARGV[3], counts, members, tonumber(ARGV[5]),
+                       {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])})
+  elseif query == 'fresh' then
+    return fresh(ARGV[3], tonumber(ARGV[4]))
+  elseif query == 'mutual' then
+    return mutual(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
   end
-  if #args > 2 then call(unpack(args)) end
-  call('PEXPIRE', counted, tonumber(ARGV[5]))
-  return 1
-elseif query == 'suggest_rank' then
-  -- suggest_rank v counted limit boosts...: v's list from the exact counts `counted`
-  -- (deleted)
-  local flat = call('HGETALL', ARGV[4])
-  call('DEL', ARGV[4])
-  local counts, members = {}, {}
-  for i = 1, #flat, 2 do
-    counts[flat[i]] = tonumber(flat[i + 1])
-    members[#members + 1] = flat[i]
-  end
-  return rank_counts(ARGV[3], counts, members, tonumber(ARGV[5]),
-                     {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])})
-elseif query == 'fresh' then
-  return fresh(ARGV[3], tonumber(ARGV[4]))
-elseif query == 'mutual' then
-  return mutual(ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
-end
-return redis.error_reply('unknown graph query ' .. tostring(query))
+  return redis.error_reply('unknown graph query ' .. tostring(query))
 end
 
 redis.register_function(FUNCTION_NAME, run)  -- FUNCTION_NAME: put before by shared/scripts.py
