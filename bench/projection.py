@@ -147,8 +147,8 @@ def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionR
     env = service_env(bootstrap, redis_url, namespace, **extra_env)
     with tempfile.TemporaryDirectory() as logs:
         proc = ServiceProcess("projection", free_port(), env, Path(logs))
-        port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
-        redis_sync.Redis(port=port).config_resetstat()
+        admin = redis_sync.Redis.from_url(redis_url)
+        admin.config_resetstat()
         started = time.perf_counter()
         proc.start()
         api = BlockingClient({"projection": proc.url}, token, timeout=5)
@@ -173,9 +173,11 @@ def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionR
             api.close()
             if proc.child:
                 proc.child.stop()
-    redis_time = RedisTime.of(redis_sync.Redis(port=port).info("commandstats"))
+    redis_time = RedisTime.of(admin.info("commandstats"))
     bare_s = asyncio.run(bare_consume(bootstrap, namespace, n))
-    used = int(redis_sync.Redis(port=port).info("memory")["used_memory"])
+    used = int(admin.info("memory")["used_memory"])
+    admin.close()
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])  # redis-benchmark's
     return ProjectionResult(
         n, projection_s, steady_s, steady_events, bare_s, redis_sadd_rate(port), used, redis_time
     )

@@ -319,23 +319,23 @@ MIN_SAMPLES = 1000
 REPEAT_BUDGET_S = 5.0
 
 
-def passes(args: list[Any]) -> Iterator[list[Any]]:
-    """Whole passes over `args`: one, then more while samples are few and time is short."""
+def passes(args: list[Any], repeat: bool = True) -> Iterator[Any]:
+    """The items of whole passes over `args`: one pass, then (with `repeat`) more while
+    samples are few and time is short."""
     started, taken = time.perf_counter(), 0
     while True:
-        yield args
+        yield from args
         taken += len(args)
-        if taken >= MIN_SAMPLES or time.perf_counter() - started >= REPEAT_BUDGET_S:
+        if not repeat or taken >= MIN_SAMPLES or time.perf_counter() - started >= REPEAT_BUDGET_S:
             return
 
 
 def time_sync(fn: Callable[..., Any], args: list[Any]) -> tuple[float, float]:
     samples = []
-    for listed in passes(args):
-        for a in listed:
-            started = time.perf_counter()
-            fn(*a) if isinstance(a, tuple) else fn(a)
-            samples.append(time.perf_counter() - started)
+    for a in passes(args):
+        started = time.perf_counter()
+        fn(*a) if isinstance(a, tuple) else fn(a)
+        samples.append(time.perf_counter() - started)
     return percentiles(samples)
 
 
@@ -368,13 +368,12 @@ async def time_async(
     """p50 and p99 of `fn` over passes of `args` (one unless `repeat`), one call at a time;
     `before` (untimed) prepares each."""
     samples = []
-    for listed in passes(args) if repeat else [args]:
-        for a in listed:
-            if before is not None:
-                await (before(*a) if isinstance(a, tuple) else before(a))
-            started = time.perf_counter()
-            await (fn(*a) if isinstance(a, tuple) else fn(a))
-            samples.append(time.perf_counter() - started)
+    for a in passes(args, repeat):
+        if before is not None:
+            await (before(*a) if isinstance(a, tuple) else before(a))
+        started = time.perf_counter()
+        await (fn(*a) if isinstance(a, tuple) else fn(a))
+        samples.append(time.perf_counter() - started)
     return percentiles(samples)
 
 

@@ -26,7 +26,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import EllipsisType
 from typing import Any, Protocol
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -91,13 +90,16 @@ EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_EVENT_AHEAD = timedelta(days=1)
 
 
-def admit(
-    record: ConsumerRecord[Any, Any], named: str | EllipsisType | None = ...
-) -> tuple[Envelope, Event]:
+def admit(record: ConsumerRecord[Any, Any]) -> tuple[Envelope, Event]:
     """Decode a consumed record and check that it belongs where it came from: an event type
     of this topic, the Kafka key equal to the envelope key (else per-key order could break),
-    a `type` header (`named`, when the caller read it already) equal to the envelope's, a
-    plausible time, a plausible size. `InvalidEvent` (reason for the DLQ) otherwise."""
+    a `type` header equal to the envelope's, a plausible time, a plausible size.
+    `InvalidEvent` (reason for the DLQ) otherwise."""
+    return admit_named(record, type_header(record.headers))
+
+
+def admit_named(record: ConsumerRecord[Any, Any], named: str | None) -> tuple[Envelope, Event]:
+    """`admit` for a caller that read the record's `type` header already (`named`)."""
     value = record.value or b""
     if len(value) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"too_large: {len(value)} bytes (at most {MAX_EVENT_BYTES})")
@@ -107,8 +109,6 @@ def admit(
     key = record.key.decode(errors="replace") if isinstance(record.key, bytes) else record.key
     if key != envelope.key:
         raise InvalidEvent(f"key_mismatch: record key {key!r} is not {envelope.key!r}")
-    if named is ...:
-        named = type_header(record.headers)
     if named is not None and named != envelope.type:
         raise InvalidEvent(f"type_mismatch: header type {named!r} is not {envelope.type!r}")
     at = envelope.occurred_at
@@ -235,7 +235,7 @@ class EventConsumer:
             if self.wanted is not None and named is not None and named not in self.wanted:
                 continue  # another group's event; decoding it is most of a record's cost
             try:
-                envelope, event = admit(record, named)
+                envelope, event = admit_named(record, named)
             except InvalidEvent as exc:
                 await self.send_to_dlq(record, exc.reason)
                 continue
