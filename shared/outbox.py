@@ -31,6 +31,7 @@ from shared.commands import AggregateWrite, CommitResult, FollowKey, IndexOp, Lo
 from shared.events import Envelope
 from shared.groups import KeyLayout, SlotGroups, outside, slot, tag
 from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG
+from shared.redis import AutoPipeline
 from shared.settings import ServiceSettings
 from shared.topics import TopicNames
 
@@ -63,6 +64,8 @@ class RedisStateStore:
         self.cluster = cluster
         self._commit = scripts.register(redis, "shared", "outbox_commit")
         self._load = scripts.register(redis, "shared", "state_load")
+        # Every request loads and commits: concurrent ones share a round trip.
+        self._calls = AutoPipeline(redis)
 
     @classmethod
     def of(cls, redis: Redis, settings: ServiceSettings, layout: KeyLayout) -> RedisStateStore:
@@ -138,7 +141,7 @@ class RedisStateStore:
         args: list[Any] = [len(keys), len(checks), len(follows), *(m for _, m in checks)]
         for f in follows:
             args += [f.source + 1, f.field, f.key_prefix]
-        out = await self._load(keys=[*keys, *(key for key, _ in checks)], args=args)
+        out = await self._calls.script(self._load, [*keys, *(key for key, _ in checks)], args)
         n, c = len(keys), len(checks)
         return Snapshot(
             [_loaded(v, s) for v, s in out[:n]],
@@ -178,7 +181,7 @@ class RedisStateStore:
             1 if dedupe_key else 0,
         ]
         args = [orjson.dumps(payload)]  # compact, as the script's cjson reads it
-        result = _s(await self._commit(keys=keys, args=args))
+        result = _s(await self._calls.script(self._commit, keys, args))
         if result not in ("ok", "conflict", "duplicate"):
             raise RuntimeError(f"unexpected outbox commit result {result!r}")
         return result  # type: ignore[return-value]

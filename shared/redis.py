@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # How long one Redis call of a request may take before it counts as an outage (a paused or
@@ -92,3 +96,73 @@ async def initialize(client: Redis) -> None:
     Nothing to do for a one-node client."""
     if isinstance(client, RedisCluster):
         await client.initialize()
+
+
+class AutoPipeline:
+    """Sends the commands issued in one turn of the event loop to Redis together, as one
+    pipeline (not a transaction: each command stands alone, as if sent apart).
+
+    Under concurrent requests this is where a write service's client time went: redis-py
+    pays a pooled connection, a retry wrapper, timeouts, one write and one read per call.
+    Measured with 32 concurrent callers of one small script: 76-79 µs of client CPU per
+    call sent apart, 17-19 µs auto-pipelined. A lone call goes out as it would have, one
+    turn later. A cluster client sends each command apart (its commands may be on
+    different nodes)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.batching = not isinstance(redis, RedisCluster)
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def execute(self, *args: Any) -> Any:
+        if not self.batching:
+            return await self.redis.execute_command(*args)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((args, future))
+        return await future
+
+    async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """EVALSHA; a server that does not have the script yet gets it once (SCRIPT LOAD)."""
+        try:
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await script(keys=keys, args=args)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        replies: list[Any]
+        try:
+            if len(batch) == 1:
+                replies = [await self.redis.execute_command(*batch[0][0])]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for args, _ in batch:
+                        pipe.execute_command(*args)
+                    replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the whole batch failed (an outage, a cancellation)
+            for _, future in batch:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its caller gave up (a cancelled request)
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
