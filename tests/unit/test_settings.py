@@ -27,6 +27,7 @@ def test_a_message_limit_above_what_an_event_carries_is_refused_at_start() -> No
     [
         (InvitationSettings, "expiry_days", 10**9),  # would overflow a date
         (InvitationSettings, "weekly_limit", 0),
+        (InvitationSettings, "gc_young_threshold", 0),
         (EngagementSettings, "per_actor_per_minute", -1),
         (ProjectionSettings, "read_quota_per_minute", 0),
         (ProjectionSettings, "after_wait_max_ms", 10**9),
