@@ -4,8 +4,10 @@ callers share a round trip, and each still gets exactly its own answer or error.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
+import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -21,75 +23,63 @@ async def _clients(redis: Redis) -> int:
     return len(await redis.client_list())
 
 
-async def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answer(
-    infra: Infra, redis_client: Redis, namespace: str
-) -> None:
+@pytest_asyncio.fixture
+async def calls(infra: Infra) -> AsyncIterator[AutoPipeline]:
+    """Auto-pipelined calls on a client of their own (the service's kind of pool)."""
     client = connect(infra.redis_url)
-    calls = AutoPipeline(client)
-    script = client.register_script(COUNT)
-    try:
-        before = await _clients(redis_client)
-        await calls.script(script, [f"{namespace}warm"], [1])  # the server has the script
-        answers = await asyncio.gather(
-            *(calls.script(script, [f"{namespace}n{i % 5}"], [i]) for i in range(50))
-        )
-        # Each answer is its own command's: INCRBY by i on key i % 5, in issue order.
-        totals = [0] * 5
-        for i, answer in enumerate(answers):
-            totals[i % 5] += i
-            assert answer == totals[i % 5]
-        # Fifty calls went out together: one connection, where fifty would open fifty.
-        assert await _clients(redis_client) == before + 1
-    finally:
-        await client.aclose()
+    yield AutoPipeline(client)
+    await client.aclose()
+
+
+async def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answer(
+    calls: AutoPipeline, redis_client: Redis, namespace: str
+) -> None:
+    script = calls.redis.register_script(COUNT)
+    before = await _clients(redis_client)
+    await calls.script(script, [f"{namespace}warm"], [1])  # the server has the script
+    answers = await asyncio.gather(
+        *(calls.script(script, [f"{namespace}n{i % 5}"], [i]) for i in range(50))
+    )
+    # Each answer is its own command's: INCRBY by i on key i % 5, in issue order.
+    totals = [0] * 5
+    for i, answer in enumerate(answers):
+        totals[i % 5] += i
+        assert answer == totals[i % 5]
+    # Fifty calls went out together: one connection, where fifty would open fifty.
+    assert await _clients(redis_client) == before + 1
 
 
 async def test_an_error_reaches_only_its_caller(
-    infra: Infra, redis_client: Redis, namespace: str
+    calls: AutoPipeline, redis_client: Redis, namespace: str
 ) -> None:
-    client = connect(infra.redis_url)
-    calls = AutoPipeline(client)
     await redis_client.set(f"{namespace}text", "not a number")
-    try:
-        good, bad, also_good = await asyncio.gather(
-            calls.execute("INCRBY", f"{namespace}a", 2),
-            calls.execute("INCRBY", f"{namespace}text", 1),
-            calls.execute("INCRBY", f"{namespace}a", 3),
-            return_exceptions=True,
-        )
-        assert (good, also_good) == (2, 5)
-        assert isinstance(bad, ResponseError) and "not an integer" in str(bad)
-    finally:
-        await client.aclose()
+    good, bad, also_good = await asyncio.gather(
+        calls.execute("INCRBY", f"{namespace}a", 2),
+        calls.execute("INCRBY", f"{namespace}text", 1),
+        calls.execute("INCRBY", f"{namespace}a", 3),
+        return_exceptions=True,
+    )
+    assert (good, also_good) == (2, 5)
+    assert isinstance(bad, ResponseError) and "not an integer" in str(bad)
 
 
 async def test_a_script_the_server_lost_is_loaded_again(
-    infra: Infra, redis_client: Redis, namespace: str
+    calls: AutoPipeline, redis_client: Redis, namespace: str
 ) -> None:
-    client = connect(infra.redis_url)
-    calls = AutoPipeline(client)
-    script = client.register_script(COUNT)
-    try:
-        await redis_client.script_flush()
-        answers = await asyncio.gather(
-            *(calls.script(script, [f"{namespace}lost"], [1]) for _ in range(3))
-        )
-        assert sorted(answers) == [1, 2, 3]
-    finally:
-        await client.aclose()
+    script = calls.redis.register_script(COUNT)
+    await redis_client.script_flush()
+    answers = await asyncio.gather(
+        *(calls.script(script, [f"{namespace}lost"], [1]) for _ in range(3))
+    )
+    assert sorted(answers) == [1, 2, 3]
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_their_answers(
-    infra: Infra, namespace: str
+    calls: AutoPipeline, namespace: str
 ) -> None:
-    client = connect(infra.redis_url)
-    calls = AutoPipeline(client)
-    try:
-        quitter = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}q", 1))
-        stayer = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}s", 1))
-        await asyncio.sleep(0)  # both issued in this turn: one batch
-        quitter.cancel()
-        assert await stayer == 1
-        assert quitter.cancelled()
-    finally:
-        await client.aclose()
+    quitter = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}q", 1))
+    stayer = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}s", 1))
+    await asyncio.sleep(0)  # both issued in this turn: one batch
+    quitter.cancel()
+    assert await stayer == 1
+    assert quitter.cancelled()
