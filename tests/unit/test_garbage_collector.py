@@ -19,16 +19,26 @@ class _Node:
 
 @pytest.fixture
 def settled() -> Iterator[None]:
-    threshold = gc.get_threshold()
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    gc.unfreeze()  # as a process that has not settled yet (another test may have started an app)
     settle_garbage_collector(10_000)
     yield
-    gc.unfreeze()
     gc.set_threshold(*threshold)
+    if not frozen:
+        gc.unfreeze()
 
 
 def test_what_the_process_holds_at_start_is_out_of_the_collectors_passes(settled: None) -> None:
     # Modules, classes and functions loaded so far: tens of thousands of objects.
     assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold()[0] == 10_000
+
+
+def test_a_process_settles_once(settled: None) -> None:
+    frozen = gc.get_freeze_count()
+    _Node()  # something new, held by nobody but itself
+    settle_garbage_collector(700)  # a second app started in the same process
+    assert gc.get_freeze_count() == frozen
     assert gc.get_threshold()[0] == 10_000
 
 
