@@ -79,7 +79,9 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_answers(
 ) -> None:
     quitter = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}q", 1))
     stayer = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}s", 1))
-    await asyncio.sleep(0)  # both issued in this turn: one batch
+    # One loop turn, not a wait for time: both tasks run and queue their commands, and the
+    # batch goes out only after this test cancels one of them.
+    await asyncio.sleep(0)
     quitter.cancel()
     assert await stayer == 1
     assert quitter.cancelled()
