@@ -328,7 +328,8 @@ def write_rows(w: writes.WriteResults) -> list[str]:
     return [
         f"| bare FastAPI + 1 Redis Lua call (reference), wrk {w.seconds}s x {w.connections} "
         f"| {base:,.0f} req/s, p50/p99 {w.bare.p50_ms:.1f} / {w.bare.p99_ms:.1f} ms "
-        f"| workers {w.workers} | client CPU {w.bare.client_cpu:.0%} |",
+        f"| workers {w.workers}, {max(w.workers.values())} partition(s) per topic (as "
+        f"`rapport run` lays them out) | client CPU {w.bare.client_cpu:.0%} |",
         row("POST /members", w.register, "bar 0.4"),
         row("POST /invitations", w.invite, "bar 0.4, p99 <= 50 ms"),
         row("POST /invitations/{id}/accept", w.accept, "bar 0.3"),

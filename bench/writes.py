@@ -313,7 +313,6 @@ def run_writes(
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: `make wrk` installs Debian's package")
     namespace = f"w{time.time_ns()}."
-    asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions()))
     env = service_env(
         bootstrap,
         redis_url,
@@ -325,6 +324,8 @@ def run_writes(
     workers = {
         name: int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1")) for name in SERVICES
     }
+    # The topics as `rapport run` lays them out for these replicas (rapport.cli.run).
+    asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions(max(workers.values()))))
     procs = [ServiceProcess(n, free_port(), env, logs, workers=workers[n]) for n in SERVICES]
     supervisor = Supervisor(procs)
     supervisor.start_all(timeout_s=90)

@@ -66,12 +66,33 @@ async def follow(bootstrap: str, redis_url: str, namespace: str = "") -> None:
         await redis.aclose()
 
 
+async def log_layout(
+    redis_url: str, namespace: str = "", per_topic: int | None = None
+) -> dict[str, int]:
+    """The partition count of every topic of an archived log: the counts it was written
+    with, else (a new log) `TopicNames.partitions(per_topic)`, recorded for the restarts to
+    come. A log archived before counts were recorded was written with `PARTITIONS`."""
+    wanted = TopicNames(namespace).partitions(per_topic)
+    redis = Redis.from_url(redis_url)
+    try:
+        archive = _archive(redis, namespace)
+        recorded = await archive.layout()
+        if not recorded and await archive.partitions():
+            recorded = TopicNames(namespace).partitions()
+        layout = {topic: recorded.get(topic, count) for topic, count in wanted.items()}
+        await archive.keep_layout(layout)
+        return layout
+    finally:
+        await redis.aclose()
+
+
 async def restore(bootstrap: str, redis_url: str, namespace: str = "") -> int:
-    """Produce the archive into an empty broker (topics created first); returns how many
-    records. Relays hold back while it runs. A partition whose offsets would come out
-    different (the archive missed a record) is re-archived at its new offsets and reported."""
-    topics = TopicNames(namespace)
-    await ensure_topics(bootstrap, topics.partitions())
+    """Produce the archive into an empty broker (topics created first, with the counts the
+    log was written with: `log_layout`); returns how many records. Relays hold back while it
+    runs. A partition whose offsets would come out different (the archive missed a record)
+    is re-archived at its new offsets and reported."""
+    layout = await log_layout(redis_url, namespace)
+    await ensure_topics(bootstrap, layout)
     redis = Redis.from_url(redis_url)
     archive = _archive(redis, namespace)
     await redis.set(archive.restoring_key, "1")
@@ -81,7 +102,7 @@ async def restore(bootstrap: str, redis_url: str, namespace: str = "") -> int:
     await producer.start()
     restored = 0
     try:
-        await _until_known(producer, topics.partitions())
+        await _until_known(producer, layout)
         for key in await archive.partitions():
             records = await archive.records(key)
             sent = [

@@ -119,13 +119,23 @@ def run(
     started = time.monotonic()
     token = api_token(state_dir)
     ops_token, admin_token = role_token(state_dir, "ops"), role_token(state_dir, "admin")
+    workers = {name: _workers(name, replicas) for name in SERVICES}
     try:
         with embedded_infra(
             state_dir,
             kafka_port=pick_port(kafka_port),
             redis_port=pick_port(redis_port),
             archive=True,
+            # One partition per replica: each consumes one, and the embedded broker pays for
+            # every partition on every fetch (a third of an invite's CPU at 12 per topic).
+            partitions=max(workers.values()),
         ) as infra:
+            fewest = min(infra.partitions.get(topic, 0) for topic in TopicNames().all)
+            if fewest < max(workers.values()):
+                console.print(
+                    f"[yellow]the log was written with {fewest} partition(s) per topic: "
+                    f"replicas past that serve HTTP, but consume nothing[/yellow]"
+                )
             env = {
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
                 "REDIS_URL": infra.redis_url,
@@ -142,7 +152,7 @@ def run(
                     _service_port(name),
                     env,
                     state_dir / "logs",
-                    workers=_workers(name, replicas),
+                    workers=workers[name],
                 )
                 for name in SERVICES
             ]

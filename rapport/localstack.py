@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 from redis.asyncio import Redis
 
-from rapport.archive import restore
+from rapport.archive import log_layout, restore
 from shared.archive import LogArchive
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.topics import TopicNames
@@ -315,6 +315,7 @@ class Infra:
     kafka: EmbeddedKafka | None = None
     redis: EmbeddedRedis | None = None
     archived: bool = False  # the log is copied to Redis and restored into a new broker
+    partitions: dict[str, int] = field(default_factory=dict)  # each topic's, as created
 
     def broker_died(self) -> bool:
         return self.kafka is not None and not self.kafka.child.alive()
@@ -345,8 +346,11 @@ def embedded_infra(
     namespace: str = "",
     use_env: bool = True,
     archive: bool = False,
+    partitions: int | None = None,
 ) -> Iterator[Infra]:
-    """Start what is missing (honouring KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), create topics.
+    """Start what is missing (honouring KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), create topics:
+    on the embedded broker with `partitions` per event topic if given, else (and on a
+    configured broker) with `PARTITIONS`.
 
     With `archive` and both embedded, the log is kept across restarts: Redis keeps its data
     (AOF) with the log's copy in it (shared.archive), and the new, empty broker is refilled
@@ -373,7 +377,13 @@ def embedded_infra(
             infra.kafka_bootstrap = infra.kafka.bootstrap
         else:
             asyncio.run(wait_for_broker(infra.kafka_bootstrap))
-        asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
+        per_topic = None if external_kafka else partitions
+        if infra.archived:  # an archived log keeps the counts it was written with
+            layout = asyncio.run(log_layout(infra.redis_url, namespace, per_topic))
+        else:
+            layout = TopicNames(namespace).partitions(per_topic)
+        asyncio.run(ensure_topics(infra.kafka_bootstrap, layout))
+        infra.partitions = layout
         if infra.archived:
             restored = asyncio.run(restore(infra.kafka_bootstrap, infra.redis_url, namespace))
             log.info("log restored from its copy: %d record(s)", restored)

@@ -65,6 +65,25 @@ class LogArchive:
     def restoring_key(self) -> str:
         return f"{self.prefix}:restoring"
 
+    @property
+    def layout_key(self) -> str:
+        return f"{self.prefix}:layout"
+
+    async def keep_layout(self, partitions: dict[str, int]) -> None:
+        """Record each topic's partition count, once: a key's partition is its hash modulo
+        that count, so a log is restored with the counts it was written with (else a key's
+        later events would land in another partition than its earlier ones)."""
+        if partitions:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for topic, count in partitions.items():
+                    pipe.hsetnx(self.layout_key, topic, count)
+                await pipe.execute()
+
+    async def layout(self) -> dict[str, int]:
+        """The recorded partition counts ({} before any were recorded)."""
+        raw: dict[Any, Any] = await self.redis.hgetall(self.layout_key)
+        return {_text(k): int(v) for k, v in raw.items()}
+
     def partition_key(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:{{{topic}}}:{partition}"
 

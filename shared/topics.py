@@ -10,6 +10,7 @@ ENGAGEMENTS = "rapport.engagements"
 ALL_TOPICS = (MEMBERS, INVITATIONS, CONNECTIONS, ENGAGEMENTS)
 
 # Enough partitions to spread a consumer group over a few replicas; DLQs are low volume.
+# (The local stack on one machine takes fewer: see `TopicNames.partitions`.)
 PARTITIONS = {MEMBERS: 6, INVITATIONS: 12, CONNECTIONS: 12, ENGAGEMENTS: 12}
 DLQ_PARTITIONS = 1
 
@@ -40,8 +41,11 @@ class TopicNames:
     def all(self) -> list[str]:
         return [self(t) for t in ALL_TOPICS]
 
-    def partitions(self) -> dict[str, int]:
-        """Every topic Rapport needs (with DLQs) and its partition count."""
-        counts = {self(t): n for t, n in PARTITIONS.items()}
+    def partitions(self, per_topic: int | None = None) -> dict[str, int]:
+        """Every topic Rapport needs (with DLQs) and its partition count: `PARTITIONS`, or
+        `per_topic` for every event topic (the local stack: as many as its replicas, since
+        a broker pays for every partition on every fetch, and one machine gains nothing
+        from partitions no consumer of its own needs)."""
+        counts = {self(t): per_topic or n for t, n in PARTITIONS.items()}
         counts.update({dlq(self(t)): DLQ_PARTITIONS for t in ALL_TOPICS})
         return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -11,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from rapport.client import BlockingClient, Conflict, Unauthorized, is_ready
 from rapport.localstack import free_port, port_is_free
 from rapport.supervisor import SERVICES
+from shared.topics import ALL_TOPICS
 from tests.e2e.driver import agrees_with_a_rebuild
 
 pytestmark = pytest.mark.e2e
@@ -269,6 +272,8 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
         stack.connect("ada", "grace")
         before = stack.figures(after=stack.connect("alan", "grace"))
         assert before["degree"]["degree"] == 2 and before["grace"]["connections"] == 2
+        # One replica: one partition per topic (the broker pays for each on every fetch).
+        assert _partition_counts(stack.kafka_port) == dict.fromkeys(ALL_TOPICS, 1)
         stack.stop()
 
         # `make run` again: everything is still there, the dashboard agrees.
@@ -280,6 +285,8 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
         os.kill(broker, signal.SIGKILL)
         _wait(lambda: "broker back" in stack.log.read_text(), 60, "the broker's restart")
         assert _broker_pid(stack.kafka_port) != broker
+        # Refilled with the counts the log was written with: each key in its partition.
+        assert _partition_counts(stack.kafka_port) == dict.fromkeys(ALL_TOPICS, 1)
         stack.register("ken", "Mathematics")
         # Consumers rejoin their groups on the new broker first: the first event through
         # both hops may take longer than a read's wait on a loaded machine.
@@ -307,6 +314,19 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
         before["dashboard"]["totals"]["connections"] + 1
     )
     assert status["log_resets"] == {} and status["total_lag"] == 0
+
+
+def _partition_counts(port: int) -> dict[str, int]:
+    async def counts() -> dict[str, int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}")
+        await consumer.start()
+        try:
+            await consumer.topics()  # the broker's metadata
+            return {t: len(consumer.partitions_for_topic(t) or ()) for t in ALL_TOPICS}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(counts())
 
 
 def _broker_pid(port: int) -> int:

@@ -1,4 +1,5 @@
-"""The embedded stack's configuration paths: external infrastructure, and containers mode."""
+"""The embedded stack's configuration paths: external infrastructure, containers mode, and
+the topics' partition counts."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from redis.asyncio import Redis
 
+from rapport.archive import log_layout
 from rapport.localstack import embedded_infra
-from shared.topics import TopicNames
+from shared.archive import ArchivedRecord, LogArchive
+from shared.topics import INVITATIONS, TopicNames, dlq
 from tests.helpers import Infra
 
 pytestmark = pytest.mark.integration
@@ -75,3 +79,25 @@ async def test_topics_are_created_to_keep_the_log_forever(infra: Infra, namespac
         configs = {entry[0]: entry[1] for entry in resource[4]}
         assert configs["retention.ms"] == "-1", resource[3]
         assert configs["retention.bytes"] == "-1", resource[3]
+
+
+async def test_an_archived_log_keeps_the_partition_counts_it_was_written_with(
+    infra: Infra, namespace: str, redis_client: Redis
+) -> None:
+    """A key's partition is its hash modulo the count: restored with another count, a
+    member's later events would land in another partition than their earlier ones."""
+    topics = TopicNames(namespace)
+    new = await log_layout(infra.redis_url, namespace, per_topic=2)
+    assert new == topics.partitions(2)
+    assert new[topics(INVITATIONS)] == 2 and new[dlq(topics(INVITATIONS))] == 1
+    # Started again with more replicas: the log keeps its counts.
+    assert await log_layout(infra.redis_url, namespace, per_topic=4) == new
+
+
+async def test_a_log_archived_before_counts_were_recorded_restores_with_the_old_ones(
+    infra: Infra, namespace: str, redis_client: Redis
+) -> None:
+    archive = LogArchive(redis_client, f"{namespace}rapport")
+    await archive.keep([ArchivedRecord(f"{namespace}{INVITATIONS}", 11, 0, b"a|b", b"{}")])
+    old = await log_layout(infra.redis_url, namespace, per_topic=1)
+    assert old == TopicNames(namespace).partitions() and old[f"{namespace}{INVITATIONS}"] == 12
