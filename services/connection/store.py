@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from cachetools import LRUCache
 from pydantic import BaseModel
 
 from services.connection import domain
@@ -33,6 +34,9 @@ from shared.settings import ConnectionSettings
 from shared.topics import pair_key
 
 Aggregates = dict[str, tuple[str, type[BaseModel]]]
+# Industries whose first spelling a process keeps (an industry is a handful of bytes; the
+# bound stops a client that names endless new ones from growing the process).
+INDUSTRY_SPELLINGS_KEPT = 10_000
 
 
 class ConnectionStore(CommandLoop[Slice, domain.Command]):
@@ -47,6 +51,9 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
             "connection", tag(self.groups.of(owner)), kind, owner
         )
         self.industries = settings.key("connection", "industries")
+        # An industry's first spelling, once claimed, is never replaced: a process may keep
+        # what Redis answered and spare the round trip on every registration naming it.
+        self._spellings: LRUCache[str, str] = LRUCache(maxsize=INDUSTRY_SPELLINGS_KEPT)
         self.directory = Directory.of(settings)
         self.at_once = self.groups.single  # a saga's steps in one commit
 
@@ -74,7 +81,11 @@ class ConnectionStore(CommandLoop[Slice, domain.Command]):
         """The first spelling seen of this industry's group, so aggregates group by one name.
         Claimed before the command that names it (one key, outside the member's group)."""
         text = " ".join(industry.split())
-        return await self.store.claim(self.industries, ev.grouping_key(text), text)
+        group = ev.grouping_key(text)
+        spelling = self._spellings.get(group)
+        if spelling is None:
+            spelling = self._spellings[group] = await self.store.claim(self.industries, group, text)
+        return spelling
 
     # the sagas across a pair and its members ------------------------------------------------
     async def accept(
