@@ -140,7 +140,8 @@ def redis_sadd_rate(port: int) -> float | None:
 
 def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionResult:
     namespace = f"bench{time.time_ns()}."
-    asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions()))
+    # One projection process: the topics as `rapport run` lays them out for one replica.
+    asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions(1)))
     events = synthetic_events(n, random.Random(1))
     asyncio.run(preload(bootstrap, namespace, events))
     token = TOKEN
