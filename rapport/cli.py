@@ -127,7 +127,7 @@ def run(
             redis_port=pick_port(redis_port),
             archive=True,
             # One partition per replica: each consumes one, and the embedded broker pays for
-            # every partition on every fetch (a third of an invite's CPU at 12 per topic).
+            # every partition on every fetch (at 12 per topic, over a quarter of an invite's CPU).
             partitions=max(workers.values()),
         ) as infra:
             fewest = min(infra.partitions.get(topic, 0) for topic in TopicNames().all)

@@ -82,7 +82,7 @@ async def test_topics_are_created_to_keep_the_log_forever(infra: Infra, namespac
 
 
 async def test_an_archived_log_keeps_the_partition_counts_it_was_written_with(
-    infra: Infra, namespace: str, redis_client: Redis
+    infra: Infra, namespace: str
 ) -> None:
     """A key's partition is its hash modulo the count: restored with another count, a
     member's later events would land in another partition than their earlier ones."""
