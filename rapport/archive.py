@@ -86,12 +86,14 @@ async def log_layout(
         await redis.aclose()
 
 
-async def restore(bootstrap: str, redis_url: str, namespace: str = "") -> int:
+async def restore(
+    bootstrap: str, redis_url: str, namespace: str = "", layout: dict[str, int] | None = None
+) -> int:
     """Produce the archive into an empty broker (topics created first, with the counts the
-    log was written with: `log_layout`); returns how many records. Relays hold back while it
-    runs. A partition whose offsets would come out different (the archive missed a record)
-    is re-archived at its new offsets and reported."""
-    layout = await log_layout(redis_url, namespace)
+    log was written with: `layout`, else read by `log_layout`); returns how many records.
+    Relays hold back while it runs. A partition whose offsets would come out different (the
+    archive missed a record) is re-archived at its new offsets and reported."""
+    layout = layout or await log_layout(redis_url, namespace)
     await ensure_topics(bootstrap, layout)
     redis = Redis.from_url(redis_url)
     archive = _archive(redis, namespace)

@@ -120,6 +120,7 @@ def run(
     token = api_token(state_dir)
     ops_token, admin_token = role_token(state_dir, "ops"), role_token(state_dir, "admin")
     workers = {name: _workers(name, replicas) for name in SERVICES}
+    most = max(workers.values())
     try:
         with embedded_infra(
             state_dir,
@@ -128,10 +129,10 @@ def run(
             archive=True,
             # One partition per replica: each consumes one, and the embedded broker pays for
             # every partition on every fetch (at 12 per topic, over a quarter of an invite's CPU).
-            partitions=max(workers.values()),
+            partitions=most,
         ) as infra:
             fewest = min(infra.partitions.get(topic, 0) for topic in TopicNames().all)
-            if fewest < max(workers.values()):
+            if fewest < most:
                 console.print(
                     f"[yellow]the log was written with {fewest} partition(s) per topic: "
                     f"replicas past that serve HTTP, but consume nothing[/yellow]"

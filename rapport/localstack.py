@@ -329,7 +329,7 @@ class Infra:
             return 0
         asyncio.run(_hold_relays(self.redis_url))
         self.kafka.start()
-        return asyncio.run(restore(self.kafka_bootstrap, self.redis_url))
+        return asyncio.run(restore(self.kafka_bootstrap, self.redis_url, layout=self.partitions))
 
     def stop(self) -> None:
         for part in (self.kafka, self.redis):
@@ -385,7 +385,9 @@ def embedded_infra(
         asyncio.run(ensure_topics(infra.kafka_bootstrap, layout))
         infra.partitions = layout
         if infra.archived:
-            restored = asyncio.run(restore(infra.kafka_bootstrap, infra.redis_url, namespace))
+            restored = asyncio.run(
+                restore(infra.kafka_bootstrap, infra.redis_url, namespace, layout)
+            )
             log.info("log restored from its copy: %d record(s)", restored)
         yield infra
     finally:
