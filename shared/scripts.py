@@ -20,6 +20,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from shared.redis import AutoPipeline
+
 USE = "--! use "
 
 
@@ -41,20 +43,21 @@ class Library:
     The file registers its entry as `FUNCTION_NAME`, which is put before it with the name:
     the library and function carry the source's hash, so two versions of a service sharing a
     Redis (a rolling deploy) each call their own. Loaded on first use, and again if the
-    server lost it (a restart without persistence, FUNCTION FLUSH)."""
+    server lost it (a restart without persistence, FUNCTION FLUSH). Called through an
+    `AutoPipeline`: a query is one call, and most of a lone call's time was redis-py's."""
 
-    redis: Redis
+    calls: AutoPipeline
     name: str
     source: str
 
     async def __call__(self, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
         try:
-            return await self.redis.fcall(self.name, len(keys), *keys, *args)
+            return await self.calls.execute("FCALL", self.name, len(keys), *keys, *args)
         except ResponseError as exc:
             if "function not found" not in str(exc).lower():
                 raise
-        await self.redis.function_load(self.source, replace=True)
-        return await self.redis.fcall(self.name, len(keys), *keys, *args)
+        await self.calls.redis.function_load(self.source, replace=True)
+        return await self.calls.execute("FCALL", self.name, len(keys), *keys, *args)
 
 
 @cache
@@ -66,7 +69,7 @@ def _library_source(package: str, name: str) -> tuple[str, str]:
     return function, head + body
 
 
-def library(redis: Redis, package: str, name: str) -> Library:
-    """`<package>/lua/<name>.lua` as a function library on `redis` (see `Library`)."""
+def library(calls: AutoPipeline, package: str, name: str) -> Library:
+    """`<package>/lua/<name>.lua` as a function library on `calls`' client (see `Library`)."""
     function, source = _library_source(package, name)
-    return Library(redis, function, source)
+    return Library(calls, function, source)

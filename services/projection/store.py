@@ -22,6 +22,7 @@ from shared import scripts
 from shared.domain import RateLimited
 from shared.events import PROFILE_FIELDS
 from shared.observability import READ_QUOTA_REFUSED, VIEWER_CACHE
+from shared.redis import AutoPipeline
 from shared.scoring import ScoringModel
 from shared.settings import ProjectionSettings
 
@@ -120,7 +121,8 @@ class ReadModelStore:
         self._cluster: bool | None = None
         # Notified after each applied batch, so `?after=` waits wake up at once.
         self.changed = asyncio.Condition()
-        self._graph = scripts.library(self.redis, "services.projection", "graph")
+        self.calls = AutoPipeline(redis)
+        self._graph = scripts.library(self.calls, "services.projection", "graph")
         self._node = self.script("node")
 
     def script(self, name: str) -> Any:

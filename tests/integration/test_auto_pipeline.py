@@ -10,6 +10,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.redis import AutoPipeline, connect
 from tests.helpers import Infra
@@ -35,8 +36,8 @@ async def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answe
     calls: AutoPipeline, redis_client: Redis, namespace: str
 ) -> None:
     script = calls.redis.register_script(COUNT)
-    before = await _clients(redis_client)
     await calls.script(script, [f"{namespace}warm"], [1])  # the server has the script
+    before = await _clients(redis_client)
     answers = await asyncio.gather(
         *(calls.script(script, [f"{namespace}n{i % 5}"], [i]) for i in range(50))
     )
@@ -45,8 +46,9 @@ async def test_concurrent_calls_share_one_connection_and_each_gets_its_own_answe
     for i, answer in enumerate(answers):
         totals[i % 5] += i
         assert answer == totals[i % 5]
-    # Fifty calls went out together: one connection, where fifty would open fifty.
-    assert await _clients(redis_client) == before + 1
+    # Fifty calls went out together on the connection already open, where calls sent apart
+    # would open one each.
+    assert await _clients(redis_client) == before
 
 
 async def test_an_error_reaches_only_its_caller(
@@ -85,3 +87,49 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_answers(
     quitter.cancel()
     assert await stayer == 1
     assert quitter.cancelled()
+
+
+async def test_a_dropped_connection_is_opened_again_for_the_next_calls(
+    calls: AutoPipeline, redis_client: Redis, namespace: str
+) -> None:
+    held = await calls.execute("CLIENT", "ID")
+    await redis_client.client_kill_filter(_id=held)  # as a Redis restart would drop it
+    # The first call after it finds the connection gone and is sent again on a new one.
+    assert await calls.execute("INCRBY", f"{namespace}after", 1) == 1
+    assert await calls.execute("CLIENT", "ID") != held
+    assert await calls.execute("INCRBY", f"{namespace}after", 1) == 2
+
+
+async def test_a_reply_later_than_the_timeout_fails_what_is_in_flight_and_the_next_call_goes_on(
+    infra: Infra, namespace: str
+) -> None:
+    client = connect(infra.redis_url, socket_timeout_s=0.2)
+    calls = AutoPipeline(client)
+    try:
+        await calls.execute("PING")
+        # A command the server holds for a second (an empty list's blocking pop), and one
+        # behind it: neither is answered within the 0.2 s timeout.
+        held, behind = await asyncio.gather(
+            calls.execute("BLPOP", f"{namespace}empty", 1),
+            calls.execute("INCRBY", f"{namespace}behind", 1),
+            return_exceptions=True,
+        )
+        assert isinstance(held, RedisTimeoutError) and isinstance(behind, RedisTimeoutError)
+        assert await calls.execute("INCRBY", f"{namespace}next", 5) == 5
+    finally:
+        await client.aclose()
+
+
+async def test_a_lone_caller_who_gives_up_while_reading_leaves_the_next_its_answer(
+    calls: AutoPipeline, redis_client: Redis, namespace: str
+) -> None:
+    await calls.execute("PING")  # open: the next call is a lone one, read by its caller
+    reader = asyncio.ensure_future(calls.execute("BLPOP", f"{namespace}list", 5))
+    await asyncio.sleep(0)  # one loop turn: the pop is sent and its caller reads
+    behind = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}behind", 1))
+    await asyncio.sleep(0)  # and the call behind it is queued
+    reader.cancel()
+    await redis_client.rpush(f"{namespace}list", "x")  # the pop is answered, to no one
+    assert await asyncio.wait_for(behind, 5) == 1  # fails, not hangs, if no one reads on
+    assert reader.cancelled()
+    assert await calls.execute("INCRBY", f"{namespace}behind", 1) == 2
