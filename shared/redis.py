@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -133,9 +134,23 @@ class AutoPipeline:
         if not self.batching:
             return await self.redis.execute_command(*args)
         try:
-            return await self._call(args)
+            (reply,) = await self._call([args])
         except RedisConnectionError:  # a dropped connection: once more, on a new one
-            return await self._call(args)
+            (reply,) = await self._call([args])
+        return reply
+
+    async def execute_all(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Several commands sent together (each stands alone, as in `execute`), their
+        replies in order; the first error is raised once all are answered."""
+        if not self.batching:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for args in commands:
+                    pipe.execute_command(*args)
+                return list(await pipe.execute())
+        try:
+            return await self._call(list(commands))
+        except RedisConnectionError:
+            return await self._call(list(commands))
 
     async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """EVALSHA; a server that does not have the script yet gets it once (SCRIPT LOAD)."""
@@ -144,22 +159,25 @@ class AutoPipeline:
         except NoScriptError:
             return await script(keys=keys, args=args)
 
-    async def _call(self, args: tuple[Any, ...]) -> Any:
+    async def _call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        batch = [(args, loop.create_future()) for args in commands]
         connection = self._connection
         lone = not (self._pending or self._in_flight or self._reading)
         if lone and self._open and connection is not None and connection.is_connected:
             # Nothing else under way: out at once, and read here (no turn of the loop, no
-            # reader task).
-            self._write(connection, [(args, future)])
+            # reader task) up to this call's last reply.
+            self._write(connection, batch)
             self._reading = True
-            await self._read_due(connection)
-            return future.result()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((args, future))
-        return await future
+            await self._read_due(connection, until=batch[-1][1])
+        else:
+            if not self._pending:
+                loop.call_soon(self._flush)
+            self._pending.extend(batch)
+            for _, future in batch:
+                with contextlib.suppress(Exception):  # raised below, in order
+                    await future
+        return [f.result() for _, f in batch]
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -214,12 +232,15 @@ class AutoPipeline:
         connection._writer.writelines(packed)
         self._in_flight.extend((args[0], future) for args, future in batch)
 
-    async def _read_due(self, connection: Connection) -> None:
-        """Reads the replies due, in order, and hands each to its caller, until none is due.
-        Run by a lone caller or by a reader task: one at a time (`_reading`)."""
+    async def _read_due(
+        self, connection: Connection, until: asyncio.Future[Any] | None = None
+    ) -> None:
+        """Reads the replies due, in order, and hands each to its caller, until none is due
+        (a reader task) or `until` is answered (a lone caller, who leaves the rest to a
+        reader task). One reader at a time (`_reading`)."""
         callbacks = self.redis.response_callbacks
         try:
-            while self._in_flight:
+            while self._in_flight and not (until is not None and until.done()):
                 try:
                     reply = await connection.read_response(disconnect_on_error=False)
                 except ResponseError as exc:  # this command's error reply
@@ -248,7 +269,10 @@ class AutoPipeline:
             if not isinstance(exc, Exception):
                 raise
         else:
-            self._reading = False
+            if self._in_flight:  # the lone caller has its reply: the others' are read on
+                self._spawn(self._read_due(connection))
+            else:
+                self._reading = False
 
 
 def _fail(futures: Sequence[asyncio.Future[Any]], exc: BaseException) -> None:

@@ -245,11 +245,9 @@ class ReadModelStore:
         read in the same round trip: the lookup that follows reads there."""
         now = time.time()
         key = self.settings.key("p", "quota", member, str(int(now // 60)))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incrby(key, cost)
-            pipe.expire(key, 120)
-            pipe.get(self.current_key)
-            used, _, version = await pipe.execute()
+        used, _, version = await self.calls.execute_all(
+            ("INCRBY", key, cost), ("EXPIRE", key, 120), ("GET", self.current_key)
+        )
         limit = self.settings.read_quota_per_minute
         if int(used) > limit:
             READ_QUOTA_REFUSED.labels(endpoint).inc()

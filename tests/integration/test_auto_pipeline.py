@@ -133,3 +133,30 @@ async def test_a_lone_caller_who_gives_up_while_reading_leaves_the_next_its_answ
     assert await asyncio.wait_for(behind, 5) == 1  # fails, not hangs, if no one reads on
     assert reader.cancelled()
     assert await calls.execute("INCRBY", f"{namespace}behind", 1) == 2
+
+
+async def test_a_lone_caller_returns_with_its_reply_and_leaves_the_later_ones_to_a_reader(
+    calls: AutoPipeline, redis_client: Redis, namespace: str
+) -> None:
+    await calls.execute("PING")  # open: the next call is a lone one, read by its caller
+    first = asyncio.ensure_future(calls.execute("INCRBY", f"{namespace}first", 1))
+    await asyncio.sleep(0)  # one loop turn: it is sent and its caller reads
+    held = asyncio.ensure_future(calls.execute("BLPOP", f"{namespace}list", 5))
+    # Answered while the pop sent after it is not: its caller does not wait on others'.
+    assert await asyncio.wait_for(first, 2) == 1
+    assert not held.done()
+    await redis_client.rpush(f"{namespace}list", "x")
+    assert await asyncio.wait_for(held, 5) == (f"{namespace}list", "x")
+
+
+async def test_several_commands_sent_together_answer_in_order_and_raise_the_first_error(
+    calls: AutoPipeline, redis_client: Redis, namespace: str
+) -> None:
+    assert await calls.execute_all(
+        ("INCRBY", f"{namespace}n", 2), ("EXPIRE", f"{namespace}n", 60), ("GET", f"{namespace}n")
+    ) == [2, True, "2"]
+    await redis_client.set(f"{namespace}text", "not a number")
+    with pytest.raises(ResponseError, match="not an integer"):
+        await calls.execute_all(("INCRBY", f"{namespace}text", 1), ("INCRBY", f"{namespace}n", 1))
+    # Each stands alone: the command after the error was applied.
+    assert await redis_client.get(f"{namespace}n") == "3"
