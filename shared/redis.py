@@ -204,8 +204,8 @@ class AutoPipeline:
                 # From the client's pool, never given back: the pool's disconnect (the
                 # client's close) closes it with the others.
                 self._connection = await self.redis.connection_pool.get_connection()
-            await self._connection.disconnect()
-            await self._connection.connect()
+            if not self._connection.is_connected:  # fresh from the pool, it is
+                await self._connection.connect()
         except BaseException as exc:
             unsent, self._unsent = self._unsent, []
             _fail([f for batch in unsent for _, f in batch], exc)
@@ -253,14 +253,18 @@ class AutoPipeline:
                     continue
                 callback = callbacks.get(name)
                 future.set_result(reply if callback is None else callback(reply))
-        except asyncio.CancelledError:
-            # The lone caller who was reading gave up: a reader task reads on for the rest.
-            if self._in_flight:
-                self._spawn(self._read_due(connection))
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and until is not None:
+                # The lone caller who was reading gave up: a reader task reads on for the
+                # rest. (Cancelled inside a read, the bytes it had taken stay in hiredis'
+                # parser: the next read goes on from them.)
+                if self._in_flight:
+                    self._spawn(self._read_due(connection))
+                else:
+                    self._reading = False
                 raise
-            self._reading = False
-            raise
-        except BaseException as exc:  # the connection failed or timed out: all in flight
+            # The connection failed or timed out, or the reader task was cancelled (the
+            # loop's end): whatever is in flight fails, and the next call opens it again.
             self._open = False
             self._reading = False
             in_flight, self._in_flight = self._in_flight, deque()
