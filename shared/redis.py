@@ -124,7 +124,8 @@ class AutoPipeline:
         self.batching = not isinstance(redis, RedisCluster)
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._in_flight: deque[tuple[Any, asyncio.Future[Any]]] = deque()
-        self._connection: Connection | None = None  # closed on any failure: see _read_due
+        self._connection: Connection | None = None
+        self._open = False  # connected, and nothing failed since
         self._unsent: list[list[tuple[tuple[Any, ...], asyncio.Future[Any]]]] = []
         self._reading = False  # a caller or the reader task reads the replies due
         self._tasks: set[asyncio.Task[None]] = set()  # held until done: weak in the loop
@@ -132,7 +133,10 @@ class AutoPipeline:
     async def execute(self, *args: Any) -> Any:
         if not self.batching:
             return await self.redis.execute_command(*args)
-        (reply,) = await self.execute_all(args)
+        try:
+            (reply,) = await self._call([args])
+        except RedisConnectionError:  # a dropped connection: once more, on a new one
+            (reply,) = await self._call([args])
         return reply
 
     async def execute_all(self, *commands: tuple[Any, ...]) -> list[Any]:
@@ -145,7 +149,7 @@ class AutoPipeline:
                 return list(await pipe.execute())
         try:
             return await self._call(list(commands))
-        except RedisConnectionError:  # a dropped connection: once more, on a new one
+        except RedisConnectionError:
             return await self._call(list(commands))
 
     async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -158,9 +162,9 @@ class AutoPipeline:
     async def _call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         loop = asyncio.get_running_loop()
         batch = [(args, loop.create_future()) for args in commands]
-        connection = self._open_connection()
+        connection = self._connection
         lone = not (self._pending or self._in_flight or self._reading)
-        if lone and connection is not None:
+        if lone and self._open and connection is not None and connection.is_connected:
             # Nothing else under way: out at once, and read here (no turn of the loop, no
             # reader task) up to this call's last reply.
             self._write(connection, batch)
@@ -177,26 +181,17 @@ class AutoPipeline:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        connection = self._open_connection()
-        if connection is not None:
+        connection = self._connection
+        if self._open and connection is not None and connection.is_connected:
             self._write(connection, batch)
-            self._read_on(connection)
+            if not self._reading:
+                self._reading = True
+                self._spawn(self._read_due(connection))
             return
+        self._open = False  # closed from outside (the client's close, say): open it again
         self._unsent.append(batch)
         if len(self._unsent) == 1:  # the first since the connection closed: open it
             self._spawn(self._connect())
-
-    def _open_connection(self) -> Connection | None:
-        """The held connection, if open (never yet opened, failed, or closed from outside:
-        the client's close, say)."""
-        connection = self._connection
-        return connection if connection is not None and connection.is_connected else None
-
-    def _read_on(self, connection: Connection) -> None:
-        """A reader task for the replies due, unless one reads already."""
-        if self._in_flight and not self._reading:
-            self._reading = True
-            self._spawn(self._read_due(connection))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.ensure_future(work)
@@ -217,10 +212,13 @@ class AutoPipeline:
             if not isinstance(exc, Exception):
                 raise
             return
+        self._open = True
         unsent, self._unsent = self._unsent, []
         for batch in unsent:
             self._write(self._connection, batch)
-        self._read_on(self._connection)
+        if self._in_flight and not self._reading:
+            self._reading = True
+            self._spawn(self._read_due(self._connection))
 
     def _write(
         self, connection: Connection, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
@@ -267,6 +265,7 @@ class AutoPipeline:
                 raise
             # The connection failed or timed out, or the reader task was cancelled (the
             # loop's end): whatever is in flight fails, and the next call opens it again.
+            self._open = False
             self._reading = False
             in_flight, self._in_flight = self._in_flight, deque()
             _fail([f for _, f in in_flight], exc)
