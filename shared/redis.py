@@ -125,7 +125,9 @@ class AutoPipeline:
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._in_flight: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         self._connection: Connection | None = None
-        self._open = False  # connected, and nothing failed since
+        # Connected (handshake done), and nothing failed since. Not `is_connected`: redis-py
+        # sets the streams before its handshake, which reads on them (test_outages caught it).
+        self._open = False
         self._unsent: list[list[tuple[tuple[Any, ...], asyncio.Future[Any]]]] = []
         self._reading = False  # a caller or the reader task reads the replies due
         self._tasks: set[asyncio.Task[None]] = set()  # held until done: weak in the loop
