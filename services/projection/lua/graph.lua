@@ -193,8 +193,37 @@ local function pair_score(x, y)
   return tonumber(call('HGET', k('es', x), y) or '0')
 end
 
+-- The scores of x's connections to each of `ys`, in order: one HMGET per 5,000 (a walk
+-- offers thousands of paths; a call per path was most of its time).
+local function pair_scores(x, ys)
+  local out, key = {}, k('es', x)
+  for start = 1, #ys, 5000 do
+    local got = call('HMGET', key, unpack(ys, start, math.min(start + 4999, #ys)))
+    for i, v in ipairs(got) do out[start + i - 1] = tonumber(v or '0') end
+  end
+  return out
+end
+
 -- Paths rank by their score to 1e-6, so sums taken in another order tie the same way.
 local function rounded(score) return math.floor(score * 1e6 + 0.5) / 1e6 end
+
+-- Keep `path` among the best `limit` in `top` (best first; equal scores by the members
+-- joined with '>'): one pass over what the walk offers, where sorting thousands of paths by
+-- joined strings cost more than finding them.
+local function offer(top, limit, path, score)
+  local n = #top
+  if n >= limit and score < top[n][2] then return end
+  local entry = {path, score, table.concat(path, '>')}
+  local function before(p, q)
+    if p[2] ~= q[2] then return p[2] > q[2] end
+    return p[3] < q[3]
+  end
+  if n >= limit and not before(entry, top[n]) then return end
+  local at = n + 1
+  while at > 1 and before(entry, top[at - 1]) do top[at] = top[at - 1]; at = at - 1 end
+  top[at] = entry
+  if #top > limit then top[#top] = nil end
+end
 
 local function paths(a, b, limit, cap)
   if a == b or blocked_either(a, b) then return {} end
@@ -208,38 +237,51 @@ local function paths(a, b, limit, cap)
       for _, x in ipairs(call('SMEMBERS', k(s, m))) do avoid[x] = true end
     end
   end
-  local found = {}
+  local top, found = {}, 0
+  local common = {}
   for _, x in ipairs(call('SINTER', ca, cb)) do
-    if not avoid[x] and #found < cap then
-      found[#found + 1] = {{a, x, b}, rounded(pair_score(a, x) + pair_score(x, b))}
-    end
+    if not avoid[x] and #common < cap then common[#common + 1] = x end
   end
-  if #found == 0 then
+  if #common > 0 then
+    local firsts = pair_scores(a, common)
+    for i, x in ipairs(common) do
+      offer(top, limit, {a, x, b}, rounded(firsts[i] + pair_score(x, b)))
+    end
+    found = #common
+  else
     -- Three steps: walk out from the smaller side, meet the other side's connections.
     local from, to, flip = a, b, false
     if call('SCARD', ca) > call('SCARD', cb) then from, to, flip = b, a, true end
     local cto = k('c', to)
+    local lasts = {}  -- y -> the score of y's connection to `to` (y recurs across x)
     for _, x in ipairs(call('SMEMBERS', k('c', from))) do
-      if #found >= cap then break end
+      if found >= cap then break end
       if not avoid[x] then
+        local ys = {}
         for _, y in ipairs(call('SINTER', k('c', x), cto)) do
           if not avoid[y] and y ~= from then
-            local score = rounded(pair_score(from, x) + pair_score(x, y) + pair_score(y, to))
+            ys[#ys + 1] = y
+            if found + #ys >= cap then break end
+          end
+        end
+        if #ys > 0 then
+          local first = pair_score(from, x)
+          local middles = pair_scores(x, ys)
+          for i, y in ipairs(ys) do
+            local last = lasts[y]
+            if last == nil then last = pair_score(y, to); lasts[y] = last end
+            local score = rounded(first + middles[i] + last)
             local path = {from, x, y, to}
             if flip then path = {to, y, x, from} end
-            found[#found + 1] = {path, score}
-            if #found >= cap then break end
+            offer(top, limit, path, score)
           end
+          found = found + #ys
         end
       end
     end
   end
-  table.sort(found, function(p, q)
-    if p[2] ~= q[2] then return p[2] > q[2] end
-    return table.concat(p[1], '>') < table.concat(q[1], '>')
-  end)
   local out = {}
-  for i = 1, math.min(limit, #found) do out[i] = cjson.encode(found[i]) end
+  for i, entry in ipairs(top) do out[i] = cjson.encode({entry[1], entry[2]}) end
   return out
 end
 
