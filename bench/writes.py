@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from bench import TOKEN, service_env
 from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
-from rapport.supervisor import SERVICES, ServiceProcess, Supervisor
+from rapport.supervisor import SERVICES, ServiceProcess, Supervisor, default_workers
 from shared.directory import Directory
 from shared.groups import tag
 from shared.kafka import ensure_topics
@@ -321,9 +321,7 @@ def run_writes(
         RAPPORT_ENGAGEMENT_PER_ACTOR_PER_MINUTE="1000000",
         RAPPORT_ENGAGEMENT_PER_TARGET_PER_DAY="1000000",
     )
-    workers = {
-        name: int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1")) for name in SERVICES
-    }
+    workers = {name: default_workers(name) for name in SERVICES}
     # The topics as `rapport run` lays them out for these replicas (rapport.cli.run).
     asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions(max(workers.values()))))
     procs = [ServiceProcess(n, free_port(), env, logs, workers=workers[n]) for n in SERVICES]

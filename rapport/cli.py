@@ -38,7 +38,13 @@ from rapport.localstack import (
     pick_port,
 )
 from rapport.replay import WRITE_SERVICES, digest, has_state, read_log, replay, settings_of
-from rapport.supervisor import DEFAULT_PORTS, SERVICES, ServiceProcess, Supervisor
+from rapport.supervisor import (
+    DEFAULT_PORTS,
+    SERVICES,
+    ServiceProcess,
+    Supervisor,
+    default_workers,
+)
 from services.projection.api import ProjectionStatus
 from shared.events import InvalidEvent, decode
 from shared.redis import connect, initialize
@@ -91,8 +97,8 @@ def api_token(state_dir: Path) -> str:
 
 
 def _workers(name: str, replicas: int | None) -> int:
-    """Worker processes of a service: `--replicas`, else `RAPPORT_<SERVICE>_WORKERS` (1)."""
-    return replicas or int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", "1"))
+    """Worker processes of a service: `--replicas`, else its default (`default_workers`)."""
+    return replicas or default_workers(name)
 
 
 def _service_port(name: str) -> int:
@@ -111,7 +117,8 @@ def run(
             min=1,
             max=MAX_REPLICAS,
             help="Processes of every service (each a full replica: its own consumers, relay "
-            "and sweeps); default RAPPORT_<SERVICE>_WORKERS or 1",
+            "and sweeps); default RAPPORT_<SERVICE>_WORKERS, else 2 for the connection service "
+            "and 1 for the others",
         ),
     ] = None,
 ) -> None:

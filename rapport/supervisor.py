@@ -22,6 +22,15 @@ SERVICES = tuple(SETTINGS_BY_SERVICE)
 DEFAULT_PORTS = {
     name: cls.model_fields["port"].default for name, cls in SETTINGS_BY_SERVICE.items()
 }
+# Worker processes where a second one pays on two cores: registration (the connection
+# service) ran 0.32 -> 0.43 of the bare endpoint with two; invitations and accepts did not
+# gain (their process is not what bounds them), so they keep one.
+DEFAULT_WORKERS = {"connection": 2}
+
+
+def default_workers(name: str) -> int:
+    """Worker processes of a service: `RAPPORT_<SERVICE>_WORKERS`, else DEFAULT_WORKERS (1)."""
+    return int(os.environ.get(f"RAPPORT_{name.upper()}_WORKERS", DEFAULT_WORKERS.get(name, 1)))
 
 
 @dataclass

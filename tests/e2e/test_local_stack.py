@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 
 from rapport.client import BlockingClient, Conflict, Unauthorized, is_ready
 from rapport.localstack import free_port, port_is_free
-from rapport.supervisor import SERVICES
+from rapport.supervisor import SERVICES, default_workers
 from shared.topics import ALL_TOPICS
 from tests.e2e.driver import agrees_with_a_rebuild
 
@@ -272,8 +273,19 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
         stack.connect("ada", "grace")
         before = stack.figures(after=stack.connect("alan", "grace"))
         assert before["degree"]["degree"] == 2 and before["grace"]["connections"] == 2
-        # One replica: one partition per topic (the broker pays for each on every fetch).
-        assert _partition_counts(stack.kafka_port) == dict.fromkeys(ALL_TOPICS, 1)
+        # One partition per worker of the service with the most (the connection service's
+        # two), no more: the broker pays for each partition on every fetch.
+        workers = {name: default_workers(name) for name in SERVICES}
+        partitions = max(workers.values())
+        assert _partition_counts(stack.kafka_port) == dict.fromkeys(ALL_TOPICS, partitions)
+        # Every worker of every service is up: two of the connection service by default.
+        with stack.api("ops-token") as ops:
+
+            def ready() -> Counter[str]:
+                instances = ops.dashboard_data()["instances"]
+                return Counter(i["service"] for i in instances if i["state"] == "ready")
+
+            _wait(lambda: ready() == workers, 30, f"{workers} ready workers")
         stack.stop()
 
         # `make run` again: everything is still there, the dashboard agrees.
@@ -286,7 +298,7 @@ def test_the_local_stack_keeps_its_data_across_restarts_and_a_broker_crash(
         _wait(lambda: "broker back" in stack.log.read_text(), 60, "the broker's restart")
         assert _broker_pid(stack.kafka_port) != broker
         # Refilled with the counts the log was written with: each key in its partition.
-        assert _partition_counts(stack.kafka_port) == dict.fromkeys(ALL_TOPICS, 1)
+        assert _partition_counts(stack.kafka_port) == dict.fromkeys(ALL_TOPICS, partitions)
         stack.register("ken", "Mathematics")
         # Consumers rejoin their groups on the new broker first: the first event through
         # both hops may take longer than a read's wait on a loaded machine.
