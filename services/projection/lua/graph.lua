@@ -207,20 +207,22 @@ end
 -- Paths rank by their score to 1e-6, so sums taken in another order tie the same way.
 local function rounded(score) return math.floor(score * 1e6 + 0.5) / 1e6 end
 
--- Keep `path` among the best `limit` in `top` (best first; equal scores by the members
--- joined with '>'): one pass over what the walk offers, where sorting thousands of paths by
--- joined strings cost more than finding them.
+-- Paths rank best first: by score, equal scores by their members joined with '>'.
+-- Entries are {members, score, members joined}.
+local function ranks_before(p, q)
+  if p[2] ~= q[2] then return p[2] > q[2] end
+  return p[3] < q[3]
+end
+
+-- Keep `path` among the best `limit` in `top`: one pass over what the walk offers, where
+-- sorting thousands of paths by joined strings cost more than finding them.
 local function offer(top, limit, path, score)
   local n = #top
   if n >= limit and score < top[n][2] then return end
   local entry = {path, score, table.concat(path, '>')}
-  local function before(p, q)
-    if p[2] ~= q[2] then return p[2] > q[2] end
-    return p[3] < q[3]
-  end
-  if n >= limit and not before(entry, top[n]) then return end
+  if n >= limit and not ranks_before(entry, top[n]) then return end
   local at = n + 1
-  while at > 1 and before(entry, top[at - 1]) do top[at] = top[at - 1]; at = at - 1 end
+  while at > 1 and ranks_before(entry, top[at - 1]) do top[at] = top[at - 1]; at = at - 1 end
   top[at] = entry
   if #top > limit then top[#top] = nil end
 end
@@ -237,8 +239,7 @@ local function paths(a, b, limit, cap)
       for _, x in ipairs(call('SMEMBERS', k(s, m))) do avoid[x] = true end
     end
   end
-  local top, found = {}, 0
-  local common = {}
+  local top, common = {}, {}
   for _, x in ipairs(call('SINTER', ca, cb)) do
     if not avoid[x] and #common < cap then common[#common + 1] = x end
   end
@@ -247,13 +248,13 @@ local function paths(a, b, limit, cap)
     for i, x in ipairs(common) do
       offer(top, limit, {a, x, b}, rounded(firsts[i] + pair_score(x, b)))
     end
-    found = #common
   else
     -- Three steps: walk out from the smaller side, meet the other side's connections.
     local from, to, flip = a, b, false
     if call('SCARD', ca) > call('SCARD', cb) then from, to, flip = b, a, true end
     local cto = k('c', to)
     local lasts = {}  -- y -> the score of y's connection to `to` (y recurs across x)
+    local found = 0  -- paths offered: the first `cap` the walk meets are ranked
     for _, x in ipairs(call('SMEMBERS', k('c', from))) do
       if found >= cap then break end
       if not avoid[x] then
