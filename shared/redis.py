@@ -135,10 +135,7 @@ class AutoPipeline:
     async def execute(self, *args: Any) -> Any:
         if not self.batching:
             return await self.redis.execute_command(*args)
-        try:
-            (reply,) = await self._call([args])
-        except RedisConnectionError:  # a dropped connection: once more, on a new one
-            (reply,) = await self._call([args])
+        (reply,) = await self._call([args])
         return reply
 
     async def execute_all(self, *commands: tuple[Any, ...]) -> list[Any]:
@@ -149,10 +146,7 @@ class AutoPipeline:
                 for args in commands:
                     pipe.execute_command(*args)
                 return list(await pipe.execute())
-        try:
-            return await self._call(list(commands))
-        except RedisConnectionError:
-            return await self._call(list(commands))
+        return await self._call(list(commands))
 
     async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """EVALSHA; a server that does not have the script yet gets it once (SCRIPT LOAD)."""
@@ -162,11 +156,29 @@ class AutoPipeline:
             return await script(keys=keys, args=args)
 
     async def _call(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        try:
+            return await self._send(commands)
+        except RedisConnectionError:  # a dropped connection: once more, on a new one
+            return await self._send(commands)
+
+    def _usable(self) -> Connection | None:
+        """The held connection, if it is open and nothing failed on it since."""
+        connection = self._connection
+        if self._open and connection is not None and connection.is_connected:
+            return connection
+        return None
+
+    def _read_on(self, connection: Connection) -> None:
+        """A reader task for the replies due, unless someone reads them already."""
+        if self._in_flight and not self._reading:
+            self._reading = True
+            self._spawn(self._read_due(connection))
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         loop = asyncio.get_running_loop()
         batch = [(args, loop.create_future()) for args in commands]
-        connection = self._connection
         lone = not (self._pending or self._in_flight or self._reading)
-        if lone and self._open and connection is not None and connection.is_connected:
+        if lone and (connection := self._usable()) is not None:
             # Nothing else under way: out at once, and read here (no turn of the loop, no
             # reader task) up to this call's last reply.
             self._write(connection, batch)
@@ -183,12 +195,10 @@ class AutoPipeline:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        connection = self._connection
-        if self._open and connection is not None and connection.is_connected:
+        connection = self._usable()
+        if connection is not None:
             self._write(connection, batch)
-            if not self._reading:
-                self._reading = True
-                self._spawn(self._read_due(connection))
+            self._read_on(connection)
             return
         self._open = False  # closed from outside (the client's close, say): open it again
         self._unsent.append(batch)
@@ -218,9 +228,7 @@ class AutoPipeline:
         unsent, self._unsent = self._unsent, []
         for batch in unsent:
             self._write(self._connection, batch)
-        if self._in_flight and not self._reading:
-            self._reading = True
-            self._spawn(self._read_due(self._connection))
+        self._read_on(self._connection)
 
     def _write(
         self, connection: Connection, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]

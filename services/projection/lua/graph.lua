@@ -117,16 +117,22 @@ end
 -- The `n` smallest of `bucket`, in order: one pass keeping a short sorted list (a count's
 -- bucket or a mutual list holds thousands, of which a page takes a few dozen; sorting it all
 -- costs more).
+-- Put `entry` in `top`, the best `n` so far, best first by `before` (short lists: an
+-- insertion; callers check first whether it can place at all, where that is cheaper).
+local function keep_best(top, n, entry, before)
+  local at = #top + 1
+  while at > 1 and before(entry, top[at - 1]) do top[at] = top[at - 1]; at = at - 1 end
+  top[at] = entry
+  if #top > n then top[#top] = nil end
+end
+
+local function less(p, q) return p < q end
+
 local function smallest(bucket, n)
   local top = {}
   if n < 1 then return top end
   for _, x in ipairs(bucket) do
-    if #top < n or x < top[#top] then
-      local at = #top + 1
-      while at > 1 and x < top[at - 1] do top[at] = top[at - 1]; at = at - 1 end
-      top[at] = x
-      if #top > n then top[#top] = nil end
-    end
+    if #top < n or x < top[#top] then keep_best(top, n, x, less) end
   end
   return top
 end
@@ -221,10 +227,7 @@ local function offer(top, limit, path, score)
   if n >= limit and score < top[n][2] then return end
   local entry = {path, score, table.concat(path, '>')}
   if n >= limit and not ranks_before(entry, top[n]) then return end
-  local at = n + 1
-  while at > 1 and ranks_before(entry, top[at - 1]) do top[at] = top[at - 1]; at = at - 1 end
-  top[at] = entry
-  if #top > limit then top[#top] = nil end
+  keep_best(top, limit, entry, ranks_before)
 end
 
 local function paths(a, b, limit, cap)
@@ -455,11 +458,7 @@ local function rank_counts(v, counts, members, limit, boosts)
       if me[3] and p[4] == me[3] then boost = boost * boosts[3]; flags = flags + 4 end
       local entry = {x, n, n * boost, flags}
       if not worst or better(entry, worst) then
-        -- insert in place (the list is short), dropping the last when it overflows
-        local at = #best + 1
-        while at > 1 and better(entry, best[at - 1]) do best[at] = best[at - 1]; at = at - 1 end
-        best[at] = entry
-        if #best > limit then best[#best] = nil end
+        keep_best(best, limit, entry, better)
         if #best == limit then worst = best[limit] end
       end
     end
