@@ -33,8 +33,8 @@ def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSe
         # Each partition's end as this fetch saw it (exact), to tell a lost log from a
         # re-delivery.
         highwaters = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
+        for topic, partition in {(r.topic, r.partition) for r in records}:
+            tp = TopicPartition(topic, partition)
             if (end := consumer.highwater(tp)) is not None:
                 highwaters[tp] = end
         # The batch's last chunks may still be in Redis when this returns: the next batch's

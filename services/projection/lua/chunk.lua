@@ -16,12 +16,17 @@
 -- another connection, and is sent again once that one answered).
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
 local ns, ttl = ARGV[1], tonumber(ARGV[4])
-local lower, stored = cjson.decode(ARGV[5]), {}
+local lower, stored, partition_of = cjson.decode(ARGV[5]), {}, {}
 local may_lower = as_set(lower)
 -- An op's source is `topic:partition#epoch`; the position is the partition's next offset.
 local function past(op)
-  if op[3] == '' then return false end
-  local tp = string.match(op[3], '^(.*)#') or op[3]
+  local src = op[3]
+  if src == '' then return false end
+  local tp = partition_of[src]
+  if not tp then
+    tp = string.match(src, '^(.*)#') or src
+    partition_of[src] = tp
+  end
   if may_lower[tp] then return false end
   if stored[tp] == nil then stored[tp] = tonumber(call('HGET', KEYS[1], tp) or '-1') end
   return op[4] < stored[tp]

@@ -51,30 +51,32 @@ end
 -- `one_node` (see apply_members) m and c are read only after a profile change, hw and iv
 -- not at all, and the ci of other members is read without failing (pcall).
 local function check_members(ns, batch, one_node)
+  local checked = {}  -- key -> true: each key's type once per batch
+  local function check(m, name)
+    local key = member_key(ns, name, m)
+    if checked[key] then return end
+    checked[key] = true
+    return expect(key, KIND[name])
+  end
   for _, entry in ipairs(batch) do
     local m = entry[1]
-    local checked = {}
-    local function check(name)
-      if checked[name] then return end
-      checked[name] = true
-      return expect(member_key(ns, name, m), KIND[name])
-    end
     if not one_node then
       for _, name in ipairs({'m', 'c', 'hw', 'iv'}) do
-        local refused = check(name)
+        local refused = check(m, name)
         if refused then return refused end
       end
     end
     for _, op in ipairs(entry[2]) do
-      if one_node and PROFILE[op[5]] then
-        local refused = check('c')
+      local kind = op[5]
+      if one_node and PROFILE[kind] then
+        local refused = check(m, 'c')
         if refused then return refused end
       end
-      for _, name in ipairs(WRITES[op[5]] or {}) do
-        local refused = check(name)
+      for _, name in ipairs(WRITES[kind] or {}) do
+        local refused = check(m, name)
         if refused then return refused end
       end
-      if op[5] == 'l+' or op[5] == 'l-' then
+      if kind == 'l+' or kind == 'l-' then
         local refused = expect(member_key(ns, 'l', m) .. ':' .. op[6], 'set')
         if refused then return refused end
       end
@@ -94,6 +96,7 @@ end
 -- and a member whose figures cannot move gets `false`.
 local function apply_members(ns, batch, clock, ttl, one_node)
   local results = {}
+  local stamps = {}  -- clock keys to set to `clock` (lc, cc), in one MSET per 500
   for i, entry in ipairs(batch) do
     local m, ops = entry[1], entry[2]
     local tag = ':{' .. m .. '}'
@@ -139,7 +142,10 @@ local function apply_members(ns, batch, clock, ttl, one_node)
         elseif kind == 'is+' then call('HSET', k('is'), op[6], op[7] .. '|' .. ts); touched = true
         elseif kind == 'is-' then call('HDEL', k('is'), op[6]); touched = true
         elseif kind == 'e' then
-          if call('SET', ns .. 'sn' .. tag .. ':' .. eid, '1', 'NX', 'EX', ttl) then
+          -- The one additive op: marked per event on a cluster, where a member's call may
+          -- run again after the batch's marks were checked. On one node the chunk's own
+          -- marks (chunk.lua, same call) already let each event in once.
+          if one_node or call('SET', ns .. 'sn' .. tag .. ':' .. eid, '1', 'NX', 'EX', ttl) then
             call('HINCRBYFLOAT', k('es'), op[6], op[7])
           end
           hmax(k('el'), op[6], ts)
@@ -165,10 +171,10 @@ local function apply_members(ns, batch, clock, ttl, one_node)
       end
     end
     -- When the member last changed (suggestions' freshness) is the later of the two clocks.
-    if touched then call('SET', k('lc'), clock) end
+    if touched then stamps[#stamps + 1] = k('lc') end
     -- Connections changed: viewer network caches built before this clock that include this
     -- member (their own, or as a 1st-degree connection) are no longer valid (see graph.lua).
-    if linked then call('SET', k('cc'), clock) end
+    if linked then stamps[#stamps + 1] = k('cc') end
 
     -- What the industry aggregates need: where the member is counted now, where it belongs,
     -- its degree, and its change count (industries keep the newest they applied).
@@ -188,6 +194,15 @@ local function apply_members(ns, batch, clock, ttl, one_node)
       if v[2] == '1' and v[1] then now_ind = v[1] end
       results[i] = {v[3] or '', now_ind, call('SCARD', k('c')), version}
     end
+  end
+  -- One call for many keys where the keys may lie in several slots (one node); a cluster's
+  -- call holds one member, whose keys share a slot.
+  for first = 1, #stamps, 500 do
+    local args = {}
+    for j = first, math.min(first + 499, #stamps) do
+      args[#args + 1] = stamps[j]; args[#args + 1] = clock
+    end
+    call('MSET', unpack(args))
   end
   return results
 end
