@@ -319,6 +319,40 @@ async def test_badges_paths_and_paging(
     assert cache["misses"] >= 1 and cache["hits"] >= 2 and cache["bytes"] > 0
 
 
+async def test_a_cached_network_gives_way_to_a_change_of_the_viewer_or_a_first_degree_connection(
+    infra: Infra, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ann's cached network is read no longer once a connection of hers (ann-cat removed) or
+    of a 1st-degree connection (bob-hal added) changed: the next badges say so."""
+    monkeypatch.setenv("RAPPORT_PROJECTION_SUGGESTIONS_REFRESH_S", "0.1")
+    events = network_events()
+    wrap = lambda e: Envelope.wrap(e, producer="test")  # noqa: E731
+    changes = [
+        wrap(ev.ConnectionAccepted(member_a="bob", member_b="hal", invitation_id="i-bob-hal")),
+        wrap(ev.ConnectionRemoved(member_a="ann", member_b="cat", removed_by="ann")),
+    ]
+    async with running_app(create_app()) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        await wait_until(lambda: _applied(client, len(events)), timeout=20)
+        await get(client, "/members/ann/degrees", ids="hal")  # ann asks: her network is built
+        await wait_until(lambda: _cache_built(client), timeout=10)
+        before = await get(client, "/members/ann/degrees", ids="hal,cat,jon")
+        hits = (await get(client, "/projection/status"))["viewer_cache"]["hits"]
+        await publish_envelopes(infra.kafka_bootstrap, namespace, changes)
+        after = await get(
+            client,
+            "/members/ann/degrees",
+            ids="hal,cat,jon",
+            after=str(changes[-1].event_id),
+            wait_ms=20000,
+        )
+
+    assert hits >= 1  # `before` was read from the cache
+    assert before["degrees"] == {"hal": None, "cat": 1, "jon": 2}
+    # hal through bob; cat and jon now through fay only.
+    assert after["degrees"] == {"hal": 2, "cat": 2, "jon": 3}
+
+
 async def test_graph_queries_answer_after_redis_lost_their_functions(
     infra: Infra, namespace: str
 ) -> None:
