@@ -86,8 +86,8 @@ end
 
 -- Apply each member's ops (same batch shape as check_members). Ops are last-writer-wins
 -- (set/hash assignments), so re-running a member's ops after a crash gives the same state;
--- the one additive op (engagement score) is marked per event. Returns per member {counted
--- industry or '', industry now (if active) or '', degree, change count}.
+-- the one additive op (engagement score) is let in once per event (below). Returns per
+-- member {counted industry or '', industry now (if active) or '', degree, change count}.
 -- On a cluster, results travel through the caller to the industry scripts, so each member
 -- keeps a change count (iv) that orders them, and a high-water offset per source partition
 -- (hw) against a stalled replica's late ops. With `one_node`, chunk.lua does it all in one
