@@ -44,6 +44,7 @@ from shared.observability import (
     EVENTS_CONSUMED,
     EVENTS_DUPLICATE,
     EVENTS_FAILED,
+    count_by_type,
     describe,
 )
 from shared.redis import is_transient
@@ -235,12 +236,13 @@ class EventConsumer:
 
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         decoded: list[ConsumedEvent] = []
+        now = datetime.now(UTC)
         for record in records:
             named = type_header(record.headers)
             if self.wanted is not None and named is not None and named not in self.wanted:
                 continue  # another group's event; decoding it is most of a record's cost
             try:
-                envelope, event = admit_named(record, named)
+                envelope, event = admit_named(record, named, now)
             except InvalidEvent as exc:
                 await self.send_to_dlq(record, exc.reason)
                 continue
@@ -297,15 +299,13 @@ class EventConsumer:
                 await self._with_infra_retry(lambda: self.handler(events))
             except Exception as exc:  # a handler bug or a poison event: retried, then isolated
                 attempt += 1
-                for e in events:
-                    EVENTS_FAILED.labels(self.name, e.envelope.type).inc()
+                count_by_type(EVENTS_FAILED, self.name, (e.envelope.type for e in events))
                 log.warning("%s: handler failed (attempt %d): %r", self.name, attempt, exc)
                 if attempt >= self.max_attempts:
                     return exc
                 await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s))
                 continue
-            for e in events:
-                EVENTS_CONSUMED.labels(self.name, e.envelope.type).inc()
+            count_by_type(EVENTS_CONSUMED, self.name, (e.envelope.type for e in events))
             return None
 
     async def _with_infra_retry(self, call: Callable[[], Awaitable[Any]]) -> Any:

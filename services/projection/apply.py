@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, defaultdict, deque
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +28,13 @@ from services.projection import domain
 from services.projection.store import Keyspace, ReadModelStore
 from shared.consumer import DeadLetter, DeadLetterSink, admit, dead_letter, retry_transient
 from shared.events import InvalidEvent
-from shared.observability import EVENTS_CONSUMED, LOG_RESETS, OFFSETS_SKIPPED, describe
+from shared.observability import (
+    EVENTS_CONSUMED,
+    LOG_RESETS,
+    OFFSETS_SKIPPED,
+    count_by_type,
+    describe,
+)
 
 log = logging.getLogger("rapport.projection")
 
@@ -122,8 +128,7 @@ class BatchApplier:
         # to the next without waiting for this process (chunk.lua runs a chunk only after
         # the one sent before it: one that overtook it is sent again).
         depth = 1 if await self.store.cluster_mode() else PIPELINE_DEPTH
-        # Per batch, not per event: a metric's labels cost as much as half an event's decode.
-        consumed: Counter[str] = Counter()
+        consumed: list[str] = []  # event types, counted once per batch
         now = datetime.now(UTC)
         in_flight = self._in_flight
         flushed = False
@@ -188,7 +193,7 @@ class BatchApplier:
                 if reason is None:
                     ops.append(applied)
                     sources[applied.event_id] = record
-                    consumed[envelope.type] += 1
+                    consumed.append(envelope.type)
                 elif dead_letter:  # a rebuild meets poison again; it was dead-lettered live
                     # One bad record never stops the partition: it goes aside with its reason.
                     await self.send_to_dlq(record, reason)
@@ -201,8 +206,7 @@ class BatchApplier:
                     await asyncio.sleep(0)
         if ops or (positions and not flushed):
             await flush()
-        for name, count in consumed.items():
-            EVENTS_CONSUMED.labels("projection", name).inc(count)
+        count_by_type(EVENTS_CONSUMED, "projection", consumed)
         if wait:
             await self.drain()
         return rewind

@@ -114,9 +114,6 @@ local function keep_network(v, built, clock, budget)
   return key
 end
 
--- The `n` smallest of `bucket`, in order: one pass keeping a short sorted list (a count's
--- bucket or a mutual list holds thousands, of which a page takes a few dozen; sorting it all
--- costs more).
 -- Put `entry` in `top`, the best `n` so far, best first by `before` (short lists: an
 -- insertion; callers check first whether it can place at all, where that is cheaper).
 local function keep_best(top, n, entry, before)
@@ -128,6 +125,9 @@ end
 
 local function less(p, q) return p < q end
 
+-- The `n` smallest of `bucket`, in order: one pass keeping a short sorted list (a count's
+-- bucket or a mutual list holds thousands, of which a page takes a few dozen; sorting it all
+-- costs more).
 local function smallest(bucket, n)
   local top = {}
   if n < 1 then return top end
