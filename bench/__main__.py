@@ -325,6 +325,18 @@ def write_rows(w: writes.WriteResults) -> list[str]:
             f"| failures: {f.failures} |"
         )
 
+    def cpu(name: str, run: writes.WrkRun) -> str:
+        per = run.cpu_per_request_ms()
+        parts = ", ".join(
+            f"{role} {ms:.2f}" for role, ms in sorted(per.items(), key=lambda x: -x[1])
+        )
+        cores = (sum(run.stack_cpu_s.values()) + run.client_cpu_s) / run.seconds
+        return (
+            f"| {name}: CPU per request by process (ms) | {sum(per.values()):.2f}: {parts} "
+            f"| bare endpoint: {sum(w.bare.cpu_per_request_ms().values()):.2f} "
+            f"| {cores:.2f} of {os.cpu_count()} cores busy |"
+        )
+
     return [
         f"| bare FastAPI + 1 Redis Lua call (reference), wrk {w.seconds}s x {w.connections} "
         f"| {base:,.0f} req/s, p50/p99 {w.bare.p50_ms:.1f} / {w.bare.p99_ms:.1f} ms "
@@ -333,6 +345,10 @@ def write_rows(w: writes.WriteResults) -> list[str]:
         row("POST /members", w.register, "bar 0.4"),
         row("POST /invitations", w.invite, "bar 0.4, p99 <= 50 ms"),
         row("POST /invitations/{id}/accept", w.accept, "bar 0.3"),
+        cpu("bare endpoint", w.bare),
+        cpu("POST /members", w.register),
+        cpu("POST /invitations", w.invite),
+        cpu("POST /invitations/{id}/accept", w.accept),
         fresh("freshness, idle", w.idle),
         fresh("freshness, under invitation load", w.loaded),
         row("POST /invitations during the loaded freshness run", w.loaded_invite, "-"),

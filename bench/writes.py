@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
+from bench.cpu import StackCpu, spent
 from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor, default_workers
@@ -63,6 +64,8 @@ class WrkRun:
     errors: int
     statuses: dict[int, int]
     client_cpu_s: float
+    # CPU seconds of each process of the stack during the run (bench.cpu), by role.
+    stack_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -72,6 +75,11 @@ class WrkRun:
     def client_cpu(self) -> float:
         """The load generator's CPU as a share of one core."""
         return self.client_cpu_s / self.seconds
+
+    def cpu_per_request_ms(self) -> dict[str, float]:
+        """Each process's CPU per request (ms), the client's included."""
+        spent = {**self.stack_cpu_s, "wrk": self.client_cpu_s}
+        return {role: 1000 * s / max(self.requests, 1) for role, s in spent.items()}
 
 
 @dataclass
@@ -140,8 +148,19 @@ ENGAGE = WrkScript(
 REGISTER, ACCEPT, READS = WrkScript("register"), WrkScript("accept"), WrkScript("reads")
 
 
-def wrk(url: str, script: WrkScript, seconds: int, connections: int, **env: str) -> WrkRun:
-    """One wrk run; its result line comes from bench/wrk/common.lua's `done`."""
+def wrk(
+    url: str,
+    script: WrkScript,
+    seconds: int,
+    connections: int,
+    *,
+    stack: StackCpu | None = None,
+    **env: str,
+) -> WrkRun:
+    """One wrk run; its result line comes from bench/wrk/common.lua's `done`. With `stack`,
+    the CPU each of its processes spent meanwhile."""
+    watched = stack.processes() if stack else {}
+    stack_before = stack.seconds(watched) if stack else {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [
@@ -160,6 +179,7 @@ def wrk(url: str, script: WrkScript, seconds: int, connections: int, **env: str)
         env={**os.environ, "WRK_DIR": str(WRK_DIR), "WRK_TOKEN": TOKEN, **script.env, **env},
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stack_spent = spent(stack_before, stack.seconds(watched)) if stack else {}
     line = next(x for x in out.splitlines() if x.startswith("WRK_RESULT "))
     data = json.loads(line.removeprefix("WRK_RESULT "))
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -171,6 +191,7 @@ def wrk(url: str, script: WrkScript, seconds: int, connections: int, **env: str)
         data["errors"],
         {int(k): v for k, v in data["statuses"].items()},
         cpu,
+        stack_spent,
     )
 
 
@@ -347,17 +368,30 @@ def run_writes(
     )
     bare.start()
     try:
+        assert bare.proc is not None
+        stack = StackCpu(
+            {p.name: p.child.proc.pid for p in procs if p.child and p.child.proc},
+            {"redis": _port(redis_url), "broker": _port(bootstrap)},
+        )
         members = [f"{PREFIX}{i:06d}" for i in range(MEMBERS)]
         asyncio.run(_seed(urls, members))
         _wait_up(f"http://127.0.0.1:{bare_port}/docs")
         load = {"WRK_MEMBERS": str(MEMBERS), "WRK_PREFIX": PREFIX}
         # Idle freshness first, while no consumer has a backlog from the load runs.
         idle = asyncio.run(_measure_freshness(bootstrap, namespace, urls, 0, connections, load))[0]
-        bare_run = wrk(f"http://127.0.0.1:{bare_port}", INVITE, seconds, connections, **load)
-        register = wrk(
-            urls["connection"], REGISTER, seconds, connections, WRK_PREFIX=f"r{namespace[1:8]}"
+        bare_stack = StackCpu({"bare": bare.proc.pid}, {"redis": _port(redis_url)})
+        bare_run = wrk(
+            f"http://127.0.0.1:{bare_port}", INVITE, seconds, connections, stack=bare_stack, **load
         )
-        invite = wrk(urls["invitation"], INVITE, seconds, connections, **load)
+        register = wrk(
+            urls["connection"],
+            REGISTER,
+            seconds,
+            connections,
+            stack=stack,
+            WRK_PREFIX=f"r{namespace[1:8]}",
+        )
+        invite = wrk(urls["invitation"], INVITE, seconds, connections, stack=stack, **load)
         engage = wrk(urls["engagement"], ENGAGE, seconds, connections, **load)
         engage_cluster = _engage_on_cluster(env, members, logs, seconds, connections, load)
         _, loaded, loaded_invite = asyncio.run(
@@ -366,7 +400,9 @@ def run_writes(
         # Accept last: its acceptances keep the connection service busy for a while after.
         accepts = logs / "accepts.txt"
         asyncio.run(_pending_invitations(redis_url, namespace, accepts))
-        accept = wrk(urls["invitation"], ACCEPT, seconds, connections, WRK_ACCEPTS=str(accepts))
+        accept = wrk(
+            urls["invitation"], ACCEPT, seconds, connections, stack=stack, WRK_ACCEPTS=str(accepts)
+        )
         connection = next(p for p in procs if p.name == "connection")
         drain = _connection_drain(bootstrap, redis_url, namespace, urls, connection, logs)
     finally:
@@ -467,6 +503,11 @@ def _connection_drain(
             await answers.stop()
 
     return asyncio.run(drained())
+
+
+def _port(url: str) -> int:
+    """The port of `redis://host:port/db` or of a bootstrap list's first `host:port`."""
+    return int(url.split(",")[0].rsplit(":", 1)[1].split("/")[0])
 
 
 def _wait_up(url: str, timeout_s: float = 20) -> None:

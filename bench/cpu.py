@@ -1,0 +1,64 @@
+"""CPU time of each process of the stack over a load run, read from /proc: where a write's
+cost goes across the services, Redis and the broker (a two-core machine is saturated by the
+whole stack long before one service's process is)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """A process's parent and its CPU seconds (user + system) so far; None once it is gone."""
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state, ppid, ... utime (14th field of the line), stime (15th).
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class StackCpu:
+    """The processes of the stack by role: each role's root processes (a service's uvicorn,
+    found with its worker processes) or the servers whose command line names a port."""
+
+    roots: Mapping[str, int]
+    ports: Mapping[str, int]
+
+    def processes(self) -> dict[str, set[int]]:
+        pids = [int(p.name) for p in PROC.iterdir() if p.name.isdigit()]
+        parent = {pid: st[0] for pid in pids if (st := _stat(pid)) is not None}
+        found: dict[str, set[int]] = {role: {root} for role, root in self.roots.items()}
+        for pid in parent:
+            up = parent.get(pid)
+            for role, root in self.roots.items():
+                if up == root:
+                    found[role].add(pid)
+            line = _cmdline(pid) if self.ports else ""
+            for role, port in self.ports.items():
+                if f":{port} " in f"{line} " or f"--port {port} " in f"{line} ":
+                    found.setdefault(role, set()).add(pid)
+        return found
+
+    def seconds(self, processes: Mapping[str, set[int]]) -> dict[str, float]:
+        return {
+            role: sum(st[1] for pid in pids if (st := _stat(pid)) is not None)
+            for role, pids in processes.items()
+        }
+
+
+def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    return {role: max(after.get(role, 0.0) - before[role], 0.0) for role in before}
