@@ -13,10 +13,9 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
 
 from services.projection.apply import BatchApplier
-from shared.consumer import batch_subscriber, records_of, report_lag
+from shared.consumer import BatchMessage, batch_subscriber, records_of, report_lag
 from shared.settings import ProjectionSettings
 from shared.topics import ALL_TOPICS
 
@@ -26,7 +25,7 @@ COMMIT_EVERY_S = 1.0
 def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSettings) -> None:
     committed_at = 0.0  # when the consumer last committed its offsets (monotonic)
 
-    async def apply_events_to_read_model(msg: KafkaMessage) -> None:
+    async def apply_events_to_read_model(msg: BatchMessage) -> None:
         nonlocal committed_at
         records = records_of(msg)
         consumer: Any = msg.consumer
