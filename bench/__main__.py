@@ -325,6 +325,8 @@ def write_rows(w: writes.WriteResults) -> list[str]:
             f"| failures: {f.failures} |"
         )
 
+    bare_ms = sum(w.bare.cpu_per_request_ms().values())
+
     def cpu(name: str, run: writes.WrkRun) -> str:
         per = run.cpu_per_request_ms()
         parts = ", ".join(
@@ -333,7 +335,7 @@ def write_rows(w: writes.WriteResults) -> list[str]:
         cores = (sum(run.stack_cpu_s.values()) + run.client_cpu_s) / run.seconds
         return (
             f"| {name}: CPU per request by process (ms) | {sum(per.values()):.2f}: {parts} "
-            f"| bare endpoint: {sum(w.bare.cpu_per_request_ms().values()):.2f} "
+            f"| bare endpoint: {bare_ms:.2f} "
             f"| {cores:.2f} of {os.cpu_count()} cores busy |"
         )
 

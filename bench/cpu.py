@@ -49,7 +49,8 @@ class StackCpu:
                     found[role].add(pid)
             line = _cmdline(pid) if self.ports else ""
             for role, port in self.ports.items():
-                if f":{port} " in f"{line} " or f"--port {port} " in f"{line} ":
+                # redis-server shows `host:port`; the broker `--listener-url tcp://host:port`.
+                if f":{port} " in f"{line} ":
                     found.setdefault(role, set()).add(pid)
         return found
 
