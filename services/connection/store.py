@@ -40,7 +40,7 @@ INDUSTRY_SPELLINGS_KEPT = 10_000
 
 
 class ConnectionStore(CommandLoop[Slice, domain.Command]):
-    producer = "connection"
+    producer = ConnectionSettings.service  # whose answers the invitation service knows
     layout = KeyLayout.SLOT_GROUPS
 
     def __init__(self, store: StateStore, settings: ConnectionSettings) -> None:

@@ -13,6 +13,7 @@ from services.invitation import domain
 from services.invitation.store import InvitationStore
 from shared import events as ev
 from shared.consumer import ConsumedEvent, Subscription
+from shared.settings import ConnectionSettings
 from shared.topics import CONNECTIONS, INVITATIONS, MEMBERS
 
 
@@ -28,7 +29,7 @@ class InvitationConsumers:
                 [MEMBERS, CONNECTIONS],
                 {
                     ev.MemberDeactivated: self.cancel_invitations_of_deactivated_member,
-                    ev.ConnectionAccepted: react,
+                    ev.ConnectionAccepted: self.fold_connection_accepted,
                     ev.ConnectionRemoved: react,
                     ev.ConnectionRejected: react,
                     ev.MemberBlocked: react,
@@ -74,6 +75,19 @@ class InvitationConsumers:
                 causation=consumed.envelope,
                 now=consumed.envelope.occurred_at,
             )
+
+    async def fold_connection_accepted(self, consumed: ConsumedEvent) -> None:
+        # The connection service's answer to an invitation this service accepted: that
+        # accept already made the pair connected (and only a fold of the pair's removal or
+        # rejection, which must come first, undoes it), so the fold would change nothing and
+        # cost an accept a third command. A connection made elsewhere (another producer, no
+        # invitation) is folded: the pair learns it is connected.
+        event = consumed.event
+        assert isinstance(event, ev.ConnectionAccepted)
+        answered = consumed.envelope.producer == ConnectionSettings.service
+        if answered and event.invitation_id is not None:
+            return
+        await self.fold_connection_decision(consumed)
 
     async def fold_connection_decision(self, consumed: ConsumedEvent) -> None:
         # At the time of the observed event, so the state it leaves is what a replay of the

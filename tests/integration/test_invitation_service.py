@@ -15,10 +15,18 @@ from services.connection.main import create_app as connection_app
 from services.invitation.consumers import expire_due
 from services.invitation.main import create_app as invitation_app
 from shared import events as ev
-from shared.events import decode
+from shared.events import Envelope, decode
 from shared.topics import CONNECTIONS, INVITATIONS, TopicNames, pair_key
 from tests.conftest import WriteSide
-from tests.helpers import Infra, auth, live_and_replayed, read_topic, running_app, wait_until
+from tests.helpers import (
+    Infra,
+    auth,
+    live_and_replayed,
+    publish_envelopes,
+    read_topic,
+    running_app,
+    wait_until,
+)
 
 # Every test on one Redis node and on the 3-node cluster in slot groups (tests/conftest.py).
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("service_env", "write_side")]
@@ -309,3 +317,24 @@ async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
     assert all(i.startswith(store.groups.of(pair_key("ann", to[i])) + "-") for i in sent)
     assert (backlog, relays) == (0, 8 + 1)
     assert replayed == live  # what the sagas left is what the log's events make of it
+
+
+async def test_a_connection_made_elsewhere_is_folded_into_the_pair(
+    infra: Infra, namespace: str
+) -> None:
+    # The connection service's answer to an accepted invitation is not folded (the accept
+    # made the pair connected already); a connection another producer made, with no
+    # invitation, is: the pair then refuses an invitation as already connected.
+    imported = Envelope.wrap(ev.ConnectionAccepted(member_a="ann", member_b="bob"), producer="crm")
+    async with stack() as s:
+        await s.members("ann", "bob")
+        await publish_envelopes(infra.kafka_bootstrap, namespace, [imported])
+        await wait_until(lambda: _pair_connected(s, "ann", "bob"))
+        refused = await s.invite("ann", "bob")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "already_connected"
+
+
+async def _pair_connected(s: Stack, a: str, b: str) -> bool:
+    store, pair = s.store, pair_key(a, b)
+    row = (await store.store.load([store.key(store.groups.of(pair), "pair", pair)])).rows[0]
+    return bool(row.state and row.state.get("connected"))
