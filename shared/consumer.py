@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.events import Envelope, Event, InvalidEvent, decode
+from shared.kafka import BUSY_BATCH_RECORDS, FetchPacing
 from shared.observability import (
     CONSUMER_LAG,
     DLQ_RECORDS,
@@ -233,6 +235,7 @@ class EventConsumer:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.dead_lettered = 0  # records sent to a DLQ so far
 
     def dedupe_key(self, event_id: Any) -> str:
         return f"{self.dedupe_prefix}:{event_id}"
@@ -315,6 +318,7 @@ class EventConsumer:
         return await retry_transient(call, self.name, self.backoff_s, self.max_backoff_s)
 
     async def send_to_dlq(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
+        self.dead_lettered += 1
         await dead_letter(
             self.dead_letter,
             self.name,
@@ -324,6 +328,7 @@ class EventConsumer:
         )
 
     async def send_to_dlq_event(self, event: ConsumedEvent, reason: str) -> None:
+        self.dead_lettered += 1
         env = event.envelope
         record = DeadLetter(
             event.topic, event.partition, event.offset, env.key.encode(), env.to_bytes()
@@ -452,6 +457,10 @@ def records_of(msg: KafkaMessage) -> tuple[ConsumerRecord[Any, Any], ...]:
     return raw if isinstance(raw, tuple) else (raw,)
 
 
+# A busy subscription commits its offsets at most this often (see `subscribe`).
+COMMIT_EVERY_S = 1.0
+
+
 def subscribe(
     broker: KafkaBroker,
     consumer: EventConsumer,
@@ -459,14 +468,32 @@ def subscribe(
     *,
     group_id: str,
     max_records: int = 500,
+    pacing: FetchPacing | None = None,
+    commit_every_s: float = COMMIT_EVERY_S,
     **options: Any,
 ) -> Callable[..., Awaitable[None]]:
-    """Register `consumer` as a batch subscriber that commits only after success."""
+    """Register `consumer` as a batch subscriber that commits only after success. A busy one
+    commits at most once a second: an offset commit is a broker round trip per batch, and
+    what a restart re-reads of that second finds its dedupe marks. A small batch (the tail
+    of a burst, a lone event) and one that dead-lettered a record commit at once: a record
+    in a DLQ has no mark, and a restart must not send it there twice."""
+    committed_at = 0.0  # monotonic
 
     async def handle_batch(msg: BatchMessage) -> None:
+        nonlocal committed_at
         records = records_of(msg)
+        dead_before = consumer.dead_lettered
         await consumer.process(records)
-        await msg.ack()
+        now = time.monotonic()
+        if (
+            len(records) < BUSY_BATCH_RECORDS
+            or consumer.dead_lettered != dead_before
+            or now - committed_at >= commit_every_s
+        ):
+            await msg.ack()
+            committed_at = now
+        if pacing is not None:
+            pacing.after_batch(msg.consumer, len(records))
         report_lag(consumer.name, msg.consumer, records)
 
     handle_batch.__name__ = f"{consumer.name}_batch"

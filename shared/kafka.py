@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiokafka.admin.client
@@ -20,6 +21,30 @@ from shared.events import Envelope
 from shared.topics import TopicNames
 
 log = logging.getLogger("rapport.kafka")
+
+# A batch this large says records keep coming: the subscription is busy.
+BUSY_BATCH_RECORDS = 4
+
+
+@dataclass(frozen=True)
+class FetchPacing:
+    """A subscription's fetch hold, by its load: `idle_wait_ms` while batches come small (a
+    lone record goes on at once), `busy_wait_ms` while they come large. A broker that holds
+    every fetch for its whole wait (the embedded one) costs CPU per fetch on both sides; a
+    busy subscription fetches a third as often and its records wait a little longer, while
+    an idle one keeps the short hop that fresh reads need."""
+
+    idle_wait_ms: int
+    busy_wait_ms: int
+
+    def after_batch(self, kafka_consumer: Any, records: int) -> None:
+        """Set the hold of the consumer's next fetches from the batch it just handed over.
+        aiokafka reads its fetcher's `_fetch_max_wait_ms` for every fetch request it builds
+        and has no public setter (pinned version; a fetcher without it is left alone)."""
+        fetcher = getattr(kafka_consumer, "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            busy = records >= BUSY_BATCH_RECORDS
+            fetcher._fetch_max_wait_ms = self.busy_wait_ms if busy else self.idle_wait_ms
 
 
 class MetadataWithoutAutoCreate(MetadataRequest):

@@ -190,6 +190,7 @@ class Runtime:
                 consumer,
                 [s.topics(t) for t in sub.topics],
                 group_id=f"{s.namespace}rapport-{s.service}-{sub.name}",
+                pacing=s.fetch_pacing(background=sub.background),
                 **s.consumer_options(background=sub.background),
             )
 

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.events import MESSAGE_MAX_CHARS
 from shared.groups import SlotGroups
+from shared.kafka import FetchPacing
 from shared.topics import TopicNames
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
@@ -67,6 +68,13 @@ class ServiceSettings(BaseSettings):
     kafka_fetch_max_wait_ms: int = Field(
         500, validation_alias=AliasChoices("RAPPORT_KAFKA_FETCH_MAX_WAIT_MS")
     )
+    # The same hold for a busy subscription (its last batch held BUSY_BATCH_RECORDS or more):
+    # records keep coming, so a longer hold costs them little time and saves most fetches,
+    # each of which costs the embedded broker and the consumer CPU. None: always the one above
+    # (Apache Kafka answers a fetch once it has records, so a busy hold changes nothing there).
+    kafka_fetch_busy_wait_ms: int | None = Field(
+        None, ge=1, validation_alias=AliasChoices("RAPPORT_KAFKA_FETCH_BUSY_WAIT_MS")
+    )
     # How long a batch consumer waits for records before it polls again. FastStream sleeps
     # as long again after an empty poll, so this bounds the wake-up delay of an idle consumer.
     consumer_batch_timeout_ms: int = Field(
@@ -97,6 +105,14 @@ class ServiceSettings(BaseSettings):
     slot_groups: int = Field(
         1, ge=1, le=16384, validation_alias=AliasChoices("RAPPORT_SLOT_GROUPS")
     )
+
+    def fetch_pacing(self, background: bool = False) -> FetchPacing | None:
+        """How a subscription's fetch hold follows its load (None: it does not; a background
+        subscription polls rarely anyway)."""
+        busy = self.kafka_fetch_busy_wait_ms
+        if background or busy is None or busy <= self.kafka_fetch_max_wait_ms:
+            return None
+        return FetchPacing(self.kafka_fetch_max_wait_ms, busy)
 
     def consumer_options(self, background: bool = False) -> dict[str, int]:
         """The Kafka consumer options of this service's batch subscribers; a `background`

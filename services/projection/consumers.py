@@ -24,6 +24,7 @@ COMMIT_EVERY_S = 1.0
 
 def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSettings) -> None:
     committed_at = 0.0  # when the consumer last committed its offsets (monotonic)
+    pacing = settings.fetch_pacing()
 
     async def apply_events_to_read_model(msg: BatchMessage) -> None:
         nonlocal committed_at
@@ -47,6 +48,8 @@ def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSe
         if not rewind and time.monotonic() - committed_at >= COMMIT_EVERY_S:
             await msg.ack()
             committed_at = time.monotonic()
+        if pacing is not None:
+            pacing.after_batch(consumer, len(records))
         report_lag("projection", consumer, records)
 
     batch_subscriber(

@@ -7,11 +7,17 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
 from shared import events as ev
-from shared.consumer import ConsumedEvent, EventConsumer, broker_dead_letter_sink, subscribe
+from shared.consumer import (
+    COMMIT_EVERY_S,
+    ConsumedEvent,
+    EventConsumer,
+    broker_dead_letter_sink,
+    subscribe,
+)
 from shared.events import Envelope
 from shared.kafka import make_broker
 from shared.topics import TopicNames, dlq
@@ -52,6 +58,7 @@ async def consuming(
     namespace: str,
     handler: CountingHandler,
     wanted: frozenset[str] | None = None,
+    commit_every_s: float = COMMIT_EVERY_S,
 ) -> AsyncIterator[EventConsumer]:
     broker = make_broker(infra.kafka_bootstrap, "test-consumer")
     consumer = EventConsumer(
@@ -70,6 +77,7 @@ async def consuming(
         consumer,
         [topics(ev.MEMBERS)],
         group_id=f"{namespace}g",
+        commit_every_s=commit_every_s,
         session_timeout_ms=1000,
         heartbeat_interval_ms=300,
     )
@@ -215,3 +223,58 @@ async def test_records_of_types_it_does_not_handle_are_passed_over_unread(
 
     assert [dict(r.headers)["dlq_reason"].decode().split(":")[0] for r in dead] == ["type_mismatch"]
     assert dead[0].value == deactivated.to_bytes()
+
+
+async def _uncommitted(infra: Infra, topic: str, group_id: str) -> int:
+    """Records of `topic` past what `group_id` committed."""
+    reader = AIOKafkaConsumer(bootstrap_servers=infra.kafka_bootstrap, group_id=group_id)
+    await reader.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
+        ends = await reader.end_offsets(parts)
+        return sum([ends[tp] - (await reader.committed(tp) or 0) for tp in parts])
+    finally:
+        await reader.stop()
+
+
+async def test_a_busy_subscription_commits_seldom_but_the_end_of_a_burst_at_once(
+    infra: Infra, redis_client: Redis, namespace: str
+) -> None:
+    """Busy batches commit at most once per `commit_every_s` (here: never again), so a
+    restart re-reads them and skips them by their marks; the small batch that ends a burst
+    commits everything before it."""
+    topic = TopicNames(namespace)(ev.MEMBERS)
+    counter = f"{namespace}count"
+    handler = CountingHandler(redis_client, counter)
+    async with consuming(infra, redis_client, namespace, handler, commit_every_s=3600):
+        await produce(infra, topic, [registered(f"a{i}").to_bytes() for i in range(8)])
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 8), timeout=15)
+        await produce(infra, topic, [registered(f"b{i}").to_bytes() for i in range(8)])
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 16), timeout=15)
+        burst_batches = handler.calls
+        await produce(infra, topic, [registered("tail").to_bytes()])
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 17), timeout=15)
+        await wait_until(lambda: _eq(_uncommitted(infra, topic, f"{namespace}g"), 0), timeout=15)
+    assert burst_batches >= 2  # the bursts came as batches of their own before the tail
+
+
+async def test_a_record_sent_to_the_dlq_is_committed_at_once_never_sent_twice(
+    infra: Infra, redis_client: Redis, namespace: str
+) -> None:
+    topic = TopicNames(namespace)(ev.MEMBERS)
+    counter = f"{namespace}count"
+    good = [registered(f"m{i}").to_bytes() for i in range(8)]
+    async with consuming(
+        infra, redis_client, namespace, CountingHandler(redis_client, counter), commit_every_s=3600
+    ):
+        await produce(infra, topic, good[:4])  # the first batch commits (none did before)
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 4), timeout=15)
+        await produce(infra, topic, [b"\x00not json", *good[4:]])  # busy: a batch of 5
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 8), timeout=15)
+        await read_topic(infra.kafka_bootstrap, dlq(topic), expect=1)
+    restarted = CountingHandler(redis_client, counter)
+    async with consuming(infra, redis_client, namespace, restarted, commit_every_s=3600):
+        await produce(infra, topic, [registered("after").to_bytes()])
+        await wait_until(lambda: _eq(_counter(redis_client, counter), 9), timeout=15)
+        dead = await read_topic(infra.kafka_bootstrap, dlq(topic), expect=1)
+    assert [r.value for r in dead] == [b"\x00not json"]
