@@ -117,8 +117,8 @@ def run(
             min=1,
             max=MAX_REPLICAS,
             help="Processes of every service (each a full replica: its own consumers, relay "
-            "and sweeps); default RAPPORT_<SERVICE>_WORKERS, else 2 for the connection service "
-            "and 1 for the others",
+            "and sweeps); default RAPPORT_<SERVICE>_WORKERS, else 2 for the connection and "
+            "invitation services and 1 for the others",
         ),
     ] = None,
 ) -> None:

@@ -23,9 +23,11 @@ DEFAULT_PORTS = {
     name: cls.model_fields["port"].default for name, cls in SETTINGS_BY_SERVICE.items()
 }
 # Worker processes where a second one pays on two cores: registration (the connection
-# service) ran 0.32 -> 0.43 of the bare endpoint with two; invitations and accepts did not
-# gain (their process is not what bounds them), so they keep one.
-DEFAULT_WORKERS = {"connection": 2}
+# service) ran 0.32 -> 0.43 of the bare endpoint with two. Invitations gained nothing while
+# the consumers' fetches ate the second core; with busy subscriptions fetching a third as
+# often (shared.kafka.FetchPacing) the invitation process bounds them, and a second one
+# took them 0.28 -> 0.31 (four interleaved runs: +17%). Accepts neither gain nor lose.
+DEFAULT_WORKERS = {"connection": 2, "invitation": 2}
 
 
 def default_workers(name: str) -> int:
