@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -141,6 +142,14 @@ class ChildProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def kill_leftovers(self) -> None:
+        """Kill what the dead process started and left behind: its process group (it leads
+        its own session). A uvicorn master killed with -9 leaves its workers serving on its
+        port; a new master could not bind it."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

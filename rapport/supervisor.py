@@ -128,6 +128,7 @@ class Supervisor:
                         svc.child.proc.returncode if svc.child.proc else "?",
                         svc.restarts,
                     )
+                    svc.child.kill_leftovers()  # its workers, if it had several
                     self._stop.wait(min(self.restart_backoff_s * svc.restarts, 10))
                     svc.start()
 

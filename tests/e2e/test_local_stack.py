@@ -40,11 +40,26 @@ def _ready(port: int) -> bool:
     return is_ready(_base(port))
 
 
-def _service_pid(port: int) -> int:
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit waits for whoever adopted it to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _service_pid(port: int) -> int | None:
+    """The service's uvicorn process (the master of its workers), None while there is none."""
     out = subprocess.run(
-        ["pgrep", "-f", f"uvicorn .* --port {port} "], capture_output=True, text=True, check=True
+        ["pgrep", "-f", f"uvicorn .* --port {port} "], capture_output=True, text=True
     )
-    return int(out.stdout.split()[0])
+    return int(out.stdout.split()[0]) if out.returncode == 0 else None
 
 
 @pytest.mark.timeout(180)
@@ -94,6 +109,10 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
         _cli_rebuild_keeps_the_answers(ports, tmp_path / "state", env)
 
         victim = _service_pid(ports["invitation"])
+        assert victim is not None
+        workers = _children(victim)
+        assert len(workers) >= default_workers("invitation") > 1  # (and its resource tracker)
+        # kill -9 of the master: its workers are left behind until the supervisor sees it.
         os.kill(victim, signal.SIGKILL)
         _wait(
             lambda: not _ready(ports["invitation"]) or _service_pid(ports["invitation"]) != victim,
@@ -102,6 +121,8 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
         )
         _wait(lambda: _ready(ports["invitation"]), 60, "restart after kill -9")
         assert _service_pid(ports["invitation"]) != victim
+        # The old workers are gone (they held the port the new master binds).
+        assert not [pid for pid in workers if _running(pid)]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
