@@ -114,13 +114,13 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
         assert len(workers) >= default_workers("invitation") > 1  # (and its resource tracker)
         # kill -9 of the master: its workers are left behind until the supervisor sees it.
         os.kill(victim, signal.SIGKILL)
+        # Up again under a new master (its old workers may answer until the supervisor sees it).
         _wait(
-            lambda: not _ready(ports["invitation"]) or _service_pid(ports["invitation"]) != victim,
-            10,
-            "crash",
+            lambda: _service_pid(ports["invitation"]) not in (None, victim)
+            and _ready(ports["invitation"]),
+            60,
+            "restart after kill -9",
         )
-        _wait(lambda: _ready(ports["invitation"]), 60, "restart after kill -9")
-        assert _service_pid(ports["invitation"]) != victim
         # The old workers are gone (they held the port the new master binds).
         assert not [pid for pid in workers if _running(pid)]
     finally:
