@@ -15,11 +15,15 @@ from aiokafka import TopicPartition
 from faststream.kafka import KafkaBroker
 
 from services.projection.apply import BatchApplier
-from shared.consumer import BatchMessage, batch_subscriber, records_of, report_lag
+from shared.consumer import (
+    COMMIT_EVERY_S,
+    BatchMessage,
+    batch_subscriber,
+    records_of,
+    report_lag,
+)
 from shared.settings import ProjectionSettings
 from shared.topics import ALL_TOPICS
-
-COMMIT_EVERY_S = 1.0
 
 
 def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSettings) -> None:
