@@ -461,6 +461,23 @@ def records_of(msg: KafkaMessage) -> tuple[ConsumerRecord[Any, Any], ...]:
 COMMIT_EVERY_S = 1.0
 
 
+@dataclass
+class OffsetCommits:
+    """When a batch subscriber commits its offsets: at most every `every_s`, unless a batch
+    asks for it at once. A commit is a broker round trip; what a restart re-reads since the
+    last one is skipped by the marks the handler stored with its effects."""
+
+    every_s: float = COMMIT_EVERY_S
+    committed_at: float = 0.0  # monotonic
+
+    def due(self, at_once: bool = False) -> bool:
+        return at_once or time.monotonic() - self.committed_at >= self.every_s
+
+    async def commit(self, msg: KafkaMessage) -> None:
+        await msg.ack()
+        self.committed_at = time.monotonic()
+
+
 def subscribe(
     broker: KafkaBroker,
     consumer: EventConsumer,
@@ -477,21 +494,15 @@ def subscribe(
     what a restart re-reads of that second finds its dedupe marks. A small batch (the tail
     of a burst, a lone event) and one that dead-lettered a record commit at once: a record
     in a DLQ has no mark, and a restart must not send it there twice."""
-    committed_at = 0.0  # monotonic
+    commits = OffsetCommits(commit_every_s)
 
     async def handle_batch(msg: BatchMessage) -> None:
-        nonlocal committed_at
         records = records_of(msg)
         dead_before = consumer.dead_lettered
         await consumer.process(records)
-        now = time.monotonic()
-        if (
-            len(records) < BUSY_BATCH_RECORDS
-            or consumer.dead_lettered != dead_before
-            or now - committed_at >= commit_every_s
-        ):
-            await msg.ack()
-            committed_at = now
+        small = len(records) < BUSY_BATCH_RECORDS
+        if commits.due(at_once=small or consumer.dead_lettered != dead_before):
+            await commits.commit(msg)
         if pacing is not None:
             pacing.after_batch(msg.consumer, len(records))
         report_lag(consumer.name, msg.consumer, records)

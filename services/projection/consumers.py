@@ -8,7 +8,6 @@ batch is not acked.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -16,8 +15,8 @@ from faststream.kafka import KafkaBroker
 
 from services.projection.apply import BatchApplier
 from shared.consumer import (
-    COMMIT_EVERY_S,
     BatchMessage,
+    OffsetCommits,
     batch_subscriber,
     records_of,
     report_lag,
@@ -27,11 +26,10 @@ from shared.topics import ALL_TOPICS
 
 
 def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSettings) -> None:
-    committed_at = 0.0  # when the consumer last committed its offsets (monotonic)
+    commits = OffsetCommits()
     pacing = settings.fetch_pacing()
 
     async def apply_events_to_read_model(msg: BatchMessage) -> None:
-        nonlocal committed_at
         records = records_of(msg)
         consumer: Any = msg.consumer
         # Each partition's end as this fetch saw it (exact), to tell a lost log from a
@@ -49,9 +47,8 @@ def subscribe(broker: KafkaBroker, applier: BatchApplier, settings: ProjectionSe
         # A commit is a broker round trip between two batches, and the positions that count
         # are in Redis: commit at most once a second (a restart re-reads at most that much,
         # which the stored positions skip).
-        if not rewind and time.monotonic() - committed_at >= COMMIT_EVERY_S:
-            await msg.ack()
-            committed_at = time.monotonic()
+        if not rewind and commits.due():
+            await commits.commit(msg)
         if pacing is not None:
             pacing.after_batch(consumer, len(records))
         report_lag("projection", consumer, records)
