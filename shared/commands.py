@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from shared.domain import LocalChange
 from shared.events import Envelope, Event
 from shared.groups import KeyLayout, outside
+from shared.observability import COMMAND_CONFLICTS
 
 CommitResult = Literal["ok", "conflict", "duplicate"]
 IndexOpName = Literal["ZADD", "ZREM", "SADD", "SREM", "DEL", "HSETNX"]
@@ -293,6 +294,8 @@ class CommandLoop(Generic[S, C]):
                 return Outcome([], outcome.state, duplicate=True)
             if result == "ok":
                 return outcome
+            kind = type(command if command is not None else observed).__name__
+            COMMAND_CONFLICTS.labels(self.model.producer, kind).inc()
             # Jittered backoff spreads contenders out; a conflict means someone else just won.
             await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
         raise ContendedWrite()

@@ -52,6 +52,11 @@ READ_QUOTA_REFUSED = Counter(
 VIEWER_CACHE = Counter(
     "rapport_viewer_cache_lookups_total", "Viewer-network cache lookups by outcome", ["outcome"]
 )
+COMMAND_CONFLICTS = Counter(
+    "rapport_command_conflicts_total",
+    "Commits refused because an aggregate moved meanwhile (each is retried after a backoff)",
+    ["service", "command"],
+)
 OUTBOX_BACKLOG = Gauge(
     "rapport_outbox_backlog", "Outbox entries not yet confirmed by the broker", ["service"]
 )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.connection import domain as cd
 from services.connection.store import ConnectionStore
@@ -17,7 +19,7 @@ from services.invitation.consumers import expire_due
 from services.invitation.main import rules_from
 from services.invitation.store import InvitationStore
 from shared import events as ev
-from shared.commands import IndexOp, InMemoryStateStore, Plan, Steps
+from shared.commands import CommitResult, IndexOp, InMemoryStateStore, Plan, Steps
 from shared.directory import Directory
 from shared.domain import Conflict, Forbidden, NotFound, RateLimited
 from shared.events import Envelope
@@ -206,3 +208,28 @@ async def test_a_step_its_commit_did_not_load_is_refused() -> None:
     with pytest.raises(ValueError, match="did not load"):
         await store.run(idom.SendInvitation("i1", "ann", "bob"), then=unloaded)
     assert state.outbox == []
+
+
+class MovedOnce(InMemoryStateStore):
+    """The first commit finds an aggregate moved (another request won the race)."""
+
+    moved = False
+
+    async def commit(self, *args: Any, **kwargs: Any) -> CommitResult:
+        if self.moved:
+            self.moved = False
+            return "conflict"
+        return await super().commit(*args, **kwargs)
+
+
+async def test_a_commit_that_met_a_moved_aggregate_is_retried_and_counted() -> None:
+    state = MovedOnce()
+    store = InvitationStore(state, InvitationSettings(), rules_from(InvitationSettings()))
+    await directory(state, "ann", "bob")
+    state.moved = True
+    labels = {"service": "invitation", "command": "SendInvitation"}
+    before = REGISTRY.get_sample_value("rapport_command_conflicts_total", labels) or 0
+    sent = await store.run(idom.SendInvitation("i1", "ann", "bob"))
+    assert sent.state is not None and sent.state.invitation is not None  # the retry landed
+    assert types(state) == ["InvitationSent"]
+    assert REGISTRY.get_sample_value("rapport_command_conflicts_total", labels) == before + 1
