@@ -132,7 +132,13 @@ class SenderState(BaseModel):
 
 
 class PendingOf(BaseModel):
-    """The invitations a member has pending, sent or received (their own aggregate)."""
+    """A member's side of their pending invitations. The invitations themselves are a set
+    (one SADD or SREM per change, whatever its size: a member invited by thousands is no
+    hotter than any other); with several slot groups this aggregate's version orders the
+    settles of one member (see `SettleSide`). `ids`: invitations listed here before the set
+    existed: still read, never added to, and taken out as they finish where this aggregate is
+    loaded (several groups; with one, a finished one read from here changes nothing when
+    cancelled)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -159,12 +165,22 @@ class Slice:
     invitation: Invitation | None = None
     sender: SenderState = field(default_factory=SenderState)
     pending_of: dict[str, PendingOf] = field(default_factory=dict)  # by member (`SettleSide`)
+    # (member, invitation) -> on the member's pending set: read by a settle on its own (several
+    # groups); with one group, where every change to an invitation settles both sides in its
+    # own commit, it is what the invitation as loaded says (`lists_pending`).
+    on_list: dict[tuple[str, str], bool] = field(default_factory=dict)
     actor_known: bool = True  # the acting member is a registered, active member
     recipient_known: bool = True
     blocked: bool = False  # a block either way, from the member directory
 
     def pending_list(self, member: str) -> PendingOf:
         return self.pending_of.get(member, PendingOf())
+
+    def listed(self, member: str, invitation_id: str) -> bool | None:
+        """On the member's pending list; None when not known (then written either way)."""
+        if invitation_id in self.pending_list(member).ids:
+            return True
+        return self.on_list.get((member, invitation_id))
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -450,10 +466,10 @@ def _settle_side(state: Slice, command: SettleSide) -> list[Change]:
             out.append(ReportCounted(s, i))
     for m in dict.fromkeys(command.members):
         listed = inv is not None and inv.involves(m) and lists_pending(inv)
-        have = i in state.pending_list(m).ids
-        if listed and not have:
+        have = state.listed(m, i)
+        if listed and have is not True:
             out.append(PendingListed(m, i))
-        elif not listed and have:
+        elif not listed and have is not False:
             out.append(PendingUnlisted(m, i))
     if not out and command.touch:
         out.append(SideTouched(command.members[0]))
@@ -678,14 +694,18 @@ def _(change: ReportCounted, state: Slice, now: datetime) -> Slice:
 
 @_evolve.register
 def _(change: PendingListed, state: Slice, now: datetime) -> Slice:
-    ids = state.pending_list(change.member_id).ids | {change.invitation_id}
-    return replace(state, pending_of={**state.pending_of, change.member_id: PendingOf(ids=ids)})
+    # The set takes the id (the store's SADD); the member's side is kept, to be written.
+    m, i = change.member_id, change.invitation_id
+    pending_of = {**state.pending_of, m: state.pending_list(m)}
+    return replace(state, pending_of=pending_of, on_list={**state.on_list, (m, i): True})
 
 
 @_evolve.register
 def _(change: PendingUnlisted, state: Slice, now: datetime) -> Slice:
-    ids = state.pending_list(change.member_id).ids - {change.invitation_id}
-    return replace(state, pending_of={**state.pending_of, change.member_id: PendingOf(ids=ids)})
+    m, i = change.member_id, change.invitation_id
+    side = PendingOf(ids=state.pending_list(m).ids - {i})
+    pending_of = {**state.pending_of, m: side}
+    return replace(state, pending_of=pending_of, on_list={**state.on_list, (m, i): False})
 
 
 @_evolve.register

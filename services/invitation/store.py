@@ -91,9 +91,12 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         return Invitation.model_validate(row.state) if row.state else None
 
     async def pending_of(self, member: str) -> list[str]:
-        key = self.key(self.groups.of(member), "pending-of", member)
-        [row] = (await self.store.load([key])).rows
-        return sorted(PendingOf.model_validate(row.state).ids) if row.state else []
+        """The member's pending invitations: their set, and any listed before it existed."""
+        group = self.groups.of(member)
+        [row] = (await self.store.load([self.key(group, "pending-of", member)])).rows
+        listed = await self.store.set_members(self._pending_set(member))
+        before = PendingOf.model_validate(row.state).ids if row.state else frozenset()
+        return sorted(set(listed) | before)
 
     async def due_for_expiry(self, now: datetime, limit: int = 200) -> list[str]:
         """Pending invitations past their age, from every group's expiry queue."""
@@ -144,16 +147,14 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
         sender_of: Callable[[Invitation], str | None]
         group = self.groups.of("")
         match command:
-            case domain.SendInvitation(sender=s, recipient=r):
-                sides = self._sender(s) | self._pending_of(s) | self._pending_of(r)
-                widen = Plan(sides, group=group)
+            case domain.SendInvitation(sender=s):
+                widen = Plan(self._sender(s), group=group)
 
                 def sender_of(inv: Invitation) -> str | None:
                     return s if inv.sender == s else None  # else it accepted theirs
 
-            case domain.React(event=event):
-                a, _, b = event.partition_key.partition("|")
-                widen = Plan(self._pending_of(a) | self._pending_of(b), group=group)
+            case domain.React():
+                widen = Plan(group=group)
 
                 def sender_of(inv: Invitation) -> str | None:
                     return None
@@ -161,15 +162,10 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             case (domain.Accept() | domain.Decline() | domain.Withdraw() | domain.Report()
                   | domain.Expire() | domain.Cancel()):  # fmt: skip
                 inv = f"inv:{command.invitation_id}"
-                lists = self.key(group, "pending-of", "")
-                found = [
-                    Follow(inv, m, "pending_of:{id}", lists, PendingOf)
-                    for m in ("sender", "recipient")
-                ]
                 counters = Follow(
                     inv, "sender", "sender", self.key(group, "sender", ""), SenderState
                 )
-                widen = Plan(follows=[counters, *found], group=group)
+                widen = Plan(follows=[counters], group=group)
 
                 def sender_of(inv: Invitation) -> str | None:
                     return inv.sender
@@ -254,11 +250,14 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
                     reads=self._sender(s),
                 )
             case domain.SettleSide(members=ms, invitation_id=i, sender=s):
+                counters = self._sender(s) if s else {}
+                if self.at_once:  # a step of the invitation's commit: its version orders it
+                    return Plan(counters, group=self.groups.of(ms[0]), reads=self._inv(i))
+                # On its own: each member's side orders the settles, which read the sets.
                 sides = {k: v for m in ms for k, v in self._pending_of(m).items()}
+                listed = {f"on_list:{m}": (self._pending_set(m), i) for m in ms}
                 return Plan(
-                    {**(self._sender(s) if s else {}), **sides},
-                    group=self.groups.of(ms[0]),
-                    reads=self._inv(i),
+                    {**counters, **sides}, listed, group=self.groups.of(ms[0]), reads=self._inv(i)
                 )
             case domain.React(event=event):  # events keyed by the pair they are about
                 group = self.groups.of(event.partition_key)
@@ -297,22 +296,40 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
             case domain.SendConfirmed(sender=s) | domain.ReportCounted(sender=s):
                 return Plan(self._sender(s), group=self.groups.of(s))
             case domain.PendingListed(member_id=m) | domain.PendingUnlisted(member_id=m):
-                return Plan(self._pending_of(m), group=self.groups.of(m))
+                # The set's op (index_ops); with several groups, the member's side too.
+                sides = {} if self.at_once else self._pending_of(m)
+                return Plan(sides, group=self.groups.of(m))
         return Plan()
 
     def slice(self, command: domain.Command | None, rows: Rows, now: datetime) -> Slice:
         invitations = (v for v in rows.aggregates.values() if isinstance(v, Invitation))
+        invitation = next(invitations, None)
+        on_list: dict[tuple[str, str], bool] = {}
+        if isinstance(command, domain.SettleSide) and not self.at_once:
+            i = command.invitation_id
+            on_list = {
+                (name.removeprefix("on_list:"), i): found
+                for name, found in rows.checks.items()
+                if name.startswith("on_list:")
+            }
+        elif self.at_once and invitation is not None:
+            # Each change to an invitation settled both sets in its commit: they hold it
+            # exactly while it lists as pending.
+            listed = domain.lists_pending(invitation)
+            i = invitation.invitation_id
+            on_list = {(m, i): listed for m in (invitation.sender, invitation.recipient)}
         return Slice(
             rules=self.rules,
             now=now,
             pair=rows.get("pair") or PairState(),
-            invitation=next(invitations, None),
+            invitation=invitation,
             sender=rows.get("sender") or SenderState(),
             pending_of={
                 name.removeprefix("pending_of:"): value
                 for name, value in rows.aggregates.items()
                 if name.startswith("pending_of:") and isinstance(value, PendingOf)
             },
+            on_list=on_list,
             actor_known=rows.checks.get("actor_known", True),
             recipient_known=rows.checks.get("recipient_known", True),
             blocked=rows.checks.get("blocks", False) or rows.checks.get("blocked_by", False),
@@ -330,13 +347,17 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
 
     def index_ops(self, events: Sequence[Change], now: datetime) -> list[IndexOp]:
         """The pair group's expiry queue: a sent invitation joins it; every other invitation
-        event takes it out, except one its sender still sees pending (it stays due)."""
+        event takes it out, except one its sender still sees pending (it stays due). And
+        each member's pending set, as their side follows an invitation."""
         ops: list[IndexOp] = []
         for e in events:
             if isinstance(e, ev.InvitationEvent) and not e.hidden_from_sender:
                 op: IndexOpName = "ZADD" if isinstance(e, ev.InvitationSent) else "ZREM"
                 queue = self.pending_key(self.groups.of(e.partition_key))
                 ops.append(IndexOp(op, queue, e.invitation_id, now.timestamp()))
+            elif isinstance(e, domain.PendingListed | domain.PendingUnlisted):
+                side: IndexOpName = "SADD" if isinstance(e, domain.PendingListed) else "SREM"
+                ops.append(IndexOp(side, self._pending_set(e.member_id), e.invitation_id))
         return ops
 
     def _send_checks(self, s: str, r: str) -> dict[str, tuple[str, str]]:
@@ -363,6 +384,9 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
 
     def _sender(self, member: str) -> Aggregates:
         return {"sender": (self.key(self.groups.of(member), "sender", member), SenderState)}
+
+    def _pending_set(self, member: str) -> str:
+        return self.key(self.groups.of(member), "pending-set", member)
 
     def _pending_of(self, member: str) -> Aggregates:
         key = self.key(self.groups.of(member), "pending-of", member)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from services.connection.main import create_app as connection_app
@@ -140,6 +141,38 @@ async def test_fifty_concurrent_invitations_for_one_pair_make_one(
     codes = sorted(r.status_code for r in responses)
     assert codes == [201] + [409] * 49
     assert [decode(r.value)[0].type for r in records] == ["InvitationSent"]
+
+
+async def test_a_member_invited_by_many_at_once_keeps_an_exact_pending_list(
+    write_side: WriteSide,
+) -> None:
+    """Thirty members invite one at once: every invitation lands and the pending list holds
+    exactly the open ones. On one node, no send waits on another (the list is a set, not an
+    aggregate each send rewrites), so none is retried."""
+    senders = [f"fan{i}" for i in range(30)]
+    labels = {"service": "invitation", "command": "SendInvitation"}
+    async with stack() as s:
+        await s.members("star", *senders)
+        before = REGISTRY.get_sample_value("rapport_command_conflicts_total", labels) or 0
+        sent = await asyncio.gather(*(s.invite(m, "star") for m in senders))
+        retried = (
+            REGISTRY.get_sample_value("rapport_command_conflicts_total", labels) or 0
+        ) - before
+        ids = [r.json()["invitation_id"] for r in sent if r.status_code == 201]
+        assert len(ids) == len(senders), [r.text for r in sent if r.status_code != 201]
+        assert await s.store.pending_of("star") == sorted(ids)
+        answers = await asyncio.gather(
+            *(s.answer("accept", i, "star") for i in ids[:10]),
+            *(s.answer("decline", i, "star") for i in ids[10:15]),
+        )
+        assert {r.status_code for r in answers} == {200}
+        # Accepted ones leave both lists; a declined one stays until it expires, since its
+        # sender still sees it pending.
+        assert await s.store.pending_of("star") == sorted(ids[10:])
+        assert await s.store.pending_of(senders[0]) == []
+        assert await s.store.pending_of(senders[10]) == [ids[10]]
+    if not write_side.cluster:
+        assert retried == 0
 
 
 async def test_concurrent_accept_and_withdraw_have_one_outcome() -> None:
