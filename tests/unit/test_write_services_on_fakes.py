@@ -19,7 +19,14 @@ from services.invitation.consumers import expire_due
 from services.invitation.main import rules_from
 from services.invitation.store import InvitationStore
 from shared import events as ev
-from shared.commands import CommitResult, IndexOp, InMemoryStateStore, Plan, Steps
+from shared.commands import (
+    AggregateWrite,
+    CommitResult,
+    IndexOp,
+    InMemoryStateStore,
+    Plan,
+    Steps,
+)
 from shared.directory import Directory
 from shared.domain import Conflict, Forbidden, NotFound, RateLimited
 from shared.events import Envelope
@@ -233,3 +240,14 @@ async def test_a_commit_that_met_a_moved_aggregate_is_retried_and_counted() -> N
     assert sent.state is not None and sent.state.invitation is not None  # the retry landed
     assert types(state) == ["InvitationSent"]
     assert REGISTRY.get_sample_value("rapport_command_conflicts_total", labels) == before + 1
+
+
+async def test_pending_lists_written_before_the_sets_are_still_read() -> None:
+    """A member's pending list as an earlier version kept it (one JSON aggregate) is read
+    beside their set, so an upgrade loses none (a deactivation cancels them all)."""
+    store, state = await invitations("ann", "bob", "cat")
+    legacy = store.key(store.groups.of("cat"), "pending-of", "cat")
+    await state.commit([AggregateWrite(legacy, 0, {"ids": ["old1"]})], [])
+    await store.run(idom.SendInvitation("i1", "ann", "cat"))
+    assert await store.pending_of("cat") == ["i1", "old1"]
+    assert await store.pending_of("ann") == ["i1"]
