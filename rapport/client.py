@@ -10,10 +10,11 @@
 Every method calls one route as a member (`X-Member-Id`) with the token it was given, and
 answers the service's own response model. An error answer raises `RapportError` (or the
 subclass for its status) carrying the JSON error `code` and `message`; an unreachable service
-raises `Unavailable` too. Read-your-writes: the client keeps the `event_id` of its last
-write and passes it as `?after=` to the projection's member reads (waiting up to `wait_ms`
-for it), so a read never misses what this client just wrote (`read_your_writes=False` turns
-that off; `after=` overrides).
+raises `Unavailable` too. Read-your-writes: the client keeps the `event_id` of each write
+since its last read that waited for them, and passes them as `?after=` to the projection's
+member reads (waiting up to `wait_ms`), so a read never misses what this client wrote, even
+when its writes went to different partitions (`read_your_writes=False` turns that off;
+`after=` overrides).
 
 `BlockingClient` is the same client for synchronous code (the CLI, threads, Playwright
 tests): each call runs on the client's own event loop thread. This module is the only place
@@ -34,6 +35,7 @@ from pydantic import BaseModel
 from services.connection.api import MemberCreated, MemberPublic
 from services.invitation.api import InvitationPublic
 from services.projection.api import (
+    AFTER_MAX,
     Badges,
     ConnectionsPage,
     Degree,
@@ -148,7 +150,9 @@ class RapportClient:
         self.token = token
         self.read_your_writes = read_your_writes
         self.wait_ms = wait_ms  # how long a read waits for the write it follows
-        self.last_event_id: str | None = None
+        # Writes not yet known applied (oldest first, at most AFTER_MAX): a read that waited
+        # for them all forgets them.
+        self.unread_writes: list[str] = []
         self._http = httpx.AsyncClient(
             timeout=timeout,
             transport=transport,
@@ -218,13 +222,20 @@ class RapportClient:
         result = await self._model(model, service, method, path, **kw)
         event_id = getattr(result, "event_id", None)
         if event_id:
-            self.last_event_id = event_id
+            self.unread_writes = [*self.unread_writes, str(event_id)][-AFTER_MAX:]
         return result
 
+    @property
+    def last_event_id(self) -> str | None:
+        """The last write's event, while no read has waited for it yet."""
+        return self.unread_writes[-1] if self.unread_writes else None
+
     def _after(self, after: str | None) -> str | None:
-        return (
-            after if after is not None else (self.last_event_id if self.read_your_writes else None)
-        )
+        if after is not None:
+            return after
+        if self.read_your_writes and self.unread_writes:
+            return ",".join(self.unread_writes)
+        return None
 
     async def _read(
         self,
@@ -237,9 +248,13 @@ class RapportClient:
         query = {**(params or {}), "after": self._after(after)}
         if query["after"] is not None and query.get("wait_ms") is None:
             query["wait_ms"] = self.wait_ms
-        return await self._model(
+        waited = list(self.unread_writes) if after is None and self.read_your_writes else []
+        answer = await self._model(
             model, "projection", "GET", f"/members/{member}{path}", member=member, params=query
         )
+        # Applied, all of them (else the read answered 409): later reads need not wait.
+        self.unread_writes = [e for e in self.unread_writes if e not in waited]
+        return answer
 
     # --- connection service --------------------------------------------------------------------
     async def register(

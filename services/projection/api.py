@@ -32,6 +32,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 Text = Annotated[str | None, Query(max_length=200)]
+AFTER_MAX = 32  # event ids one `?after=` may name (a client's writes since its last read)
+_EVENT_ID = r"[0-9a-fA-F-]{32,36}"
+AFTER_PATTERN = rf"^{_EVENT_ID}(,{_EVENT_ID}){{0,{AFTER_MAX - 1}}}$"
 Cursor = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="Last id of the previous page")
 ]
@@ -43,8 +46,12 @@ async def read_after(
     after: Annotated[
         str | None,
         Query(
-            pattern=r"^[0-9a-fA-F-]{32,36}$",
-            description="Wait until this event (an event_id from a write) is applied",
+            pattern=AFTER_PATTERN,
+            description=(
+                "Wait until these events (event_ids from writes, comma-separated, at most "
+                f"{AFTER_MAX}) are applied: events on different partitions are applied "
+                "independently, so a client passes each write it made since its last read"
+            ),
         ),
     ] = None,
     wait_ms: Annotated[int, Query(ge=0, le=60_000)] = 2000,
@@ -52,10 +59,10 @@ async def read_after(
     if after is None:
         return
     limit = model.settings.after_wait_max_ms
-    if not await model.wait_applied(after.lower(), min(wait_ms, limit)):
-        raise ApiError(
-            409, "not_yet_applied", f"event {after} is not applied yet; retry", {"Retry-After": "1"}
-        )
+    events = list(dict.fromkeys(after.lower().split(",")))
+    if not await model.wait_applied(events, min(wait_ms, limit)):
+        message = f"events {after} are not applied yet; retry"
+        raise ApiError(409, "not_yet_applied", message, {"Retry-After": "1"})
 
 
 Fresh = Annotated[None, Depends(read_after)]

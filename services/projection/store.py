@@ -265,24 +265,30 @@ class ReadModelStore:
         raw = await self.redis.hgetall(self.keyspace(version).pos)
         return {str(k): int(v) for k, v in raw.items()}
 
-    async def applied(self, event_id: str) -> bool:
-        """The event is in the read model, and so is what it awaits (an accepted
+    async def applied(self, event_ids: Sequence[str]) -> bool:
+        """Every event is in the read model, and so is what each awaits (an accepted
         invitation awaits its connection's decision)."""
         ks = await self.current()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(ks.seen(event_id))
-            pipe.exists(ks.settled(event_id))
-            mark, settled = await pipe.execute()
-        return mark == "1" or (mark == "w" and bool(settled))
+            for event_id in event_ids:
+                pipe.get(ks.seen(event_id))
+                pipe.exists(ks.settled(event_id))
+            found = await pipe.execute()
+        return all(
+            mark == "1" or (mark == "w" and bool(settled))
+            for mark, settled in zip(found[::2], found[1::2], strict=True)
+        )
 
-    async def wait_applied(self, event_id: str, wait_ms: int) -> bool:
-        """Wait until `event_id` is in the read model (read-your-writes), up to `wait_ms`.
+    async def wait_applied(self, event_ids: Sequence[str], wait_ms: int) -> bool:
+        """Wait until all of `event_ids` are in the read model (read-your-writes), up to
+        `wait_ms`. Several: a client's writes since its last read, which may sit on
+        different partitions (each applied on its own).
 
         Wakes on every batch this process applies; polls too, since another replica's
         consumer may own the event's partition.
         """
         deadline = time.monotonic() + wait_ms / 1000
-        while not await self.applied(event_id):
+        while not await self.applied(event_ids):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False

@@ -137,6 +137,34 @@ async def test_after_times_out_with_409_for_an_unknown_event() -> None:
     assert response.json()["error"]["code"] == "not_yet_applied"
 
 
+async def test_after_names_several_events_and_answers_once_all_are_applied(
+    infra: Infra, namespace: str
+) -> None:
+    """A client's writes since its last read, on any partitions: one `?after=` waits for
+    them all, and refuses while any is missing."""
+    events = [connect("ann", other, 1) for other in ("bob", "cat", "dan", "eve")]
+    missing = "00000000-0000-4000-8000-0000000000fe"
+    ids = ",".join(str(e.event_id) for e in events)
+    async with running_app(create_app()) as client:
+        await publish_envelopes(infra.kafka_bootstrap, namespace, events)
+        applied = await client.get(
+            "/members/ann/summary", params={"after": ids, "wait_ms": 15000}, headers=auth("ann")
+        )
+        one_missing = await client.get(
+            "/members/ann/summary",
+            params={"after": f"{ids},{missing}", "wait_ms": 100},
+            headers=auth("ann"),
+        )
+        too_many = await client.get(
+            "/members/ann/summary", params={"after": ",".join([missing] * 33)}, headers=auth("ann")
+        )
+    # Every connection is there, whichever partition each went to.
+    assert applied.status_code == 200 and applied.json()["connections"] == 4
+    assert one_missing.status_code == 409
+    assert one_missing.json()["error"]["code"] == "not_yet_applied"
+    assert too_many.status_code == 422
+
+
 @pytest.mark.parametrize(
     "path",
     [
