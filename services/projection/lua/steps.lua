@@ -45,17 +45,41 @@ local function expect(key, kind)
   end
 end
 
+-- Every set key of a batch in one call: SINTERCARD looks up each key it is given and refuses
+-- the call if one is not a set (a missing key is an empty set), so with a key that never
+-- exists it checks them all and stops there (sets are most keys: two TYPE calls per
+-- connection became one). Only if refused is each one asked, for the error's key and type.
+local function expect_sets(keys, absent)
+  for first = 1, #keys, 1000 do  -- under unpack's limit on arguments
+    local last = math.min(first + 999, #keys)
+    local args = {'SINTERCARD', last - first + 2}
+    for j = first, last do args[#args + 1] = keys[j] end
+    args[#args + 1] = absent
+    if type(redis.pcall(unpack(args))) ~= 'number' then
+      for j = first, last do
+        local refused = expect(keys[j], 'set')
+        if refused then return refused end
+      end
+    end
+  end
+end
+
 -- batch: [[member, ops], ...] with ops [[event_id, ts, source partition, offset, kind,
 -- args...], ...]. Returns an error reply for the first key of the wrong type, else nil.
 -- On a cluster every member's results read m and c, and hw and iv are written. With
 -- `one_node` (see apply_members) m and c are read only after a profile change, hw and iv
--- not at all, and the ci of other members is read without failing (pcall).
+-- not at all, and the ci of other members is read without failing (pcall). On a cluster a
+-- call holds one member: its keys, and the absent one named after it, share its slot.
 local function check_members(ns, batch, one_node)
-  local checked = {}  -- key -> true: each key's type once per batch
+  local checked, sets = {}, {}  -- key -> true: each key's type once per batch; set keys
   local function check(m, name)
     local key = member_key(ns, name, m)
     if checked[key] then return end
     checked[key] = true
+    if KIND[name] == 'set' then
+      sets[#sets + 1] = key
+      return
+    end
     return expect(key, KIND[name])
   end
   for _, entry in ipairs(batch) do
@@ -77,11 +101,15 @@ local function check_members(ns, batch, one_node)
         if refused then return refused end
       end
       if kind == 'l+' or kind == 'l-' then
-        local refused = expect(member_key(ns, 'l', m) .. ':' .. op[6], 'set')
-        if refused then return refused end
+        local key = member_key(ns, 'l', m) .. ':' .. op[6]
+        if not checked[key] then
+          checked[key] = true
+          sets[#sets + 1] = key
+        end
       end
     end
   end
+  if #batch > 0 then return expect_sets(sets, member_key(ns, 'absent', batch[1][1])) end
 end
 
 -- Apply each member's ops (same batch shape as check_members). Ops are last-writer-wins
