@@ -93,8 +93,12 @@ class InvitationStore(CommandLoop[Slice, domain.Command]):
     async def pending_of(self, member: str) -> list[str]:
         """The member's pending invitations: their set, and any listed before it existed."""
         group = self.groups.of(member)
-        [row] = (await self.store.load([self.key(group, "pending-of", member)])).rows
-        listed = await self.store.set_members(self._pending_set(member))
+        # Both at once: the list kept before the set (read, never added to), and the set.
+        loaded, listed = await asyncio.gather(
+            self.store.load([self.key(group, "pending-of", member)]),
+            self.store.set_members(self._pending_set(member)),
+        )
+        [row] = loaded.rows
         before = PendingOf.model_validate(row.state).ids if row.state else frozenset()
         return sorted(set(listed) | before)
 
