@@ -50,17 +50,16 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        # uvicorn, each worker on a listening socket of its own (rapport.serve says why).
         argv = [
             sys.executable,
             "-m",
-            "uvicorn",
+            "rapport.serve",
             f"services.{self.name}.main:create_app",
-            "--factory",
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--no-access-log",
             "--timeout-graceful-shutdown",
             "10",
             "--workers",

@@ -55,9 +55,9 @@ def _running(pid: int) -> bool:
 
 
 def _service_pid(port: int) -> int | None:
-    """The service's uvicorn process (the master of its workers), None while there is none."""
+    """The service's process (uvicorn's master of its workers), None while there is none."""
     out = subprocess.run(
-        ["pgrep", "-f", f"uvicorn .* --port {port} "], capture_output=True, text=True
+        ["pgrep", "-f", f"rapport.serve .* --port {port} "], capture_output=True, text=True
     )
     return int(out.stdout.split()[0]) if out.returncode == 0 else None
 
@@ -255,7 +255,8 @@ class LocalStack:
         services = [self.state / "logs" / f"{name}.log" for name in self.ports]
         sizes = {path: path.stat().st_size for path in services if path.exists()}
         for port in self.ports.values():
-            subprocess.run(["pkill", "-USR1", "-f", f"uvicorn .* --port {port} "], check=False)
+            pattern = f"rapport.serve .* --port {port} "
+            subprocess.run(["pkill", "-USR1", "-f", pattern], check=False)
 
         def dumped() -> bool:
             return all(b"task " in path.read_bytes()[size:] for path, size in sizes.items())

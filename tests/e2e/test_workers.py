@@ -1,0 +1,144 @@
+"""A service's worker processes share its connections: each listens on a socket of its own
+(rapport.serve), so a burst of new connections spreads over them instead of landing on the
+worker that woke first (with one shared socket, wrk's 32 went 32/0 in one run of five)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from rapport.localstack import EMBEDDED_BROKER_TUNING, free_port
+from rapport.supervisor import ServiceProcess
+from shared.kafka import ensure_topics
+from shared.topics import TopicNames
+from tests.helpers import TOKEN_ENV, Infra, poll_until, random_id
+
+CONNECTIONS = 32
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _owners(port: int, pids: set[int], state: str = "01") -> Counter[int]:
+    """How many sockets on local `port` in `state` (01: established, 0A: listening) each of
+    `pids` holds (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
+            inodes.add(f"socket:[{fields[9]}]")
+    owners: Counter[int] = Counter()
+    for pid in pids:
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        owners[pid] += sum(link in inodes for link in links)
+    return owners
+
+
+@contextmanager
+def _connected(port: int) -> Iterator[list[bytes]]:
+    """CONNECTIONS connections opened at once, each with one request answered (so a worker
+    has accepted it); yields the status lines, keeps them open meanwhile."""
+    with ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            for _ in range(CONNECTIONS)
+        ]
+        for sock in socks:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: rapport\r\n\r\n")
+        yield [sock.recv(65536).split(b"\r\n", 1)[0] for sock in socks]
+
+
+@pytest.fixture
+def two_workers(infra: Infra, tmp_path: Path) -> Iterator[ServiceProcess]:
+    namespace = f"w{random_id(8)}."
+    asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "REDIS_URL": infra.redis_url,
+        **TOKEN_ENV,
+        "RAPPORT_NAMESPACE": namespace,
+        **EMBEDDED_BROKER_TUNING,
+    }
+    service = ServiceProcess("engagement", free_port(), env, tmp_path, workers=2)
+    service.start()
+    try:
+        poll_until(service.ready, timeout=60, what="the engagement service")
+        yield service
+    finally:
+        if service.child:
+            service.child.stop()
+
+
+def _workers(service: ServiceProcess) -> set[int]:
+    """The service's workers, once each listens on the port (the first one up answers
+    /readyz while the other may still be starting)."""
+    assert service.child and service.child.proc
+    master = service.child.proc.pid
+    # uvicorn's supervisor also runs multiprocessing's resource tracker: not a worker.
+    workers = {p for p in _children(master) if b"resource_tracker" not in _cmdline(p)}
+    listening = _owners(service.port, workers, state="0A")
+    return {p for p in workers if listening[p]}
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _spread(service: ServiceProcess, workers: set[int]) -> Counter[int]:
+    with _connected(service.port) as answers:
+        assert answers == [b"HTTP/1.1 200 OK"] * CONNECTIONS
+        return _owners(service.port, workers)
+
+
+def test_connections_opened_at_once_spread_over_the_workers(
+    two_workers: ServiceProcess,
+) -> None:
+    workers = poll_until(lambda: len(w := _workers(two_workers)) == 2 and w, what="2 workers")
+    owners = _spread(two_workers, workers)
+    assert sum(owners.values()) == CONNECTIONS
+    # By address hash, each worker gets about half: fewer than 4 of 32 is a 1-in-10^6 draw.
+    assert set(owners) == workers and min(owners.values()) >= 4, owners
+
+
+def test_a_worker_that_dies_is_replaced_by_one_that_listens_too(
+    two_workers: ServiceProcess,
+) -> None:
+    before = poll_until(lambda: len(w := _workers(two_workers)) == 2 and w, what="2 workers")
+    killed = min(before)
+    os.kill(killed, signal.SIGKILL)
+    after = poll_until(
+        lambda: len(w := _workers(two_workers)) == 2 and killed not in w and w,
+        timeout=30,
+        what="a replacement worker",
+    )
+    poll_until(two_workers.ready, what="the service answering again")
+    owners = poll_until(
+        lambda: len(o := _spread(two_workers, after)) == 2 and o,
+        timeout=30,
+        what="connections on both workers",
+    )
+    assert min(owners.values()) >= 4, owners
