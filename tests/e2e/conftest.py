@@ -25,6 +25,21 @@ class Stack:
     logs: Path
 
 
+def process_env(infra: Infra, prefix: str, **extra: str) -> dict[str, str]:
+    """What a service process needs to run on the session's broker and Redis, in a fresh
+    namespace starting with `prefix` whose topics exist."""
+    namespace = f"{prefix}{random_id(8)}."
+    asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
+        "REDIS_URL": infra.redis_url,
+        **TOKEN_ENV,
+        "RAPPORT_NAMESPACE": namespace,
+        **EMBEDDED_BROKER_TUNING,
+        **extra,
+    }
+
+
 @contextmanager
 def running_stack(
     infra: Infra,
@@ -35,17 +50,13 @@ def running_stack(
 ) -> Iterator[Stack]:
     """The four services in a fresh namespace, each as `workers` processes (replicas);
     `service_env` adds settings of one service only (the projection on a Redis Cluster)."""
-    namespace = f"e{random_id(8)}."
-    asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
-        "REDIS_URL": infra.redis_url,
-        **TOKEN_ENV,
-        "RAPPORT_NAMESPACE": namespace,
-        **EMBEDDED_BROKER_TUNING,
-        "RAPPORT_PROJECTION_DASHBOARD_SAMPLE_S": "1",  # charts fill within seconds
+    env = process_env(
+        infra,
+        "e",
+        RAPPORT_PROJECTION_DASHBOARD_SAMPLE_S="1",  # charts fill within seconds
         **(extra_env or {}),
-    }
+    )
+    namespace = env["RAPPORT_NAMESPACE"]
     own = service_env or {}
     services = [
         ServiceProcess(name, free_port(), {**env, **own.get(name, {})}, logs, workers)

@@ -4,7 +4,6 @@ never a 5xx and always matches the schema the document gives for it."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from rapport.client import BlockingClient, link
-from rapport.localstack import EMBEDDED_BROKER_TUNING, free_port
+from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess, Supervisor
 from shared.events import ID_PATTERN
-from shared.kafka import ensure_topics
-from shared.topics import TopicNames
-from tests.helpers import TOKEN, TOKEN_ENV, Infra, auth, random_id
+from tests.e2e.conftest import process_env
+from tests.helpers import TOKEN, Infra, auth
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +27,7 @@ ID = re.compile(ID_PATTERN)
 
 @pytest.fixture(scope="module")
 def services(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    namespace = f"fz{random_id(8)}."
-    asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
-        "REDIS_URL": infra.redis_url,
-        **TOKEN_ENV,
-        "RAPPORT_NAMESPACE": namespace,
-        "RAPPORT_LOG_LEVEL": "warning",
-        **EMBEDDED_BROKER_TUNING,
-    }
+    env = process_env(infra, "fz", RAPPORT_LOG_LEVEL="warning")
     logs = Path(tmp_path_factory.mktemp("fuzz-logs"))
     procs = [
         ServiceProcess(name, free_port(), env, logs)

@@ -4,7 +4,6 @@ worker that woke first (with one shared socket, wrk's 32 went 32/0 in one run of
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from rapport.localstack import EMBEDDED_BROKER_TUNING, free_port
+from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess
-from shared.kafka import ensure_topics
-from shared.topics import TopicNames
-from tests.helpers import TOKEN_ENV, Infra, poll_until, random_id
+from tests.e2e.conftest import process_env
+from tests.helpers import Infra, poll_until
 
 CONNECTIONS = 32
 
@@ -71,15 +69,7 @@ def _connected(port: int) -> Iterator[list[bytes]]:
 
 @pytest.fixture
 def two_workers(infra: Infra, tmp_path: Path) -> Iterator[ServiceProcess]:
-    namespace = f"w{random_id(8)}."
-    asyncio.run(ensure_topics(infra.kafka_bootstrap, TopicNames(namespace).partitions()))
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
-        "REDIS_URL": infra.redis_url,
-        **TOKEN_ENV,
-        "RAPPORT_NAMESPACE": namespace,
-        **EMBEDDED_BROKER_TUNING,
-    }
+    env = process_env(infra, "w")
     service = ServiceProcess("engagement", free_port(), env, tmp_path, workers=2)
     service.start()
     try:
