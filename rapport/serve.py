@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -67,14 +67,15 @@ def main(
     workers: Annotated[int, typer.Option(min=1)] = 1,
     timeout_graceful_shutdown: Annotated[int, typer.Option()] = 10,
 ) -> None:
-    options: dict[str, Any] = {"factory": True, "access_log": False, "workers": workers}
     serve(
         uvicorn.Config(
             app,
+            factory=True,
             host=host,
             port=port,
+            workers=workers,
+            access_log=False,
             timeout_graceful_shutdown=timeout_graceful_shutdown,
-            **options,
         )
     )
 

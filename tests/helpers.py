@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -69,6 +70,13 @@ def poll_until(check: Callable[[], T], timeout: float = 20.0, what: str = "condi
             raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(0.1)  # polling another process's state; `check` is the condition
     return result
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (a service's uvicorn master: its workers, and
+    multiprocessing's resource tracker)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
 
 
 async def read_topic(

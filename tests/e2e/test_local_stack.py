@@ -20,6 +20,7 @@ from rapport.localstack import free_port, port_is_free
 from rapport.supervisor import SERVICES, default_workers
 from shared.topics import ALL_TOPICS
 from tests.e2e.driver import agrees_with_a_rebuild
+from tests.helpers import child_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -38,11 +39,6 @@ def _base(port: int) -> str:
 
 def _ready(port: int) -> bool:
     return is_ready(_base(port))
-
-
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def _running(pid: int) -> bool:
@@ -110,7 +106,7 @@ def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
 
         victim = _service_pid(ports["invitation"])
         assert victim is not None
-        workers = _children(victim)
+        workers = child_pids(victim)
         assert len(workers) >= default_workers("invitation") > 1  # (and its resource tracker)
         # kill -9 of the master: its workers are left behind until the supervisor sees it.
         os.kill(victim, signal.SIGKILL)

@@ -17,22 +17,9 @@ import pytest
 from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess
 from tests.e2e.conftest import process_env
-from tests.helpers import Infra, poll_until
+from tests.helpers import Infra, child_pids, poll_until
 
 CONNECTIONS = 32
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
 
 
 def _owners(port: int, pids: set[int], state: str = "01") -> Counter[int]:
@@ -80,22 +67,19 @@ def two_workers(infra: Infra, tmp_path: Path) -> Iterator[ServiceProcess]:
             service.child.stop()
 
 
-def _workers(service: ServiceProcess) -> set[int]:
-    """The service's workers, once each listens on the port (the first one up answers
-    /readyz while the other may still be starting)."""
-    assert service.child and service.child.proc
-    master = service.child.proc.pid
-    # uvicorn's supervisor also runs multiprocessing's resource tracker: not a worker.
-    workers = {p for p in _children(master) if b"resource_tracker" not in _cmdline(p)}
-    listening = _owners(service.port, workers, state="0A")
-    return {p for p in workers if listening[p]}
+def _listening_workers(service: ServiceProcess, besides: int | None = None) -> set[int]:
+    """The service's two workers, once each listens on the port (the first one up answers
+    /readyz while the other may still be starting); none of them `besides`."""
 
+    def listening() -> set[int] | None:
+        assert service.child and service.child.proc
+        started = set(child_pids(service.child.proc.pid))
+        # Only workers listen (not multiprocessing's resource tracker).
+        owners = _owners(service.port, started, state="0A")
+        workers = {p for p in started if owners[p]}
+        return workers if len(workers) == 2 and besides not in workers else None
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+    return poll_until(listening, timeout=30, what="2 listening workers")
 
 
 def _spread(service: ServiceProcess, workers: set[int]) -> Counter[int]:
@@ -107,7 +91,7 @@ def _spread(service: ServiceProcess, workers: set[int]) -> Counter[int]:
 def test_connections_opened_at_once_spread_over_the_workers(
     two_workers: ServiceProcess,
 ) -> None:
-    workers = poll_until(lambda: len(w := _workers(two_workers)) == 2 and w, what="2 workers")
+    workers = _listening_workers(two_workers)
     owners = _spread(two_workers, workers)
     assert sum(owners.values()) == CONNECTIONS
     # By address hash, each worker gets about half: fewer than 4 of 32 is a 1-in-10^6 draw.
@@ -117,14 +101,9 @@ def test_connections_opened_at_once_spread_over_the_workers(
 def test_a_worker_that_dies_is_replaced_by_one_that_listens_too(
     two_workers: ServiceProcess,
 ) -> None:
-    before = poll_until(lambda: len(w := _workers(two_workers)) == 2 and w, what="2 workers")
-    killed = min(before)
+    killed = min(_listening_workers(two_workers))
     os.kill(killed, signal.SIGKILL)
-    after = poll_until(
-        lambda: len(w := _workers(two_workers)) == 2 and killed not in w and w,
-        timeout=30,
-        what="a replacement worker",
-    )
+    after = _listening_workers(two_workers, besides=killed)
     poll_until(two_workers.ready, what="the service answering again")
     owners = poll_until(
         lambda: len(o := _spread(two_workers, after)) == 2 and o,

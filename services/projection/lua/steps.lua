@@ -72,16 +72,16 @@ end
 -- call holds one member: its keys, and the absent one named after it, share its slot.
 local function check_members(ns, batch, one_node)
   local checked, sets = {}, {}  -- key -> true: each key's type once per batch; set keys
-  local function check(m, name)
-    local key = member_key(ns, name, m)
+  local function check_key(key, kind)
     if checked[key] then return end
     checked[key] = true
-    if KIND[name] == 'set' then
-      sets[#sets + 1] = key
+    if kind == 'set' then
+      sets[#sets + 1] = key  -- checked all at once, below
       return
     end
-    return expect(key, KIND[name])
+    return expect(key, kind)
   end
+  local function check(m, name) return check_key(member_key(ns, name, m), KIND[name]) end
   for _, entry in ipairs(batch) do
     local m = entry[1]
     if not one_node then
@@ -100,13 +100,7 @@ local function check_members(ns, batch, one_node)
         local refused = check(m, name)
         if refused then return refused end
       end
-      if kind == 'l+' or kind == 'l-' then
-        local key = member_key(ns, 'l', m) .. ':' .. op[6]
-        if not checked[key] then
-          checked[key] = true
-          sets[#sets + 1] = key
-        end
-      end
+      if kind == 'l+' or kind == 'l-' then check_key(member_key(ns, 'l', m) .. ':' .. op[6], 'set') end
     end
   end
   if #batch > 0 then return expect_sets(sets, member_key(ns, 'absent', batch[1][1])) end
