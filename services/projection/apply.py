@@ -250,8 +250,7 @@ class BatchApplier:
                 await previous  # if that one failed, so does this one, having done nothing
             chunk.after = ""
             applied = await self._apply_once(chunk)
-        async with self.store.changed:
-            self.store.changed.notify_all()
+        self.store.changed.notify()
         return applied
 
     async def _apply_once(self, chunk: _Chunk) -> int:
