@@ -365,7 +365,7 @@ class BatchApplier:
                 [
                     (
                         self._industry_script,
-                        [ks.industry(name), ks.industry_sum(name), ks.industry_versions(name)],
+                        ks.industry_keys(name),
                         [orjson.dumps(entries)],
                     )
                     for name, entries in moves.items()

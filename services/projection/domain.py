@@ -279,6 +279,32 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
+@dataclass(frozen=True)
+class DegreeFigures:
+    members: int
+    median: float
+    distribution: dict[str, int]
+
+    @classmethod
+    def of(cls, histogram: Mapping[int, int]) -> DegreeFigures:
+        """From how many counted members have each degree: the member count, the median
+        degree (of the middle two when even, as `median` of every degree) and the size
+        buckets, in O(distinct degrees)."""
+        counts = sorted((d, n) for d, n in histogram.items() if n > 0)
+        members = sum(n for _, n in counts)
+        distribution = {label: 0 for _, _, label in SIZE_BUCKETS}
+        for d, n in counts:
+            distribution[bucket_of(d)] += n
+        if not members:
+            return cls(0, 0.0, distribution)
+        middle, seen = [], 0  # the degrees at ranks (members - 1) // 2 and members // 2
+        ranks = ((members - 1) // 2, members // 2)
+        for d, n in counts:
+            middle += [d for rank in ranks if seen <= rank < seen + n]
+            seen += n
+        return cls(members, median([float(d) for d in middle]), distribution)
+
+
 def bucket_of(count: int) -> str:
     for low, high, label in SIZE_BUCKETS:
         if count >= low and (high is None or count <= high):

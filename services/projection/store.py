@@ -58,7 +58,28 @@ class Keyspace:
         return f"{self.prefix}{kind}:{{{m}}}"
 
     def industry(self, name: str) -> str:
+        """The industry's histogram: degree -> how many members counted there have it."""
+        return f"{self.prefix}ih:{{i:{name}}}"
+
+    def industry_before_histogram(self, name: str) -> str:
+        """The sorted set (member -> degree) that held an industry's figures before the
+        histogram: upgraded by the first script that touches the industry."""
         return f"{self.prefix}iz:{{i:{name}}}"
+
+    def industry_degrees(self, name: str) -> str:
+        """member -> the degree this industry counts for them (on a cluster, where the
+        industry's step cannot read the member's keys)."""
+        return f"{self.prefix}idg:{{i:{name}}}"
+
+    def industry_keys(self, name: str) -> list[str]:
+        """The keys of lua/industry.lua, in its order."""
+        return [
+            self.industry(name),
+            self.industry_sum(name),
+            self.industry_versions(name),
+            self.industry_degrees(name),
+            self.industry_before_histogram(name),
+        ]
 
     def industry_sum(self, name: str) -> str:
         return f"{self.prefix}isum:{{i:{name}}}"

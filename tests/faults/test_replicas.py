@@ -136,8 +136,7 @@ async def test_a_late_older_industry_snapshot_changes_nothing(infra: Infra, name
         industry, counted = store.script("industry"), store.script("counted")
 
         async def write(name: str, entries: list) -> None:  # type: ignore[type-arg]
-            keys = [ks.industry(name), ks.industry_sum(name), ks.industry_versions(name)]
-            await industry(keys=keys, args=[json.dumps(entries)])
+            await industry(keys=ks.industry_keys(name), args=[json.dumps(entries)])
 
         await store.redis.set(ks.member("iv", "ann"), 6)
         # The newer snapshot lands first: ann moved from Finance to Tech.
@@ -151,11 +150,13 @@ async def test_a_late_older_industry_snapshot_changes_nothing(infra: Infra, name
         current = await counted(
             keys=[ks.member("m", "ann"), ks.member("iv", "ann")], args=["Tech", 6]
         )
-        tech = await store.redis.zscore(ks.industry("Tech"), "ann")
-        finance = await store.redis.zscore(ks.industry("Finance"), "ann")
+        tech = await store.redis.hgetall(ks.industry("Tech"))
+        finance = await store.redis.hgetall(ks.industry("Finance"))
+        sums = [await store.redis.get(ks.industry_sum(n)) for n in ("Tech", "Finance")]
         counted_in = await store.redis.hget(ks.member("m", "ann"), "ci")
 
-    assert (tech, finance) == (2, None)
+    # Tech counts one member of degree 2, Finance nobody (and no connection).
+    assert (tech, finance, sums) == ({"2": "1"}, {}, ["2", None])
     assert (stale, current, counted_in) == (0, 1, "Tech")
 
 

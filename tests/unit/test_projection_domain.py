@@ -3,8 +3,12 @@ statistics and engagement classification, on plain objects."""
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.projection import domain as d
 from shared import events as ev
@@ -90,6 +94,21 @@ def test_industry_moves_leave_the_old_industry_and_join_the_new() -> None:
     # Deactivated: counted nowhere any more.
     moves, recount = d.industry_moves({"ann": ("Tech", "", 3, 9)})
     assert (moves, recount) == ({"Tech": [["ann", -1, 9]]}, {"ann": ("", 9)})
+
+
+@given(st.lists(st.integers(0, 6000), max_size=60))
+def test_figures_from_the_degree_histogram_equal_those_of_every_degree(degrees: list[int]) -> None:
+    figures = d.DegreeFigures.of(Counter(degrees))
+    assert figures.members == len(degrees)
+    assert figures.median == (float(statistics.median(degrees)) if degrees else 0.0)
+    assert figures.distribution == {
+        label: sum(1 for x in degrees if d.bucket_of(x) == label) for _, _, label in d.SIZE_BUCKETS
+    }
+
+
+def test_an_emptied_degree_counts_nobody() -> None:
+    figures = d.DegreeFigures.of({3: 0, 5: 2})
+    assert (figures.members, figures.median, figures.distribution["1-9"]) == (2, 5.0, 2)
 
 
 def test_average_median_and_buckets() -> None:

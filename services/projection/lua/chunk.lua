@@ -59,25 +59,32 @@ local refused = check_members(ns, batch, true)
 if refused then return refused end
 local marked = mark_events(ns, candidates, ttl)
 if #marked < #candidates then batch = by_member(marked) end
-local sums = {}  -- industry -> connections added, one INCRBY each
+-- The industry figures' changes, summed over the chunk and written at its end: degrees'
+-- sums per industry (one INCRBY each) and histogram moves (steps.lua's tally_move). On one
+-- node a counted member's figures follow every change of their degree in the same call, so
+-- the degree counted before is the degree now less this chunk's change.
+local sums, tally = {}, {}
+local upgraded = {}  -- industries this call found in the histogram layout (or made so)
+local function move(name, old, new)
+  local hist = industry_keys(ns, name)
+  if not upgraded[name] then
+    upgrade_industry(legacy_industry_key(ns, name), hist, nil)
+    upgraded[name] = true
+  end
+  tally_move(tally, hist, old, new)
+  sums[name] = (sums[name] or 0) + math.max(new, 0) - math.max(old, 0)
+end
 if #batch > 0 then
   local results = apply_members(ns, batch, call('INCR', ns .. 'clock{g}'), ttl, true)
   for i, entry in ipairs(batch) do
     local m, r = entry[1], results[i]
     if r and r.delta then
-      local zset = industry_keys(ns, r.counted)
-      call('ZINCRBY', zset, r.delta, m)
-      sums[r.counted] = (sums[r.counted] or 0) + r.delta
+      move(r.counted, r.degree - r.delta, r.degree)
     elseif r then
       local counted, now, degree = r[1], r[2], r[3]
-      if counted ~= '' and counted ~= now then
-        local zset, sum = industry_keys(ns, counted)
-        set_degree(zset, sum, m, -1)
-      end
-      if now ~= '' then
-        local zset, sum = industry_keys(ns, now)
-        set_degree(zset, sum, m, degree)
-      end
+      local before = degree - r[5]
+      if counted ~= '' and counted ~= now then move(counted, before, -1) end
+      if now ~= '' then move(now, counted == now and before or -1, degree) end
       if counted ~= now then
         record_counted(member_key(ns, 'm', m), nil, now, 0)
         if now ~= '' then
@@ -90,6 +97,7 @@ if #batch > 0 then
     end
   end
 end
+write_tally(tally)
 for name, added in pairs(sums) do
   if added ~= 0 then
     local _, sum = industry_keys(ns, name)

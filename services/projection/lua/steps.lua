@@ -6,10 +6,16 @@ local call = redis.call
 
 -- Key names, as services/projection/store.py's Keyspace spells them.
 local function member_key(ns, kind, m) return ns .. kind .. ':{' .. m .. '}' end
+-- An industry's figures: how many counted members have each degree (a histogram), their
+-- degrees' sum, and on a cluster each member's change count and counted degree.
 local function industry_keys(ns, name)
   local tag = ':{i:' .. name .. '}'
-  return ns .. 'iz' .. tag, ns .. 'isum' .. tag, ns .. 'iver' .. tag
+  return ns .. 'ih' .. tag, ns .. 'isum' .. tag, ns .. 'iver' .. tag, ns .. 'idg' .. tag
 end
+-- Where an industry's figures were kept before the histogram: each counted member's degree
+-- in a sorted set. A connection then cost a skiplist move per member (ZINCRBY, 6.5 us at a
+-- million events: a fifth of the apply's Redis time); the histogram costs two hash updates.
+local function legacy_industry_key(ns, name) return ns .. 'iz:{i:' .. name .. '}' end
 
 local function as_set(list)
   local set = {}
@@ -114,8 +120,9 @@ end
 -- keeps a change count (iv) that orders them, and a high-water offset per source partition
 -- (hw) against a stalled replica's late ops. With `one_node`, chunk.lua does it all in one
 -- call: it skips what the stored positions are past, no result can go stale on the way,
--- a member whose profile did not change gets only their degree's change ({counted, delta})
--- and a member whose figures cannot move gets `false`.
+-- a member whose profile did not change gets only their degree and its change ({counted,
+-- delta, degree}), one whose profile changed also the change (a fifth entry), and a member
+-- whose figures cannot move gets `false`.
 local function apply_members(ns, batch, clock, ttl, one_node)
   local results = {}
   local stamps = {}  -- clock keys to set to `clock` (lc, cc), in one MSET per 500
@@ -205,7 +212,8 @@ local function apply_members(ns, batch, clock, ttl, one_node)
       -- the figures move by the degree's change, if any.
       local counted = delta ~= 0 and redis.pcall('HGET', k('m'), 'ci')
       if type(counted) ~= 'string' then counted = false end  -- not counted, or m unreadable
-      results[i] = counted and {counted = counted, delta = delta} or false
+      results[i] = counted and {counted = counted, delta = delta, degree = call('SCARD', k('c'))}
+        or false
     else
       local version = 0  -- one node: nothing lies between this result and its use
       if not one_node then
@@ -214,7 +222,8 @@ local function apply_members(ns, batch, clock, ttl, one_node)
       local v = call('HMGET', k('m'), 'industry', 'active', 'ci')
       local now_ind = ''
       if v[2] == '1' and v[1] then now_ind = v[1] end
-      results[i] = {v[3] or '', now_ind, call('SCARD', k('c')), version}
+      -- On one node also the degree's change, so the degree counted before is known.
+      results[i] = {v[3] or '', now_ind, call('SCARD', k('c')), version, one_node and delta or nil}
     end
   end
   -- One call for many keys where the keys may lie in several slots (one node); a cluster's
@@ -229,29 +238,61 @@ local function apply_members(ns, batch, clock, ttl, one_node)
   return results
 end
 
--- Set a member's counted degree in one industry (-1 leaves it): an absolute value, so
--- re-running it after a crash changes nothing.
-local function set_degree(zset, sum, m, deg)
-  local old = tonumber(call('ZSCORE', zset, m) or '-1')
-  if deg < 0 then
-    if old >= 0 then
-      call('ZREM', zset, m)
-      call('INCRBY', sum, 0 - old)  -- not -old: Lua's -0 is no integer to Redis
+-- Move a member's counted degree in one industry's histogram from `old` to `new` (-1: not
+-- counted there), and the degrees' sum by the difference: a cluster's industry step, where `old` is the degree
+-- the industry holds for the member (`degrees`).
+local function move_degree(hist, sum, old, new)
+  if old == new then return end
+  if old >= 0 and call('HINCRBY', hist, old, -1) <= 0 then call('HDEL', hist, old) end
+  if new >= 0 then call('HINCRBY', hist, new, 1) end
+  local change = math.max(new, 0) - math.max(old, 0)
+  if change ~= 0 then call('INCRBY', sum, change) end
+end
+-- The same moves summed over a whole chunk (one node): written once per industry and degree,
+-- where most cancel (members going from d to d+1 while others come from d-1 to d).
+-- tally: histogram key -> {degree -> change}.
+local function tally_move(tally, hist, old, new)
+  if old == new then return end
+  local changes = tally[hist]
+  if not changes then
+    changes = {}
+    tally[hist] = changes
+  end
+  if old >= 0 then changes[old] = (changes[old] or 0) - 1 end
+  if new >= 0 then changes[new] = (changes[new] or 0) + 1 end
+end
+local function write_tally(tally)
+  for hist, changes in pairs(tally) do
+    for degree, n in pairs(changes) do
+      if n ~= 0 and call('HINCRBY', hist, degree, n) <= 0 then call('HDEL', hist, degree) end
     end
-  elseif old ~= deg then
-    call('ZADD', zset, deg, m)
-    call('INCRBY', sum, deg - math.max(old, 0))
   end
 end
--- The same for several members, versioned: an entry older than the newest this industry
--- applied for the member (a stalled replica's late snapshot) is ignored, so a member is
--- never left counted twice or with a stale degree. entries: [[member, degree, version]].
-local function apply_industry(zset, sum, versions, entries)
+-- An industry still in the sorted-set layout (written before the histogram) becomes a
+-- histogram the first time a script touches it, in that script: degrees counted, and on a
+-- cluster each member's degree kept (`degrees`, nil on one node), then the set dropped.
+local function upgrade_industry(legacy, hist, degrees)
+  if call('EXISTS', legacy) == 0 then return end
+  local scored = call('ZRANGE', legacy, 0, -1, 'WITHSCORES')
+  for j = 1, #scored, 2 do
+    call('HINCRBY', hist, scored[j + 1], 1)
+    if degrees then call('HSET', degrees, scored[j], scored[j + 1]) end
+  end
+  call('DEL', legacy)
+end
+-- A cluster's industry step, for several members, versioned: an entry older than the newest
+-- this industry applied for the member (a stalled replica's late snapshot) is ignored, so a
+-- member is never left counted twice or with a stale degree. entries: [[member, degree,
+-- version]], degree -1 to leave.
+local function apply_industry(legacy, hist, sum, versions, degrees, entries)
+  upgrade_industry(legacy, hist, degrees)
   for _, entry in ipairs(entries) do
     local m, deg, version = entry[1], entry[2], entry[3]
     if version > tonumber(call('HGET', versions, m) or '-1') then
       call('HSET', versions, m, version)
-      set_degree(zset, sum, m, deg)
+      local old = tonumber(call('HGET', degrees, m) or '-1')
+      if deg < 0 then call('HDEL', degrees, m) else call('HSET', degrees, m, deg) end
+      move_degree(hist, sum, old, deg)
     end
   end
 end

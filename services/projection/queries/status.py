@@ -101,7 +101,7 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
             "sgactive{g}",
             "chain{g}",
         ),
-        *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "hw:", "iv:", "iver:"),
+        *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "hw:", "iv:", "iver:", "idg:"),
         *("n2b:", "sgbg:"),  # background work's partial sums, between two of its calls
     )
     entries: list[tuple[str, Any]] = []
