@@ -329,18 +329,29 @@ class BatchApplier:
         redis, ks = self.store.redis, self.store.keyspace(version)
         ttl = self.store.settings.dedupe_ttl_s
         if not await self.store.cluster_mode():
+            # Each event's place in the log once, its partition by number (chunk.lua).
+            sources: dict[str, int] = {}
             chunk = [
-                [a.event_id, a.ts, int(a.awaits_decision), a.settles or "", a.ops] for a in batch
+                [
+                    a.event_id,
+                    a.ts,
+                    int(a.awaits_decision),
+                    a.settles or "",
+                    sources.setdefault(a.source, len(sources) + 1),
+                    a.offset,
+                    a.ops,
+                ]
+                for a in batch
             ]
             args = [ks.prefix, orjson.dumps(chunk), orjson.dumps(positions), ttl]
-            args += [orjson.dumps(sorted(lower)), after, token]
+            args += [orjson.dumps(sorted(lower)), after, token, orjson.dumps(list(sources))]
             keys = [ks.pos, ks.stats, f"{ks.prefix}chain{{g}}:{self._id}"]
             return int(await self._chunk_script(keys=keys, args=args))
         # A cluster: each step's calls go to the slots they touch, one member per call.
         fresh = await self._not_yet_applied(ks, batch)
         per_member: dict[str, list[list[Any]]] = {}
         for applied in fresh:
-            for m, op in applied.ops:
+            for m, op in applied.full_ops():
                 per_member.setdefault(m, []).append(op)
         if per_member:
             clock = await redis.incr(ks.clock)

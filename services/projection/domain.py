@@ -30,8 +30,9 @@ SIZE_BUCKETS = (
     (5000, None, "5000+"),
 )
 
-# An event becomes ops on the members it concerns: (member, [event_id, ts, kind, *args]).
-# Each member's ops run in one script call on that member's keys (steps.lua's apply_members).
+# An event becomes ops on the members it concerns: (member, [kind, *args]). Each member's ops
+# run in one script call on that member's keys (steps.lua's apply_members), which sees each
+# as [event_id, ts, source, offset, kind, *args] (`Applied.full_ops`).
 MemberOp = tuple[str, list[Any]]
 
 
@@ -44,6 +45,14 @@ class Applied:
     # too: the acceptance awaits the decision, and the decision settles its cause.
     awaits_decision: bool = False
     settles: str | None = None
+    # Where the event is in the log: its partition and log epoch, and its offset.
+    source: str = ""
+    offset: int = 0
+
+    def full_ops(self) -> list[MemberOp]:
+        """Each op with the event's id, time and place in the log before it."""
+        head = [self.event_id, self.ts, self.source, self.offset]
+        return [(m, [*head, *op]) for m, op in self.ops]
 
 
 def to_ops(
@@ -62,12 +71,11 @@ def to_ops(
     return Applied(
         eid,
         ts,
-        [
-            (m, [eid, ts, source, offset, kind, *args])
-            for m, kind, *args in _ops(event, envelope.occurred_at, scoring)
-        ],
+        [(m, [kind, *args]) for m, kind, *args in _ops(event, envelope.occurred_at, scoring)],
         awaits_decision=isinstance(event, ev.InvitationAccepted),
         settles=envelope.causation_id if decision else None,
+        source=source,
+        offset=offset,
     )
 
 

@@ -21,7 +21,7 @@ SCORING = ScoringModel()
 
 def ops_of(event: ev.Event) -> list[tuple[str, str, list]]:
     applied = d.to_ops(Envelope.wrap(event, producer="t", occurred_at=NOW), event, SCORING)
-    return [(m, op[4], op[5:]) for m, op in applied.ops]
+    return [(m, op[0], op[1:]) for m, op in applied.ops]
 
 
 def test_a_connection_touches_both_members_and_a_follow_both_sides() -> None:

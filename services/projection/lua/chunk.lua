@@ -7,20 +7,24 @@
 -- before were applied before and are dropped), apply each member's ops, move the industry
 -- figures, record where members are counted, store the positions.
 -- KEYS: positions hash, stats hash, the caller's order key. ARGV: keyspace prefix, JSON
--- [[event_id, ts, awaits_decision, settles, [[member, op], ...]], ...] (ops as in
--- member.lua), JSON {"topic:partition": offset}, dedupe TTL, JSON [topic:partition whose
--- position may go back], the chunk that must have run before this one ('' for none), this
--- chunk's name ('' to leave the order key as it is).
+-- [[event_id, ts, awaits_decision, settles, source, offset, [[member, [kind, args...]], ...]],
+-- ...] (source: the event's partition and epoch, by its number in ARGV[8]; each op is then
+-- as member.lua takes it, [event_id, ts, source, offset, kind, args...]), JSON
+-- {"topic:partition": offset}, dedupe TTL, JSON [topic:partition whose position may go back],
+-- the chunk that must have run before this one ('' for none), this chunk's name ('' to leave
+-- the order key as it is), JSON [source, ...] (`topic:partition#epoch`, '' for none).
 -- Returns how many events were newly applied, or -1 if the chunk named in ARGV[6] has not
 -- run (the caller sends two chunks before the first answers; this one overtook it, on
 -- another connection, and is sent again once that one answered).
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
 local ns, ttl = ARGV[1], tonumber(ARGV[4])
 local lower, stored, partition_of = cjson.decode(ARGV[5]), {}, {}
+local sources = cjson.decode(ARGV[8])
 local may_lower = as_set(lower)
--- An op's source is `topic:partition#epoch`; the position is the partition's next offset.
-local function past(op)
-  local src = op[3]
+-- Whether the stored position of the event's partition is past it; the position is the
+-- partition's next offset.
+local function past(e)
+  local src = sources[e[5]]
   if src == '' then return false end
   local tp = partition_of[src]
   if not tp then
@@ -29,19 +33,22 @@ local function past(op)
   end
   if may_lower[tp] then return false end
   if stored[tp] == nil then stored[tp] = tonumber(call('HGET', KEYS[1], tp) or '-1') end
-  return op[4] < stored[tp]
+  return e[6] < stored[tp]
 end
--- Events' ops grouped per member, members in order of first appearance.
+-- Events' ops grouped per member, members in order of first appearance. The chunk sends
+-- each event's id, time and place once; each op gets them here.
 local function by_member(events)
   local per_member, batch = {}, {}
   for _, e in ipairs(events) do
-    for _, member_op in ipairs(e[5]) do
+    local eid, ts, src, off = e[1], e[2], sources[e[5]], e[6]
+    for _, member_op in ipairs(e[7]) do
       local m = member_op[1]
       if not per_member[m] then
         per_member[m] = {}
         batch[#batch + 1] = {m, per_member[m]}
       end
-      table.insert(per_member[m], member_op[2])
+      local ops = per_member[m]
+      ops[#ops + 1] = {eid, ts, src, off, unpack(member_op[2])}
     end
   end
   return batch
@@ -49,7 +56,7 @@ end
 
 local candidates, ids = {}, {}
 for _, e in ipairs(cjson.decode(ARGV[2])) do
-  if not ids[e[1]] and not (e[5][1] and past(e[5][1][2])) then
+  if not ids[e[1]] and not (e[7][1] and past(e)) then
     ids[e[1]] = true
     candidates[#candidates + 1] = e
   end
