@@ -75,10 +75,11 @@ class ServiceSettings(BaseSettings):
     kafka_fetch_busy_wait_ms: int | None = Field(
         None, ge=1, validation_alias=AliasChoices("RAPPORT_KAFKA_FETCH_BUSY_WAIT_MS")
     )
-    # How long a batch consumer waits for records before it polls again. FastStream sleeps
-    # as long again after an empty poll, so this bounds the wake-up delay of an idle consumer.
+    # How long a batch consumer's poll waits for records before it asks again. It goes on as
+    # soon as records come (shared.consumer: no sleep after an empty poll), so this only sets
+    # how often an idle consumer's loop wakes.
     consumer_batch_timeout_ms: int = Field(
-        5, validation_alias=AliasChoices("RAPPORT_CONSUMER_BATCH_TIMEOUT_MS")
+        250, ge=1, validation_alias=AliasChoices("RAPPORT_CONSUMER_BATCH_TIMEOUT_MS")
     )
     # How often at most an idle background subscription (shared.consumer.Subscription) asks
     # for records. The embedded broker spends CPU per partition on every fetch: measured idle
