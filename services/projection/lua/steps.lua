@@ -14,7 +14,8 @@ local function industry_keys(ns, name)
 end
 -- Where an industry's figures were kept before the histogram: each counted member's degree
 -- in a sorted set. A connection then cost a skiplist move per member (ZINCRBY, 6.5 us at a
--- million events: a fifth of the apply's Redis time); the histogram costs two hash updates.
+-- million events: a fifth of the apply's Redis time); the histogram costs a hash update per
+-- degree a chunk moves.
 local function legacy_industry_key(ns, name) return ns .. 'iz:{i:' .. name .. '}' end
 
 local function as_set(list)
@@ -239,8 +240,8 @@ local function apply_members(ns, batch, clock, ttl, one_node)
 end
 
 -- Move a member's counted degree in one industry's histogram from `old` to `new` (-1: not
--- counted there), and the degrees' sum by the difference: a cluster's industry step, where `old` is the degree
--- the industry holds for the member (`degrees`).
+-- counted there), and the degrees' sum by the difference. A cluster's industry step: `old`
+-- is the degree the industry holds for the member (`degrees`).
 local function move_degree(hist, sum, old, new)
   if old == new then return end
   if old >= 0 and call('HINCRBY', hist, old, -1) <= 0 then call('HDEL', hist, old) end
