@@ -47,7 +47,8 @@ async def test_a_wait_past_the_current_count_sleeps_until_the_next_batch() -> No
     batches = AppliedBatches()
     seen = batches.count
     waiting = asyncio.create_task(batches.wait_past(seen, LONG_POLL_S))
-    await asyncio.sleep(0)  # let it start waiting
+    # One pass of the event loop, no time: the task runs until it blocks on the next batch.
+    await asyncio.sleep(0)
     assert not waiting.done()
     batches.notify()
     await asyncio.wait_for(waiting, timeout=5)

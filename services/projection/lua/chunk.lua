@@ -71,15 +71,15 @@ if #marked < #candidates then batch = by_member(marked) end
 -- node a counted member's figures follow every change of their degree in the same call, so
 -- the degree counted before is the degree now less this chunk's change.
 local sums, tally = {}, {}
-local upgraded = {}  -- industries this call found in the histogram layout (or made so)
+local hists = {}  -- industry -> its histogram's key, once the industry is in that layout
 local function move(name, old, new)
-  local hist = industry_keys(ns, name)
-  if not upgraded[name] then
+  local hist = hists[name]
+  if not hist then
+    hist = industry_keys(ns, name)
     upgrade_industry(legacy_industry_key(ns, name), hist, nil)
-    upgraded[name] = true
+    hists[name] = hist
   end
-  tally_move(tally, hist, old, new)
-  sums[name] = (sums[name] or 0) + math.max(new, 0) - math.max(old, 0)
+  sums[name] = (sums[name] or 0) + tally_move(tally, hist, old, new)
 end
 if #batch > 0 then
   local results = apply_members(ns, batch, call('INCR', ns .. 'clock{g}'), ttl, true)

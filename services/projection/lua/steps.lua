@@ -240,20 +240,12 @@ local function apply_members(ns, batch, clock, ttl, one_node)
 end
 
 -- Move a member's counted degree in one industry's histogram from `old` to `new` (-1: not
--- counted there), and the degrees' sum by the difference. A cluster's industry step: `old`
--- is the degree the industry holds for the member (`degrees`).
-local function move_degree(hist, sum, old, new)
-  if old == new then return end
-  if old >= 0 and call('HINCRBY', hist, old, -1) <= 0 then call('HDEL', hist, old) end
-  if new >= 0 then call('HINCRBY', hist, new, 1) end
-  local change = math.max(new, 0) - math.max(old, 0)
-  if change ~= 0 then call('INCRBY', sum, change) end
-end
--- The same moves summed over a whole chunk (one node): written once per industry and degree,
--- where most cancel (members going from d to d+1 while others come from d-1 to d).
--- tally: histogram key -> {degree -> change}.
+-- counted there), in `tally` (histogram key -> {degree -> change}): a call's moves are
+-- written once per industry and degree at its end (write_tally), where most cancel (members
+-- going from d to d+1 while others come from d-1 to d). Returns the change to the
+-- industry's degrees' sum.
 local function tally_move(tally, hist, old, new)
-  if old == new then return end
+  if old == new then return 0 end
   local changes = tally[hist]
   if not changes then
     changes = {}
@@ -261,6 +253,7 @@ local function tally_move(tally, hist, old, new)
   end
   if old >= 0 then changes[old] = (changes[old] or 0) - 1 end
   if new >= 0 then changes[new] = (changes[new] or 0) + 1 end
+  return math.max(new, 0) - math.max(old, 0)
 end
 local function write_tally(tally)
   for hist, changes in pairs(tally) do
@@ -284,18 +277,22 @@ end
 -- A cluster's industry step, for several members, versioned: an entry older than the newest
 -- this industry applied for the member (a stalled replica's late snapshot) is ignored, so a
 -- member is never left counted twice or with a stale degree. entries: [[member, degree,
--- version]], degree -1 to leave.
+-- version]], degree -1 to leave. The industry holds each member's counted degree
+-- (`degrees`), since its step cannot read the member's keys.
 local function apply_industry(legacy, hist, sum, versions, degrees, entries)
   upgrade_industry(legacy, hist, degrees)
+  local tally, added = {}, 0
   for _, entry in ipairs(entries) do
     local m, deg, version = entry[1], entry[2], entry[3]
     if version > tonumber(call('HGET', versions, m) or '-1') then
       call('HSET', versions, m, version)
       local old = tonumber(call('HGET', degrees, m) or '-1')
       if deg < 0 then call('HDEL', degrees, m) else call('HSET', degrees, m, deg) end
-      move_degree(hist, sum, old, deg)
+      added = added + tally_move(tally, hist, old, deg)
     end
   end
+  write_tally(tally)
+  if added ~= 0 then call('INCRBY', sum, added) end
 end
 
 -- Record where a member is counted (`ci`), only by the writer holding the member's current
