@@ -168,7 +168,10 @@ def measure(size: Size, rows: Rows, sections: set[str], command: str) -> None:
     if "scale" in sections and not {"projection", "writes"} <= sections:
         # The model's per-replica throughput comes from those rows of the same run.
         raise SystemExit("the scale section needs the projection and writes sections too")
-    with tempfile.TemporaryDirectory() as tmp, embedded_infra(Path(tmp), use_env=False) as infra:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        embedded_infra(Path(tmp), use_env=False, read_models=True) as infra,
+    ):
         if "relay" in sections:
             _relay_rows(size, rows, infra)
         if "projection" in sections:
@@ -176,7 +179,12 @@ def measure(size: Size, rows: Rows, sections: set[str], command: str) -> None:
         if "queries" in sections:
             _query_rows(size, rows, infra, Path(tmp))
         if "writes" in sections:
-            w = writes.run_writes(infra.kafka_bootstrap, infra.redis_url, Path(tmp))
+            w = writes.run_writes(
+                infra.kafka_bootstrap,
+                infra.redis_url,
+                Path(tmp),
+                read_models_url=infra.read_models_url,
+            )
             rows += write_rows(w)
         if "scale" in sections:
             footprint = scale.measure_footprint(infra.kafka_bootstrap, infra.redis_url, Path(tmp))
@@ -215,7 +223,10 @@ def _relay_rows(size: Size, rows: Rows, infra: Any) -> None:
 
 def _projection_rows(size: Size, rows: Rows, infra: Any) -> float:
     """The projection rows; returns the steady one-node rate (events/s)."""
-    proj = projection.run(infra.kafka_bootstrap, infra.redis_url, size.projection_events)
+    # The read models on a Redis of their own, as `make run` lays them out (snapshots, no AOF).
+    proj = projection.run(
+        infra.kafka_bootstrap, infra.redis_url, size.projection_events, infra.read_models_url
+    )
     rate = proj.steady_events / proj.steady_s
     bare = proj.events / proj.bare_s
     sadd = f"{proj.sadd_per_s:,.0f}" if proj.sadd_per_s else "n/a"

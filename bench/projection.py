@@ -138,17 +138,21 @@ def redis_sadd_rate(port: int) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionResult:
+def run(
+    bootstrap: str, redis_url: str, n: int, read_models_url: str | None = None, **extra_env: str
+) -> ProjectionResult:
+    """The projection through `n` events, its read models on `read_models_url`'s Redis (as
+    `make run` lays them out) if given, else on `redis_url`'s."""
     namespace = f"bench{time.time_ns()}."
     # One projection process: the topics as `rapport run` lays them out for one replica.
     asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions(1)))
     events = synthetic_events(n, random.Random(1))
     asyncio.run(preload(bootstrap, namespace, events))
     token = TOKEN
-    env = service_env(bootstrap, redis_url, namespace, **extra_env)
+    env = service_env(bootstrap, redis_url, namespace, read_models_url, **extra_env)
     with tempfile.TemporaryDirectory() as logs:
         proc = ServiceProcess("projection", free_port(), env, Path(logs))
-        admin = redis_sync.Redis.from_url(redis_url)
+        admin = redis_sync.Redis.from_url(read_models_url or redis_url)
         admin.config_resetstat()
         started = time.perf_counter()
         proc.start()
@@ -178,7 +182,7 @@ def run(bootstrap: str, redis_url: str, n: int, **extra_env: str) -> ProjectionR
     bare_s = asyncio.run(bare_consume(bootstrap, namespace, n))
     used = int(admin.info("memory")["used_memory"])
     admin.close()
-    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])  # redis-benchmark's
+    port = int((read_models_url or redis_url).rsplit(":", 1)[1].split("/")[0])
     return ProjectionResult(
         n, projection_s, steady_s, steady_events, bare_s, redis_sadd_rate(port), used, redis_time
     )

@@ -329,7 +329,12 @@ async def _freshness(
 
 
 def run_writes(
-    bootstrap: str, redis_url: str, logs: Path, seconds: int = 10, connections: int = 32
+    bootstrap: str,
+    redis_url: str,
+    logs: Path,
+    seconds: int = 10,
+    connections: int = 32,
+    read_models_url: str | None = None,
 ) -> WriteResults:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: `make wrk` installs Debian's package")
@@ -338,6 +343,7 @@ def run_writes(
         bootstrap,
         redis_url,
         namespace,
+        read_models_url,
         RAPPORT_INVITATION_WEEKLY_LIMIT="1000000",
         RAPPORT_ENGAGEMENT_PER_ACTOR_PER_MINUTE="1000000",
         RAPPORT_ENGAGEMENT_PER_TARGET_PER_DAY="1000000",
@@ -371,7 +377,8 @@ def run_writes(
         assert bare.proc is not None
         stack = StackCpu(
             {p.name: p.child.proc.pid for p in procs if p.child and p.child.proc},
-            {"redis": _port(redis_url), "broker": _port(bootstrap)},
+            {"redis": _port(redis_url), "broker": _port(bootstrap)}
+            | ({"read-model redis": _port(read_models_url)} if read_models_url else {}),
         )
         members = [f"{PREFIX}{i:06d}" for i in range(MEMBERS)]
         asyncio.run(_seed(urls, members))

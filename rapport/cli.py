@@ -109,6 +109,9 @@ def _service_port(name: str) -> int:
 def run(
     kafka_port: Annotated[int, typer.Option(help="Port of the embedded broker")] = 19092,
     redis_port: Annotated[int, typer.Option(help="Port of the embedded redis-server")] = 16379,
+    read_model_redis_port: Annotated[
+        int, typer.Option(help="Port of the embedded redis-server of the read models")
+    ] = 16380,
     state_dir: Annotated[Path, typer.Option(help="Logs, Redis AOF and the token")] = STATE_DIR,
     demo: Annotated[bool, typer.Option(help="Seed the demo network once the stack is up")] = False,
     replicas: Annotated[
@@ -134,6 +137,8 @@ def run(
             kafka_port=pick_port(kafka_port),
             redis_port=pick_port(redis_port),
             archive=True,
+            read_models=True,
+            read_model_redis_port=pick_port(read_model_redis_port),
             # One partition per replica: each consumes one, and the embedded broker pays for
             # every partition on every fetch (at 12 per topic, over a quarter of an invite's CPU).
             partitions=most,
@@ -147,6 +152,7 @@ def run(
             env = {
                 "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
                 "REDIS_URL": infra.redis_url,
+                "READ_MODEL_REDIS_URL": infra.read_models_url,
                 "RAPPORT_API_TOKENS": os.environ.get("RAPPORT_API_TOKENS") or token,
                 "RAPPORT_OPS_TOKENS": os.environ.get("RAPPORT_OPS_TOKENS") or ops_token,
                 "RAPPORT_ADMIN_TOKENS": os.environ.get("RAPPORT_ADMIN_TOKENS") or admin_token,
@@ -171,8 +177,8 @@ def run(
                 signal.signal(sig, lambda *_: supervisor.request_stop())
             try:
                 supervisor.start_all()
-                write_stack_file(state_dir, infra.kafka_bootstrap, infra.redis_url, services)
-                _print_ready(infra.kafka_bootstrap, infra.redis_url, services, state_dir, started)
+                write_stack_file(state_dir, infra, services)
+                _print_ready(infra, services, state_dir, started)
                 if demo:
                     try:
                         _run_demo(state_dir, DEFAULT_SCALE, DEFAULT_MEMBERS, 7, None, 16, 100)
@@ -202,7 +208,7 @@ def archiver(infra: Infra, log_dir: Path) -> ChildProcess:
 
 
 def _print_ready(
-    kafka: str, redis_url: str, services: list[ServiceProcess], state_dir: Path, started: float
+    infra: Infra, services: list[ServiceProcess], state_dir: Path, started: float
 ) -> None:
     token, ops_token = api_token(state_dir), role_token(state_dir, "ops")
     admin_token = role_token(state_dir, "admin")
@@ -215,8 +221,9 @@ def _print_ready(
     console.print(table)
     projection_url = next(s.url for s in services if s.name == "projection")
     console.print(f"dashboard: {projection_url}/dashboard#token={ops_token}", soft_wrap=True)
-    console.print(f"kafka:     {kafka}")
-    console.print(f"redis:     {redis_url}")
+    console.print(f"kafka:     {infra.kafka_bootstrap}")
+    console.print(f"redis:     {infra.redis_url}  (write side, AOF)")
+    console.print(f"read models: {infra.read_models_url}  (snapshots)")
     console.print(
         f"API token: [bold]{token}[/bold]  (Authorization: Bearer <token>, with X-Member-Id)",
         soft_wrap=True,
@@ -230,11 +237,14 @@ projection = typer.Typer(help="Operate the projection (read models).")
 app.add_typer(projection, name="projection")
 
 
-def write_stack_file(
-    state_dir: Path, kafka: str, redis_url: str, services: list[ServiceProcess]
-) -> None:
+def write_stack_file(state_dir: Path, infra: Infra, services: list[ServiceProcess]) -> None:
     """Where the running stack is, so that the other verbs find it without flags."""
-    info = {"kafka": kafka, "redis": redis_url, "urls": {s.name: s.url for s in services}}
+    info = {
+        "kafka": infra.kafka_bootstrap,
+        "redis": infra.redis_url,
+        "read_models": infra.read_models_url,
+        "urls": {s.name: s.url for s in services},
+    }
     (state_dir / STACK_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 

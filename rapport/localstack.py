@@ -108,6 +108,9 @@ def tansu_binary() -> str:
 # the members holding ~90% of a power-law network's edges (the bench's memory row: 95 B per
 # directed edge, against 114 B with the default 512), at an O(n) write on hashes that size.
 REDIS_TUNING = ["--hash-max-listpack-entries", "4096"]
+# A read-model Redis's snapshot points (Redis' own defaults): after 5 minutes if anything
+# changed, after one if 10,000 keys did. A crash replays at most the log since the last one.
+SNAPSHOTS = "300 1 60 10000"
 
 
 def redis_server_binary() -> str:
@@ -182,6 +185,9 @@ class EmbeddedRedis:
     port: int
     data_dir: Path
     aof: bool = True
+    # Snapshots (RDB) instead: for read models, which keep their log positions beside them,
+    # so the last snapshot plus the log's tail is all of them. Saved on a clean stop too.
+    snapshots: bool = False
     extra_args: list[str] = field(default_factory=list)
     child: ChildProcess = field(init=False)
 
@@ -200,7 +206,7 @@ class EmbeddedRedis:
             "--dir",
             str(self.data_dir),
             "--save",
-            "",
+            SNAPSHOTS if self.snapshots else "",
             "--protected-mode",
             "yes",
             "--daemonize",
@@ -325,6 +331,9 @@ class Infra:
     redis_url: str
     kafka: EmbeddedKafka | None = None
     redis: EmbeddedRedis | None = None
+    # The projection's read models: their own Redis (snapshots, no AOF), or REDIS_URL's.
+    read_model_redis_url: str = ""
+    read_models: EmbeddedRedis | None = None
     archived: bool = False  # the log is copied to Redis and restored into a new broker
     partitions: dict[str, int] = field(default_factory=dict)  # each topic's, as created
 
@@ -342,8 +351,12 @@ class Infra:
         self.kafka.start()
         return asyncio.run(restore(self.kafka_bootstrap, self.redis_url, layout=self.partitions))
 
+    @property
+    def read_models_url(self) -> str:
+        return self.read_model_redis_url or self.redis_url
+
     def stop(self) -> None:
-        for part in (self.kafka, self.redis):
+        for part in (self.kafka, self.read_models, self.redis):
             if part is not None:
                 part.stop()
 
@@ -358,30 +371,46 @@ def embedded_infra(
     use_env: bool = True,
     archive: bool = False,
     partitions: int | None = None,
+    read_models: bool = False,
+    read_model_redis_port: int | None = None,
 ) -> Iterator[Infra]:
     """Start what is missing (honouring KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), create topics:
     on the embedded broker with `partitions` per event topic if given, else (and on a
     configured broker) with `PARTITIONS`.
+
+    With `read_models`, the projection's read models get a Redis of their own (snapshots
+    instead of AOF; READ_MODEL_REDIS_URL if set, else an embedded one when Redis is).
 
     With `archive` and both embedded, the log is kept across restarts: Redis keeps its data
     (AOF) with the log's copy in it (shared.archive), and the new, empty broker is refilled
     from that copy before anything else starts."""
     external_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") if use_env else None
     external_redis = os.environ.get("REDIS_URL") if use_env else None
+    external_read_models = os.environ.get("READ_MODEL_REDIS_URL") if use_env else None
     infra = Infra(external_kafka or "", external_redis or "")
     infra.archived = archive and not external_kafka and not external_redis
+    if read_models:
+        infra.read_model_redis_url = external_read_models or ""
     try:
         if not external_redis:
             redis_dir = state_dir / "redis"
             infra.redis = EmbeddedRedis(redis_port or free_port(), redis_dir)
             infra.redis.start()
             infra.redis_url = infra.redis.url
-            if not external_kafka and not asyncio.run(_archive_matches(infra)):
+            if read_models and not external_read_models:
+                port = read_model_redis_port or free_port()
+                infra.read_models = EmbeddedRedis(
+                    port, state_dir / "read-models", aof=False, snapshots=True
+                )
+                infra.read_models.start()
+                infra.read_model_redis_url = infra.read_models.url
+            if not external_kafka and not asyncio.run(_log_kept(infra)):
                 # The embedded broker starts empty, and nothing can refill it: Redis kept
                 # from an earlier run would hold read-model positions past the new topics'
                 # ends and write-side state without its events.
-                log.info("embedded broker starts empty and no log copy: clearing Redis")
-                asyncio.run(_flush(infra.redis_url))
+                for part in (infra.redis, infra.read_models):
+                    if part is not None:
+                        asyncio.run(_flush(part.url))
         if not external_kafka:
             infra.kafka = EmbeddedKafka(kafka_port or free_port(), state_dir)
             infra.kafka.start()
@@ -405,12 +434,11 @@ def embedded_infra(
         infra.stop()
 
 
-async def _archive_matches(infra: Infra) -> bool:
-    """Redis may be kept: it is empty, or it holds the log's copy and this stack archives."""
+async def _log_kept(infra: Infra) -> bool:
+    """Whether Redis holds the log's copy and this stack archives: what Redis kept matches
+    the log the broker is refilled with."""
     redis = Redis.from_url(infra.redis_url)
     try:
-        if not await redis.dbsize():
-            return True
         return infra.archived and bool(await LogArchive(redis).partitions())
     finally:
         await redis.aclose()
@@ -419,7 +447,9 @@ async def _archive_matches(infra: Infra) -> bool:
 async def _flush(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
     try:
-        await redis.flushall()
+        if await redis.dbsize():
+            log.info("embedded broker starts empty and no log copy: clearing %s", redis_url)
+            await redis.flushall()
     finally:
         await redis.aclose()
 

@@ -142,6 +142,9 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     periodic: list[asyncio.Task[Any]] = field(default_factory=list)
     background_clients: list[Redis] = field(default_factory=list)
+    # Request clients of other Redis servers than `redis` (the projection's read models'):
+    # started, checked by /readyz and closed with it.
+    other_clients: list[Redis] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: ServiceSettings, layout: KeyLayout = KeyLayout.ONE_NODE) -> Runtime:
@@ -160,12 +163,23 @@ class Runtime:
         ]
         return cls(settings, redis, broker, state, relays)
 
-    def background_redis(self) -> Redis:
+    def redis_at(self, url: str) -> Redis:
+        """The request client of the Redis at `url`: `redis` itself if it is that one."""
+        if url == self.settings.redis_url:
+            return self.redis
+        client = connect(url, cluster=self.settings.redis_cluster)
+        self.other_clients.append(client)
+        return client
+
+    def background_redis(self, url: str | None = None) -> Redis:
         """A client for background work whose single calls may take long (batches, rebuilds):
-        the request client's short timeout would call those an outage."""
+        the request client's short timeout would call those an outage. `url`: another Redis
+        than REDIS_URL's."""
         s = self.settings
         client = connect(
-            s.redis_url, cluster=s.redis_cluster, socket_timeout_s=BACKGROUND_SOCKET_TIMEOUT_S
+            url or s.redis_url,
+            cluster=s.redis_cluster,
+            socket_timeout_s=BACKGROUND_SOCKET_TIMEOUT_S,
         )
         self.closers.append(client.aclose)
         self.background_clients.append(client)
@@ -245,7 +259,7 @@ class Runtime:
     async def start(self, timeout_s: float = 30.0) -> None:
         dump_tasks_on_signal()
         deadline = time.monotonic() + timeout_s
-        for client in (self.redis, *self.background_clients):
+        for client in (self.redis, *self.other_clients, *self.background_clients):
             await _retried_until(deadline, "redis", functools.partial(initialize, client))
         await _retried_until(deadline, "broker", self.broker.start)
         for relay in self.relays:
@@ -297,10 +311,13 @@ class Runtime:
         for close in self.closers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(close(), timeout=STOP_TIMEOUT_S)
-        await self.redis.aclose()
+        for client in (*self.other_clients, self.redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def check_redis(self) -> None:
-        await self.redis.ping()
+        for client in (self.redis, *self.other_clients):
+            await client.ping()
 
     async def check_broker(self) -> None:
         if not await self.broker.ping(timeout=2.0):

@@ -196,6 +196,17 @@ class ProjectionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAPPORT_PROJECTION_", extra="ignore")
     service: ClassVar[str] = "projection"
     port: int = Field(8004, ge=1, le=65535)
+    # The read models' own Redis (unset: REDIS_URL). Write-side state needs AOF (DESIGN.md);
+    # read models do not: they keep their log positions beside them, so a snapshot (RDB)
+    # plus the log's tail is the whole state. AOF cost a fifth of Redis' CPU in the apply
+    # (README). REDIS_URL keeps what the projection shares with the other services (their
+    # instance records, for the dashboard).
+    read_model_redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "RAPPORT_PROJECTION_READ_MODEL_REDIS_URL", "READ_MODEL_REDIS_URL"
+        ),
+    )
     batch_max_records: int = Field(2000, ge=1)
     suggestions_cache_ttl_s: int = Field(600, ge=1)
     after_wait_max_ms: int = Field(10_000, ge=0, le=60_000)
@@ -222,6 +233,10 @@ class ProjectionSettings(ServiceSettings):
     paths_scan_cap: int = Field(2000, ge=1, le=1_000_000)
     # The dashboard's charts take one sample this often (and keep the last 15 minutes).
     dashboard_sample_s: float = Field(5.0, ge=0.2, le=60)
+
+    @property
+    def read_models_url(self) -> str:
+        return self.read_model_redis_url or self.redis_url
 
 
 SETTINGS_BY_SERVICE: dict[str, type[ServiceSettings]] = {

@@ -52,8 +52,10 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         yield from _container_infra()
         return
     state = Path(tmp_path_factory.mktemp("infra"))
-    with embedded_infra(state, use_env=False) as stack:
-        yield Infra(stack.kafka_bootstrap, stack.redis_url)
+    # As `make run` lays it out: the read models on a Redis of their own (only services
+    # started with READ_MODEL_REDIS_URL, the e2e stacks, use it).
+    with embedded_infra(state, use_env=False, read_models=True) as stack:
+        yield Infra(stack.kafka_bootstrap, stack.redis_url, stack.read_model_redis_url)
 
 
 @pytest.fixture

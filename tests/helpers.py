@@ -35,6 +35,11 @@ TOKEN_ENV = {
 class Infra:
     kafka_bootstrap: str
     redis_url: str
+    read_model_redis_url: str = ""  # the projection's read models' own Redis, if any
+
+    @property
+    def read_models_url(self) -> str:
+        return self.read_model_redis_url or self.redis_url
 
 
 def random_id(n: int = 10) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
+from redis.asyncio import Redis
 
 from services.projection import queries
 from services.projection.api import ENDS_DEADLINE_S
@@ -22,7 +23,6 @@ from services.projection.deps import ProjectionDep
 from services.projection.domain import SIZE_BUCKETS, average
 from services.projection.history import History
 from services.projection.rebuild import TopicEnds
-from services.projection.store import ReadModelStore
 from shared.api import MemberPath
 from shared.auth import Operator, Reader
 from shared.domain import unknown_member
@@ -67,12 +67,13 @@ def _distribution(industries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-async def sample(store: ReadModelStore, ends: TopicEnds, history: History, instances: str) -> None:
-    """One point of the charts (a background loop of every projection replica)."""
+async def sample(ends: TopicEnds, history: History, shared: Redis, instances: str) -> None:
+    """One point of the charts (a background loop of every projection replica); the
+    services' instance records are on the `shared` Redis."""
     (topic_ends, _), (dead, _) = await asyncio.gather(
         ends.within(ENDS_DEADLINE_S), ends.within(ENDS_DEADLINE_S, [dlq(t) for t in ALL_TOPICS])
     )
-    history.observe(time.time(), topic_ends, dead, await read_instances(store.redis, instances))
+    history.observe(time.time(), topic_ends, dead, await read_instances(shared, instances))
 
 
 @router.get("/dashboard", response_class=HTMLResponse, summary="The ops dashboard (HTML)")
@@ -198,7 +199,7 @@ async def dashboard_data(projection: ProjectionDep, _auth: Reader) -> dict[str, 
         "quota_refused": await projection.store.quota_refused(),
         "history": projection.history.columns(),
         "instances": await read_instances(
-            projection.store.redis, projection.store.settings.key("instances")
+            projection.shared_redis, projection.store.settings.key("instances")
         ),
         "projection": {
             "version": status["version"],

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from redis.asyncio import Redis
 
 from services.projection.apply import BatchApplier
 from services.projection.history import History
@@ -24,6 +25,7 @@ class Projection:
     ends: TopicEnds
     throughput: Throughput
     history: History
+    shared_redis: Redis  # REDIS_URL's: the services' instance records
 
 
 # Dependencies are async: FastAPI runs a plain `def` dependency in a thread pool.

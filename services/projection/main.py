@@ -26,10 +26,13 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
     settings = settings or ProjectionSettings()
 
     def wire(runtime: Runtime) -> Projection:
-        store = ReadModelStore(runtime.redis, settings, ScoringModel())
+        # The read models may have a Redis of their own (settings.read_model_redis_url);
+        # the services' instance records stay on the shared one (runtime.redis).
+        read_models = settings.read_models_url
+        store = ReadModelStore(runtime.redis_at(read_models), settings, ScoringModel())
         # Batches, rebuilds and refreshes go through a client with a long timeout; queries
         # keep the short one, so a stalled Redis answers them 503 fast.
-        background = store.through(runtime.background_redis())
+        background = store.through(runtime.background_redis(read_models))
         applier = BatchApplier(background, broker_dead_letter_sink(runtime.broker))
         ends = TopicEnds(settings.kafka_bootstrap_servers, settings.topics)
         runtime.closers.append(ends.close)
@@ -46,10 +49,10 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
         history = History(settings.dashboard_sample_s)
         runtime.every(
             settings.dashboard_sample_s,
-            lambda: dashboard.sample(store, ends, history, settings.key("instances")),
+            lambda: dashboard.sample(ends, history, runtime.redis, settings.key("instances")),
             "projection-dashboard-history",
         )
-        return Projection(store, applier, rebuilder, ends, Throughput(), history)
+        return Projection(store, applier, rebuilder, ends, Throughput(), history, runtime.redis)
 
     return create_service_app(
         settings,

@@ -33,6 +33,7 @@ def process_env(infra: Infra, prefix: str, **extra: str) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
         "REDIS_URL": infra.redis_url,
+        "READ_MODEL_REDIS_URL": infra.read_models_url,
         **TOKEN_ENV,
         "RAPPORT_NAMESPACE": namespace,
         **EMBEDDED_BROKER_TUNING,

@@ -1,8 +1,9 @@
-"""Outages of the real dependencies, on a stack of its own: redis-server paused (SIGSTOP) or
-answering BUSY, the broker paused. Every route answers within 2 s, never 500 (503 with
-Retry-After, or what it can answer without the dependency), and everything recovers without
-a restart once the dependency is back: no event dead-lettered, and the read models equal a
-clean rebuild from the log."""
+"""Outages of the real dependencies, on a stack of its own laid out as `make run` lays it
+(the read models on a redis-server of their own): Redis paused (SIGSTOP) or answering BUSY,
+the read models' Redis alone paused, the broker paused. Every route answers within 2 s,
+never 500 (503 with Retry-After, or what it can answer without the dependency), and
+everything recovers without a restart once the dependency is back: no event dead-lettered,
+and the read models equal a clean rebuild from the log."""
 
 from __future__ import annotations
 
@@ -36,24 +37,35 @@ class OutageStack:
         self.urls = urls
 
     @contextmanager
-    def paused(self, which: str) -> Iterator[None]:
-        part = self.infra.redis if which == "redis" else self.infra.kafka
-        assert part is not None and part.child.proc is not None
-        pid = part.child.proc.pid
-        os.kill(pid, signal.SIGSTOP)
+    def paused(self, *which: str) -> Iterator[None]:
+        parts = {"redis": self.infra.redis, "read models": self.infra.read_models}
+        parts["kafka"] = self.infra.kafka
+        pids = []
+        for name in which:
+            part = parts[name]
+            assert part is not None and part.child.proc is not None
+            pids.append(part.child.proc.pid)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
         try:
             yield
         finally:
-            os.kill(pid, signal.SIGCONT)
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+    @property
+    def redis_urls(self) -> list[str]:
+        return [self.infra.redis_url, self.infra.read_models_url]
 
 
 @pytest.fixture(scope="module")
 def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageStack]:
     state = Path(tmp_path_factory.mktemp("outages"))
-    with embedded_infra(state, use_env=False) as infra:
+    with embedded_infra(state, use_env=False, read_models=True) as infra:
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": infra.kafka_bootstrap,
             "REDIS_URL": infra.redis_url,
+            "READ_MODEL_REDIS_URL": infra.read_models_url,
             **TOKEN_ENV,
             **EMBEDDED_BROKER_TUNING,
             "RAPPORT_LOG_LEVEL": "warning",
@@ -115,7 +127,7 @@ def _recovered(stack: OutageStack) -> None:
     agrees_with_a_rebuild(
         stack.urls,
         stack.infra.kafka_bootstrap,
-        stack.infra.redis_url,
+        stack.infra.read_models_url,
         ops=TOKENS["ops"] or "",
         admin=TOKENS["admin"] or "",
     )
@@ -133,7 +145,7 @@ def _assert_fast_and_no_500(results: list[Result]) -> None:
 @pytest.mark.timeout(240)
 def test_redis_paused_every_route_answers_503_fast_then_recovers(outage_stack: OutageStack) -> None:
     worlds = _worlds(outage_stack)
-    with outage_stack.paused("redis"):
+    with outage_stack.paused("redis", "read models"):
         results = _every_route(outage_stack, worlds)
         with BlockingClient(outage_stack.urls, TOKEN, timeout=10) as api:
             started = time.monotonic()
@@ -145,6 +157,25 @@ def test_redis_paused_every_route_answers_503_fast_then_recovers(outage_stack: O
     assert answered["/members/{member_id}/summary"] == 503
     assert answered["/invitations"] == 503
     assert answered["/healthz"] == answered["/dashboard"] == 200
+    _recovered(outage_stack)
+
+
+@pytest.mark.timeout(240)
+def test_read_models_redis_paused_reads_answer_503_fast_and_writes_go_on(
+    outage_stack: OutageStack,
+) -> None:
+    worlds = _worlds(outage_stack)
+    with outage_stack.paused("read models"):
+        results = _every_route(outage_stack, worlds)
+        with BlockingClient(outage_stack.urls, TOKEN, timeout=10) as api:
+            ready = api.request("projection", "GET", "/readyz", check=False)
+            writer_ready = api.request("invitation", "GET", "/readyz", check=False)
+    _assert_fast_and_no_500(results)
+    answered = {row.path: status for row, status, _, _ in results}
+    # Reads need the read models; writes only the write side's Redis.
+    assert answered["/members/{member_id}/summary"] == 503
+    assert answered["/invitations"] == 201
+    assert ready.status_code == 503 and writer_ready.status_code == 200
     _recovered(outage_stack)
 
 
@@ -174,21 +205,30 @@ def test_broker_paused_writes_and_reads_go_on_then_events_flow_again(
 @pytest.mark.timeout(240)
 def test_redis_busy_with_a_script_answers_503_then_recovers(outage_stack: OutageStack) -> None:
     worlds = _worlds(outage_stack)
-    admin = redis.Redis.from_url(outage_stack.infra.redis_url)
-    admin.config_set("busy-reply-threshold", 100)
-    runner = threading.Thread(
-        target=lambda: _swallow(
-            lambda: redis.Redis.from_url(outage_stack.infra.redis_url).eval("while true do end", 0)
-        ),
-        daemon=True,
-    )
-    runner.start()
+    admins, runners = [], []
+    for url in outage_stack.redis_urls:  # both: the write side's and the read models'
+        admin = redis.Redis.from_url(url)
+        admin.config_set("busy-reply-threshold", 100)
+        admins.append(admin)
+        runners.append(
+            threading.Thread(
+                target=lambda url=url: _swallow(
+                    lambda: redis.Redis.from_url(url).eval("while true do end", 0)
+                ),
+                daemon=True,
+            )
+        )
+    for runner in runners:
+        runner.start()
     try:
-        poll_until(lambda: _busy(admin), timeout=10, what="Redis answering BUSY")
+        for admin in admins:
+            poll_until(lambda admin=admin: _busy(admin), timeout=10, what="Redis answering BUSY")
         results = _every_route(outage_stack, worlds)
     finally:
-        poll_until(lambda: _kill_script(admin), timeout=10, what="script killed")
-        runner.join(timeout=10)
+        for admin in admins:
+            poll_until(lambda admin=admin: _kill_script(admin), timeout=10, what="script killed")
+        for runner in runners:
+            runner.join(timeout=10)
     _assert_fast_and_no_500(results)
     answered = {row.path: status for row, status, _, _ in results}
     assert answered["/invitations"] == 503

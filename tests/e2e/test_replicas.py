@@ -38,6 +38,7 @@ def replicated(
     logs = Path(tmp_path_factory.mktemp("replica-logs"))
     on_cluster = {
         "REDIS_URL": redis_cluster_url,
+        "READ_MODEL_REDIS_URL": redis_cluster_url,
         "RAPPORT_REDIS_CLUSTER": "1",  # every service
         "RAPPORT_SLOT_GROUPS": str(SLOT_GROUPS),
         "RAPPORT_CONNECTION_CONNECTION_CAP": str(CAP),

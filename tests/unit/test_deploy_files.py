@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rapport.localstack import REDIS_TUNING
+from rapport.localstack import REDIS_TUNING, SNAPSHOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,19 @@ def test_compose_runs_kafka_in_kraft_mode_and_redis_with_aof() -> None:
 
 
 def test_compose_redis_has_the_memory_tuning_the_embedded_stack_uses() -> None:
-    command = " ".join(_compose()["services"]["redis"]["command"])
-    assert " ".join(REDIS_TUNING) in command
+    for name in ("redis", "redis-read-models"):
+        command = " ".join(_compose()["services"][name]["command"])
+        assert " ".join(REDIS_TUNING) in command
+
+
+def test_compose_keeps_the_read_models_on_a_redis_with_snapshots_not_aof() -> None:
+    services = _compose()["services"]
+    command = services["redis-read-models"]["command"]
+    assert command[command.index("--appendonly") + 1] == "no"
+    assert command[command.index("--save") + 1] == SNAPSHOTS
+    url = services["projection"]["environment"]["READ_MODEL_REDIS_URL"]
+    assert url.startswith("redis://redis-read-models:")
+    assert "redis-read-models" in services["projection"]["depends_on"]
 
 
 def test_compose_runs_the_four_services_from_one_image_with_readiness_probes() -> None:

@@ -130,3 +130,14 @@ def test_a_busy_subscription_holds_its_fetches_longer_and_an_idle_one_goes_on_at
     assert fetcher._fetch_max_wait_ms == 10
     assert pacing.fetch_pacing(background=True) is None
     assert InvitationSettings().fetch_pacing() is None
+
+
+def test_the_read_models_take_their_own_redis_when_one_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://write-side:6379/0")
+    monkeypatch.delenv("READ_MODEL_REDIS_URL", raising=False)
+    assert ProjectionSettings().read_models_url == "redis://write-side:6379/0"
+    monkeypatch.setenv("READ_MODEL_REDIS_URL", "redis://read-models:6379/0")
+    assert ProjectionSettings().read_models_url == "redis://read-models:6379/0"
+    assert ProjectionSettings().redis_url == "redis://write-side:6379/0"
