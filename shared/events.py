@@ -182,6 +182,9 @@ class ConnectionEvent(PairEvent):
 
 
 class ConnectionAccepted(ConnectionEvent):
+    """The two members are connected, and from now on each follows the other (no
+    FollowStarted comes with it; FollowStopped ends a follow as usual)."""
+
     member_a: MemberId
     member_b: MemberId
     invitation_id: EntityId | None = None

@@ -474,13 +474,8 @@ def _decide_accept(state: Slice, command: AcceptConnection) -> list[Change]:
     if "cap_reached" in refused:
         return reject("cap_reached")
     low, high = sorted((sender, recipient))
-    out: list[Change] = [
-        ev.ConnectionAccepted(member_a=low, member_b=high, invitation_id=command.invitation_id)
-    ]
-    for follower, followee in ((sender, recipient), (recipient, sender)):
-        if follower not in pair.followers:
-            out.append(ev.FollowStarted(follower=follower, followee=followee))
-    return out
+    # The two follow each other from here on: the event says so (no FollowStarted beside it).
+    return [ev.ConnectionAccepted(member_a=low, member_b=high, invitation_id=command.invitation_id)]
 
 
 def _reconcile(state: Slice, command: Reconcile) -> list[Change]:
@@ -578,10 +573,19 @@ def _count(state: Slice, member_id: str, delta: int) -> Slice:
 @_evolve.register
 def _(event: ev.ConnectionAccepted, state: Slice, at: datetime) -> Slice:
     a, b = event.member_a, event.member_b
-    processed = state.pair(a, b).processed_invitations
+    pair = state.pair(a, b)
+    processed = pair.processed_invitations
     if event.invitation_id:
         processed = processed | {event.invitation_id}
-    return _with_pair(state, a, b, connected=True, connected_at=at, processed_invitations=processed)
+    return _with_pair(
+        state,
+        a,
+        b,
+        connected=True,
+        connected_at=at,
+        processed_invitations=processed,
+        followers=pair.followers | {a, b},  # each follows the other (ConnectionAccepted)
+    )
 
 
 @_evolve.register

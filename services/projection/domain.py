@@ -114,7 +114,7 @@ def _(event: ev.MemberDeactivated, at: datetime, scoring: ScoringModel) -> list[
 @_ops.register
 def _(event: ev.ConnectionAccepted, at: datetime, scoring: ScoringModel) -> list[tuple[Any, ...]]:
     a, b = event.member_a, event.member_b
-    return [(a, "c+", b), (b, "c+", a)]
+    return [(a, "c+", b), (b, "c+", a)]  # c+ also makes each follow the other (steps.lua)
 
 
 @_ops.register

@@ -83,7 +83,7 @@ def test_invite_accept_degree_summary_suggest_and_tail(stack: Stack, tmp_path: P
         stack, tmp_path, "tail", "connections", "--from-beginning", "--limit", "4", timeout=60
     )
     assert tail.returncode == 0, tail.stderr
-    assert "ConnectionAccepted" in tail.stdout and "FollowStarted" in tail.stdout
+    assert "ConnectionAccepted" in tail.stdout and "MemberRegistered" not in tail.stdout
 
 
 def test_cli_errors_are_clear_and_non_zero(stack: Stack, tmp_path: Path) -> None:

@@ -104,9 +104,9 @@ async def test_accepted_invitation_becomes_one_connection_with_follows(
         await register(client, "bob")
         await publish(infra, topics(INVITATIONS), accepted)
         await publish(infra, topics(INVITATIONS), accepted)  # re-delivery
-        records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=3)
+        records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=1)
         removal = await client.delete("/connections/bob", headers=auth("ann"))
-        records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=6)
+        records = await read_topic(infra.kafka_bootstrap, topics(CONNECTIONS), expect=4)
         metrics = (await client.get("/metrics")).text
 
     # The consumer reports its lag per partition it read: all caught up.
@@ -120,15 +120,14 @@ async def test_accepted_invitation_becomes_one_connection_with_follows(
     assert first == ev.ConnectionAccepted(member_a="ann", member_b="bob", invitation_id="inv1")
     assert envelope.causation_id == str(accepted.event_id)
     assert envelope.correlation_id == "corr-1"
+    # The accept's follows come with ConnectionAccepted; the removal ends them explicitly.
     assert [type(e).__name__ for e in events_of(records)] == [
         "ConnectionAccepted",
-        "FollowStarted",
-        "FollowStarted",
         "ConnectionRemoved",
         "FollowStopped",
         "FollowStopped",
     ]
-    assert removal.json()["event_ids"] == [str(decode(r.value)[0].event_id) for r in records[3:]]
+    assert removal.json()["event_ids"] == [str(decode(r.value)[0].event_id) for r in records[1:]]
 
 
 async def test_rejection_when_blocked_reaches_the_topic(infra: Infra, namespace: str) -> None:
@@ -282,7 +281,7 @@ async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
             accepted = ev.InvitationAccepted(invitation_id=f"i-{m}", sender=m, recipient="hub")
             await publish(infra, topics(INVITATIONS), Envelope.wrap(accepted, producer="test"))
         decided = await read_topic(
-            infra.kafka_bootstrap, topics(CONNECTIONS), expect=4 * 3 + 4, timeout=30
+            infra.kafka_bootstrap, topics(CONNECTIONS), expect=4 + 4, timeout=30
         )
         # Each member's side follows its pair's commit at once (the relay may be quicker).
         await wait_until(lambda: _has_connections(store, "hub", 4))
@@ -310,7 +309,7 @@ async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
             "connection", infra, namespace, write_side.redis_url
         )
 
-    decisions = [e for e in events_of(decided) if not isinstance(e, ev.FollowStarted)]
+    decisions = events_of(decided)
     outcomes = sorted(type(e).__name__ for e in decisions)
     assert outcomes == ["ConnectionAccepted"] * 4 + ["ConnectionRejected"] * 4
     assert {e.reason for e in decisions if isinstance(e, ev.ConnectionRejected)} == {"cap_reached"}

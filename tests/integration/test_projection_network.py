@@ -184,8 +184,9 @@ async def test_hand_checked_network(infra: Infra, namespace: str) -> None:
     assert summary == {
         "connections": 3,
         "connections_display": "3",
-        "followers": 1,
-        "following": 0,
+        # Her three connections follow her and she them (ConnectionAccepted), and gus.
+        "followers": 4,
+        "following": 3,
         "pending_received": 1,
         "pending_sent": 0,
         "engaged_connections": 0,

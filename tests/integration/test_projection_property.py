@@ -134,6 +134,7 @@ def histories(draw: st.DrawFn) -> tuple[list[Envelope], Reference]:
             out.append(ev.ConnectionAccepted(member_a=min(m, other), member_b=max(m, other)))
             ref.connections[m].add(other)
             ref.connections[other].add(m)
+            ref.follows |= {(m, other), (other, m)}  # a connection: each follows the other
         elif action == "remove" and other in ref.connections[m]:
             out.append(
                 ev.ConnectionRemoved(member_a=min(m, other), member_b=max(m, other), removed_by=m)

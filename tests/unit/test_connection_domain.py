@@ -150,12 +150,10 @@ def test_profile_update_reports_only_changes_and_previous_industry() -> None:
 def test_accept_connects_and_both_auto_follow() -> None:
     w = world("bob", "ann")
     events = w.accept("i1", "bob", "ann")
-    assert events == [
-        ev.ConnectionAccepted(member_a="ann", member_b="bob", invitation_id="i1"),
-        ev.FollowStarted(follower="bob", followee="ann"),
-        ev.FollowStarted(follower="ann", followee="bob"),
-    ]
+    # The follows come with the connection: no FollowStarted beside it.
+    assert events == [ev.ConnectionAccepted(member_a="ann", member_b="bob", invitation_id="i1")]
     assert w.state.pair("ann", "bob").connected
+    assert w.state.pair("ann", "bob").followers == {"ann", "bob"}
     ann, bob = w.state.member("ann"), w.state.member("bob")
     assert ann and bob and ann.connections == bob.connections == 1
     assert ann.places == bob.places == {}  # the places held for it became the connection

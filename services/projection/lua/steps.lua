@@ -33,7 +33,7 @@ end
 -- every key that a batch's ops will write or read is checked for its type before anything
 -- of the batch is written: a key of the wrong kind refuses the batch, never half an event.
 local WRITES = {
-  ['c+'] = {'c', 'ca'}, ['c-'] = {'c', 'ca'}, ['fg+'] = {'fg'}, ['fg-'] = {'fg'},
+  ['c+'] = {'c', 'ca', 'fg', 'fw'}, ['c-'] = {'c', 'ca'}, ['fg+'] = {'fg'}, ['fg-'] = {'fg'},
   ['fw+'] = {'fw'}, ['fw-'] = {'fw'}, ['bl+'] = {'bl'}, ['bl-'] = {'bl'},
   ['blby+'] = {'blby'}, ['blby-'] = {'blby'}, ['ir+'] = {'ir'}, ['ir-'] = {'ir'},
   ['is+'] = {'is'}, ['is-'] = {'is'}, e = {'es', 'el', 'cg'}, ['l+'] = {'ls'},
@@ -155,6 +155,8 @@ local function apply_members(ns, batch, clock, ttl, one_node)
             -- text in 16 (`ca` holds one entry per connection, the read models' largest part).
             call('HSET', k('ca'), op[6], math.floor(ts)); delta = delta + 1
           end
+          -- A connection means each follows the other (ConnectionAccepted says so).
+          call('SADD', k('fg'), op[6]); call('SADD', k('fw'), op[6])
           linked = true
         elseif kind == 'c-' then
           delta = delta - call('SREM', k('c'), op[6]); call('HDEL', k('ca'), op[6])
