@@ -58,23 +58,22 @@ def _service_pid(port: int) -> int | None:
     return int(out.stdout.split()[0]) if out.returncode == 0 else None
 
 
+# What would point `rapport run` at infrastructure or tokens other than its own.
+NOT_OURS = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "READ_MODEL_REDIS_URL", "RAPPORT_API_TOKENS")
+
+
+def _own_stack_env() -> dict[str, str]:
+    """This process's environment without what would make `rapport run` use another stack."""
+    return {k: v for k, v in os.environ.items() if k not in NOT_OURS}
+
+
 @pytest.mark.timeout(180)
 def test_run_starts_everything_prints_token_restarts_crashes_and_stops_cleanly(
     tmp_path: Path,
 ) -> None:
     ports = {name: free_port() for name in SERVICES}
     kafka_port, redis_port, read_model_port = free_port(), free_port(), free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "KAFKA_BOOTSTRAP_SERVERS",
-            "REDIS_URL",
-            "READ_MODEL_REDIS_URL",
-            "RAPPORT_API_TOKENS",
-        )
-    }
+    env = _own_stack_env()
     env.update({f"RAPPORT_{name.upper()}_PORT": str(p) for name, p in ports.items()})
     env["COLUMNS"] = "200"
     log = tmp_path / "run.out"
@@ -190,17 +189,7 @@ class LocalStack:
         self.read_model_port = free_port()
         self.state = tmp_path / "state"
         self.tmp = tmp_path
-        self.env = {
-            k: v
-            for k, v in os.environ.items()
-            if k
-            not in (
-                "KAFKA_BOOTSTRAP_SERVERS",
-                "REDIS_URL",
-                "READ_MODEL_REDIS_URL",
-                "RAPPORT_API_TOKENS",
-            )
-        }
+        self.env = _own_stack_env()
         self.env.update({f"RAPPORT_{n.upper()}_PORT": str(p) for n, p in self.ports.items()})
         self.env["COLUMNS"] = "200"
         self.proc: subprocess.Popen[bytes] | None = None
