@@ -361,6 +361,7 @@ def create_service_app(
         app.state.runtime = runtime
         if on_started is not None:
             await on_started(runtime)
+        await build_routes(app)
         settle_garbage_collector(settings.gc_young_threshold)
         try:
             yield
@@ -390,6 +391,37 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     return app
+
+
+# A path no route takes: matching it visits every route.
+UNROUTED_PATH = "/.no-such-route"
+
+
+async def build_routes(app: FastAPI) -> None:
+    """FastAPI (0.137 on) builds an included router's routes, their fields and dependencies,
+    on the first request that is matched against them: about 60 ms on the bench machine,
+    which the first caller of each process waited out. One request that no route takes,
+    through the router alone (no middleware: no metrics, no log), builds them all before the
+    service starts answering."""
+    scope: Scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": UNROUTED_PATH,
+        "raw_path": UNROUTED_PATH.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass  # the 404 goes nowhere
+
+    await app.router(scope, receive, send)
 
 
 class BodyLimit:
