@@ -150,9 +150,10 @@ def run(
     asyncio.run(preload(bootstrap, namespace, events))
     token = TOKEN
     env = service_env(bootstrap, redis_url, namespace, read_models_url, **extra_env)
+    applied_on = read_models_url or redis_url  # the Redis whose time and memory are measured
     with tempfile.TemporaryDirectory() as logs:
         proc = ServiceProcess("projection", free_port(), env, Path(logs))
-        admin = redis_sync.Redis.from_url(read_models_url or redis_url)
+        admin = redis_sync.Redis.from_url(applied_on)
         admin.config_resetstat()
         started = time.perf_counter()
         proc.start()
@@ -182,7 +183,7 @@ def run(
     bare_s = asyncio.run(bare_consume(bootstrap, namespace, n))
     used = int(admin.info("memory")["used_memory"])
     admin.close()
-    port = int((read_models_url or redis_url).rsplit(":", 1)[1].split("/")[0])
+    port = int(applied_on.rsplit(":", 1)[1].split("/")[0])  # redis-benchmark's
     return ProjectionResult(
         n, projection_s, steady_s, steady_events, bare_s, redis_sadd_rate(port), used, redis_time
     )

@@ -38,8 +38,11 @@ class OutageStack:
 
     @contextmanager
     def paused(self, *which: str) -> Iterator[None]:
-        parts = {"redis": self.infra.redis, "read models": self.infra.read_models}
-        parts["kafka"] = self.infra.kafka
+        parts = {
+            "redis": self.infra.redis,
+            "read models": self.infra.read_models,
+            "kafka": self.infra.kafka,
+        }
         pids = []
         for name in which:
             part = parts[name]
