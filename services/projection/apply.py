@@ -25,7 +25,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from redis.exceptions import ResponseError
 
 from services.projection import domain
-from services.projection.store import Keyspace, ReadModelStore
+from services.projection.store import READ_MODEL_FORMAT, Keyspace, ReadModelStore
 from shared.consumer import DeadLetter, DeadLetterSink, admit, dead_letter, retry_transient
 from shared.events import InvalidEvent
 from shared.observability import (
@@ -345,6 +345,7 @@ class BatchApplier:
             ]
             args = [ks.prefix, orjson.dumps(chunk), orjson.dumps(positions), ttl]
             args += [orjson.dumps(sorted(lower)), after, token, orjson.dumps(list(sources))]
+            args += [self.store.mark_period(), READ_MODEL_FORMAT]
             keys = [ks.pos, ks.stats, f"{ks.prefix}chain{{g}}:{self._id}"]
             return int(await self._chunk_script(keys=keys, args=args))
         # A cluster: each step's calls go to the slots they touch, one member per call.
@@ -409,6 +410,7 @@ class BatchApplier:
             [[a.event_id, a.ts, int(a.awaits_decision), a.settles or ""] for a in fresh]
         )
         args = [ks.prefix, events, orjson.dumps(positions), ttl, orjson.dumps(sorted(lower))]
+        args += [self.store.mark_period(), READ_MODEL_FORMAT]
         return int(await self._marks_script(keys=[ks.pos, ks.stats], args=args))
 
     async def _run_scripts(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
@@ -431,7 +433,12 @@ class BatchApplier:
         if not batch:
             return []
         seen = await self._seen_script(
-            keys=[ks.pos], args=[ks.prefix, orjson.dumps([a.event_id for a in batch])]
+            keys=[ks.pos],
+            args=[
+                ks.prefix,
+                orjson.dumps([a.event_id for a in batch]),
+                self.store.mark_period(),
+            ],
         )
         fresh, ids = [], set()
         for applied, already in zip(batch, seen, strict=True):

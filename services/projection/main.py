@@ -46,6 +46,7 @@ def create_app(settings: ProjectionSettings | None = None) -> FastAPI:
         rebuilder = Rebuilder(background, applier, ends)
         runtime.closers.insert(0, rebuilder.stop)  # before the clients it uses close
         runtime.every(REAP_EVERY_S, rebuilder.reap, "projection-rebuild-reaper")
+        runtime.every(REAP_EVERY_S, rebuilder.upgrade, "projection-format-upgrade")
         history = History(settings.dashboard_sample_s)
         runtime.every(
             settings.dashboard_sample_s,

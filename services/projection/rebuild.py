@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.projection.apply import BatchApplier, retrying
-from services.projection.store import ReadModelStore
+from services.projection.store import READ_MODEL_FORMAT, ReadModelStore
 from shared import scripts
 from shared.observability import REBUILD_BEHIND, REBUILD_RUNNING, describe
 from shared.service import cancel_and_wait
@@ -296,6 +296,28 @@ class Rebuilder:
         )
         if version and version != await self.store.version():
             await self._drop(version)
+
+    async def upgrade(self) -> bool:
+        """The current version written in an older format than this build's (an upgrade
+        that changed what keys mean): rebuild it in this one. Readers keep the old version,
+        applied to as before, until the new one caught up. Run periodically by every
+        replica; True if this one started the rebuild."""
+        redis, ks = self.store.redis, await self.store.current()
+        recorded = int(await redis.get(ks.format) or 1)
+        if recorded >= READ_MODEL_FORMAT or not await redis.hget(ks.stats, "applied"):
+            return False  # current, newer (a replica not yet upgraded), or empty
+        if (await redis.hget(self.store.rebuild_key, "state")) in ("running", "failed"):
+            return False  # under way, or waiting for an operator
+        log.warning(
+            "the read models are in format %d, this build writes %d: rebuilding them",
+            recorded,
+            READ_MODEL_FORMAT,
+        )
+        try:
+            await self.start()
+        except RebuildRunning:
+            return False
+        return True
 
     async def _drop(self, version: int) -> None:
         redis, prefix = self.store.redis, self.store.keyspace(version).prefix

@@ -47,6 +47,13 @@ def slices(sized: Iterable[Sequence[Any]], entries: int | None = None) -> list[l
     return runs
 
 
+# What a version's keys mean. A build that changes it rebuilds a version written in an older
+# one (Rebuilder.upgrade); each version records its own when its first chunk is applied.
+# 2: a connection's follows live in `c` alone (steps.lua's follow). 1 (none recorded): each
+# follow was a set entry of its own.
+READ_MODEL_FORMAT = 2
+
+
 @dataclass(frozen=True)
 class Keyspace:
     """Key names of one version. Hash tags keep one member's keys in one slot (`{m}`), one
@@ -88,11 +95,25 @@ class Keyspace:
         """member -> the newest change count this industry applied for them."""
         return f"{self.prefix}iver:{{i:{name}}}"
 
-    def seen(self, event_id: str) -> str:
-        return f"{self.prefix}seen{{g}}:{event_id}"
+    def marks(self, period: int) -> str:
+        """event id -> its applied-mark ('1', or 'w': awaits its decision), for the events
+        marked in one period of the dedupe TTL (steps.lua's marks_key)."""
+        return f"{self.prefix}seen{{g}}:{period}"
 
-    def settled(self, event_id: str) -> str:
-        return f"{self.prefix}settled{{g}}:{event_id}"
+    def settled(self, period: int) -> str:
+        """event id -> '1' for the causes decided in one period of the dedupe TTL."""
+        return f"{self.prefix}settled{{g}}:{period}"
+
+    def legacy_marks(self, event_id: str) -> tuple[str, str]:
+        """Where a build before the periods kept one event's mark and its settled mark, a key
+        each: `?after=` still reads them (ReadModelStore.applied), so an upgrade does not
+        keep a client waiting for an event applied just before it."""
+        return f"{self.prefix}seen{{g}}:{event_id}", f"{self.prefix}settled{{g}}:{event_id}"
+
+    @property
+    def format(self) -> str:
+        """READ_MODEL_FORMAT of the build that began this version."""
+        return f"{self.prefix}format{{g}}"
 
     @property
     def clock(self) -> str:
@@ -317,19 +338,32 @@ class ReadModelStore:
         raw = await self.redis.hgetall(self.keyspace(version).pos)
         return {str(k): int(v) for k, v in raw.items()}
 
+    def mark_period(self) -> int:
+        """The period of the dedupe TTL that marks written now go into."""
+        return int(time.time()) // self.settings.dedupe_ttl_s
+
     async def applied(self, event_ids: Sequence[str]) -> bool:
         """Every event is in the read model, and so is what each awaits (an accepted
         invitation awaits its connection's decision)."""
-        ks = await self.current()
+        ks, now = await self.current(), self.mark_period()
+        periods = (now - 1, now, now + 1)  # the live ones, as steps.lua's marks_of reads them
         async with self.redis.pipeline(transaction=False) as pipe:
             for event_id in event_ids:
-                pipe.get(ks.seen(event_id))
-                pipe.exists(ks.settled(event_id))
+                for period in periods:
+                    pipe.hget(ks.marks(period), event_id)
+                    pipe.hexists(ks.settled(period), event_id)
+                mark, settled = ks.legacy_marks(event_id)
+                pipe.get(mark)
+                pipe.exists(settled)
             found = await pipe.execute()
-        return all(
-            mark == "1" or (mark == "w" and bool(settled))
-            for mark, settled in zip(found[::2], found[1::2], strict=True)
-        )
+        per_event = 2 * len(periods) + 2
+        for start in range(0, len(found), per_event):
+            answers = found[start : start + per_event]
+            mark = next((m for m in answers[::2] if m), None)
+            settled = any(answers[1::2])
+            if not (mark == "1" or (mark == "w" and settled)):
+                return False
+        return True
 
     async def wait_applied(self, event_ids: Sequence[str], wait_ms: int) -> bool:
         """Wait until all of `event_ids` are in the read model (read-your-writes), up to

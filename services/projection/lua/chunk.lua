@@ -12,12 +12,14 @@
 -- as member.lua takes it, [event_id, ts, source, offset, kind, args...]), JSON
 -- {"topic:partition": offset}, dedupe TTL, JSON [topic:partition whose position may go back],
 -- the chunk that must have run before this one ('' for none), this chunk's name ('' to leave
--- the order key as it is), JSON [source, ...] (`topic:partition#epoch`, '' for none).
+-- the order key as it is), JSON [source, ...] (`topic:partition#epoch`, '' for none), the
+-- marks' period (steps.lua's marks_key), this build's read-model format.
 -- Returns how many events were newly applied, or -1 if the chunk named in ARGV[6] has not
 -- run (the caller sends two chunks before the first answers; this one overtook it, on
 -- another connection, and is sent again once that one answered).
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then return -1 end
 local ns, ttl = ARGV[1], tonumber(ARGV[4])
+claim_format(ns, KEYS[2], ARGV[10])
 local lower, stored, partition_of = cjson.decode(ARGV[5]), {}, {}
 local sources = cjson.decode(ARGV[8])
 local may_lower = as_set(lower)
@@ -64,7 +66,7 @@ end
 local batch = by_member(candidates)
 local refused = check_members(ns, batch, true)
 if refused then return refused end
-local marked = mark_events(ns, candidates, ttl)
+local marked = mark_events(ns, candidates, ttl, tonumber(ARGV[9]))
 if #marked < #candidates then batch = by_member(marked) end
 -- The industry figures' changes, summed over the chunk and written at its end: degrees'
 -- sums per industry (one INCRBY each) and histogram moves (steps.lua's tally_move). On one

@@ -33,15 +33,16 @@ end
 -- every key that a batch's ops will write or read is checked for its type before anything
 -- of the batch is written: a key of the wrong kind refuses the batch, never half an event.
 local WRITES = {
-  ['c+'] = {'c', 'ca', 'fg', 'fw'}, ['c-'] = {'c', 'ca'}, ['fg+'] = {'fg'}, ['fg-'] = {'fg'},
-  ['fw+'] = {'fw'}, ['fw-'] = {'fw'}, ['bl+'] = {'bl'}, ['bl-'] = {'bl'},
+  ['c+'] = {'c', 'ca'}, ['c-'] = {'c', 'ca', 'fg', 'fgn', 'fw', 'fwn'},
+  ['fg+'] = {'fg', 'fgn'}, ['fg-'] = {'c', 'fg', 'fgn'}, ['fw+'] = {'fw', 'fwn'},
+  ['fw-'] = {'c', 'fw', 'fwn'}, ['bl+'] = {'bl'}, ['bl-'] = {'bl'},
   ['blby+'] = {'blby'}, ['blby-'] = {'blby'}, ['ir+'] = {'ir'}, ['ir-'] = {'ir'},
   ['is+'] = {'is'}, ['is-'] = {'is'}, e = {'es', 'el', 'cg'}, ['l+'] = {'ls'},
   ['l-'] = {'ls'}, ms = {'ms'}, reg = {'m'}, upd = {'m'}, deact = {'m'},
 }
 local PROFILE = {reg = true, upd = true, deact = true}  -- ops that may move where m is counted
 local KIND = {
-  c = 'set', ca = 'hash', fg = 'set', fw = 'set', bl = 'set', blby = 'set', ir = 'hash',
+  c = 'set', ca = 'hash', fg = 'set', fw = 'set', fgn = 'set', fwn = 'set', bl = 'set', blby = 'set', ir = 'hash',
   is = 'hash', es = 'hash', el = 'hash', cg = 'hash', ls = 'set', ms = 'zset', m = 'hash',
   hw = 'hash', iv = 'string',
 }
@@ -113,6 +114,24 @@ local function check_members(ns, batch, one_node)
   if #batch > 0 then return expect_sets(sets, member_key(ns, 'absent', batch[1][1])) end
 end
 
+-- Follows. A connection means each follows the other (ConnectionAccepted says so): that is
+-- kept in `c` alone, not in two more sets per side (a fifth of a connection's Redis time).
+-- A member's `fg` (following) and `fw` (followers) hold the follows their connections do
+-- not imply, `fgn` and `fwn` the connections whose follow stopped: following is
+-- (c - fgn) + fg, counted by queries/members.py. Invariants: fgn and fwn lie in c, and
+-- share nothing with fg and fw.
+local function follow(explicit, stopped, other)
+  call('SREM', stopped, other); call('SADD', explicit, other)
+end
+local function unfollow(connections, explicit, stopped, other)
+  call('SREM', explicit, other)
+  if call('SISMEMBER', connections, other) == 1 then call('SADD', stopped, other) end
+end
+-- A connection ends: its follows go on (a FollowStopped ends them) unless stopped already.
+local function outlive(explicit, stopped, other)
+  if call('SREM', stopped, other) == 0 then call('SADD', explicit, other) end
+end
+
 -- Apply each member's ops (same batch shape as check_members). Ops are last-writer-wins
 -- (set/hash assignments), so re-running a member's ops after a crash gives the same state;
 -- the one additive op (engagement score) is let in once per event (below). Returns per
@@ -154,17 +173,24 @@ local function apply_members(ns, batch, clock, ttl, one_node)
             -- Whole seconds: Redis keeps an integer in a listpack in 5 bytes, a float's
             -- text in 16 (`ca` holds one entry per connection, the read models' largest part).
             call('HSET', k('ca'), op[6], math.floor(ts)); delta = delta + 1
+          else
+            -- Connected already (no service sends that): the connection's follows hold
+            -- again, both ways. pcall: these keys are not type-checked (a connection's checks
+            -- cost a tenth of its time), and an error here would leave the chunk half done.
+            redis.pcall('SREM', k('fgn'), op[6]); redis.pcall('SREM', k('fwn'), op[6])
           end
-          -- A connection means each follows the other (ConnectionAccepted says so).
-          call('SADD', k('fg'), op[6]); call('SADD', k('fw'), op[6])
           linked = true
         elseif kind == 'c-' then
-          delta = delta - call('SREM', k('c'), op[6]); call('HDEL', k('ca'), op[6])
+          if call('SREM', k('c'), op[6]) == 1 then
+            delta = delta - 1
+            outlive(k('fg'), k('fgn'), op[6]); outlive(k('fw'), k('fwn'), op[6])
+          end
+          call('HDEL', k('ca'), op[6])
           linked = true
-        elseif kind == 'fg+' then call('SADD', k('fg'), op[6])
-        elseif kind == 'fg-' then call('SREM', k('fg'), op[6])
-        elseif kind == 'fw+' then call('SADD', k('fw'), op[6])
-        elseif kind == 'fw-' then call('SREM', k('fw'), op[6])
+        elseif kind == 'fg+' then follow(k('fg'), k('fgn'), op[6])
+        elseif kind == 'fg-' then unfollow(k('c'), k('fg'), k('fgn'), op[6])
+        elseif kind == 'fw+' then follow(k('fw'), k('fwn'), op[6])
+        elseif kind == 'fw-' then unfollow(k('c'), k('fw'), k('fwn'), op[6])
         elseif kind == 'bl+' then call('SADD', k('bl'), op[6]); touched = true
         elseif kind == 'bl-' then call('SREM', k('bl'), op[6]); touched = true
         elseif kind == 'blby+' then call('SADD', k('blby'), op[6]); touched = true
@@ -312,10 +338,42 @@ local function record_counted(profile, change_count, now, version)
   return 1
 end
 
+-- Applied-marks live in hashes, one per period of the dedupe TTL (the period a mark was
+-- written in, `period`: the caller's clock over the TTL), each expiring whole once the
+-- period after it has ended: a mark lives one to two TTLs. One HMGET per period reads a
+-- whole chunk's marks and one HSET writes them, where a key per event cost two calls, a key
+-- and an expiry entry each (a fifth of the apply's Redis time, 169 bytes per event).
+local function marks_key(ns, name, period) return ns .. name .. '{g}:' .. period end
+-- The marks of `ids` in the live periods (the one before, this one, and the one after, for
+-- clocks a little apart): id -> mark.
+local function marks_of(ns, ids, period)
+  local found = {}
+  for p = period - 1, period + 1 do
+    local key = marks_key(ns, 'seen', p)
+    if #ids > 0 and call('EXISTS', key) == 1 then
+      for first = 1, #ids, 1000 do  -- under unpack's limit on arguments
+        local last = math.min(first + 999, #ids)
+        local got = call('HMGET', key, unpack(ids, first, last))
+        for j = first, last do
+          if got[j - first + 1] then found[ids[j]] = got[j - first + 1] end
+        end
+      end
+    end
+  end
+  return found
+end
+local function write_marks(key, fields, expires)
+  if #fields == 0 then return end
+  for first = 1, #fields, 1000 do  -- field, value pairs: 1000 keeps them aligned
+    call('HSET', key, unpack(fields, first, math.min(first + 999, #fields)))
+  end
+  call('EXPIREAT', key, expires)
+end
+
 -- Which of these event ids are applied already (1) or not (0).
-local function applied_before(ns, ids)
-  local out = {}
-  for i, eid in ipairs(ids) do out[i] = call('EXISTS', ns .. 'seen{g}:' .. eid) end
+local function applied_before(ns, ids, period)
+  local found, out = marks_of(ns, ids, period), {}
+  for i, eid in ipairs(ids) do out[i] = found[eid] and 1 or 0 end
   return out
 end
 
@@ -323,16 +381,32 @@ end
 -- awaits_decision, settles], ...]; an event that awaits a decision is marked 'w' and the
 -- decision marks its cause `settled`, so `?after=` of an accepted invitation waits for its
 -- connection. Returns the events newly marked (the others were applied before).
-local function mark_events(ns, events, ttl)
-  local marked = {}
+local function mark_events(ns, events, ttl, period)
+  local ids = {}
+  for i, e in ipairs(events) do ids[i] = e[1] end
+  local found, marked, marks, settles = marks_of(ns, ids, period), {}, {}, {}
   for _, e in ipairs(events) do
-    local mark = (e[3] == 1) and 'w' or '1'
-    if call('SET', ns .. 'seen{g}:' .. e[1], mark, 'NX', 'EX', ttl) then
+    if not found[e[1]] then
+      found[e[1]] = true  -- an id twice in `events` is applied once
       marked[#marked + 1] = e
+      marks[#marks + 1] = e[1]
+      marks[#marks + 1] = (e[3] == 1) and 'w' or '1'
     end
-    if e[4] ~= '' then call('SET', ns .. 'settled{g}:' .. e[4], '1', 'EX', ttl) end
+    if e[4] ~= '' then
+      settles[#settles + 1] = e[4]
+      settles[#settles + 1] = '1'
+    end
   end
+  local expires = (period + 2) * ttl
+  write_marks(marks_key(ns, 'seen', period), marks, expires)
+  write_marks(marks_key(ns, 'settled', period), settles, expires)
   return marked
+end
+
+-- A version's format (store.py's READ_MODEL_FORMAT) is that of the build whose chunk is
+-- the first applied to it: an empty version takes `format`, one with events keeps its own.
+local function claim_format(ns, stats, format)
+  if not call('HGET', stats, 'applied') then call('SET', ns .. 'format{g}', format, 'NX') end
 end
 
 -- Close a batch: count the `marked` events and store the consumed positions. Positions only

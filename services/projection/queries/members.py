@@ -12,13 +12,20 @@ from services.projection.store import ReadModelStore
 
 async def summary(rm: ReadModelStore, m: str, now: datetime) -> dict[str, Any]:
     ks = await rm.current()
+    connections = ks.member("c", m)
     async with rm.redis.pipeline(transaction=False) as pipe:
-        pipe.scard(ks.member("c", m))
-        pipe.scard(ks.member("fw", m))
-        pipe.scard(ks.member("fg", m))
+        pipe.scard(connections)
+        for beyond, stopped in (("fw", "fwn"), ("fg", "fgn")):
+            # (c - stopped) + beyond, with stopped in c and apart from beyond (steps.lua).
+            pipe.scard(ks.member(beyond, m))
+            pipe.sintercard(2, [connections, ks.member(beyond, m)])
+            pipe.scard(ks.member(stopped, m))
         pipe.hlen(ks.member("ir", m))
         pipe.hlen(ks.member("is", m))
-        conns, followers, following, received, sent = await pipe.execute()
+        conns, *follows, received, sent = await pipe.execute()
+    followers, following = (
+        conns + beyond - both - stopped for beyond, both, stopped in (follows[0:3], follows[3:6])
+    )
     pairs = await engagement_pairs(rm, ks, m)
     engaged = sum(rm.scoring.is_engaged(p.stored, p.last, now) for p in pairs)
     return {

@@ -100,6 +100,7 @@ async def digest(rm: ReadModelStore, version: int | None = None) -> str:
             "n2stats{g}",
             "sgactive{g}",
             "chain{g}",
+            "format{g}",
         ),
         *("sn:", "sg:", "lc:", "cc:", "n2:", "n2m:", "hw:", "iv:", "iver:", "idg:"),
         *("n2b:", "sgbg:"),  # background work's partial sums, between two of its calls
