@@ -352,9 +352,9 @@ class ReadModelStore:
                 for period in periods:
                     pipe.hget(ks.marks(period), event_id)
                     pipe.hexists(ks.settled(period), event_id)
-                mark, settled = ks.legacy_marks(event_id)
-                pipe.get(mark)
-                pipe.exists(settled)
+                legacy_mark, legacy_settled = ks.legacy_marks(event_id)
+                pipe.get(legacy_mark)
+                pipe.exists(legacy_settled)
             found = await pipe.execute()
         per_event = 2 * len(periods) + 2
         for start in range(0, len(found), per_event):
