@@ -7,6 +7,7 @@ industries, no old connection re-added after its removal."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -187,6 +188,38 @@ async def test_a_late_chunk_the_positions_are_past_changes_nothing_even_once_its
 
     assert mutual.json()["items"] == []
     assert status["positions"][f"{topic}:0"] == 2 and status["events_applied"] == 2
+
+
+async def test_an_event_published_again_is_applied_once_while_its_mark_lives(
+    infra: Infra, namespace: str
+) -> None:
+    """Marks live in one hash per period of the dedupe TTL: an event the relay published
+    again (a new offset) is skipped in the period after its mark's too, and applied again
+    only once that mark's hash expired (two periods on)."""
+    topic = TopicNames(namespace)(CONNECTIONS)
+    app = projection_app()
+    async with running_app(app) as client:
+        store, applier = app.state.wired.store, app.state.wired.applier
+        version = await store.version()
+        ks, ttl = store.keyspace(version), store.settings.dedupe_ttl_s
+        now = applier.store.mark_period()
+        event = ev.FollowStarted(follower="ann", followee="bob")
+        envelope = wrap(event)
+
+        async def publish_at(offset: int, period: int) -> int:
+            """The event at `offset`, applied in `period`; how many events were new."""
+            applier.store.mark_period = lambda: period  # type: ignore[method-assign]
+            again = domain.to_ops(envelope, event, store.scoring, f"{topic}:0#0", offset)
+            return int(await applier.apply(version, [again], {f"{topic}:0": offset + 1}))
+
+        applied = [await publish_at(0, now), await publish_at(1, now), await publish_at(2, now + 1)]
+        expires_in = await store.redis.ttl(ks.marks(now))
+        expired = await publish_at(3, now + 3)  # the period's hash is gone by then
+        status = (await client.get("/projection/status", headers=auth())).json()
+
+    assert applied == [1, 0, 0] and expired == 1
+    assert (now + 2) * ttl - expires_in - 5 <= int(time.time()) <= (now + 2) * ttl - expires_in + 5
+    assert status["events_applied"] == 2
 
 
 async def test_a_chunk_that_overtakes_the_one_sent_before_it_does_nothing(
