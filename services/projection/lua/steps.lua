@@ -42,9 +42,9 @@ local WRITES = {
 }
 local PROFILE = {reg = true, upd = true, deact = true}  -- ops that may move where m is counted
 local KIND = {
-  c = 'set', ca = 'hash', fg = 'set', fw = 'set', fgn = 'set', fwn = 'set', bl = 'set', blby = 'set', ir = 'hash',
-  is = 'hash', es = 'hash', el = 'hash', cg = 'hash', ls = 'set', ms = 'zset', m = 'hash',
-  hw = 'hash', iv = 'string',
+  c = 'set', ca = 'hash', fg = 'set', fw = 'set', fgn = 'set', fwn = 'set', bl = 'set',
+  blby = 'set', ir = 'hash', is = 'hash', es = 'hash', el = 'hash', cg = 'hash', ls = 'set',
+  ms = 'zset', m = 'hash', hw = 'hash', iv = 'string',
 }
 local function expect(key, kind)
   local found = call('TYPE', key)['ok']
