@@ -305,7 +305,7 @@ class Rebuilder:
         redis, ks = self.store.redis, await self.store.current()
         recorded = int(await redis.get(ks.format) or 1)
         if recorded >= READ_MODEL_FORMAT or not await redis.hget(ks.stats, "applied"):
-            return False  # current, newer (a replica not yet upgraded), or empty
+            return False  # current, newer (this replica is the one not upgraded), or empty
         if (await redis.hget(self.store.rebuild_key, "state")) in ("running", "failed"):
             return False  # under way, or waiting for an operator
         log.warning(
