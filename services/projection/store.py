@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -104,12 +105,6 @@ class Keyspace:
         """event id -> '1' for the causes decided in one period of the dedupe TTL."""
         return f"{self.prefix}settled{{g}}:{period}"
 
-    def legacy_marks(self, event_id: str) -> tuple[str, str]:
-        """Where a build before the periods kept one event's mark and its settled mark, a key
-        each: `?after=` still reads them (ReadModelStore.applied), so an upgrade does not
-        keep a client waiting for an event applied just before it."""
-        return f"{self.prefix}seen{{g}}:{event_id}", f"{self.prefix}settled{{g}}:{event_id}"
-
     @property
     def format(self) -> str:
         """READ_MODEL_FORMAT of the build that began this version."""
@@ -197,6 +192,7 @@ class ReadModelStore:
         self.calls = AutoPipeline(redis)
         self._graph = scripts.library(self.calls, "services.projection", "graph")
         self._node = self.script("node")
+        self._visible = self.script("visible")
 
     def script(self, name: str) -> Any:
         return scripts.register(self.redis, "services.projection", name)
@@ -345,25 +341,9 @@ class ReadModelStore:
     async def applied(self, event_ids: Sequence[str]) -> bool:
         """Every event is in the read model, and so is what each awaits (an accepted
         invitation awaits its connection's decision)."""
-        ks, now = await self.current(), self.mark_period()
-        periods = (now - 1, now, now + 1)  # the live ones, as steps.lua's marks_of reads them
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event_id in event_ids:
-                for period in periods:
-                    pipe.hget(ks.marks(period), event_id)
-                    pipe.hexists(ks.settled(period), event_id)
-                legacy_mark, legacy_settled = ks.legacy_marks(event_id)
-                pipe.get(legacy_mark)
-                pipe.exists(legacy_settled)
-            found = await pipe.execute()
-        per_event = 2 * len(periods) + 2
-        for start in range(0, len(found), per_event):
-            answers = found[start : start + per_event]
-            mark = next((m for m in answers[::2] if m), None)
-            settled = any(answers[1::2])
-            if not (mark == "1" or (mark == "w" and settled)):
-                return False
-        return True
+        ks = await self.current()
+        ids = orjson.dumps(list(event_ids))
+        return bool(await self._visible(keys=[ks.pos], args=[ks.prefix, ids, self.mark_period()]))
 
     async def wait_applied(self, event_ids: Sequence[str], wait_ms: int) -> bool:
         """Wait until all of `event_ids` are in the read model (read-your-writes), up to

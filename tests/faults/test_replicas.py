@@ -222,6 +222,33 @@ async def test_an_event_published_again_is_applied_once_while_its_mark_lives(
     assert status["events_applied"] == 2
 
 
+async def test_after_reads_the_live_periods_the_decision_awaited_and_an_older_builds_marks(
+    infra: Infra, namespace: str
+) -> None:
+    """`?after=` answers from the marks of the period before, this one and the one after (not
+    an older one), waits for an accepted invitation's decision, and reads the key per event
+    that a build before the periods wrote, so an upgrade keeps no client waiting."""
+    app = projection_app()
+    async with running_app(app):
+        store = app.state.wired.store
+        ks, now, r = await store.current(), store.mark_period(), store.redis
+        await r.hset(ks.marks(now - 1), "before", "1")
+        await r.hset(ks.marks(now + 1), "ahead", "1")
+        await r.hset(ks.marks(now - 2), "past", "1")
+        await r.hset(ks.marks(now), "accepted", "w")
+        await r.set(f"{ks.prefix}seen{{g}}:old", "1")
+        await r.set(f"{ks.prefix}seen{{g}}:old-accepted", "w")
+        live = await store.applied(["before", "ahead"])
+        past = await store.applied(["before", "past"])
+        awaiting = [await store.applied(["accepted"]), await store.applied(["old-accepted"])]
+        await r.hset(ks.settled(now - 1), "accepted", "1")
+        await r.set(f"{ks.prefix}settled{{g}}:old-accepted", "1")
+        decided = await store.applied(["accepted", "old", "old-accepted", "ahead"])
+
+    assert live and not past
+    assert awaiting == [False, False] and decided
+
+
 async def test_a_chunk_that_overtakes_the_one_sent_before_it_does_nothing(
     infra: Infra, namespace: str
 ) -> None:

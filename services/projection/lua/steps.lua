@@ -345,12 +345,12 @@ end
 -- whole chunk's marks and one HSET writes them, where a key per event cost two calls, a key
 -- and an expiry entry each (~13% of the apply's Redis time, 169 bytes per event).
 local function marks_key(ns, name, period) return ns .. name .. '{g}:' .. period end
--- The marks of `ids` in the live periods (the one before, this one, and the one after, for
--- clocks a little apart): id -> mark.
-local function marks_of(ns, ids, period)
+-- The marks of `ids` in the live periods of `name`'s hashes (the one before, this one, and
+-- the one after, for clocks a little apart): id -> mark.
+local function marks_of(ns, name, ids, period)
   local found = {}
   for p = period - 1, period + 1 do
-    local key = marks_key(ns, 'seen', p)
+    local key = marks_key(ns, name, p)
     if #ids > 0 and call('EXISTS', key) == 1 then
       for first = 1, #ids, 1000 do  -- under unpack's limit on arguments
         local last = math.min(first + 999, #ids)
@@ -373,7 +373,7 @@ end
 
 -- Which of these event ids are applied already (1) or not (0).
 local function applied_before(ns, ids, period)
-  local found, out = marks_of(ns, ids, period), {}
+  local found, out = marks_of(ns, 'seen', ids, period), {}
   for i, eid in ipairs(ids) do out[i] = found[eid] and 1 or 0 end
   return out
 end
@@ -385,7 +385,7 @@ end
 local function mark_events(ns, events, ttl, period)
   local ids = {}
   for i, e in ipairs(events) do ids[i] = e[1] end
-  local found, marked, marks, settles = marks_of(ns, ids, period), {}, {}, {}
+  local found, marked, marks, settles = marks_of(ns, 'seen', ids, period), {}, {}, {}
   for _, e in ipairs(events) do
     if not found[e[1]] then
       found[e[1]] = true  -- an id twice in `events` is applied once
