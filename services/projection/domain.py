@@ -114,7 +114,8 @@ def _(event: ev.MemberDeactivated, at: datetime, scoring: ScoringModel) -> list[
 @_ops.register
 def _(event: ev.ConnectionAccepted, at: datetime, scoring: ScoringModel) -> list[MemberOp]:
     a, b = event.member_a, event.member_b
-    return [(a, ["c+", b]), (b, ["c+", a])]  # c+ also makes each follow the other (steps.lua)
+    since = str(int(at.timestamp()))  # whole seconds, as text (steps.lua keeps it in `ca`)
+    return [(a, ["c+", b, since]), (b, ["c+", a, since])]  # and each follows the other
 
 
 @_ops.register

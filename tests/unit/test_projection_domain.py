@@ -26,8 +26,8 @@ def ops_of(event: ev.Event) -> list[tuple[str, str, list]]:
 
 def test_a_connection_touches_both_members_and_a_follow_both_sides() -> None:
     assert ops_of(ev.ConnectionAccepted(member_a="ann", member_b="bob")) == [
-        ("ann", "c+", ["bob"]),
-        ("bob", "c+", ["ann"]),
+        ("ann", "c+", ["bob", str(int(NOW.timestamp()))]),
+        ("bob", "c+", ["ann", str(int(NOW.timestamp()))]),
     ]
     assert ops_of(ev.FollowStarted(follower="ann", followee="bob")) == [
         ("ann", "fg+", ["bob"]),
