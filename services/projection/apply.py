@@ -105,14 +105,7 @@ class BatchApplier:
         is a log that was lost and began again (a broker that kept nothing): its records are
         new events, so they are applied (still deduplicated by event id) from where the new
         log is, and the reset is reported loudly, never skipped as "applied before"."""
-        if version is None:
-            version = await retrying(self.store.version)
-        stored = await self._stored_positions(version)
-        ks = self.store.keyspace(version)
-        epochs = {
-            str(k): int(v)
-            for k, v in (await retrying(lambda: self.store.redis.hgetall(ks.resets))).items()
-        }
+        version, stored, epochs = await self._batch_start(version)
         lowered: list[str] = []  # positions a lost log moves back
         by_partition: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
         for record in records:
@@ -229,17 +222,20 @@ class BatchApplier:
             raise
         self._in_flight.popleft()
 
-    async def _stored_positions(self, version: int) -> dict[str, int]:
-        """The stored positions, as they stand once the chunks in flight are applied."""
+    async def _batch_start(
+        self, version: int | None
+    ) -> tuple[int, dict[str, int], dict[str, int]]:
+        """The version (default: the current one), its stored positions as they stand once
+        the chunks in flight are applied, and the partitions' log epochs."""
         while self._in_flight and self._in_flight[0].task and self._in_flight[0].task.done():
             await self._settle()
-        stored = await retrying(lambda: self.store.positions(version))
+        version, stored, epochs = await retrying(lambda: self.store.batch_start(version))
         for chunk in self._in_flight:
             if chunk.version == version:
                 for tp, offset in chunk.positions.items():
                     lowers = tp in chunk.lower
                     stored[tp] = offset if lowers else max(stored.get(tp, 0), offset)
-        return stored
+        return version, stored, epochs
 
     async def _apply_chunk(self, chunk: _Chunk, previous: asyncio.Task[int] | None) -> int:
         """Apply a chunk after the one sent before it (`previous`). Run first (it went on

@@ -193,6 +193,7 @@ class ReadModelStore:
         self._graph = scripts.library(self.calls, "services.projection", "graph")
         self._node = self.script("node")
         self._visible = self.script("visible")
+        self._seen_version = 1  # the current version as batch_start last read it
 
     def script(self, name: str) -> Any:
         return scripts.register(self.redis, "services.projection", name)
@@ -333,6 +334,28 @@ class ReadModelStore:
     async def positions(self, version: int) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keyspace(version).pos)
         return {str(k): int(v) for k, v in raw.items()}
+
+    async def batch_start(self, version: int | None) -> tuple[int, dict[str, int], dict[str, int]]:
+        """What a batch needs before it applies: the version (the current one, unless given),
+        its stored positions, and each partition's log epoch (resets). One round trip while
+        the current version is the one seen last: each waits behind the chunk Redis is
+        running, and three in a row let the pipeline of chunks run dry."""
+        guess = self._seen_version if version is None else version
+        ks = self.keyspace(guess)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(ks.pos)
+            pipe.hgetall(ks.resets)
+            if version is None:
+                pipe.get(self.current_key)
+            pos, resets, *current = await pipe.execute()
+        if current and int(current[0] or 1) != guess:  # a flip since: read the new version
+            self._seen_version = int(current[0] or 1)
+            return await self.batch_start(self._seen_version)
+        return (
+            guess,
+            {str(k): int(v) for k, v in pos.items()},
+            {str(k): int(v) for k, v in resets.items()},
+        )
 
     def mark_period(self) -> int:
         """The period of the dedupe TTL that marks written now go into."""
