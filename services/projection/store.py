@@ -33,6 +33,11 @@ SLICE_ENTRIES = 10_000  # set entries one background Redis call sums at most (a 
 SLICE_TTL_MS = 60_000  # a partial sum left by background work that stopped half way
 
 
+def counts(raw: dict[Any, Any]) -> dict[str, int]:
+    """A hash of counts or offsets as Redis answers it, as names and numbers."""
+    return {str(k): int(v) for k, v in raw.items()}
+
+
 def slices(sized: Iterable[Sequence[Any]], entries: int | None = None) -> list[list[str]]:
     """Members (given with the size of their set) in order, cut into runs whose sets hold at
     most `entries` (SLICE_ENTRIES) in all; a larger set makes a run alone."""
@@ -326,14 +331,11 @@ class ReadModelStore:
         return self.keyspace(int(version or 1))
 
     async def quota_refused(self) -> dict[str, int]:
-        return {
-            str(k): int(v) for k, v in (await self.redis.hgetall(self.quota_refused_key)).items()
-        }
+        return counts(await self.redis.hgetall(self.quota_refused_key))
 
     # positions and read-your-writes --------------------------------------------------------
     async def positions(self, version: int) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.keyspace(version).pos)
-        return {str(k): int(v) for k, v in raw.items()}
+        return counts(await self.redis.hgetall(self.keyspace(version).pos))
 
     async def batch_start(self, version: int | None) -> tuple[int, dict[str, int], dict[str, int]]:
         """What a batch needs before it applies: the version (the current one, unless given),
@@ -351,11 +353,7 @@ class ReadModelStore:
         if current and int(current[0] or 1) != guess:  # a flip since: read the new version
             self._seen_version = int(current[0] or 1)
             return await self.batch_start(self._seen_version)
-        return (
-            guess,
-            {str(k): int(v) for k, v in pos.items()},
-            {str(k): int(v) for k, v in resets.items()},
-        )
+        return guess, counts(pos), counts(resets)
 
     def mark_period(self) -> int:
         """The period of the dedupe TTL that marks written now go into."""
