@@ -46,12 +46,15 @@ class Loaded:
 @dataclass(frozen=True)
 class AggregateWrite:
     """New state for one aggregate, valid only if it is still at `expected_version`: JSON
-    data, or `state_json` already encoded (the loop encodes models in one step)."""
+    data, or `state_json` already encoded (the loop encodes models in one step). `unchanged`:
+    only the version is checked (the decision read it and left it as it was): nothing is
+    written, and an absent aggregate stays absent."""
 
     key: str
     expected_version: int
     state: Any = None
     state_json: str | None = None
+    unchanged: bool = False
 
     def encoded(self) -> str:
         if self.state_json is not None:
@@ -333,7 +336,7 @@ class CommandLoop(Generic[S, C]):
                     after = self.model.evolve(after, event)
         if not events and dedupe_key is None and observed is None:
             return "ok", Outcome([], after)
-        writes = self._writes(loaded, after)
+        writes = self._writes(loaded, rows, after)
         envelopes = Envelope.wrap_all(
             [e for e in events if isinstance(e, Event)],
             producer=self.model.producer,
@@ -373,7 +376,7 @@ class CommandLoop(Generic[S, C]):
         for n in range(self.tries):
             loaded, rows = await self._load(plan)
             after = self.model.evolve(self.model.slice(None, rows, at), event)
-            writes = self._writes(loaded, after)
+            writes = self._writes(loaded, rows, after)
             index_ops = self.model.index_ops([event], at)
             if await self.store.commit(writes, [], index_ops=index_ops, group=plan.group) == "ok":
                 return
@@ -406,17 +409,36 @@ class CommandLoop(Generic[S, C]):
         )
         return LoadedSlice(loaded, frozenset(readonly)), rows
 
-    def _writes(self, loaded: LoadedSlice, after: S) -> list[AggregateWrite]:
+    def _writes(self, loaded: LoadedSlice, rows: Rows, after: S) -> list[AggregateWrite]:
         """Every aggregate of the slice, at the version it was loaded at, changed or not:
         a decision that read an aggregate must fail if that aggregate moved meanwhile. One
-        that did not exist and still does not stays absent (no placeholder). The plan's
-        `reads` (and what was found through them) are another owner's and stay as they are."""
+        left as loaded (the same object: the fold copies what it changes), or absent and
+        still at its defaults, is only checked: nothing to encode or write, and no
+        placeholder for an absent one. The plan's `reads` (and what was found through them)
+        are another owner's and stay as they are."""
         writes = []
         for name, state in self.model.aggregates(after).items():
             if name in loaded.rows and name not in loaded.readonly and state is not None:
-                (key, _), row = loaded.rows[name]
-                writes.append(AggregateWrite(key, row.version, state_json=state.model_dump_json()))
+                (key, model), row = loaded.rows[name]
+                before = rows.aggregates.get(name)
+                if state is before or (before is None and state == _defaults(model)):
+                    writes.append(AggregateWrite(key, row.version, unchanged=True))
+                else:
+                    json = state.model_dump_json()
+                    writes.append(AggregateWrite(key, row.version, state_json=json))
         return writes
+
+
+_DEFAULTS: dict[type[BaseModel], BaseModel] = {}
+
+
+def _defaults(model: type[BaseModel]) -> BaseModel:
+    """An aggregate as its slice shows it when absent (its fields' defaults), built once. A
+    model with required fields has none (its absent aggregate is None): no state equals it."""
+    found = _DEFAULTS.get(model)
+    if found is None:
+        found = _DEFAULTS[model] = model.model_construct()
+    return found
 
 
 class InMemoryStateStore:
@@ -469,7 +491,8 @@ class InMemoryStateStore:
             if any(self.aggregates.get(w.key, (0, ""))[0] != w.expected_version for w in writes):
                 return "conflict"
             for w in writes:
-                self.aggregates[w.key] = (w.expected_version + 1, w.encoded())
+                if not w.unchanged:
+                    self.aggregates[w.key] = (w.expected_version + 1, w.encoded())
             self.outbox.extend(envelopes)
             for op in index_ops:
                 self._index(op)

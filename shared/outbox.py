@@ -172,7 +172,10 @@ class RedisStateStore:
             raise ValueError(f"a commit spans several hash slots (group {group}): {keys}")
         payload = [
             self.dedupe_ttl_s,
-            [[w.expected_version, w.encoded()] for w in writes],
+            [
+                [w.expected_version] if w.unchanged else [w.expected_version, w.encoded()]
+                for w in writes
+            ],
             [
                 [self.topics(e.topic), e.key, e.type, str(e.event_id), e.to_bytes().decode()]
                 for e in envelopes

@@ -2,7 +2,7 @@
 -- the outbox stream, apply index ops, mark the causing event as applied.
 -- KEYS: outbox stream, dedupe key (the stream again for none: every key in one slot),
 --       aggregate hashes..., index keys...
--- ARGV[1]: JSON [dedupe_ttl, [[expected_version, state_json], ...],
+-- ARGV[1]: JSON [dedupe_ttl, [[expected_version, state_json or nothing (only checked)], ...],
 --                [[topic, key, type, event_id, value], ...], [[op, score, member, field], ...],
 --                1 if KEYS[2] is a dedupe key else 0]
 -- (one argument: packing many small arguments costs the client more than Lua's decode)
@@ -14,7 +14,7 @@ for i, w in ipairs(writes) do
   if tonumber(redis.call('HGET', KEYS[2 + i], 'v') or '0') ~= w[1] then return 'conflict' end
 end
 for i, w in ipairs(writes) do
-  redis.call('HSET', KEYS[2 + i], 'v', w[1] + 1, 's', w[2])
+  if w[2] then redis.call('HSET', KEYS[2 + i], 'v', w[1] + 1, 's', w[2]) end
 end
 for _, e in ipairs(envs) do
   redis.call('XADD', KEYS[1], '*', 'topic', e[1], 'key', e[2], 'type', e[3], 'event_id', e[4],

@@ -136,6 +136,25 @@ class StateStoreContract:
         assert await store.set_members(members) == set()
         assert await store.backlog() == 1
 
+    async def test_an_unchanged_write_checks_its_version_and_writes_nothing(
+        self, store: StateStore
+    ) -> None:
+        kept, absent = f"{self.prefix}kept", f"{self.prefix}absent"
+        assert await self.commit(store, [AggregateWrite(kept, 0, {"n": 1})], [_follow(1)]) == "ok"
+        checked = [
+            AggregateWrite(kept, 1, unchanged=True),
+            AggregateWrite(absent, 0, unchanged=True),
+        ]
+        assert await self.commit(store, checked, [_follow(2)]) == "ok"
+        snap = await store.load([kept, absent])
+        # Left as they were: the version does not move, an absent one is not created.
+        assert [(r.version, r.state) for r in snap.rows] == [(1, {"n": 1}), (0, None)]
+        # Still guarded: a decision that read an older version commits nothing.
+        stale = [AggregateWrite(kept, 0, unchanged=True), AggregateWrite(absent, 0, {"n": 5})]
+        assert await self.commit(store, stale, [_follow(3)]) == "conflict"
+        assert [(r.version, r.state) for r in (await store.load([absent])).rows] == [(0, None)]
+        assert await store.backlog() == 2
+
     async def test_a_dedupe_key_commits_once(self, store: StateStore) -> None:
         key, mark = f"{self.prefix}agg", f"{self.prefix}seen:e1"
         first = await self.commit(store, [AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
