@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.projection.queries.engagement import _ts
-from services.projection.store import ReadModelStore
+from services.projection.store import ReadModelStore, counts
 
 RATE_WINDOW_S = 10.0
 
@@ -59,25 +59,25 @@ def lag(ends: Mapping[str, int], positions: Mapping[str, int]) -> dict[str, int]
 
 async def status(rm: ReadModelStore) -> dict[str, Any]:
     version = await rm.version()
-    stats = await rm.redis.hgetall(rm.keyspace(version).stats)
-    rebuild = await rm.redis.hgetall(rm.rebuild_key)
-    dlq = await rm.redis.hgetall(rm.dlq_key)
+    ks = rm.keyspace(version)
+    async with rm.redis.pipeline(transaction=False) as pipe:  # one round trip
+        for key in (ks.stats, rm.rebuild_key, rm.dlq_key, ks.viewer_cache_stats, ks.gaps):
+            pipe.hgetall(key)
+        pipe.hgetall(ks.resets)
+        stats, rebuild, dlq, cache, gaps, resets = await pipe.execute()
     last = _ts(stats.get("last_event_ts"))
-    cache = await rm.redis.hgetall(rm.keyspace(version).viewer_cache_stats)
+    cached = counts(cache)
     return {
         "viewer_cache": {
-            name: int(cache.get(name, 0))
-            for name in ("hits", "misses", "builds", "evictions", "bytes")
+            name: cached.get(name, 0) for name in ("hits", "misses", "builds", "evictions", "bytes")
         },
         "version": version,
         "events_applied": int(stats.get("applied", 0)),
         "last_event_time": last.isoformat() if last else None,
         "positions": await rm.positions(version),
-        "gaps": {k: int(v) for k, v in (await rm.redis.hgetall(rm.keyspace(version).gaps)).items()},
-        "log_resets": {
-            k: int(v) for k, v in (await rm.redis.hgetall(rm.keyspace(version).resets)).items()
-        },
-        "dlq": {k: int(v) for k, v in dlq.items()},
+        "gaps": counts(gaps),
+        "log_resets": counts(resets),
+        "dlq": counts(dlq),
         "rebuild": rebuild or {"state": "idle"},
     }
 
