@@ -419,26 +419,16 @@ class CommandLoop(Generic[S, C]):
         writes = []
         for name, state in self.model.aggregates(after).items():
             if name in loaded.rows and name not in loaded.readonly and state is not None:
-                (key, model), row = loaded.rows[name]
+                (key, _), row = loaded.rows[name]
                 before = rows.aggregates.get(name)
-                if state is before or (before is None and state == _defaults(model)):
+                # No field set: built with no values (the slice's stand-in for an absent one)
+                # and never updated since (a copy with changes sets the fields it changed).
+                if state is before or (before is None and not state.model_fields_set):
                     writes.append(AggregateWrite(key, row.version, unchanged=True))
                 else:
                     json = state.model_dump_json()
                     writes.append(AggregateWrite(key, row.version, state_json=json))
         return writes
-
-
-_DEFAULTS: dict[type[BaseModel], BaseModel] = {}
-
-
-def _defaults(model: type[BaseModel]) -> BaseModel:
-    """An aggregate as its slice shows it when absent (its fields' defaults), built once. A
-    model with required fields has none (its absent aggregate is None): no state equals it."""
-    found = _DEFAULTS.get(model)
-    if found is None:
-        found = _DEFAULTS[model] = model.model_construct()
-    return found
 
 
 class InMemoryStateStore:
