@@ -148,6 +148,24 @@ async def test_connection_register_connect_and_block() -> None:
     assert await store.canonical_industry("TECH") == "Tech"
 
 
+async def test_a_command_writes_only_the_aggregates_it_changed() -> None:
+    # An accept reads both members' lists (a disconnect would unlist) and the sender's
+    # window: left as they were, they are checked, not written (no empty placeholders).
+    state = InMemoryStateStore()
+    store = ConnectionStore(state, ConnectionSettings())
+    for m in ("ann", "bob"):
+        await store.run(cd.RegisterMember(member_id=m, name=m, industry="Tech"))
+    await store.accept(ev.InvitationAccepted(invitation_id="i1", sender="ann", recipient="bob"), 10)
+    assert [k for k in state.aggregates if ":lists:" in k] == []
+    assert {k.rsplit(":", 2)[-2] for k in state.aggregates} == {"member", "pair"}
+    invites, istate = await invitations("ann", "bob")
+    await invites.run(idom.SendInvitation("i1", "ann", "bob"))
+    sender = next(k for k in istate.aggregates if ":sender:" in k)
+    version = istate.aggregates[sender][0]
+    await invites.run(idom.Accept("i1", "bob"))
+    assert istate.aggregates[sender][0] == version  # read, not changed: not rewritten
+
+
 async def test_engagement_limits_and_known_members() -> None:
     state = InMemoryStateStore()
     store = EngagementStore(state, EngagementSettings(per_actor_per_minute=2))
