@@ -7,6 +7,7 @@ import contextlib
 import json
 
 import pytest
+import redis as redis_sync
 from redis.asyncio import Redis
 
 from shared import events as ev
@@ -14,8 +15,10 @@ from shared.commands import AggregateWrite
 from shared.events import Envelope, decode
 from shared.kafka import make_broker
 from shared.outbox import OutboxRelay, RedisStateStore
+from shared.service import Runtime
+from shared.settings import EngagementSettings
 from shared.topics import TopicNames
-from tests.helpers import Infra, read_topic, wait_until
+from tests.helpers import Infra, poll_until, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +178,34 @@ async def test_a_publish_to_a_topic_the_broker_lacks_fails_and_creates_no_topic(
         assert missing not in await admin.list_topics()
     finally:
         await admin.close()
+
+
+async def test_a_service_relays_its_outbox_while_its_event_loop_is_busy(
+    infra: Infra, namespace: str, service_env: dict[str, str]
+) -> None:
+    """A request handler that holds the service's event loop (here: for as long as the test
+    waits) does not hold the outbox back: the relay runs on a loop of its own. What is
+    committed just before a stop is published by the stop, not left for the next start."""
+    runtime = Runtime.build(EngagementSettings())
+    await runtime.start()
+    [stream] = runtime.state.streams
+    watcher = redis_sync.Redis.from_url(infra.redis_url)
+    first, last = _follow(1), _follow(2)
+    try:
+        try:
+            assert (
+                await runtime.state.commit([AggregateWrite(f"{namespace}a", 0, 1)], [first]) == "ok"
+            )
+            # Blocking on purpose: no other task of this loop runs until the outbox is empty.
+            poll_until(lambda: watcher.xlen(stream) == 0, timeout=10, what="the outbox relayed")
+            assert (
+                await runtime.state.commit([AggregateWrite(f"{namespace}a", 1, 2)], [last]) == "ok"
+            )
+        finally:
+            await runtime.stop()
+        left = watcher.xlen(stream)
+    finally:
+        watcher.close()
+    records = await read_topic(infra.kafka_bootstrap, TopicNames(namespace)(first.topic), expect=2)
+    assert left == 0
+    assert {decode(r.value)[0].event_id for r in records} == {first.event_id, last.event_id}
