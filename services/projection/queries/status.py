@@ -64,7 +64,8 @@ async def status(rm: ReadModelStore) -> dict[str, Any]:
         for key in (ks.stats, rm.rebuild_key, rm.dlq_key, ks.viewer_cache_stats, ks.gaps):
             pipe.hgetall(key)
         pipe.hgetall(ks.resets)
-        stats, rebuild, dlq, cache, gaps, resets = await pipe.execute()
+        pipe.hgetall(ks.pos)
+        stats, rebuild, dlq, cache, gaps, resets, positions = await pipe.execute()
     last = _ts(stats.get("last_event_ts"))
     cached = counts(cache)
     return {
@@ -74,7 +75,7 @@ async def status(rm: ReadModelStore) -> dict[str, Any]:
         "version": version,
         "events_applied": int(stats.get("applied", 0)),
         "last_event_time": last.isoformat() if last else None,
-        "positions": await rm.positions(version),
+        "positions": counts(positions),
         "gaps": counts(gaps),
         "log_resets": counts(resets),
         "dlq": counts(dlq),
