@@ -284,11 +284,8 @@ class Runtime:
         redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
         state = RedisStateStore.of(redis, settings, layout)
-        archive = LogArchive(redis, settings.key()) if settings.log_archive else None
-        relays = [
-            OutboxRelay(redis, broker, stream, settings.service, archive=archive)
-            for stream in state.streams
-        ]
+        # The relays' streams and options; RelayThread gives them its own clients and archive.
+        relays = [OutboxRelay(redis, broker, stream, settings.service) for stream in state.streams]
         return cls(settings, redis, broker, state, relays)
 
     def redis_at(self, url: str) -> Redis:
