@@ -72,7 +72,7 @@ async def outbox_relay(bootstrap: str, redis_url: str, n: int) -> tuple[float, f
     ]
     for start in range(0, n, 100):
         chunk = envelopes[start : start + 100]
-        await outbox.commit([AggregateWrite(topics(f"agg{start}"), 0, start)], chunk)
+        await outbox.commit([AggregateWrite.of(topics(f"agg{start}"), 0, start)], chunk)
     broker = make_broker(bootstrap, "bench")
     await broker.start()
     relay = OutboxRelay(redis, broker, topics("outbox"), "bench", batch_size=2000)

@@ -45,21 +45,19 @@ class Loaded:
 
 @dataclass(frozen=True)
 class AggregateWrite:
-    """New state for one aggregate, valid only if it is still at `expected_version`: JSON
-    data, or `state_json` already encoded (the loop encodes models in one step). `unchanged`:
-    only the version is checked (the decision read it and left it as it was): nothing is
-    written, and an absent aggregate stays absent."""
+    """New state for one aggregate, as JSON, valid only if it is still at `expected_version`.
+    Without a state only the version is checked (the decision read the aggregate and left it
+    as it was): nothing is written, and an absent aggregate stays absent."""
 
     key: str
     expected_version: int
-    state: Any = None
     state_json: str | None = None
-    unchanged: bool = False
 
-    def encoded(self) -> str:
-        if self.state_json is not None:
-            return self.state_json
-        return orjson.dumps(self.state, option=orjson.OPT_NON_STR_KEYS).decode()
+    @classmethod
+    def of(cls, key: str, expected_version: int, state: Any) -> AggregateWrite:
+        """A write of JSON data, encoded here."""
+        encoded = orjson.dumps(state, option=orjson.OPT_NON_STR_KEYS).decode()
+        return cls(key, expected_version, encoded)
 
 
 @dataclass(frozen=True)
@@ -82,15 +80,6 @@ class FollowKey:
     source: int
     field: str
     key_prefix: str
-
-
-@dataclass(frozen=True)
-class LoadedSlice:
-    """A command's aggregates as loaded (name -> ((key, model), row)), and which of them it
-    may only read."""
-
-    rows: Mapping[str, tuple[tuple[str, type[BaseModel]], Loaded]]
-    readonly: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -189,10 +178,13 @@ class Plan:
 
 @dataclass(frozen=True)
 class Rows:
-    """The loaded slice: aggregates by name (None when absent) and check results."""
+    """The loaded slice: aggregates by name (None when absent) and check results; for each
+    aggregate, the key and version it was loaded at, and which of them it may only read."""
 
     aggregates: Mapping[str, BaseModel | None]
     checks: Mapping[str, bool]
+    loaded_at: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    readonly: frozenset[str] = frozenset()
 
     def get(self, name: str) -> Any:
         return self.aggregates.get(name)
@@ -317,7 +309,7 @@ class CommandLoop(Generic[S, C]):
         plan = await self.model.plan(command, observed)
         if then is not None:
             plan = plan.merged(then.widen)
-        loaded, rows = await self._load(plan)
+        rows = await self._load(plan)
         state = self.model.slice(command, rows, at)
         if observed is not None:
             state = self.model.evolve(state, observed)
@@ -328,7 +320,7 @@ class CommandLoop(Generic[S, C]):
         if then is not None:
             for step in then.after(after):
                 if (type(command), type(step)) not in self._covered:
-                    await self._covers(loaded, rows, step)
+                    await self._covers(rows, step)
                     self._covered.add((type(command), type(step)))
                 decided = self.model.decide(after, step)
                 events += decided
@@ -336,7 +328,7 @@ class CommandLoop(Generic[S, C]):
                     after = self.model.evolve(after, event)
         if not events and dedupe_key is None and observed is None:
             return "ok", Outcome([], after)
-        writes = self._writes(loaded, rows, after)
+        writes = self._writes(rows, after)
         envelopes = Envelope.wrap_all(
             [e for e in events if isinstance(e, Event)],
             producer=self.model.producer,
@@ -353,14 +345,14 @@ class CommandLoop(Generic[S, C]):
         )
         return result, Outcome(envelopes, after)
 
-    async def _covers(self, loaded: LoadedSlice, rows: Rows, step: C) -> None:
+    async def _covers(self, rows: Rows, step: C) -> None:
         """A step decided in another command's commit must find what it writes written by
         that commit, and what it checks checked, or its changes would be lost. Checked the
         first time each kind of step follows each kind of command: what a plan loads
         depends on the kinds, not on the members."""
         plan = await self.model.plan(step, None)
-        writable = {n: key for n, ((key, _), _) in loaded.rows.items() if n not in loaded.readonly}
-        readable = {n: key for n, ((key, _), _) in loaded.rows.items()}
+        readable = {n: key for n, (key, _) in rows.loaded_at.items()}
+        writable = {n: key for n, key in readable.items() if n not in rows.readonly}
         stray = [n for n, (key, _) in plan.aggregates.items() if writable.get(n) != key]
         stray += [n for n, (key, _) in plan.reads.items() if readable.get(n) != key]
         stray += [n for n in plan.checks if n not in rows.checks]
@@ -374,16 +366,16 @@ class CommandLoop(Generic[S, C]):
         if not plan.aggregates and not self.model.index_ops([event], at):
             return  # nothing of this service's state changes
         for n in range(self.tries):
-            loaded, rows = await self._load(plan)
+            rows = await self._load(plan)
             after = self.model.evolve(self.model.slice(None, rows, at), event)
-            writes = self._writes(loaded, rows, after)
+            writes = self._writes(rows, after)
             index_ops = self.model.index_ops([event], at)
             if await self.store.commit(writes, [], index_ops=index_ops, group=plan.group) == "ok":
                 return
             await asyncio.sleep(random.uniform(0, min(0.001 * 2**n, 0.05)))
         raise ContendedWrite()
 
-    async def _load(self, plan: Plan) -> tuple[LoadedSlice, Rows]:
+    async def _load(self, plan: Plan) -> Rows:
         every = {**plan.aggregates, **plan.reads}
         readonly = set(plan.reads)
         names = list(every)
@@ -400,16 +392,17 @@ class CommandLoop(Generic[S, C]):
                 loaded.setdefault(name, ((f.key_prefix + ident, f.model), row))
                 if f.source in plan.reads:  # found through a read-only aggregate: read-only
                     readonly.add(name)
-        rows = Rows(
+        return Rows(
             {
                 n: model.model_validate(row.state) if row.state else None
                 for n, ((_, model), row) in loaded.items()
             },
             dict(zip(check_names, snapshot.checks, strict=True)),
+            {n: (key, row.version) for n, ((key, _), row) in loaded.items()},
+            frozenset(readonly),
         )
-        return LoadedSlice(loaded, frozenset(readonly)), rows
 
-    def _writes(self, loaded: LoadedSlice, rows: Rows, after: S) -> list[AggregateWrite]:
+    def _writes(self, rows: Rows, after: S) -> list[AggregateWrite]:
         """Every aggregate of the slice, at the version it was loaded at, changed or not:
         a decision that read an aggregate must fail if that aggregate moved meanwhile. One
         left as loaded (the same object: the fold copies what it changes), or absent and
@@ -418,16 +411,16 @@ class CommandLoop(Generic[S, C]):
         are another owner's and stay as they are."""
         writes = []
         for name, state in self.model.aggregates(after).items():
-            if name in loaded.rows and name not in loaded.readonly and state is not None:
-                (key, _), row = loaded.rows[name]
+            if name in rows.loaded_at and name not in rows.readonly and state is not None:
+                key, version = rows.loaded_at[name]
                 before = rows.aggregates.get(name)
                 # No field set: built with no values (the slice's stand-in for an absent one)
                 # and never updated since (a copy with changes sets the fields it changed).
                 if state is before or (before is None and not state.model_fields_set):
-                    writes.append(AggregateWrite(key, row.version, unchanged=True))
+                    writes.append(AggregateWrite(key, version))
                 else:
                     json = state.model_dump_json()
-                    writes.append(AggregateWrite(key, row.version, state_json=json))
+                    writes.append(AggregateWrite(key, version, json))
         return writes
 
 
@@ -481,8 +474,8 @@ class InMemoryStateStore:
             if any(self.aggregates.get(w.key, (0, ""))[0] != w.expected_version for w in writes):
                 return "conflict"
             for w in writes:
-                if not w.unchanged:
-                    self.aggregates[w.key] = (w.expected_version + 1, w.encoded())
+                if w.state_json is not None:
+                    self.aggregates[w.key] = (w.expected_version + 1, w.state_json)
             self.outbox.extend(envelopes)
             for op in index_ops:
                 self._index(op)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import gc
 import logging
@@ -157,14 +156,13 @@ class RelayThread:
     confirm, XDEL) waited behind every request handler ready before it: under write load a
     batch took several turns of tens of milliseconds each, and the relay hop's p99 was about
     200 ms on 2 cores. Here a wake-up waits for the interpreter lock at most (handed over
-    every 5 ms). `relays`: as `Runtime.build` made them (streams, options); their clients are
-    replaced by this thread's."""
+    every 5 ms). `streams`: the outbox streams, one relay each."""
 
     def __init__(
-        self, settings: ServiceSettings, relays: list[OutboxRelay], loops: dict[str, LoopHealth]
+        self, settings: ServiceSettings, streams: list[str], loops: dict[str, LoopHealth]
     ) -> None:
         self.settings = settings
-        self.relays = relays
+        self.streams = streams
         self.loops = loops  # the runtime's: /readyz reports a relay that keeps failing
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -215,8 +213,8 @@ class RelayThread:
         broker = make_broker(s.kafka_bootstrap_servers, f"rapport-{s.service}-relay")
         archive = LogArchive(redis, s.key()) if s.log_archive else None
         relays = [
-            dataclasses.replace(relay, redis=redis, broker=broker, archive=archive)
-            for relay in self.relays
+            OutboxRelay(redis, broker, stream, s.service, archive=archive)
+            for stream in self.streams
         ]
         try:
             await _retried_until(deadline, "redis", functools.partial(initialize, redis))
@@ -258,8 +256,9 @@ class Runtime:
     redis: Redis
     broker: KafkaBroker
     state: RedisStateStore
-    # One relay per outbox stream (per slot group), each publishing under its own lease.
-    relays: list[OutboxRelay]
+    # The outbox streams (one per slot group): the relay thread publishes each under its own
+    # lease.
+    relay_streams: list[str]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # Background loops by name: their consecutive unexpected failures and the last error.
@@ -272,7 +271,7 @@ class Runtime:
     # Request clients of other Redis servers than `redis` (the projection's read models'):
     # started, checked by /readyz and closed with it.
     other_clients: list[Redis] = field(default_factory=list)
-    relay_thread: RelayThread | None = None  # runs `relays` once started
+    relay_thread: RelayThread | None = None  # relays `relay_streams` once started
 
     @classmethod
     def build(cls, settings: ServiceSettings, layout: KeyLayout = KeyLayout.ONE_NODE) -> Runtime:
@@ -284,9 +283,7 @@ class Runtime:
         redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
         state = RedisStateStore.of(redis, settings, layout)
-        # The relays' streams and options; RelayThread gives them its own clients and archive.
-        relays = [OutboxRelay(redis, broker, stream, settings.service) for stream in state.streams]
-        return cls(settings, redis, broker, state, relays)
+        return cls(settings, redis, broker, state, list(state.streams))
 
     def redis_at(self, url: str) -> Redis:
         """The request client of the Redis at `url`: `redis` itself if it is that one."""
@@ -377,7 +374,7 @@ class Runtime:
         for client in (self.redis, *self.other_clients, *self.background_clients):
             await _retried_until(deadline, "redis", functools.partial(initialize, client))
         await _retried_until(deadline, "broker", self.broker.start)
-        self.relay_thread = RelayThread(self.settings, self.relays, self.loops)
+        self.relay_thread = RelayThread(self.settings, self.relay_streams, self.loops)
         await self.relay_thread.start(deadline)
         s = self.settings
         self.reporter = InstanceReporter(

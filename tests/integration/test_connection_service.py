@@ -161,7 +161,7 @@ async def test_cap_holds_under_100_concurrent_accepts() -> None:
         store = app.state.wired
         hub = Member(member_id="hub", name="Hub", industry="Technology", connections=29_950)
         await store.store.commit(
-            [AggregateWrite(store.key("member", "hub"), 0, hub.model_dump(mode="json"))],
+            [AggregateWrite.of(store.key("member", "hub"), 0, hub.model_dump(mode="json"))],
             [],
             group=store.groups.of("hub"),
         )
@@ -304,7 +304,7 @@ async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
         counts = {m: (await store.member(m)).connections for m in connected}  # type: ignore[union-attr]
         runtime = app.state.runtime
         backlog = await runtime.state.backlog()
-        relays = len(runtime.relays)
+        relays = len(runtime.relay_streams)
         live, replayed = await live_and_replayed(
             "connection", infra, namespace, write_side.redis_url
         )

@@ -48,9 +48,9 @@ async def test_commit_is_all_or_nothing_under_optimistic_versions(
     outbox = RedisStateStore(redis_client, f"{namespace}outbox", topics)
     key = f"{namespace}agg:1"
 
-    assert await outbox.commit([AggregateWrite(key, 0, {"n": 1})], [_follow(1)]) == "ok"
+    assert await outbox.commit([AggregateWrite.of(key, 0, {"n": 1})], [_follow(1)]) == "ok"
     # A writer that read version 0 lost the race: nothing of its change lands.
-    stale = await outbox.commit([AggregateWrite(key, 0, {"n": 99})], [_follow(2)])
+    stale = await outbox.commit([AggregateWrite.of(key, 0, {"n": 99})], [_follow(2)])
 
     assert stale == "conflict"
     [loaded] = (await outbox.load([key])).rows
@@ -64,8 +64,8 @@ async def test_dedupe_key_makes_a_consumer_commit_idempotent(
     topics = TopicNames(namespace)
     outbox = RedisStateStore(redis_client, f"{namespace}outbox", topics)
     key, mark = f"{namespace}agg:1", f"{namespace}seen:e1"
-    first = await outbox.commit([AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
-    again = await outbox.commit([AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
+    first = await outbox.commit([AggregateWrite.of(key, 0, 1)], [_follow(1)], dedupe_key=mark)
+    again = await outbox.commit([AggregateWrite.of(key, 1, 2)], [_follow(1)], dedupe_key=mark)
     assert (first, again) == ("ok", "duplicate")
     assert (await outbox.load([key])).rows[0].state == 1
     assert await outbox.backlog() == 1
@@ -80,7 +80,9 @@ async def test_relay_delivers_every_event_once_in_order_per_key(
     sent = [_follow(i, follower=f"f{i % 3}") for i in range(60)]
     async with _relay(infra, redis_client, stream):
         for i, envelope in enumerate(sent):
-            result = await outbox.commit([AggregateWrite(f"{namespace}agg:{i}", 0, i)], [envelope])
+            result = await outbox.commit(
+                [AggregateWrite.of(f"{namespace}agg:{i}", 0, i)], [envelope]
+            )
             assert result == "ok"
         records = await read_topic(infra.kafka_bootstrap, topics(ev.FollowStarted.topic), expect=60)
         await wait_until(lambda: _is_zero(outbox.backlog()))
@@ -107,7 +109,7 @@ async def test_events_committed_before_a_crash_are_published_after_restart(
     stream = f"{namespace}outbox"
     outbox = RedisStateStore(redis_client, stream, topics)
     envelope = _follow(1)
-    assert await outbox.commit([AggregateWrite(f"{namespace}a", 0, 1)], [envelope]) == "ok"
+    assert await outbox.commit([AggregateWrite.of(f"{namespace}a", 0, 1)], [envelope]) == "ok"
 
     async with _relay(infra, redis_client, stream):
         records = await read_topic(infra.kafka_bootstrap, topics(envelope.topic), expect=1)
@@ -122,7 +124,7 @@ async def test_crash_after_publish_before_ack_republishes(
     stream = f"{namespace}outbox"
     outbox = RedisStateStore(redis_client, stream, topics)
     envelope = _follow(7)
-    await outbox.commit([AggregateWrite(f"{namespace}a", 0, 1)], [envelope])
+    await outbox.commit([AggregateWrite.of(f"{namespace}a", 0, 1)], [envelope])
     crashed = asyncio.Event()
 
     async def crash(_: list[str]) -> None:
@@ -149,7 +151,7 @@ async def test_only_one_relay_publishes_at_a_time(
     sent = [_follow(0) for _ in range(30)]  # one key, so one partition and a total order
     async with _relay(infra, redis_client, stream), _relay(infra, redis_client, stream):
         for i, envelope in enumerate(sent):
-            await outbox.commit([AggregateWrite(f"{namespace}a{i}", 0, i)], [envelope])
+            await outbox.commit([AggregateWrite.of(f"{namespace}a{i}", 0, i)], [envelope])
         records = await read_topic(infra.kafka_bootstrap, topics(sent[0].topic), expect=30)
     assert [json.loads(r.value)["event_id"] for r in records] == [str(e.event_id) for e in sent]
 
@@ -194,12 +196,14 @@ async def test_a_service_relays_its_outbox_while_its_event_loop_is_busy(
     try:
         try:
             assert (
-                await runtime.state.commit([AggregateWrite(f"{namespace}a", 0, 1)], [first]) == "ok"
+                await runtime.state.commit([AggregateWrite.of(f"{namespace}a", 0, 1)], [first])
+                == "ok"
             )
             # Blocking on purpose: no other task of this loop runs until the outbox is empty.
             poll_until(lambda: watcher.xlen(stream) == 0, timeout=10, what="the outbox relayed")
             assert (
-                await runtime.state.commit([AggregateWrite(f"{namespace}a", 1, 2)], [last]) == "ok"
+                await runtime.state.commit([AggregateWrite.of(f"{namespace}a", 1, 2)], [last])
+                == "ok"
             )
         finally:
             await runtime.stop()

@@ -110,7 +110,7 @@ class StateStoreContract:
         key, members = f"{self.prefix}agg", f"{self.prefix}members"
         result = await self.commit(
             store,
-            [AggregateWrite(key, 0, {"n": 1})],
+            [AggregateWrite.of(key, 0, {"n": 1})],
             [_follow(1), _follow(2)],
             index_ops=[IndexOp("SADD", members, "ann"), IndexOp("SADD", members, "bob")],
         )
@@ -123,10 +123,10 @@ class StateStoreContract:
 
     async def test_a_stale_version_changes_nothing(self, store: StateStore) -> None:
         key, members = f"{self.prefix}agg", f"{self.prefix}members"
-        assert await self.commit(store, [AggregateWrite(key, 0, {"n": 1})], [_follow(1)]) == "ok"
+        assert await self.commit(store, [AggregateWrite.of(key, 0, {"n": 1})], [_follow(1)]) == "ok"
         stale = await self.commit(
             store,
-            [AggregateWrite(key, 0, {"n": 99})],
+            [AggregateWrite.of(key, 0, {"n": 99})],
             [_follow(2)],
             index_ops=[IndexOp("SADD", members, "eve")],
         )
@@ -140,26 +140,32 @@ class StateStoreContract:
         self, store: StateStore
     ) -> None:
         kept, absent = f"{self.prefix}kept", f"{self.prefix}absent"
-        assert await self.commit(store, [AggregateWrite(kept, 0, {"n": 1})], [_follow(1)]) == "ok"
+        assert (
+            await self.commit(store, [AggregateWrite.of(kept, 0, {"n": 1})], [_follow(1)]) == "ok"
+        )
         checked = [
-            AggregateWrite(kept, 1, unchanged=True),
-            AggregateWrite(absent, 0, unchanged=True),
+            AggregateWrite(kept, 1),
+            AggregateWrite(absent, 0),
         ]
         assert await self.commit(store, checked, [_follow(2)]) == "ok"
         snap = await store.load([kept, absent])
         # Left as they were: the version does not move, an absent one is not created.
         assert [(r.version, r.state) for r in snap.rows] == [(1, {"n": 1}), (0, None)]
         # Still guarded: a decision that read an older version commits nothing.
-        stale = [AggregateWrite(kept, 0, unchanged=True), AggregateWrite(absent, 0, {"n": 5})]
+        stale = [AggregateWrite(kept, 0), AggregateWrite.of(absent, 0, {"n": 5})]
         assert await self.commit(store, stale, [_follow(3)]) == "conflict"
         assert [(r.version, r.state) for r in (await store.load([absent])).rows] == [(0, None)]
         assert await store.backlog() == 2
 
     async def test_a_dedupe_key_commits_once(self, store: StateStore) -> None:
         key, mark = f"{self.prefix}agg", f"{self.prefix}seen:e1"
-        first = await self.commit(store, [AggregateWrite(key, 0, 1)], [_follow(1)], dedupe_key=mark)
+        first = await self.commit(
+            store, [AggregateWrite.of(key, 0, 1)], [_follow(1)], dedupe_key=mark
+        )
         assert first == "ok"
-        again = await self.commit(store, [AggregateWrite(key, 1, 2)], [_follow(1)], dedupe_key=mark)
+        again = await self.commit(
+            store, [AggregateWrite.of(key, 1, 2)], [_follow(1)], dedupe_key=mark
+        )
         assert again == "duplicate"
         [row0] = (await store.load([key])).rows
         assert (row0.version, row0.state) == (1, 1)
@@ -169,7 +175,10 @@ class StateStoreContract:
         pointer, target = f"{self.prefix}pointer", f"{self.prefix}target:t1"
         await self.commit(
             store,
-            [AggregateWrite(pointer, 0, {"next": "t1", "n": 5}), AggregateWrite(target, 0, 7)],
+            [
+                AggregateWrite.of(pointer, 0, {"next": "t1", "n": 5}),
+                AggregateWrite.of(target, 0, 7),
+            ],
             [],
         )
         snap = await store.load(

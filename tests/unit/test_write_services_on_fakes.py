@@ -265,7 +265,7 @@ async def test_pending_lists_written_before_the_sets_are_still_read() -> None:
     beside their set, so an upgrade loses none (a deactivation cancels them all)."""
     store, state = await invitations("ann", "bob", "cat")
     legacy = store.key(store.groups.of("cat"), "pending-of", "cat")
-    await state.commit([AggregateWrite(legacy, 0, {"ids": ["old1"]})], [])
+    await state.commit([AggregateWrite.of(legacy, 0, {"ids": ["old1"]})], [])
     await store.run(idom.SendInvitation("i1", "ann", "cat"))
     assert await store.pending_of("cat") == ["i1", "old1"]
     assert await store.pending_of("ann") == ["i1"]
