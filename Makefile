@@ -73,6 +73,7 @@ test-unit: install
 
 lint: install
 	$(BIN)/ruff check shared services rapport tests bench
+	$(BIN)/ruff format --check shared services rapport tests bench
 	$(BIN)/mypy shared services rapport
 
 bench: install redis-server wrk

@@ -222,9 +222,7 @@ class BatchApplier:
             raise
         self._in_flight.popleft()
 
-    async def _batch_start(
-        self, version: int | None
-    ) -> tuple[int, dict[str, int], dict[str, int]]:
+    async def _batch_start(self, version: int | None) -> tuple[int, dict[str, int], dict[str, int]]:
         """The version (default: the current one), its stored positions as they stand once
         the chunks in flight are applied, and the partitions' log epochs."""
         while self._in_flight and self._in_flight[0].task and self._in_flight[0].task.done():

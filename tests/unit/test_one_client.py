@@ -31,9 +31,7 @@ def offending_lines() -> list[str]:
             if path == CLIENT:
                 continue
             for number, line in enumerate(path.read_text().splitlines(), 1):
-                if any(j.search(line) for j in JOINS) and not any(
-                    a.search(line) for a in ALLOWED
-                ):
+                if any(j.search(line) for j in JOINS) and not any(a.search(line) for a in ALLOWED):
                     found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     return found
 
@@ -43,6 +41,6 @@ def test_no_file_but_the_client_puts_a_service_url_together() -> None:
 
 
 def test_the_check_catches_a_hand_built_request() -> None:
-    line = 'httpx.get(f"{stack.urls[\'projection\']}/members/{a}/summary")'
+    line = "httpx.get(f\"{stack.urls['projection']}/members/{a}/summary\")"
     assert any(j.search(line) for j in JOINS)
     assert any(j.search('client.get(f"{proc.url}/readyz")') for j in JOINS)

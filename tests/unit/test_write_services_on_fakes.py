@@ -229,7 +229,9 @@ async def test_a_step_its_commit_did_not_load_is_refused() -> None:
     store = InvitationStore(state, settings, rules_from(settings))
     await directory(state, "ann", "bob")
     settle = idom.SettleSide(("ann", "bob"), "i1", "ann", touch=False)
-    unloaded = Steps(Plan(group=store.groups.of("")), lambda _: [settle])
+    unloaded: Steps[idom.Slice, idom.Command] = Steps(
+        Plan(group=store.groups.of("")), lambda _: [settle]
+    )
     with pytest.raises(ValueError, match="did not load"):
         await store.run(idom.SendInvitation("i1", "ann", "bob"), then=unloaded)
     assert state.outbox == []
