@@ -256,9 +256,6 @@ class Runtime:
     redis: Redis
     broker: KafkaBroker
     state: RedisStateStore
-    # The outbox streams (one per slot group): the relay thread publishes each under its own
-    # lease.
-    relay_streams: list[str]
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # Background loops by name: their consecutive unexpected failures and the last error.
@@ -271,7 +268,8 @@ class Runtime:
     # Request clients of other Redis servers than `redis` (the projection's read models'):
     # started, checked by /readyz and closed with it.
     other_clients: list[Redis] = field(default_factory=list)
-    relay_thread: RelayThread | None = None  # relays `relay_streams` once started
+    # Relays each of `state.streams` (one per slot group) under its own lease, once started.
+    relay_thread: RelayThread | None = None
 
     @classmethod
     def build(cls, settings: ServiceSettings, layout: KeyLayout = KeyLayout.ONE_NODE) -> Runtime:
@@ -283,7 +281,7 @@ class Runtime:
         redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         broker = make_broker(settings.kafka_bootstrap_servers, f"rapport-{settings.service}")
         state = RedisStateStore.of(redis, settings, layout)
-        return cls(settings, redis, broker, state, list(state.streams))
+        return cls(settings, redis, broker, state)
 
     def redis_at(self, url: str) -> Redis:
         """The request client of the Redis at `url`: `redis` itself if it is that one."""
@@ -374,7 +372,7 @@ class Runtime:
         for client in (self.redis, *self.other_clients, *self.background_clients):
             await _retried_until(deadline, "redis", functools.partial(initialize, client))
         await _retried_until(deadline, "broker", self.broker.start)
-        self.relay_thread = RelayThread(self.settings, self.relay_streams, self.loops)
+        self.relay_thread = RelayThread(self.settings, self.state.streams, self.loops)
         await self.relay_thread.start(deadline)
         s = self.settings
         self.reporter = InstanceReporter(

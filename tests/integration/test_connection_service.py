@@ -304,7 +304,7 @@ async def test_the_connection_service_runs_on_a_redis_cluster_in_slot_groups(
         counts = {m: (await store.member(m)).connections for m in connected}  # type: ignore[union-attr]
         runtime = app.state.runtime
         backlog = await runtime.state.backlog()
-        relays = len(runtime.relay_streams)
+        relays = len(runtime.state.streams)
         live, replayed = await live_and_replayed(
             "connection", infra, namespace, write_side.redis_url
         )

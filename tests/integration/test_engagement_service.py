@@ -131,7 +131,7 @@ async def test_the_engagement_service_runs_on_a_redis_cluster_in_slot_groups(
         )
         runtime = app.state.runtime
         backlog = await runtime.state.backlog()
-        relays = len(runtime.relay_streams)
+        relays = len(runtime.state.streams)
 
     # The per-target limit (2 a day) holds per actor, on whichever node the actor lives.
     assert codes == [[201, 201, 429]] * len(actors)

@@ -330,7 +330,7 @@ async def test_both_services_run_on_a_redis_cluster_in_slot_groups(
         ).rows[0]
         runtime = s.runtime
         backlog = await runtime.state.backlog()
-        relays = len(runtime.relay_streams)
+        relays = len(runtime.state.streams)
         live, replayed = await live_and_replayed(
             "invitation", infra, namespace, write_side.redis_url
         )

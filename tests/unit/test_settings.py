@@ -75,7 +75,7 @@ def test_a_service_whose_keys_span_slots_refuses_a_cluster() -> None:
         KeyLayout.SLOT_GROUPS,
     )
     # One relay per group, and one for the stream of before the groups (drained on upgrade).
-    assert [group_of_key(stream) for stream in built.relay_streams] == [
+    assert [group_of_key(stream) for stream in built.state.streams] == [
         "g0000",
         "g0001",
         "g0002",
