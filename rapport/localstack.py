@@ -35,8 +35,10 @@ EMBEDDED_BROKER_TUNING = {
     "RAPPORT_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
     # Tansu holds a fetch for the whole max wait even when records arrive meanwhile.
     "RAPPORT_KAFKA_FETCH_MAX_WAIT_MS": "10",
-    # A busy subscription's hold (shared.kafka.FetchPacing): fewer fetches under load.
-    "RAPPORT_KAFKA_FETCH_BUSY_WAIT_MS": "30",
+    # A busy subscription's hold (shared.kafka.FetchPacing): fewer fetches and larger
+    # batches under load. Against 30 ms, in one writes bench each: invitations 701 -> 1,066
+    # req/s, accepts 358 -> 510; freshness under load p99 119 -> 153 ms (bar 250).
+    "RAPPORT_KAFKA_FETCH_BUSY_WAIT_MS": "100",
 }
 
 

@@ -22,28 +22,34 @@ from shared.topics import TopicNames
 
 log = logging.getLogger("rapport.kafka")
 
-# A batch this large says records keep coming: the subscription is busy.
+# A batch this large says records are coming: with the next one as large, the subscription
+# is busy.
 BUSY_BATCH_RECORDS = 4
 
 
-@dataclass(frozen=True)
+@dataclass
 class FetchPacing:
     """A subscription's fetch hold, by its load: `idle_wait_ms` while batches come small (a
-    lone record goes on at once), `busy_wait_ms` while they come large. A broker that holds
-    every fetch for its whole wait (the embedded one) costs CPU per fetch on both sides; a
-    busy subscription fetches a third as often and its records wait a little longer, while
-    an idle one keeps the short hop that fresh reads need."""
+    lone record goes on at once), `busy_wait_ms` once two batches in a row came large. A
+    broker that holds every fetch for its whole wait (the embedded one) costs CPU per fetch
+    on both sides, and a consumer's small batches cost it per batch what large ones would; a
+    busy subscription fetches a tenth as often and its records wait a little longer, while an
+    idle one keeps the short hop that fresh reads need. Two in a row, so that the burst of
+    events one action makes (an accept: the invitation's, the connection's, the follows) does
+    not make the next lone event wait the long hold."""
 
     idle_wait_ms: int
     busy_wait_ms: int
+    large_batches: int = 0  # large batches in a row, up to the last one
 
     def after_batch(self, kafka_consumer: Any, records: int) -> None:
         """Set the hold of the consumer's next fetches from the batch it just handed over.
         aiokafka reads its fetcher's `_fetch_max_wait_ms` for every fetch request it builds
         and has no public setter (pinned version; a fetcher without it is left alone)."""
+        self.large_batches = self.large_batches + 1 if records >= BUSY_BATCH_RECORDS else 0
         fetcher = getattr(kafka_consumer, "_fetcher", None)
         if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
-            busy = records >= BUSY_BATCH_RECORDS
+            busy = self.large_batches >= 2
             fetcher._fetch_max_wait_ms = self.busy_wait_ms if busy else self.idle_wait_ms
 
 

@@ -111,22 +111,29 @@ def test_background_subscriptions_poll_less_and_the_read_path_keeps_its_wait() -
 
 
 def test_a_busy_subscription_holds_its_fetches_longer_and_an_idle_one_goes_on_at_once() -> None:
-    """On the embedded broker (10 ms wait, 30 ms when busy): a batch of several records makes
-    the next fetches wait 30 ms (a third as many fetches under load); a lone record puts the
-    short wait back, so the next event of an idle stack goes on at once. Production's
-    broker answers a fetch once records are there: no pacing."""
+    """On the embedded broker (10 ms wait, 100 ms when busy): two batches of several records
+    in a row make the next fetches wait 100 ms (a tenth as many fetches under load); one such
+    batch (the burst of events one action makes) does not; a lone record puts the short wait
+    back, so the next event of an idle stack goes on at once. Production's broker answers a
+    fetch once records are there: no pacing."""
     from types import SimpleNamespace
 
     from shared.kafka import BUSY_BATCH_RECORDS
 
-    pacing = InvitationSettings(kafka_fetch_max_wait_ms=10, kafka_fetch_busy_wait_ms=30)
+    pacing = InvitationSettings(kafka_fetch_max_wait_ms=10, kafka_fetch_busy_wait_ms=100)
     paced = pacing.fetch_pacing()
     assert paced is not None
     fetcher = SimpleNamespace(_fetch_max_wait_ms=10)
     consumer = SimpleNamespace(_fetcher=fetcher)
     paced.after_batch(consumer, BUSY_BATCH_RECORDS)
-    assert fetcher._fetch_max_wait_ms == 30
+    assert fetcher._fetch_max_wait_ms == 10
+    paced.after_batch(consumer, BUSY_BATCH_RECORDS)
+    assert fetcher._fetch_max_wait_ms == 100
+    paced.after_batch(consumer, 500)
+    assert fetcher._fetch_max_wait_ms == 100
     paced.after_batch(consumer, 1)
+    assert fetcher._fetch_max_wait_ms == 10
+    paced.after_batch(consumer, BUSY_BATCH_RECORDS)
     assert fetcher._fetch_max_wait_ms == 10
     assert pacing.fetch_pacing(background=True) is None
     assert InvitationSettings().fetch_pacing() is None
