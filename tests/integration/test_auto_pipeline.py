@@ -160,3 +160,32 @@ async def test_several_commands_sent_together_answer_in_order_and_raise_the_firs
         await calls.execute_all(("INCRBY", f"{namespace}text", 1), ("INCRBY", f"{namespace}n", 1))
     # Each stands alone: the command after the error was applied.
     assert await redis_client.get(f"{namespace}n") == "3"
+
+
+async def test_every_kind_of_argument_reaches_redis_as_redis_py_would_send_it(
+    calls: AutoPipeline, redis_client: Redis, namespace: str
+) -> None:
+    """Commands are packed by hiredis; what it would pack otherwise goes through redis-py:
+    values of each kind arrive as they would through redis-py, a command name with a space
+    is split, and an argument neither can encode fails only its own call."""
+    values = ["ünïcode", b"\x00\xff raw", 12345, -7, 10**30, 0.1, 1e20, memoryview(b"view")]
+    keys = [f"{namespace}v{i}" for i in range(len(values))]
+    replies = await asyncio.gather(
+        *(calls.execute("SET", key, value) for key, value in zip(keys, values, strict=True))
+    )
+    assert replies == [True] * len(values)
+    for key, value in zip(keys, values, strict=True):
+        with_redis_py = f"{namespace}py"
+        await redis_client.set(with_redis_py, value)
+        same = "return redis.call('GET', KEYS[1]) == redis.call('GET', KEYS[2]) and 1 or 0"
+        assert await redis_client.eval(same, 2, key, with_redis_py) == 1, value
+    # redis-py splits a command name with a space into its words; so does the fallback.
+    expected = await redis_client.config_get("maxmemory-policy")
+    assert await calls.execute("CONFIG GET", "maxmemory-policy") == expected
+    bad, good = await asyncio.gather(
+        calls.execute("SET", f"{namespace}bad", None),
+        calls.execute("INCRBY", f"{namespace}after", 1),
+        return_exceptions=True,
+    )
+    assert isinstance(bad, Exception) and "None" in str(bad)
+    assert good == 1
