@@ -50,7 +50,7 @@ from shared.observability import (
     count_by_type,
     describe,
 )
-from shared.redis import is_transient
+from shared.redis import AutoPipeline, is_transient
 from shared.topics import dlq
 
 log = logging.getLogger("rapport.consumer")
@@ -230,6 +230,7 @@ class EventConsumer:
         # Event type names this consumer handles; None: every type is decoded.
         self.wanted = wanted
         self.redis = redis
+        self._calls = AutoPipeline(redis)
         self.handler = handler
         self.dead_letter = dead_letter
         self.dedupe_prefix = dedupe_prefix
@@ -282,10 +283,9 @@ class EventConsumer:
         return fresh
 
     async def _exists(self, keys: list[str]) -> list[bool]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.exists(key)
-            return [bool(n) for n in await pipe.execute()]
+        # Auto-pipelined: a redis-py pipeline per batch was 4% of the invitation service's
+        # CPU under accepts (its pooled connection, timeouts and retry wrapper).
+        return [bool(n) for n in await self._calls.execute_all(*(("EXISTS", k) for k in keys))]
 
     async def _apply(self, events: list[ConsumedEvent]) -> None:
         error = await self._attempt(events)

@@ -308,9 +308,9 @@ Connection.pack_command = _pack_with_hiredis  # type: ignore[method-assign,assig
 def _packed(connection: Connection, commands: list[tuple[Any, ...]]) -> list[bytes]:
     """The commands in the Redis protocol, packed by hiredis (C): 2.9 µs for a script call
     with ten arguments where redis-py's `pack_command` takes 19, which was 7% of the
-    connection service's CPU under accepts. Whatever hiredis does not pack as redis-py would
-    (a command name with a space in it, an argument that is not str, bytes, int or float)
-    goes to redis-py, which packs it or raises its own error."""
+    connection service's CPU under accepts. A command name with a space in it, or an
+    argument hiredis refuses (not str, bytes, int or float), goes to the connection's own
+    packer, which splits the name or raises redis-py's DataError."""
     try:
         if not any(_spaced(args[0]) for args in commands):
             return [hiredis.pack_command(args) for args in commands]
