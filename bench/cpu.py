@@ -5,6 +5,7 @@ whole stack long before one service's process is)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +64,18 @@ class StackCpu:
 
 def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     return {role: max(after.get(role, 0.0) - before[role], 0.0) for role in before}
+
+
+def settle(stack: StackCpu, idle_cores: float, timeout_s: float = 20.0) -> float:
+    """Wait until the stack's processes together use no more than `idle_cores` over a second
+    (the consumers worked off what the run before left them), or `timeout_s` passed; the
+    cores they used over the last second. The run that follows then measures its own work,
+    and a reference run beside it does not share the machine with another run's leftovers."""
+    watched = stack.processes()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before = stack.seconds(watched)
+        time.sleep(1.0)
+        busy = sum(spent(before, stack.seconds(watched)).values())
+        if busy <= idle_cores or time.monotonic() >= deadline:
+            return busy

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
-from bench.cpu import StackCpu, spent
+from bench.cpu import StackCpu, settle, spent
 from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor, default_workers
@@ -120,7 +120,9 @@ class WriteResults:
     seconds: int
     connections: int
     workers: dict[str, int]
-    bare: WrkRun
+    # The bare endpoint's run just before each row with a bar, by row: register, invite,
+    # accept.
+    bare_beside: dict[str, WrkRun]
     register: WrkRun
     invite: WrkRun
     accept: WrkRun
@@ -381,15 +383,30 @@ def run_writes(
             | ({"read-model redis": _port(read_models_url)} if read_models_url else {}),
         )
         members = [f"{PREFIX}{i:06d}" for i in range(MEMBERS)]
+        idle_cores = _idle_cores(stack)
         asyncio.run(_seed(urls, members))
         _wait_up(f"http://127.0.0.1:{bare_port}/docs")
         load = {"WRK_MEMBERS": str(MEMBERS), "WRK_PREFIX": PREFIX}
         # Idle freshness first, while no consumer has a backlog from the load runs.
         idle = asyncio.run(_measure_freshness(bootstrap, namespace, urls, 0, connections, load))[0]
         bare_stack = StackCpu({"bare": bare.proc.pid}, {"redis": _port(redis_url)})
-        bare_run = wrk(
-            f"http://127.0.0.1:{bare_port}", INVITE, seconds, connections, stack=bare_stack, **load
-        )
+        # The machine's speed drifts (consecutive 10 s runs of the bare endpoint alone: 1,792
+        # to 2,262 req/s within a minute), so each row with a bar has its own reference run
+        # just before it, both after the stack settled.
+
+        def bare_run() -> WrkRun:
+            settle(stack, idle_cores)
+            return wrk(
+                f"http://127.0.0.1:{bare_port}",
+                INVITE,
+                seconds,
+                connections,
+                stack=bare_stack,
+                **load,
+            )
+
+        bare_beside = {"register": bare_run()}
+        settle(stack, idle_cores)
         register = wrk(
             urls["connection"],
             REGISTER,
@@ -398,6 +415,8 @@ def run_writes(
             stack=stack,
             WRK_PREFIX=f"r{namespace[1:8]}",
         )
+        bare_beside["invite"] = bare_run()
+        settle(stack, idle_cores)
         invite = wrk(urls["invitation"], INVITE, seconds, connections, stack=stack, **load)
         engage = wrk(urls["engagement"], ENGAGE, seconds, connections, **load)
         engage_cluster = _engage_on_cluster(env, members, logs, seconds, connections, load)
@@ -407,6 +426,8 @@ def run_writes(
         # Accept last: its acceptances keep the connection service busy for a while after.
         accepts = logs / "accepts.txt"
         asyncio.run(_pending_invitations(redis_url, namespace, accepts))
+        bare_beside["accept"] = bare_run()
+        settle(stack, idle_cores)
         accept = wrk(
             urls["invitation"], ACCEPT, seconds, connections, stack=stack, WRK_ACCEPTS=str(accepts)
         )
@@ -419,7 +440,7 @@ def run_writes(
         seconds,
         connections,
         workers,
-        bare_run,
+        bare_beside,
         register,
         invite,
         accept,
@@ -510,6 +531,15 @@ def _connection_drain(
             await answers.stop()
 
     return asyncio.run(drained())
+
+
+def _idle_cores(stack: StackCpu, seconds: float = 3.0) -> float:
+    """What the idle stack uses (its consumers' polls, on the embedded broker a fair share),
+    and a margin: the level `settle` waits for."""
+    watched = stack.processes()
+    before = stack.seconds(watched)
+    time.sleep(seconds)
+    return 1.5 * sum(spent(before, stack.seconds(watched)).values()) / seconds + 0.05
 
 
 def _port(url: str) -> int:
