@@ -24,9 +24,10 @@ DEFAULT_PORTS = {
 }
 # Worker processes where a second one pays on two cores: registration (the connection
 # service) ran 0.32 -> 0.43 of the bare endpoint with two. Invitations gained nothing while
-# the consumers' fetches ate the second core; with busy subscriptions fetching a third as
-# often (shared.kafka.FetchPacing) the invitation process bounds them, and a second one
-# took them 0.28 -> 0.31 (four interleaved runs: +17%). Accepts neither gain nor lose.
+# the consumers' fetches ate the second core; with busy subscriptions fetching less often
+# (shared.kafka.FetchPacing) the invitation process bounds them, and a second one took them
+# 0.28 -> 0.31 (four interleaved runs: +17%). Accepts neither gain nor lose (one connection
+# worker was measured again with the 100 ms busy hold: accepts 0.22, no gain).
 DEFAULT_WORKERS = {"connection": 2, "invitation": 2}
 
 
