@@ -66,6 +66,13 @@ def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, 
     return {role: max(after.get(role, 0.0) - before[role], 0.0) for role in before}
 
 
+def busy_cores(stack: StackCpu, watched: Mapping[str, set[int]], seconds: float) -> float:
+    """How many cores the watched processes used together over the next `seconds`."""
+    before = stack.seconds(watched)
+    time.sleep(seconds)  # the measuring window itself
+    return sum(spent(before, stack.seconds(watched)).values()) / seconds
+
+
 def settle(stack: StackCpu, idle_cores: float, timeout_s: float = 20.0) -> float:
     """Wait until the stack's processes together use no more than `idle_cores` over a second
     (the consumers worked off what the run before left them), or `timeout_s` passed; the
@@ -74,8 +81,6 @@ def settle(stack: StackCpu, idle_cores: float, timeout_s: float = 20.0) -> float
     watched = stack.processes()
     deadline = time.monotonic() + timeout_s
     while True:
-        before = stack.seconds(watched)
-        time.sleep(1.0)
-        busy = sum(spent(before, stack.seconds(watched)).values())
+        busy = busy_cores(stack, watched, 1.0)
         if busy <= idle_cores or time.monotonic() >= deadline:
             return busy

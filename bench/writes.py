@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
-from bench.cpu import StackCpu, settle, spent
+from bench.cpu import StackCpu, busy_cores, settle, spent
 from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor, default_workers
@@ -536,10 +536,7 @@ def _connection_drain(
 def _idle_cores(stack: StackCpu, seconds: float = 3.0) -> float:
     """What the idle stack uses (its consumers' polls, on the embedded broker a fair share),
     and a margin: the level `settle` waits for."""
-    watched = stack.processes()
-    before = stack.seconds(watched)
-    time.sleep(seconds)
-    return 1.5 * sum(spent(before, stack.seconds(watched)).values()) / seconds + 0.05
+    return 1.5 * busy_cores(stack, stack.processes(), seconds) + 0.05
 
 
 def _port(url: str) -> int:

@@ -229,7 +229,6 @@ class EventConsumer:
         self.name = name
         # Event type names this consumer handles; None: every type is decoded.
         self.wanted = wanted
-        self.redis = redis
         self._calls = AutoPipeline(redis)
         self.handler = handler
         self.dead_letter = dead_letter
