@@ -6,10 +6,11 @@
 -- the rest will touch (nothing is written if one is wrong), mark them applied (those marked
 -- before were applied before and are dropped), apply each member's ops, move the industry
 -- figures, record where members are counted, store the positions.
--- KEYS: positions hash, stats hash, the caller's order key. ARGV: keyspace prefix, JSON
--- [[event_id, ts, awaits_decision, settles, source, offset, [[member, [kind, args...]], ...]],
--- ...] (source: the event's partition and epoch, by its number in ARGV[8]; each op is then
--- as member.lua takes it, [event_id, ts, source, offset, kind, args...]), JSON
+-- KEYS: positions hash, stats hash, the caller's order key. ARGV: keyspace prefix, the
+-- chunk's events as one flat JSON list, each event as event_id, ts, awaits_decision,
+-- settles, source, offset, its number of ops, then each op as member, its length n, and n
+-- items: kind, args... (source: the event's partition and epoch, by its number in ARGV[8];
+-- each op is then as member.lua takes it, [event_id, ts, source, offset, kind, args...]), JSON
 -- {"topic:partition": offset}, dedupe TTL, JSON [topic:partition whose position may go back],
 -- the chunk that must have run before this one ('' for none), this chunk's name ('' to leave
 -- the order key as it is), JSON [source, ...] (`topic:partition#epoch`, '' for none), the
@@ -37,28 +38,41 @@ local function past(e)
   if stored[tp] == nil then stored[tp] = tonumber(call('HGET', KEYS[1], tp) or '-1') end
   return e[6] < stored[tp]
 end
+-- The chunk's events: {event_id, ts, awaits_decision, settles, source, offset, where its ops
+-- start in `flat`, how many}, one table each.
+local flat = cjson.decode(ARGV[2])
+local events, at, size = {}, 1, #flat
+while at <= size do
+  local n = flat[at + 6]
+  events[#events + 1] = {flat[at], flat[at + 1], flat[at + 2], flat[at + 3], flat[at + 4],
+    flat[at + 5], at + 7, n}
+  at = at + 7
+  for _ = 1, n do at = at + 2 + flat[at + 1] end
+end
 -- Events' ops grouped per member, members in order of first appearance. The chunk sends
 -- each event's id, time and place once; each op gets them here.
 local function by_member(events)
   local per_member, batch = {}, {}
   for _, e in ipairs(events) do
     local eid, ts, src, off = e[1], e[2], sources[e[5]], e[6]
-    for _, member_op in ipairs(e[7]) do
-      local m = member_op[1]
+    local op_at = e[7]
+    for _ = 1, e[8] do
+      local m, n = flat[op_at], flat[op_at + 1]
       if not per_member[m] then
         per_member[m] = {}
         batch[#batch + 1] = {m, per_member[m]}
       end
       local ops = per_member[m]
-      ops[#ops + 1] = {eid, ts, src, off, unpack(member_op[2])}
+      ops[#ops + 1] = {eid, ts, src, off, unpack(flat, op_at + 2, op_at + 1 + n)}
+      op_at = op_at + 2 + n
     end
   end
   return batch
 end
 
 local candidates, ids = {}, {}
-for _, e in ipairs(cjson.decode(ARGV[2])) do
-  if not ids[e[1]] and not (e[7][1] and past(e)) then
+for _, e in ipairs(events) do
+  if not ids[e[1]] and not (e[8] > 0 and past(e)) then
     ids[e[1]] = true
     candidates[#candidates + 1] = e
   end
