@@ -241,6 +241,11 @@ def _projection_rows(size: Size, rows: Rows, infra: Any) -> float:
         f"| projection, Redis time per event (µs) | scripts {t.script_usec / proj.events:.1f}, "
         f"of which in their commands {t.command_usec / proj.events:.1f} "
         f"({t.command_calls / proj.events:.1f} calls) | - | - |",
+        # Both halves of the ratio: on two cores the projection and its Redis get about one
+        # each, so the slower of the two bounds the rate.
+        "| projection, CPU per event by process, steady (µs) | "
+        + ", ".join(f"{role} {us:.1f}" for role, us in proj.cpu_per_event.items())
+        + f" | bare loop: {proj.bare_cpu_per_event:.1f} | - |",
     ]
     # The same events on a 3-node Redis Cluster (one script call per member and step, each
     # to its slot's node), reported beside the one-node figure.

@@ -20,6 +20,7 @@ import redis as redis_sync
 from aiokafka import AIOKafkaConsumer
 
 from bench import TOKEN, service_env
+from bench.cpu import StackCpu, spent
 from rapport.client import BlockingClient, RapportError
 from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess
@@ -39,6 +40,10 @@ class ProjectionResult:
     sadd_per_s: float | None
     redis_used_bytes: int
     redis_time: RedisTime
+    # CPU µs per event over the steady part, by process (projection, its Redis, the broker),
+    # and the bare loop's own (both halves of the ratio, where one core each is all there is).
+    cpu_per_event: dict[str, float]
+    bare_cpu_per_event: float
 
 
 @dataclass
@@ -159,12 +164,20 @@ def run(
         proc.start()
         api = BlockingClient({"projection": proc.url}, token, timeout=5)
         first: tuple[float, int] | None = None
+        assert proc.child is not None and proc.child.proc is not None
+        stack = StackCpu(
+            {"projection": proc.child.proc.pid},
+            {"redis": _port(applied_on), "broker": _port(bootstrap)},
+        )
+        watched = stack.processes()
+        cpu_at_first: dict[str, float] = {}
         try:
             while True:
                 try:
                     applied = api.status().events_applied
                     if first is None and applied > 0:
                         first = (time.perf_counter(), applied)
+                        cpu_at_first = stack.seconds(watched)
                     if applied >= n:
                         break
                 except RapportError:
@@ -175,18 +188,34 @@ def run(
             projection_s = time.perf_counter() - started
             assert first is not None
             steady_s, steady_events = time.perf_counter() - first[0], n - first[1]
+            cpu = spent(cpu_at_first, stack.seconds(watched))
         finally:
             api.close()
             if proc.child:
                 proc.child.stop()
     redis_time = RedisTime.of(admin.info("commandstats"))
+    bare_cpu = time.process_time()
     bare_s = asyncio.run(bare_consume(bootstrap, namespace, n))
+    bare_cpu = time.process_time() - bare_cpu
     used = int(admin.info("memory")["used_memory"])
     admin.close()
-    port = int(applied_on.rsplit(":", 1)[1].split("/")[0])  # redis-benchmark's
     return ProjectionResult(
-        n, projection_s, steady_s, steady_events, bare_s, redis_sadd_rate(port), used, redis_time
+        n,
+        projection_s,
+        steady_s,
+        steady_events,
+        bare_s,
+        redis_sadd_rate(_port(applied_on)),
+        used,
+        redis_time,
+        {role: seconds / steady_events * 1e6 for role, seconds in cpu.items()},
+        bare_cpu / n * 1e6,
     )
+
+
+def _port(url: str) -> int:
+    """The port of a `redis://host:port/db` or `host:port` address."""
+    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use
