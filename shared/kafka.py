@@ -40,13 +40,16 @@ class FetchPacing:
 
     idle_wait_ms: int
     busy_wait_ms: int
+    # A batch of this many records or more is large (BUSY_BATCH_RECORDS unless the
+    # subscription says otherwise: the projection reads every topic).
+    busy_records: int = BUSY_BATCH_RECORDS
     large_batches: int = 0  # large batches in a row, up to the last one
 
     def after_batch(self, kafka_consumer: Any, records: int) -> None:
         """Set the hold of the consumer's next fetches from the batch it just handed over.
         aiokafka reads its fetcher's `_fetch_max_wait_ms` for every fetch request it builds
         and has no public setter (pinned version; a fetcher without it is left alone)."""
-        self.large_batches = self.large_batches + 1 if records >= BUSY_BATCH_RECORDS else 0
+        self.large_batches = self.large_batches + 1 if records >= self.busy_records else 0
         fetcher = getattr(kafka_consumer, "_fetcher", None)
         if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
             busy = self.large_batches >= 2

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.events import MESSAGE_MAX_CHARS
 from shared.groups import SlotGroups
-from shared.kafka import FetchPacing
+from shared.kafka import BUSY_BATCH_RECORDS, FetchPacing
 from shared.topics import TopicNames
 
 DEFAULT_KAFKA = "127.0.0.1:19092"
@@ -107,13 +107,15 @@ class ServiceSettings(BaseSettings):
         1, ge=1, le=16384, validation_alias=AliasChoices("RAPPORT_SLOT_GROUPS")
     )
 
-    def fetch_pacing(self, background: bool = False) -> FetchPacing | None:
+    def fetch_pacing(
+        self, background: bool = False, busy_records: int = BUSY_BATCH_RECORDS
+    ) -> FetchPacing | None:
         """How a subscription's fetch hold follows its load (None: it does not; a background
-        subscription polls rarely anyway)."""
+        subscription polls rarely anyway); `busy_records`: what a large batch holds."""
         busy = self.kafka_fetch_busy_wait_ms
         if background or busy is None or busy <= self.kafka_fetch_max_wait_ms:
             return None
-        return FetchPacing(self.kafka_fetch_max_wait_ms, busy)
+        return FetchPacing(self.kafka_fetch_max_wait_ms, busy, busy_records)
 
     def consumer_options(self, background: bool = False) -> dict[str, int]:
         """The Kafka consumer options of this service's batch subscribers; a `background`

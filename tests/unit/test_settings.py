@@ -139,6 +139,28 @@ def test_a_busy_subscription_holds_its_fetches_longer_and_an_idle_one_goes_on_at
     assert InvitationSettings().fetch_pacing() is None
 
 
+def test_the_projection_stays_on_the_short_hold_through_one_members_few_actions() -> None:
+    """The projection reads every topic: register two members, invite, accept is a burst of
+    about five events, and two such bursts in a row must not put it on the busy hold (an
+    idle stack's `?after=` read then waited out that hold); load does."""
+    from types import SimpleNamespace
+
+    from services.projection.consumers import BUSY_BATCH_RECORDS
+
+    paced = ProjectionSettings(
+        kafka_fetch_max_wait_ms=10, kafka_fetch_busy_wait_ms=100
+    ).fetch_pacing(busy_records=BUSY_BATCH_RECORDS)
+    assert paced is not None
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=10)
+    consumer = SimpleNamespace(_fetcher=fetcher)
+    for burst in (5, 5, 5):
+        paced.after_batch(consumer, burst)
+        assert fetcher._fetch_max_wait_ms == 10
+    paced.after_batch(consumer, 25)  # 20-30 records a hold under the bench's write load
+    paced.after_batch(consumer, 25)
+    assert fetcher._fetch_max_wait_ms == 100
+
+
 def test_the_read_models_take_their_own_redis_when_one_is_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
