@@ -62,6 +62,12 @@ class StackCpu:
         }
 
 
+def port_of(url: str) -> int:
+    """The port of `redis://host:port/db` or of a bootstrap list's first `host:port`: how
+    StackCpu finds a server by its command line."""
+    return int(url.split(",")[0].rsplit(":", 1)[1].split("/")[0])
+
+
 def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     return {role: max(after.get(role, 0.0) - before[role], 0.0) for role in before}
 

@@ -20,7 +20,7 @@ import redis as redis_sync
 from aiokafka import AIOKafkaConsumer
 
 from bench import TOKEN, service_env
-from bench.cpu import StackCpu, spent
+from bench.cpu import StackCpu, port_of, spent
 from rapport.client import BlockingClient, RapportError
 from rapport.localstack import free_port
 from rapport.supervisor import ServiceProcess
@@ -167,7 +167,7 @@ def run(
         assert proc.child is not None and proc.child.proc is not None
         stack = StackCpu(
             {"projection": proc.child.proc.pid},
-            {"redis": _port(applied_on), "broker": _port(bootstrap)},
+            {"redis": port_of(applied_on), "broker": port_of(bootstrap)},
         )
         watched = stack.processes()
         cpu_at_first: dict[str, float] = {}
@@ -205,17 +205,12 @@ def run(
         steady_s,
         steady_events,
         bare_s,
-        redis_sadd_rate(_port(applied_on)),
+        redis_sadd_rate(port_of(applied_on)),
         used,
         redis_time,
         {role: seconds / steady_events * 1e6 for role, seconds in cpu.items()},
         bare_cpu / n * 1e6,
     )
-
-
-def _port(url: str) -> int:
-    """The port of a `redis://host:port/db` or `host:port` address."""
-    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use

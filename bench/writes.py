@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from bench import TOKEN, service_env
-from bench.cpu import StackCpu, busy_cores, settle, spent
+from bench.cpu import StackCpu, busy_cores, port_of, settle, spent
 from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
 from rapport.supervisor import SERVICES, ServiceProcess, Supervisor, default_workers
@@ -379,8 +379,8 @@ def run_writes(
         assert bare.proc is not None
         stack = StackCpu(
             {p.name: p.child.proc.pid for p in procs if p.child and p.child.proc},
-            {"redis": _port(redis_url), "broker": _port(bootstrap)}
-            | ({"read-model redis": _port(read_models_url)} if read_models_url else {}),
+            {"redis": port_of(redis_url), "broker": port_of(bootstrap)}
+            | ({"read-model redis": port_of(read_models_url)} if read_models_url else {}),
         )
         members = [f"{PREFIX}{i:06d}" for i in range(MEMBERS)]
         idle_cores = _idle_cores(stack)
@@ -389,7 +389,7 @@ def run_writes(
         load = {"WRK_MEMBERS": str(MEMBERS), "WRK_PREFIX": PREFIX}
         # Idle freshness first, while no consumer has a backlog from the load runs.
         idle = asyncio.run(_measure_freshness(bootstrap, namespace, urls, 0, connections, load))[0]
-        bare_stack = StackCpu({"bare": bare.proc.pid}, {"redis": _port(redis_url)})
+        bare_stack = StackCpu({"bare": bare.proc.pid}, {"redis": port_of(redis_url)})
         # The machine's speed drifts (consecutive 10 s runs of the bare endpoint alone: 1,792
         # to 2,262 req/s within a minute), so each row with a bar has its own reference run
         # just before it, both after the stack settled.
@@ -537,11 +537,6 @@ def _idle_cores(stack: StackCpu, seconds: float = 3.0) -> float:
     """What the idle stack uses (its consumers' polls, on the embedded broker a fair share),
     and a margin: the level `settle` waits for."""
     return 1.5 * busy_cores(stack, stack.processes(), seconds) + 0.05
-
-
-def _port(url: str) -> int:
-    """The port of `redis://host:port/db` or of a bootstrap list's first `host:port`."""
-    return int(url.split(",")[0].rsplit(":", 1)[1].split("/")[0])
 
 
 def _wait_up(url: str, timeout_s: float = 20) -> None:
