@@ -386,6 +386,12 @@ def write_rows(w: writes.WriteResults) -> list[str]:
         f"| {w.connection_drain.per_s:,.0f}; {w.connection_drain.answered:,} answered in "
         f"{w.connection_drain.busy_s:.1f} s (+ {w.connection_drain.stalled_s:.1f} s of pauses "
         f"over {writes.DRAIN_STALL_S} s: group join) | - | - |",
+        # The embedded broker's fetch cost grows with a partition's log (bench.broker): how
+        # much of the broker's share in the later rows (accept) is that.
+        "| embedded broker: CPU per fetch at a partition's end, by one-record batches it "
+        "holds (ms) | "
+        + "; ".join(f"{n:,}: {ms:.2f}" for n, ms in w.fetch_by_fill)
+        + f" | invitations partitions after the write rows: {w.fetch_after_rows_ms:.2f} | - |",
     ]
 
 

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
-from bench import TOKEN, service_env
+from bench import TOKEN, broker, service_env
 from bench.cpu import StackCpu, busy_cores, port_of, settle, spent
 from rapport.client import RapportClient, RapportError
 from rapport.localstack import ChildProcess, EmbeddedRedisCluster, free_port
@@ -132,6 +132,10 @@ class WriteResults:
     engage: WrkRun
     engage_cluster: WrkRun
     connection_drain: Drain
+    # The embedded broker's CPU per fetch (ms): (batches held, cost) as a fresh partition
+    # fills, and at the end of the invitations partitions after every row (bench.broker).
+    fetch_by_fill: list[tuple[int, float]] = field(default_factory=list)
+    fetch_after_rows_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -352,7 +356,8 @@ def run_writes(
     )
     workers = {name: default_workers(name) for name in SERVICES}
     # The topics as `rapport run` lays them out for these replicas (rapport.cli.run).
-    asyncio.run(ensure_topics(bootstrap, TopicNames(namespace).partitions(max(workers.values()))))
+    topic_partitions = TopicNames(namespace).partitions(max(workers.values()))
+    asyncio.run(ensure_topics(bootstrap, topic_partitions))
     procs = [ServiceProcess(n, free_port(), env, logs, workers=workers[n]) for n in SERVICES]
     supervisor = Supervisor(procs)
     supervisor.start_all(timeout_s=90)
@@ -433,6 +438,10 @@ def run_writes(
         )
         connection = next(p for p in procs if p.name == "connection")
         drain = _connection_drain(bootstrap, redis_url, namespace, urls, connection, logs)
+        settle(stack, idle_cores)
+        fetch_after_rows, fetch_by_fill = asyncio.run(
+            _fetch_costs(bootstrap, namespace, topic_partitions, stack)
+        )
     finally:
         bare.stop()
         supervisor.stop()
@@ -450,7 +459,25 @@ def run_writes(
         engage,
         engage_cluster,
         drain,
+        fetch_by_fill,
+        fetch_after_rows,
     )
+
+
+async def _fetch_costs(
+    bootstrap: str, namespace: str, topic_partitions: Mapping[str, int], stack: StackCpu
+) -> tuple[float, list[tuple[int, float]]]:
+    """The broker's CPU per fetch at the end of the invitations partitions the rows wrote
+    (the accept row's logs, and more), and as a fresh partition fills (bench.broker)."""
+    watched = {"broker": stack.processes()["broker"]}
+
+    def broker_cpu_s() -> float:
+        return stack.seconds(watched)["broker"]
+
+    topic = TopicNames(namespace)(INVITATIONS)
+    partitions = [TopicPartition(topic, p) for p in range(topic_partitions[topic])]
+    after_rows = await broker.end_fetch_cpu_ms(bootstrap, broker_cpu_s, partitions)
+    return after_rows, await broker.fetch_cost_by_fill(bootstrap, broker_cpu_s)
 
 
 def _engage_on_cluster(
