@@ -37,7 +37,10 @@ async def end_fetch_cpu_ms(
         if not tps:
             return 0.0
         before, fetched = broker_cpu_s(), 0
+        deadline = time.monotonic() + 120
         while fetched < FETCHES * len(tps):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the broker answered {fetched} fetches of {tps} in 120 s")
             for tp in tps:
                 consumer.seek(tp, ends[tp] - 1)
             got = await consumer.getmany(*tps, timeout_ms=1000)
