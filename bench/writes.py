@@ -134,8 +134,8 @@ class WriteResults:
     connection_drain: Drain
     # The embedded broker's CPU per fetch (ms): (batches held, cost) as a fresh partition
     # fills, and at the end of the invitations partitions after every row (bench.broker).
-    fetch_by_fill: list[tuple[int, float]] = field(default_factory=list)
-    fetch_after_rows_ms: float = 0.0
+    fetch_by_fill: list[tuple[int, float]]
+    fetch_after_rows_ms: float
 
 
 @dataclass(frozen=True)
