@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bench import growth, projection, queries, scale, writes
+from bench import broker, growth, projection, queries, scale, writes
 from rapport.localstack import EmbeddedRedisCluster, embedded_infra
 from shared import events as ev
 from shared.commands import AggregateWrite
@@ -319,17 +320,24 @@ def _query_rows(size: Size, rows: Rows, infra: Any, tmp: Path) -> None:
 
 def write_rows(w: writes.WriteResults) -> list[str]:
     """The write-path rows: each wrk run beside the bare endpoint measured in the same run
-    (a row with a bar: its own run of it, just before)."""
-    reference = w.bare_beside["register"]
-    beside = " / ".join(f"{name} {run.rps:,.0f}" for name, run in w.bare_beside.items())
+    (a row with a bar: the mean of its own runs of it, just before and just after)."""
+    reference = w.bare_before["register"]
+    beside = " / ".join(
+        f"{name} {run.rps:,.0f} -> {w.bare_after[name].rps:,.0f}"
+        for name, run in w.bare_before.items()
+    )
 
-    def row(name: str, run: writes.WrkRun, bar: str, bare: writes.WrkRun = reference) -> str:
-        base = bare.rps
+    def row(name: str, run: writes.WrkRun, bar: str, bare: str = "") -> str:
+        peer = f"bare endpoint: {reference.rps:,.0f}"
+        base = reference.rps
+        if bare:
+            before, after = w.bare_before[bare].rps, w.bare_after[bare].rps
+            base = (before + after) / 2
+            peer = f"bare endpoint: {base:,.0f} (before {before:,.0f}, after {after:,.0f})"
         return (
             f"| {name}, wrk {w.seconds}s x {w.connections} conns (req/s) | {run.rps:,.0f}, "
             f"p50/p99 {run.p50_ms:.1f} / {run.p99_ms:.1f} ms; {writes.statuses(run)} "
-            f"| bare endpoint: {base:,.0f} | {run.rps / base:.2f} ({bar}); client CPU "
-            f"{run.client_cpu:.0%} |"
+            f"| {peer} | {run.rps / base:.2f} ({bar}); client CPU {run.client_cpu:.0%} |"
         )
 
     def fresh(name: str, f: writes.Freshness) -> str:
@@ -346,6 +354,9 @@ def write_rows(w: writes.WriteResults) -> list[str]:
 
     bare_ms = sum(reference.cpu_per_request_ms().values())
 
+    def fetch_ms(ms: float) -> str:
+        return f"{ms:.2f}" if math.isfinite(ms) else f"no fetch answered in {broker.BUDGET_S} s"
+
     def cpu(name: str, run: writes.WrkRun) -> str:
         per = run.cpu_per_request_ms()
         parts = ", ".join(
@@ -361,12 +372,13 @@ def write_rows(w: writes.WriteResults) -> list[str]:
     return [
         f"| bare FastAPI + 1 Redis Lua call (reference), wrk {w.seconds}s x {w.connections} "
         f"| {reference.rps:,.0f} req/s, p50/p99 {reference.p50_ms:.1f} / "
-        f"{reference.p99_ms:.1f} ms; run again before each row with a bar, req/s: {beside} "
+        f"{reference.p99_ms:.1f} ms; run again before and after each row with a bar, req/s: "
+        f"{beside} "
         f"| workers {w.workers}, {max(w.workers.values())} partition(s) per topic (as "
         f"`rapport run` lays them out) | client CPU {reference.client_cpu:.0%} |",
-        row("POST /members", w.register, "bar 0.4", w.bare_beside["register"]),
-        row("POST /invitations", w.invite, "bar 0.4, p99 <= 50 ms", w.bare_beside["invite"]),
-        row("POST /invitations/{id}/accept", w.accept, "bar 0.3", w.bare_beside["accept"]),
+        row("POST /members", w.register, "bar 0.4", "register"),
+        row("POST /invitations", w.invite, "bar 0.4, p99 <= 50 ms", "invite"),
+        row("POST /invitations/{id}/accept", w.accept, "bar 0.3", "accept"),
         cpu("bare endpoint", reference),
         cpu("POST /members", w.register),
         cpu("POST /invitations", w.invite),
@@ -390,8 +402,9 @@ def write_rows(w: writes.WriteResults) -> list[str]:
         # much of the broker's share in the later rows (accept) is that.
         "| embedded broker: CPU per fetch at a partition's end, by one-record batches it "
         "holds (ms) | "
-        + "; ".join(f"{n:,}: {ms:.2f}" for n, ms in w.fetch_by_fill)
-        + f" | invitations partitions after the write rows: {w.fetch_after_rows_ms:.2f} | - |",
+        + "; ".join(f"{n:,}: {fetch_ms(ms)}" for n, ms in w.fetch_by_fill)
+        + f" | invitations partitions after the write rows: {fetch_ms(w.fetch_after_rows_ms)} "
+        "| - |",
     ]
 
 

@@ -120,9 +120,10 @@ class WriteResults:
     seconds: int
     connections: int
     workers: dict[str, int]
-    # The bare endpoint's run just before each row with a bar, by row: register, invite,
-    # accept.
-    bare_beside: dict[str, WrkRun]
+    # The bare endpoint's runs just before and just after each row with a bar, by row:
+    # register, invite, accept (register's after is invite's before).
+    bare_before: dict[str, WrkRun]
+    bare_after: dict[str, WrkRun]
     register: WrkRun
     invite: WrkRun
     accept: WrkRun
@@ -396,8 +397,9 @@ def run_writes(
         idle = asyncio.run(_measure_freshness(bootstrap, namespace, urls, 0, connections, load))[0]
         bare_stack = StackCpu({"bare": bare.proc.pid}, {"redis": port_of(redis_url)})
         # The machine's speed drifts (consecutive 10 s runs of the bare endpoint alone: 1,792
-        # to 2,262 req/s within a minute), so each row with a bar has its own reference run
-        # just before it, both after the stack settled.
+        # to 2,262 req/s within a minute; 1,036 to 1,628 within three on a slower machine),
+        # so each row with a bar has its own reference runs just before and just after it,
+        # each after the stack settled: their mean is the speed during the row.
 
         def bare_run() -> WrkRun:
             settle(stack, idle_cores)
@@ -410,7 +412,7 @@ def run_writes(
                 **load,
             )
 
-        bare_beside = {"register": bare_run()}
+        bare_before = {"register": bare_run()}
         settle(stack, idle_cores)
         register = wrk(
             urls["connection"],
@@ -420,9 +422,10 @@ def run_writes(
             stack=stack,
             WRK_PREFIX=f"r{namespace[1:8]}",
         )
-        bare_beside["invite"] = bare_run()
+        bare_before["invite"] = bare_run()
         settle(stack, idle_cores)
         invite = wrk(urls["invitation"], INVITE, seconds, connections, stack=stack, **load)
+        bare_after = {"register": bare_before["invite"], "invite": bare_run()}
         engage = wrk(urls["engagement"], ENGAGE, seconds, connections, **load)
         engage_cluster = _engage_on_cluster(env, members, logs, seconds, connections, load)
         _, loaded, loaded_invite = asyncio.run(
@@ -431,11 +434,12 @@ def run_writes(
         # Accept last: its acceptances keep the connection service busy for a while after.
         accepts = logs / "accepts.txt"
         asyncio.run(_pending_invitations(redis_url, namespace, accepts))
-        bare_beside["accept"] = bare_run()
+        bare_before["accept"] = bare_run()
         settle(stack, idle_cores)
         accept = wrk(
             urls["invitation"], ACCEPT, seconds, connections, stack=stack, WRK_ACCEPTS=str(accepts)
         )
+        bare_after["accept"] = bare_run()  # once the connection service caught up (settle)
         connection = next(p for p in procs if p.name == "connection")
         drain = _connection_drain(bootstrap, redis_url, namespace, urls, connection, logs)
     finally:
@@ -449,7 +453,8 @@ def run_writes(
         seconds,
         connections,
         workers,
-        bare_beside,
+        bare_before,
+        bare_after,
         register,
         invite,
         accept,
