@@ -456,12 +456,24 @@ async def test_every_read_during_a_rebuild_is_right_through_the_flip_and_the_dro
         expected_connections = await _all_pages(client, "/members/ann/connections", "ann")
         old = await store.version()
         answers: list[tuple[int | None, list]] = []
+        refused = 0  # reads answered 503 `unavailable`: a dependency stalled past its timeout
         stop = asyncio.Event()
 
+        async def read(path: str, **params: object) -> dict | None:
+            response = await client.get(path, params=params, headers=auth("ann"))
+            if response.status_code == 503 and response.json()["error"]["code"] == "unavailable":
+                return None  # "retry shortly": the contract's answer to a stall, not a wrong one
+            assert response.status_code == 200, response.text
+            return response.json()
+
         async def reader() -> None:
+            nonlocal refused
             while not stop.is_set():
-                degree = await get(client, "/members/ann/degree/dan")
-                page = await get(client, "/members/ann/connections", "ann", limit=50)
+                degree = await read("/members/ann/degree/dan")
+                page = await read("/members/ann/connections", limit=50)
+                if degree is None or page is None:
+                    refused += 1
+                    continue
                 answers.append((degree["degree"], page["items"]))
 
         reading = asyncio.create_task(reader())
@@ -476,6 +488,11 @@ async def test_every_read_during_a_rebuild_is_right_through_the_flip_and_the_dro
     assert len(answers) > 10
     wrong = [a for a in answers if a != (2, expected_connections)]
     assert not wrong, wrong[:3]
+    # Once, on a loaded 2-core VM, a Redis call of this test's reads and the relay's, in
+    # the same seconds, outlasted the request client's 1 s timeout: a stall of the host, and
+    # the 503 is the documented answer to it. A rebuild that kept reads from being answered
+    # would show as many refusals.
+    assert refused * 10 <= len(answers), (refused, len(answers))
 
 
 async def _version_dropped(store, version: int) -> bool:  # type: ignore[no-untyped-def]
