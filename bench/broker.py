@@ -22,8 +22,8 @@ from shared.kafka import ensure_topics
 FETCHES = 50
 FILLS = (100, 2_000, 10_000)
 # Time given to one measurement's fetches. Past some thousands of batches a fetch can take
-# seconds of the broker's CPU on a slow host (its allocator's page faults: 30% of that CPU was
-# the kernel's on one VM), and a row that never ends would lose the whole section.
+# seconds of the broker's CPU on a slow host (its allocator's page faults: a third of that
+# CPU was the kernel's on one VM), and a row that never ends would lose the whole section.
 BUDGET_S = 60
 
 
